@@ -1,0 +1,47 @@
+# The two commands the README opens with: `make run` and `make test`.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint superuser bench-registration bench-push soak audit clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@ $(VENV)/.run-installed
+
+## Set up and run the service on the embedded defaults (SQLite, in-memory live feed):
+## web (admin, API, websocket) on 127.0.0.1:8000 and the AMQP consumer.
+run: $(VENV)/.run-installed
+	bin/run
+
+## Set up and run the whole test suite (ruff, then pytest).
+test: $(VENV)/.test-installed
+	bin/test
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+
+superuser: $(VENV)/.run-installed
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py createsuperuser
+
+bench-registration: $(VENV)/.test-installed
+	$(BIN)/python -m bench.registration
+
+bench-push: $(VENV)/.test-installed
+	$(BIN)/python -m bench.push
+
+## Checks the pinned dependencies for known vulnerabilities (needs network; kept out of CI).
+audit: $(VENV)/.test-installed
+	$(BIN)/pip install -q pip-audit && $(BIN)/pip-audit -r requirements.txt -r requirements-test.txt
+
+clean:
+	rm -rf $(VENV) data/test .pytest_cache .ruff_cache

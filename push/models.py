@@ -1,0 +1,209 @@
+"""Push apps, their credentials, and the delivery log."""
+
+import re
+
+from django.db import models
+from django.utils import timezone
+
+from pusher_site.fields import EncryptedTextField
+
+
+class Provider(models.TextChoices):
+    APPLE = "apple", "Apple (APNs)"
+    FIREBASE = "firebase", "Google (FCM)"
+
+
+class CredentialKind(models.TextChoices):
+    APNS_CERTIFICATE = "apns_certificate", "APNs certificate (PEM or PKCS#12)"
+    APNS_TOKEN = "apns_token", "APNs token key (.p8)"
+    FCM_SERVICE_ACCOUNT = "fcm_service_account", "FCM service account (HTTP v1)"
+    FCM_LEGACY_KEY = "fcm_legacy_key", "FCM legacy server key (unusable)"
+
+
+class Credential(models.Model):
+    """A certificate or key. The secret is encrypted at rest and never shown again after saving;
+    the parsed, non-secret facts are stored beside it so the admin and API can show them."""
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=32, choices=CredentialKind.choices)
+    secret = EncryptedTextField(editable=False)
+
+    # Parsed facts (non-secret), set by push.services.credential_save only.
+    subject = models.CharField(max_length=500, blank=True)
+    topics = models.JSONField(default=list, blank=True)
+    environment = models.CharField(max_length=20, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    not_after = models.DateTimeField(null=True, blank=True, db_index=True)
+    fingerprint_sha256 = models.CharField("SHA-256 fingerprint", max_length=64, blank=True)
+    key_id = models.CharField(max_length=64, blank=True)
+    team_id = models.CharField(max_length=64, blank=True)
+    project_id = models.CharField(max_length=200, blank=True)
+    client_email = models.CharField(max_length=300, blank=True)
+    usable = models.BooleanField(default=True)
+    unusable_reason = models.CharField(max_length=500, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+    @property
+    def days_to_expiry(self) -> int | None:
+        if self.not_after is None:
+            return None
+        return (self.not_after - timezone.now()).days
+
+    def cannot_send_reason(self) -> str:
+        """Why this credential cannot send right now, or "" if it can."""
+        if not self.usable:
+            return self.unusable_reason or "credential marked unusable"
+        if self.not_after is not None and self.not_after <= timezone.now():
+            return f"certificate expired on {self.not_after:%Y-%m-%d}"
+        return ""
+
+
+TOPIC_SUFFIX = re.compile(r"\.(?:dev|prod)$")
+
+
+class PushApp(models.Model):
+    """One mobile app on one provider, keyed as Kazoo keys it: (Token-App, provider)."""
+
+    app_id = models.CharField(
+        max_length=255, help_text="The Token-App value Kazoo carries, e.g. com.acme.phone.voip.prod"
+    )
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    enabled = models.BooleanField(default=True)
+    credential = models.ForeignKey(
+        Credential, on_delete=models.PROTECT, null=True, blank=True, related_name="apps"
+    )
+    description = models.CharField(max_length=300, blank=True)
+
+    # Apple
+    host = models.CharField(
+        max_length=255,
+        default="api.push.apple.com",
+        help_text="api.push.apple.com, api.sandbox.push.apple.com or a relay (Kazoo's apple_host)",
+    )
+    port = models.PositiveIntegerField(default=443)
+    topic = models.CharField(
+        max_length=255, blank=True, help_text="Blank = app id without a trailing .dev/.prod (Kazoo's rule)"
+    )
+    push_type = models.CharField(max_length=32, default="voip")
+    priority = models.PositiveSmallIntegerField(default=10)
+    expiration = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds the push stays valid at Apple; 0 = deliver now or never"
+    )
+    collapse_id = models.CharField(max_length=64, blank=True)
+    extra_headers = models.JSONField(
+        default=dict, blank=True, help_text="Extra APNs headers; Kazoo's apns_* names are accepted"
+    )
+
+    # Firebase
+    project_id = models.CharField(max_length=200, blank=True, help_text="Blank = the service account's")
+    android_priority = models.CharField(
+        max_length=8, choices=[("high", "high"), ("normal", "normal")], default="high"
+    )
+    ttl_s = models.PositiveIntegerField("TTL (s)", default=30)
+
+    # Set by the push path when BadDeviceToken repeats (a sandbox/production mix-up, usually).
+    flagged_reason = models.CharField(max_length=300, blank=True)
+    bad_device_token_count = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app_id", "provider"]
+        constraints = [models.UniqueConstraint(fields=["app_id", "provider"], name="pushapp_unique_app_provider")]
+        permissions = [("send_push", "Can send pushes")]
+
+    def __str__(self) -> str:
+        return f"{self.app_id} ({self.provider})"
+
+    @property
+    def effective_topic(self) -> str:
+        return self.topic or TOPIC_SUFFIX.sub("", self.app_id)
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed"
+    TOKEN_INVALID = "token_invalid", "token invalid"
+    EXPIRED = "expired", "expired"
+    DUPLICATE = "duplicate", "duplicate"
+
+
+class DeliverySource(models.TextChoices):
+    AMQP = "amqp", "AMQP push_req"
+    API = "api", "REST API"
+    HTTP_SEND = "http_send", "HTTP /api/v1/send"
+    ADMIN = "admin", "admin"
+    COMMAND = "command", "management command"
+
+
+class Delivery(models.Model):
+    """One row per push attempt chain (retries included)."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=16, choices=DeliverySource.choices)
+    # Unique so a redelivered push_req (same Msg-ID) is claimed by one process only.
+    msg_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Lease of the process sending this push; a redelivered push_req takes over only an expired
+    # lease (its sender died), so a live send is never duplicated.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    reply_to = models.CharField(max_length=255, blank=True, help_text="Server-ID for a legacy push_resp")
+    replied_at = models.DateTimeField(null=True, blank=True)
+    call_id = models.CharField(max_length=255, blank=True, db_index=True)
+    account_id = models.CharField(max_length=64, blank=True, db_index=True)
+    device_id = models.CharField(max_length=64, blank=True)
+    push_app = models.ForeignKey(
+        PushApp, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
+    )
+    app_id = models.CharField(max_length=255, blank=True)
+    provider = models.CharField(max_length=16, choices=Provider.choices, blank=True)
+    token = models.CharField(max_length=1024, blank=True)
+    token_type = models.CharField(max_length=32, blank=True)
+    push_type = models.CharField(max_length=32, blank=True)
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.QUEUED)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["provider", "created_at"]),
+            models.Index(fields=["token"], name="delivery_token_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_status_display()} {self.app_id} {self.call_id}"
+
+    @property
+    def token_masked(self) -> str:
+        return mask_token(self.token)
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline_at is not None and timezone.now() > self.deadline_at
+
+
+def mask_token(token: str) -> str:
+    """Enough of a token to recognise it, not enough to push to it."""
+    if len(token) <= 12:
+        return "…" if token else ""
+    return f"{token[:6]}…{token[-4:]}"
+

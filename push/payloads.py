@@ -1,0 +1,114 @@
+"""Pure builders of the provider requests from a push_req, keeping the payload contract the
+mobile apps already rely on (PROTOCOL Appendix A.8)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# apns4erl's names, as Kazoo's `<app>.apple.headers` config uses them.
+KAZOO_APNS_HEADER_NAMES = {
+    "apns_id": "apns-id",
+    "apns_expiration": "apns-expiration",
+    "apns_priority": "apns-priority",
+    "apns_topic": "apns-topic",
+    "apns_collapse_id": "apns-collapse-id",
+    "apns_push_type": "apns-push-type",
+}
+APNS_HEADER = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _mapped(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The Kazoo field mapping shared by both providers: alert, sound, call id."""
+    alert: Any = None
+    if fields.get("Alert-Key") is not None or fields.get("Alert-Params") is not None:
+        alert = {}
+        if fields.get("Alert-Key") is not None:
+            alert["loc-key"] = fields["Alert-Key"]
+        if fields.get("Alert-Params") is not None:
+            alert["loc-args"] = fields["Alert-Params"]
+    elif fields.get("Alert-Body") is not None:  # 2015-era push_req
+        alert = fields["Alert-Body"]
+    mapped: dict[str, Any] = {}
+    if alert is not None:
+        mapped["alert"] = alert
+    if fields.get("Sound") is not None:
+        mapped["sound"] = fields["Sound"]
+    if fields.get("Call-ID") is not None:
+        mapped["call-id"] = fields["Call-ID"]
+    return mapped
+
+
+def _payload(fields: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    payload = fields.get("Payload")
+    payload = dict(payload) if isinstance(payload, Mapping) else {}
+    # Kazoo's listener adds this (as a string) to every push since Sep 2019.
+    payload["utc_unix_timestamp_ms"] = str(now_ms)
+    return payload
+
+
+def apns_body(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, Any]:
+    """aps.alert.loc-key/loc-args, aps.sound, aps.call-id; Payload merged at the top level,
+    mapped values winning on clashes (as Kazoo's fold does)."""
+    mapped = _mapped(fields)
+    aps = {}
+    if "alert" in mapped:
+        aps["alert"] = mapped["alert"]
+    if "sound" in mapped:
+        aps["sound"] = mapped["sound"]
+    if "call-id" in mapped:
+        aps["call-id"] = mapped["call-id"]
+    return _deep_merge(_payload(fields, now_ms), {"aps": aps})
+
+
+def fcm_data(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, str]:
+    """FCM HTTP v1 `data`: the legacy keys (alert, sound, Call-ID, Payload keys), every value a
+    string because v1 allows nothing else; nested values are JSON-encoded."""
+    mapped = _mapped(fields)
+    data: dict[str, Any] = _payload(fields, now_ms)
+    if "alert" in mapped:
+        data["alert"] = mapped["alert"]
+    if "sound" in mapped:
+        data["sound"] = mapped["sound"]
+    if "call-id" in mapped:
+        data["Call-ID"] = mapped["call-id"]
+    return {str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in data.items()}
+
+
+def apns_topic(topic: str, push_type: str) -> str:
+    """Apple requires VoIP pushes on `<bundle>.voip`."""
+    if push_type == "voip" and not topic.endswith(".voip"):
+        return topic + ".voip"
+    return topic
+
+
+def apns_extra_headers(configured: Mapping[str, Any] | None) -> dict[str, str]:
+    """The app's extra headers with Kazoo's apns_* names mapped to the real header names."""
+    out: dict[str, str] = {}
+    for name, value in (configured or {}).items():
+        header = KAZOO_APNS_HEADER_NAMES.get(str(name).lower(), str(name).lower())
+        if APNS_HEADER.match(header) and value is not None:
+            out[header] = str(value)
+    return out
+
+
+def int_or_none(value: Any) -> int | None:
+    """Kazoo's schemas say strings, Kamailio sends integers: accept both."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None

@@ -1,0 +1,852 @@
+"""Apple Push Notification service (APNs) transport: HTTP/2 + TLS, certificate or token (JWT) auth.
+
+Transport only: it takes a credential dataclass and a request dataclass and returns a typed result.
+It never touches the ORM or Django settings; the service decides what an outcome means for the
+delivery (log it, retry it, deactivate the token).
+
+Why one long-lived connection per credential and host: Apple asks providers to keep connections
+open and multiplex many streams on them instead of opening one per push (opening many is treated as
+a denial-of-service attempt), and a TLS handshake costs more than the push itself.
+
+Why the client owns its own event loop in a background thread: the callers are a threaded AMQP
+consumer, admin actions and management commands (sync) as well as async code. httpx/httpcore
+connections are bound to the loop that created them, so every connection lives on the one private
+loop and both `send` (from any loop) and `send_sync` (from any thread) hop onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+from urllib.parse import quote
+
+import h2.events
+import h2.exceptions
+import httpcore
+import httpx
+import jwt
+
+log = logging.getLogger(__name__)
+
+# Apple rejects a provider token older than one hour (403 ExpiredProviderToken) and one renewed more
+# often than every 20 minutes (429 TooManyProviderTokenUpdates); 50 minutes leaves a margin for skew.
+JWT_MIN_AGE_S = 20 * 60
+JWT_MAX_AGE_S = 60 * 60
+DEFAULT_JWT_MAX_AGE_S = 50 * 60
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# An idle HTTP/2 connection is closed by us after this long. Middleboxes silently drop idle TCP
+# flows, and a dropped flow would only be noticed by the next push timing out (a lost VoIP call);
+# reconnecting after a quiet spell costs one handshake instead.
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+
+PRODUCTION_HOST = "api.push.apple.com"
+SANDBOX_HOST = "api.sandbox.push.apple.com"
+DEFAULT_PORT = 443
+
+
+class Outcome(str, Enum):
+    """What the caller should do with the push; values match the delivery state names."""
+
+    SENT = "sent"
+    # The token is dead for this topic (410): stop using it.
+    TOKEN_INVALID = "token_invalid"
+    # 400 BadDeviceToken: usually a sandbox token sent to production (or the reverse), sometimes a
+    # malformed token. Not proof that the device is gone, so it is kept apart from TOKEN_INVALID.
+    BAD_DEVICE_TOKEN = "bad_device_token"
+    # Transient: the same request may succeed later (or on a fresh connection).
+    RETRY = "retry"
+    # Needs an operator (credential, topic, payload...): retrying unchanged will fail again.
+    FAILED = "failed"
+
+
+# Every reason string Apple documents for an error response (and the JSON of a GOAWAY frame),
+# with the outcome and a description an operator can act on.
+REASONS: dict[str, tuple[Outcome, str]] = {
+    # 400
+    "BadCollapseId": (Outcome.FAILED, "apns-collapse-id is longer than 64 bytes; shorten it."),
+    "BadDeviceToken": (
+        Outcome.BAD_DEVICE_TOKEN,
+        "The device token is malformed or belongs to the other environment: a sandbox (development "
+        "build) token sent to production or a production token sent to sandbox. Check the app's "
+        "host setting for this token.",
+    ),
+    "BadExpirationDate": (Outcome.FAILED, "apns-expiration is not a valid UNIX timestamp (seconds)."),
+    "BadMessageId": (Outcome.FAILED, "apns-id is not a canonical UUID (8-4-4-4-12 hex digits)."),
+    "BadPriority": (Outcome.FAILED, "apns-priority must be 10, 5 or 1."),
+    "BadTopic": (
+        Outcome.FAILED,
+        "apns-topic is invalid. For VoIP pushes it must be the bundle id followed by '.voip'.",
+    ),
+    "DeviceTokenNotForTopic": (
+        Outcome.FAILED,
+        "The device token was issued for another app/topic: check the app's topic, or whether a "
+        "VoIP token is sent with a non-VoIP topic (or the reverse).",
+    ),
+    "DuplicateHeaders": (Outcome.FAILED, "A request header was sent twice; check the app's extra headers."),
+    "IdleTimeout": (Outcome.RETRY, "APNs closed the connection after it sat idle; a new one is opened."),
+    "InvalidPushType": (
+        Outcome.FAILED,
+        "apns-push-type is not a valid type (e.g. voip, alert, background); check the app's push type.",
+    ),
+    "MissingDeviceToken": (Outcome.FAILED, "The request path has no device token; the stored token is empty"),
+    "MissingTopic": (
+        Outcome.FAILED,
+        "apns-topic is required (token auth, or a certificate for several topics); set the app's topic.",
+    ),
+    "PayloadEmpty": (Outcome.FAILED, "The notification payload was empty."),
+    "TopicDisallowed": (
+        Outcome.FAILED,
+        "Pushing to this topic is not allowed with this credential: the certificate or key does not "
+        "cover the topic (wrong bundle id, or a non-VoIP certificate used for a .voip topic).",
+    ),
+    # 403
+    "BadCertificate": (Outcome.FAILED, "APNs rejected the client certificate; upload a valid one."),
+    "BadCertificateEnvironment": (
+        Outcome.FAILED,
+        "The client certificate is for the other environment (sandbox vs production); fix the app's host "
+        "or upload the matching certificate.",
+    ),
+    "ExpiredProviderToken": (
+        Outcome.FAILED,
+        "APNs says the provider token (JWT) is older than one hour even after a refresh: check the "
+        "server clock (NTP).",
+    ),
+    "Forbidden": (Outcome.FAILED, "APNs refused the request (the team or key may be revoked or suspended)."),
+    "InvalidProviderToken": (
+        Outcome.FAILED,
+        "The provider token (JWT) is invalid: check the key id, team id and .p8 key of the credential, "
+        "and that the key is enabled for APNs.",
+    ),
+    "MissingProviderToken": (
+        Outcome.FAILED,
+        "No certificate was presented and no provider token was sent; the credential has no usable auth.",
+    ),
+    "UnrelatedKeyIdInToken": (
+        Outcome.FAILED,
+        "The key id in the provider token does not belong to the team id (or the topic's team); "
+        "check key id and team id.",
+    ),
+    "BadEnvironmentKeyIdInToken": (
+        Outcome.FAILED,
+        "The signing key is not allowed in this environment (sandbox vs production); check the key's "
+        "configuration in the Apple developer account or the app's host.",
+    ),
+    # 404
+    "BadPath": (Outcome.FAILED, "The request path was not /3/device/<token>; this is a client bug."),
+    # 405
+    "MethodNotAllowed": (Outcome.FAILED, "APNs only accepts POST; this is a client bug."),
+    # 410
+    "ExpiredToken": (Outcome.TOKEN_INVALID, "The device token has expired; stop using it."),
+    "Unregistered": (
+        Outcome.TOKEN_INVALID,
+        "The device token is no longer active for the topic (app removed or token rotated); stop using it.",
+    ),
+    # 413
+    "PayloadTooLarge": (
+        Outcome.FAILED,
+        "The payload is too large (4 KB for regular pushes, 5 KB for VoIP); trim the payload.",
+    ),
+    # 429
+    "TooManyProviderTokenUpdates": (
+        Outcome.RETRY,
+        "The provider token was renewed too often (more than once per 20 minutes); retry later with the "
+        "current token. Several processes sharing one key may cause this.",
+    ),
+    "TooManyRequests": (Outcome.RETRY, "Too many pushes to the same device token in a short time."),
+    # 500
+    "InternalServerError": (Outcome.RETRY, "APNs internal server error; retry later."),
+    # 503
+    "ServiceUnavailable": (Outcome.RETRY, "APNs is unavailable; retry later."),
+    "Shutdown": (Outcome.RETRY, "The APNs server is shutting down; a new connection is opened."),
+}
+
+# Used when a response carries a reason Apple did not document (or none at all).
+_STATUS_FALLBACK: dict[int, Outcome] = {
+    410: Outcome.TOKEN_INVALID,
+    429: Outcome.RETRY,
+    500: Outcome.RETRY,
+    502: Outcome.RETRY,
+    503: Outcome.RETRY,
+    504: Outcome.RETRY,
+}
+
+
+def classify_response(status: int, reason: str) -> tuple[Outcome, str]:
+    """Map an APNs status and reason to an outcome and an operator-facing description."""
+    if status == 200:
+        return Outcome.SENT, ""
+    known = REASONS.get(reason)
+    if known is not None:
+        return known
+    outcome = _STATUS_FALLBACK.get(status, Outcome.FAILED)
+    return outcome, f"APNs answered HTTP {status} with an undocumented reason {reason!r}."
+
+
+@dataclass(frozen=True)
+class ApnsCredential:
+    """How to authenticate to APNs. PEM texts are secrets; `cache_key` is not and keys connections."""
+
+    kind: Literal["certificate", "token"]
+    cache_key: str
+    # Certificate auth: the client certificate (chain) and its unencrypted private key.
+    cert_pem: str = field(default="", repr=False)
+    # Certificate auth: the certificate's private key; token auth: the .p8 signing key.
+    key_pem: str = field(default="", repr=False)
+    # Token auth only.
+    key_id: str = ""
+    team_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("certificate", "token"):
+            raise ValueError(f"unknown APNs credential kind {self.kind!r}")
+        if not self.cache_key:
+            raise ValueError("cache_key is required")
+        if self.kind == "certificate" and not (self.cert_pem and self.key_pem):
+            raise ValueError("certificate credentials need cert_pem and key_pem")
+        if self.kind == "token" and not (self.key_pem and self.key_id and self.team_id):
+            raise ValueError("token credentials need key_pem, key_id and team_id")
+
+    @classmethod
+    def certificate(cls, *, cert_pem: str, key_pem: str, cache_key: str) -> ApnsCredential:
+        return cls(kind="certificate", cert_pem=cert_pem, key_pem=key_pem, cache_key=cache_key)
+
+    @classmethod
+    def token(cls, *, key_pem: str, key_id: str, team_id: str, cache_key: str) -> ApnsCredential:
+        return cls(kind="token", key_pem=key_pem, key_id=key_id, team_id=team_id, cache_key=cache_key)
+
+    def __repr__(self) -> str:
+        # Spelled out (not the dataclass repr) so that a field added later cannot leak a secret.
+        if self.kind == "token":
+            return (
+                f"ApnsCredential(kind='token', cache_key={self.cache_key!r}, "
+                f"key_id={self.key_id!r}, team_id={self.team_id!r})"
+            )
+        return f"ApnsCredential(kind='certificate', cache_key={self.cache_key!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ApnsRequest:
+    """One notification to one device token."""
+
+    token: str
+    topic: str
+    push_type: str
+    priority: int | None
+    expiration: int | None
+    collapse_id: str | None
+    extra_headers: dict[str, str]
+    body: dict[str, Any]
+    host: str
+    port: int
+    apns_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ApnsResult:
+    outcome: Outcome
+    # None when no HTTP response arrived (network, TLS, timeout, GOAWAY).
+    status: int | None
+    # Apple's reason string, or our own name for a transport failure ("Timeout", "ConnectError"...).
+    reason: str
+    description: str
+    apns_id: str | None
+    # 410 only: when APNs learned the token was no longer valid (ms since the epoch).
+    timestamp_ms: int | None
+    latency_s: float
+
+
+@dataclass
+class _Connection:
+    """One httpx client (= one HTTP/2 connection) and the requests currently using it."""
+
+    client: httpx.AsyncClient
+    inflight: int = 0
+    # Retired connections take no new requests and are closed when their last request finishes, so a
+    # broken connection is replaced at once without cutting streams that may still complete.
+    retired: bool = False
+
+
+@dataclass
+class _Jwt:
+    token: str
+    issued_at: float
+    key_pem: str
+
+
+class _CredentialProblem(Exception):
+    """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""
+
+
+_ConnKey = tuple[str, str, int]
+
+# Alerts a TLS server sends when it refuses our client certificate: not transient, an operator
+# has to upload another certificate.
+_CERT_REJECTED_MARKERS = (
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_EXPIRED",
+    "ALERT_CERTIFICATE_REVOKED",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_ACCESS_DENIED",
+    "ALERT_CERTIFICATE_REQUIRED",
+)
+
+
+def _secret_tmp_dir() -> str | None:
+    # A RAM-backed directory keeps the private key off disk even for the milliseconds it exists.
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _goaway_event(chain: list[BaseException]) -> h2.events.ConnectionTerminated | None:
+    for item in chain:
+        for arg in getattr(item, "args", ()):
+            if isinstance(arg, h2.events.ConnectionTerminated):
+                return arg
+    return None
+
+
+def _classify_exception(exc: BaseException) -> tuple[Outcome, str, str]:
+    """Map a transport failure to (outcome, reason, description)."""
+    chain = _exception_chain(exc)
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return (
+                Outcome.FAILED,
+                "TLSVerifyFailed",
+                f"The APNs server certificate is not trusted ({item.verify_message}). Check the system CA "
+                "store, PUSHER_APNS_CA_FILE and the host name; verification is never disabled.",
+            )
+    for item in chain:
+        if isinstance(item, ssl.SSLError):
+            text = f"{item.reason or ''} {item}".upper()
+            if any(marker in text for marker in _CERT_REJECTED_MARKERS):
+                return (
+                    Outcome.FAILED,
+                    "TLSCertificateRejected",
+                    f"APNs refused the client certificate during the TLS handshake ({item.reason}): it is "
+                    "expired, revoked, or not an Apple push certificate for this environment.",
+                )
+    goaway = _goaway_event(chain)
+    if goaway is not None:
+        apple_reason = ""
+        if goaway.additional_data:
+            with contextlib.suppress(ValueError, AttributeError):
+                apple_reason = str(json.loads(goaway.additional_data).get("reason") or "")
+        if apple_reason in REASONS:
+            outcome, description = REASONS[apple_reason]
+            return outcome, apple_reason, f"APNs closed the connection (GOAWAY): {description}"
+        return (
+            Outcome.RETRY,
+            "GoAway",
+            f"APNs closed the connection (GOAWAY, error code {goaway.error_code}, "
+            f"data {goaway.additional_data!r}) before answering; retry on a new connection.",
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return Outcome.RETRY, "ConnectTimeout", "Connecting to APNs timed out; retry later."
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome.RETRY, "Timeout", "APNs did not answer in time; retry later."
+    if isinstance(exc, httpx.ConnectError):
+        return Outcome.RETRY, "ConnectError", f"Could not connect to APNs ({exc}); retry later."
+    if any(isinstance(arg, h2.events.StreamReset) for item in chain for arg in getattr(item, "args", ())):
+        return Outcome.RETRY, "StreamReset", "APNs reset the stream; retry."
+    if isinstance(exc, httpx.ProtocolError | h2.exceptions.ProtocolError | httpcore.ProtocolError):
+        return Outcome.RETRY, "ProtocolError", f"HTTP/2 protocol error ({exc}); retry on a new connection."
+    return Outcome.RETRY, "ConnectionError", f"The connection to APNs failed ({exc!r}); retry."
+
+
+def _no_response(
+    outcome: Outcome, reason: str, description: str, request: ApnsRequest, started: float
+) -> ApnsResult:
+    """A result for a push that got no HTTP response."""
+    return ApnsResult(
+        outcome=outcome,
+        status=None,
+        reason=reason,
+        description=description,
+        apns_id=request.apns_id,
+        timestamp_ms=None,
+        latency_s=time.monotonic() - started,
+    )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        httpx.TransportError
+        | httpcore.NetworkError
+        | httpcore.ProtocolError
+        | h2.exceptions.H2Error
+        | OSError,
+    )
+
+
+class ApnsClient:
+    """Sends pushes over persistent HTTP/2 connections, one per (credential, host, port).
+
+    Thread-safe: `send_sync` may be called from any number of threads, `send` from any event loop.
+    All connection and token state lives on the client's private loop and is touched only there.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        jwt_max_age: float = DEFAULT_JWT_MAX_AGE_S,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not JWT_MIN_AGE_S <= jwt_max_age <= JWT_MAX_AGE_S:
+            raise ValueError(
+                f"jwt_max_age must be between {JWT_MIN_AGE_S} and {JWT_MAX_AGE_S} seconds: APNs rejects "
+                "tokens renewed more often than every 20 minutes or older than 60 minutes"
+            )
+        if connect_timeout <= 0 or request_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._ca_file = ca_file
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._jwt_max_age = jwt_max_age
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        # Built now so that a missing or broken CA bundle fails at configuration time, not at the
+        # first push; token-auth connections share it (they present no client certificate).
+        self._token_ssl_context = self._new_ssl_context()
+
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        # Loop-thread-only state.
+        self._connections: dict[_ConnKey, _Connection] = {}
+        self._jwts: dict[tuple[str, str], _Jwt] = {}
+
+    def __repr__(self) -> str:
+        return f"<ApnsClient connections={len(self._connections)} closed={self._closed}>"
+
+    # ---- public API -------------------------------------------------------------------------
+
+    async def send(
+        self, request: ApnsRequest, credential: ApnsCredential, *, timeout: float | None = None
+    ) -> ApnsResult:
+        """Send one push; never raises for network, TLS or HTTP/2 errors (see `Outcome`)."""
+        timeout = self._request_timeout if timeout is None else timeout
+        loop = self._ensure_loop()
+        if asyncio.get_running_loop() is loop:
+            return await self._send(request, credential, timeout)
+        future = asyncio.run_coroutine_threadsafe(self._send(request, credential, timeout), loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller was cancelled, not the push
+            return self._closed_result()
+
+    def send_sync(
+        self, request: ApnsRequest, credential: ApnsCredential, *, timeout: float | None = None
+    ) -> ApnsResult:
+        """Blocking `send` for threaded callers (AMQP consumer, admin, commands)."""
+        timeout = self._request_timeout if timeout is None else timeout
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("send_sync() called from the APNs loop thread; use send()")
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self._send(request, credential, timeout), loop)
+        try:
+            # _send enforces `timeout` itself; the slack only guards against a wedged loop.
+            return future.result(timeout=timeout + 5.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            description = "The APNs client loop did not answer."
+            return ApnsResult(Outcome.RETRY, None, "Timeout", description, None, None, timeout)
+        except concurrent.futures.CancelledError:
+            return self._closed_result()
+
+    def invalidate(self, cache_key: str) -> None:
+        """Drop the connections of a credential (changed or deleted in the admin).
+
+        Non-blocking. Later sends submitted from the same thread are queued behind it on the loop,
+        so they already use a new connection.
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed concurrently
+            loop.call_soon_threadsafe(self._invalidate_in_loop, cache_key)
+
+    def close(self) -> None:
+        """Close every connection and stop the loop thread. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._pid != os.getpid():
+            return
+        if threading.current_thread() is thread:
+            raise RuntimeError("close() called from the APNs loop thread")
+        try:
+            asyncio.run_coroutine_threadsafe(self._aclose_all(), loop).result(timeout=10)
+        except Exception:  # closing must not fail the caller's shutdown
+            log.exception("apns: error while closing connections")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+    # ---- loop management --------------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid() and not self._closed:
+            return loop
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("ApnsClient is closed")
+            if self._pid != os.getpid():
+                # After fork() the loop thread does not exist in the child; start afresh there. The
+                # inherited sockets belong to the parent and are simply abandoned.
+                self._pid = os.getpid()
+                self._loop = self._thread = None
+                self._connections = {}
+                self._jwts = {}
+            if self._loop is None:
+                new_loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._run_loop, args=(new_loop, ready), name="apns-client", daemon=True
+                )
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = new_loop, thread
+            return self._loop
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _aclose_all(self) -> None:
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                await conn.client.aclose()
+
+    def _closed_result(self) -> ApnsResult:
+        return ApnsResult(
+            Outcome.RETRY,
+            None,
+            "ClientClosed",
+            "The APNs client was closed before the push finished.",
+            None,
+            None,
+            0.0,
+        )
+
+    # ---- connections ------------------------------------------------------------------------
+
+    def _new_ssl_context(self) -> ssl.SSLContext:
+        # The system trust store plus the optional extra bundle; hostname and chain are always checked.
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._ca_file:
+            context.load_verify_locations(cafile=self._ca_file)
+        return context
+
+    def _certificate_ssl_context(self, credential: ApnsCredential) -> ssl.SSLContext:
+        context = self._new_ssl_context()
+        # ssl can only load a client certificate from a file. The file is created 0600 by mkstemp
+        # (chmod again in case of an unusual umask handling) and removed as soon as it is loaded.
+        fd, path = tempfile.mkstemp(prefix="apns-", suffix=".pem", dir=_secret_tmp_dir())
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(credential.cert_pem.strip() + "\n" + credential.key_pem.strip() + "\n")
+            context.load_cert_chain(path)
+        except (ssl.SSLError, ValueError, UnicodeError) as exc:
+            raise _CredentialProblem(f"the certificate or its private key cannot be loaded ({exc})") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return context
+
+    def _connection_for(self, key: _ConnKey, credential: ApnsCredential) -> _Connection:
+        conn = self._connections.get(key)
+        if conn is not None:
+            return conn
+        if credential.kind == "certificate":
+            context = self._certificate_ssl_context(credential)
+        else:
+            context = self._token_ssl_context
+        client = httpx.AsyncClient(
+            # HTTP/2 only: APNs does not speak HTTP/1.1, so never fall back to it.
+            http1=False,
+            http2=True,
+            verify=context,
+            # Read/write/pool waits are bounded by the per-request deadline instead (see _send):
+            # an httpcore read timeout on one stream would fail every stream of the connection.
+            timeout=httpx.Timeout(connect=self._connect_timeout, read=None, write=None, pool=None),
+            # One connection carries all streams (httpcore queues requests beyond the server's
+            # MAX_CONCURRENT_STREAMS on it); the second slot lets a replacement open while a
+            # connection that received GOAWAY drains its last streams.
+            limits=httpx.Limits(
+                max_connections=2, max_keepalive_connections=2, keepalive_expiry=self._idle_timeout
+            ),
+            trust_env=False,
+        )
+        # httpx adds Accept, Accept-Encoding and Connection by default; APNs needs none of them.
+        for name in ("accept", "accept-encoding", "connection"):
+            client.headers.pop(name, None)
+        client.headers["user-agent"] = "pusher-apns/1"
+        conn = _Connection(client)
+        self._connections[key] = conn
+        return conn
+
+    def _retire(self, key: _ConnKey, conn: _Connection) -> None:
+        if self._connections.get(key) is conn:
+            del self._connections[key]
+        conn.retired = True
+        self._maybe_close(conn)
+
+    def _maybe_close(self, conn: _Connection) -> None:
+        if conn.retired and conn.inflight == 0:
+            asyncio.get_running_loop().create_task(conn.client.aclose())
+
+    def _invalidate_in_loop(self, cache_key: str) -> None:
+        for key, conn in list(self._connections.items()):
+            if key[0] == cache_key:
+                self._retire(key, conn)
+
+    # ---- provider tokens --------------------------------------------------------------------
+
+    def _provider_token(self, credential: ApnsCredential, *, stale: str | None = None) -> str:
+        """The cached JWT for (team, key), minted anew when too old or when `stale` was rejected."""
+        jwt_key = (credential.team_id, credential.key_id)
+        now = self._clock()
+        cached = self._jwts.get(jwt_key)
+        if (
+            cached is not None
+            and cached.key_pem == credential.key_pem
+            and now - cached.issued_at < self._jwt_max_age
+            # Compare-and-swap: when many streams get ExpiredProviderToken at once only the first
+            # re-mints; the others reuse its token (minting often triggers TooManyProviderTokenUpdates).
+            and (stale is None or cached.token != stale)
+        ):
+            return cached.token
+        issued_at = int(now)
+        try:
+            token = jwt.encode(
+                {"iss": credential.team_id, "iat": issued_at},
+                credential.key_pem,
+                algorithm="ES256",
+                headers={"kid": credential.key_id},
+            )
+        except (ValueError, TypeError, jwt.PyJWTError) as exc:
+            raise _CredentialProblem(f"the .p8 signing key cannot be used for ES256 ({exc})") from exc
+        self._jwts[jwt_key] = _Jwt(token, issued_at, credential.key_pem)
+        return token
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _headers(request: ApnsRequest, bearer: str | None) -> dict[str, str]:
+        headers = {"apns-topic": request.topic, "apns-push-type": request.push_type}
+        if request.priority is not None:
+            headers["apns-priority"] = str(request.priority)
+        if request.expiration is not None:
+            headers["apns-expiration"] = str(request.expiration)
+        if request.collapse_id:
+            headers["apns-collapse-id"] = request.collapse_id
+        if request.apns_id:
+            headers["apns-id"] = request.apns_id
+        # Configured headers win over the typed fields (Kazoo's `apple.headers` semantics). Names are
+        # lowercased so an override replaces rather than duplicates (APNs: 400 DuplicateHeaders).
+        for name, value in request.extra_headers.items():
+            headers[name.lower()] = str(value)
+        if bearer is not None:
+            headers["authorization"] = f"bearer {bearer}"
+        return headers
+
+    @staticmethod
+    def _url(request: ApnsRequest) -> str:
+        host = f"[{request.host}]" if ":" in request.host else request.host
+        # Tokens come from SIP Contact parameters (untrusted): quoting keeps them inside the path.
+        return f"https://{host}:{request.port}/3/device/{quote(request.token, safe='')}"
+
+    async def _send(self, request: ApnsRequest, credential: ApnsCredential, timeout: float) -> ApnsResult:
+        started = time.monotonic()
+        attempt: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._send_once(request, credential, started, attempt)
+        except TimeoutError:
+            # The stream may be stuck, or the whole connection silently dead; new pushes go to a
+            # fresh connection while this one finishes (or abandons) what it carries.
+            if "conn" in attempt:
+                self._retire(attempt["key"], attempt["conn"])
+            description = f"APNs did not answer within {timeout:g} s; retry later."
+            return _no_response(Outcome.RETRY, "Timeout", description, request, started)
+
+    async def _send_once(
+        self, request: ApnsRequest, credential: ApnsCredential, started: float, attempt: dict[str, Any]
+    ) -> ApnsResult:
+        key: _ConnKey = (credential.cache_key, request.host, request.port)
+        url = self._url(request)
+        # Compact and UTF-8 (not \u escapes): the payload limit counts bytes.
+        body = json.dumps(request.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        bearer: str | None = None
+        refreshed = False
+        while True:
+            try:
+                if credential.kind == "token":
+                    bearer = self._provider_token(credential, stale=bearer if refreshed else None)
+                conn = self._connection_for(key, credential)
+            except _CredentialProblem as exc:
+                description = f"APNs credential {credential.cache_key}: {exc}"
+                return _no_response(Outcome.FAILED, "BadCredential", description, request, started)
+            attempt["key"], attempt["conn"] = key, conn
+            conn.inflight += 1
+            try:
+                response = await conn.client.post(url, content=body, headers=self._headers(request, bearer))
+            except Exception as exc:
+                self._retire(key, conn)
+                if not _is_transport_error(exc):
+                    log.exception("apns: unexpected error sending to %s", request.host)
+                    description = f"Unexpected client error: {exc!r}"
+                    return _no_response(Outcome.FAILED, "InternalError", description, request, started)
+                outcome, reason, description = _classify_exception(exc)
+                return _no_response(outcome, reason, description, request, started)
+            finally:
+                conn.inflight -= 1
+                self._maybe_close(conn)
+
+            result = self._result_from_response(request, response, started)
+            if result.reason == "ExpiredProviderToken" and credential.kind == "token" and not refreshed:
+                # Our clock and Apple's disagree, or the token outlived the cache; mint once and retry.
+                refreshed = True
+                continue
+            return result
+
+    @staticmethod
+    def _result_from_response(request: ApnsRequest, response: httpx.Response, started: float) -> ApnsResult:
+        latency = time.monotonic() - started
+        apns_id = response.headers.get("apns-id") or request.apns_id
+        status = response.status_code
+        if status == 200:
+            return ApnsResult(Outcome.SENT, status, "", "", apns_id, None, latency)
+        reason = ""
+        timestamp_ms: int | None = None
+        with contextlib.suppress(ValueError):
+            data = response.json()
+            if isinstance(data, dict):
+                reason = str(data.get("reason") or "")
+                if isinstance(data.get("timestamp"), int | float):
+                    timestamp_ms = int(data["timestamp"])
+        outcome, description = classify_response(status, reason)
+        return ApnsResult(outcome, status, reason, description, apns_id, timestamp_ms, latency)
+
+
+# ---- one client per process ---------------------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default_client: ApnsClient | None = None
+_default_config: dict[str, Any] = {}
+
+
+def configure(
+    *,
+    ca_file: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+    jwt_max_age: float = DEFAULT_JWT_MAX_AGE_S,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+) -> None:
+    """Set the process-wide client's options (call once at startup, e.g. from AppConfig.ready()).
+
+    Reconfiguring closes the existing client; the next `get_client()` builds one with the new options.
+    """
+    global _default_client
+    if not JWT_MIN_AGE_S <= jwt_max_age <= JWT_MAX_AGE_S:
+        raise ValueError(f"jwt_max_age must be between {JWT_MIN_AGE_S} and {JWT_MAX_AGE_S} seconds")
+    with _default_lock:
+        _default_config.clear()
+        _default_config.update(
+            ca_file=ca_file,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+            jwt_max_age=jwt_max_age,
+            idle_timeout=idle_timeout,
+        )
+        old, _default_client = _default_client, None
+    if old is not None:
+        old.close()
+
+
+def get_client() -> ApnsClient:
+    """The process-wide client (one connection per credential for the whole process)."""
+    global _default_client
+    client = _default_client
+    if client is not None:
+        return client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = ApnsClient(**_default_config)
+        return _default_client
+
+
+def _close_default_client() -> None:
+    global _default_client
+    with _default_lock:
+        client, _default_client = _default_client, None
+    if client is not None:
+        client.close()
+
+
+def _forget_default_client_after_fork() -> None:
+    # The loop thread does not survive fork(); the child builds its own client on first use.
+    global _default_client, _default_lock
+    _default_client = None
+    _default_lock = threading.Lock()
+
+
+atexit.register(_close_default_client)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_client_after_fork)

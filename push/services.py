@@ -1,0 +1,418 @@
+"""Push services: credentials, apps, sending. Every face (admin, API, commands, consumer) calls these."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from push.credentials import ParsedCredential, parse_credential, pem_cert_and_key
+from push.models import Credential, CredentialKind, Delivery, DeliveryStatus, Provider, PushApp, mask_token
+from push.payloads import apns_body, apns_extra_headers, apns_topic, fcm_data, int_or_none
+from push.providers import apns, fcm
+from pusher_site import metrics
+from pusher_site.errors import BadMessage
+from pusher_site.events import event_publish
+
+log = logging.getLogger(__name__)
+
+
+def credential_parse(
+    *, kind: str, data: bytes | str, password: str | None = None, key_id: str = "", team_id: str = ""
+) -> ParsedCredential:
+    """Parse and validate secret material; raises CredentialError with a clear message."""
+    return parse_credential(kind, data, password=password or None, key_id=key_id, team_id=team_id)
+
+
+@transaction.atomic
+def credential_save(*, name: str, parsed: ParsedCredential, credential: Credential | None = None) -> Credential:
+    """Store a parsed credential: the secret encrypted, the facts in clear."""
+    facts = parsed.facts
+    credential = credential or Credential()
+    credential.name = name
+    credential.kind = str(facts.kind.value if hasattr(facts.kind, "value") else facts.kind)
+    credential.secret = parsed.secret
+    credential.subject = facts.subject
+    credential.topics = list(facts.topics)
+    credential.environment = facts.environment
+    credential.not_before = facts.not_before
+    credential.not_after = facts.not_after
+    credential.fingerprint_sha256 = facts.fingerprint_sha256
+    credential.key_id = facts.key_id
+    credential.team_id = facts.team_id
+    credential.project_id = facts.project_id
+    credential.client_email = facts.client_email
+    credential.usable = facts.usable
+    credential.unusable_reason = facts.unusable_reason
+    credential.warnings = list(facts.warnings)
+    credential.save()
+    log.info(
+        "credential %r saved: kind=%s fingerprint=%s not_after=%s usable=%s",
+        credential.name, credential.kind, credential.fingerprint_sha256[:16], credential.not_after, credential.usable,
+    )
+    return credential
+
+
+# --- Sending ------------------------------------------------------------------------
+
+PROVIDER_OF_TOKEN_TYPE = {
+    "apple": Provider.APPLE,
+    "apns": Provider.APPLE,
+    "firebase": Provider.FIREBASE,
+    "google": Provider.FIREBASE,
+    "android": Provider.FIREBASE,
+    "fcm": Provider.FIREBASE,
+}
+APP_CACHE_TTL_S = 5.0
+# A send attempt never takes longer than this; a push claimed longer ago than the lease by a
+# sender that has not refreshed it is taken to be orphaned (its process died).
+ATTEMPT_TIMEOUT_S = 5.0
+CLAIM_LEASE_S = ATTEMPT_TIMEOUT_S + 2.0
+
+_app_cache: dict[tuple[str, str], tuple[float, PushApp | None]] = {}
+_app_cache_lock = threading.Lock()
+
+
+def push_app_get(*, app_id: str, provider: str) -> PushApp | None:
+    """The app with its credential, cached a few seconds: read on every push, yet an admin edit
+    applies everywhere within seconds without a restart (Kazoo needed one)."""
+    key = (app_id, provider)
+    now = time.monotonic()
+    with _app_cache_lock:
+        hit = _app_cache.get(key)
+        if hit is not None and now - hit[0] < APP_CACHE_TTL_S:
+            return hit[1]
+    app = PushApp.objects.select_related("credential").filter(app_id=app_id, provider=provider).first()
+    with _app_cache_lock:
+        _app_cache[key] = (now, app)
+    return app
+
+
+def push_app_cache_clear() -> None:
+    with _app_cache_lock:
+        _app_cache.clear()
+
+
+_fcm_sender: tuple[str, fcm.FcmSender] | None = None
+_fcm_lock = threading.Lock()
+
+
+def _fcm() -> fcm.FcmSender:
+    """The process's FCM sender (one OAuth2 token per credential), rebuilt if the endpoint setting
+    changes (tests point it at a fake)."""
+    global _fcm_sender
+    endpoint = settings.PUSHER_FCM_ENDPOINT
+    with _fcm_lock:
+        if _fcm_sender is None or _fcm_sender[0] != endpoint:
+            _fcm_sender = (endpoint, fcm.FcmSender(endpoint, ca_file=settings.PUSHER_FCM_CA_FILE))
+        return _fcm_sender[1]
+
+
+def _cache_key(credential: Credential) -> str:
+    return f"{credential.pk}:{credential.fingerprint_sha256}:{credential.updated_at.timestamp()}"
+
+
+def _apns_credential(credential: Credential) -> apns.ApnsCredential:
+    key = _cache_key(credential)
+    if credential.kind == CredentialKind.APNS_TOKEN:
+        return apns.ApnsCredential(
+            kind="token", key_pem=credential.secret, key_id=credential.key_id, team_id=credential.team_id,
+            cache_key=key,
+        )
+    cert_pem, key_pem = pem_cert_and_key(credential.secret)
+    return apns.ApnsCredential(kind="certificate", cert_pem=cert_pem, key_pem=key_pem, cache_key=key)
+
+
+def _fcm_credential(credential: Credential, app: PushApp) -> fcm.FcmCredential:
+    info = json.loads(credential.secret)
+    return fcm.FcmCredential(
+        service_account_info=info, project_id=app.project_id or credential.project_id, cache_key=_cache_key(credential)
+    )
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a provider answered, in the terms the delivery log keeps."""
+
+    outcome: str  # the providers' Outcome values: sent, token_invalid, bad_device_token, retry, failed
+    status: int | None
+    reason: str
+    description: str
+    message_id: str
+    timestamp_ms: int | None = None
+
+
+def _provider_send(*, app: PushApp, fields: Mapping[str, Any], token: str, deadline: float) -> SendResult:
+    credential = app.credential
+    assert credential is not None
+    now_ms = int(time.time() * 1000)
+    timeout = max(0.05, min(ATTEMPT_TIMEOUT_S, deadline - time.time()))
+    if app.provider == Provider.APPLE:
+        push_type = app.push_type or "voip"
+        expires = int_or_none(fields.get("Expires"))
+        expiration: int | None
+        if expires is not None:
+            expiration = int(time.time()) + expires if expires > 0 else 0
+        elif app.expiration is not None:
+            expiration = int(time.time()) + app.expiration if app.expiration > 0 else 0
+        else:
+            expiration = None
+        request = apns.ApnsRequest(
+            token=token,
+            topic=apns_topic(app.effective_topic, push_type),
+            push_type=push_type,
+            priority=app.priority,
+            expiration=expiration,
+            collapse_id=app.collapse_id or None,
+            extra_headers=apns_extra_headers(app.extra_headers),
+            body=apns_body(fields, now_ms=now_ms),
+            host=app.host,
+            port=app.port,
+        )
+        result = apns.get_client().send_sync(request, _apns_credential(credential), timeout=timeout)
+        return SendResult(
+            outcome=result.outcome.value, status=result.status, reason=result.reason,
+            description=result.description, message_id=result.apns_id or "", timestamp_ms=result.timestamp_ms,
+        )
+    expires = int_or_none(fields.get("Expires"))
+    ttl = expires if expires is not None and expires >= 0 else app.ttl_s
+    fcm_result = _fcm().send(
+        fcm.FcmRequest(
+            token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
+            collapse_key=app.collapse_id or None,
+        ),
+        _fcm_credential(credential, app),
+        timeout=timeout,
+    )
+    return SendResult(
+        outcome=fcm_result.outcome.value, status=fcm_result.status, reason=fcm_result.reason,
+        description=fcm_result.description, message_id=fcm_result.message_name or "",
+    )
+
+
+def _required_str(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise BadMessage(f"push_req without a usable {name}")
+    if len(value) > 1024:
+        raise BadMessage(f"push_req {name} is longer than 1024 characters")
+    return value.strip()
+
+
+def _str(fields: Mapping[str, Any], name: str, limit: int = 255) -> str:
+    value = fields.get(name)
+    return str(value)[:limit] if isinstance(value, str | int) and not isinstance(value, bool) else ""
+
+
+def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: float) -> tuple[Delivery, bool]:
+    """Create the delivery row, or find the one a redelivered push_req (same Msg-ID) made.
+    Returns (delivery, claimed): claimed is False when another sender has it."""
+    token_type = _str(fields, "Token-Type", 32).lower()
+    values = {
+        "created_at": datetime.fromtimestamp(started, tz=dt_timezone.utc),
+        "deadline_at": datetime.fromtimestamp(deadline, tz=dt_timezone.utc),
+        "claimed_at": timezone.now(),
+        "source": source,
+        "call_id": _str(fields, "Call-ID"),
+        "account_id": _str(fields, "Account-ID", 64),
+        "device_id": _str(fields, "Endpoint-ID", 64),
+        "app_id": _str(fields, "Token-App"),
+        "provider": PROVIDER_OF_TOKEN_TYPE.get(token_type, ""),
+        "token": _str(fields, "Token-ID", 1024),
+        "token_type": token_type,
+        "reply_to": _str(fields, "Server-ID") if settings.PUSHER_LEGACY_PUSH_RESP else "",
+    }
+    msg_id = _str(fields, "Msg-ID")
+    if not msg_id:
+        return Delivery.objects.create(**values), True
+    try:
+        with transaction.atomic():
+            return Delivery.objects.create(msg_id=msg_id, **values), True
+    except IntegrityError:
+        existing = Delivery.objects.get(msg_id=msg_id)
+    lease_end = timezone.now() - timedelta(seconds=CLAIM_LEASE_S)
+    if existing.status == DeliveryStatus.QUEUED and existing.claimed_at and existing.claimed_at < lease_end:
+        # Its sender died mid-send (SIGKILL, crash): take the push over, atomically.
+        taken = Delivery.objects.filter(
+            pk=existing.pk, status=DeliveryStatus.QUEUED, claimed_at=existing.claimed_at
+        ).update(claimed_at=timezone.now())
+        if taken:
+            existing.refresh_from_db()
+            return existing, True
+    return existing, False
+
+
+def push_request_handle(*, fields: Mapping[str, Any], source: str, received_at: float | None = None) -> Delivery:
+    """Handle one push_req (AMQP, API, admin or command): send it within its deadline, record the
+    outcome, deactivate dead tokens. Raises BadMessage for a push_req that cannot be handled."""
+    started = received_at or time.time()
+    token = _required_str(fields, "Token-ID")
+    token_type = _required_str(fields, "Token-Type").lower()
+    app_id = _required_str(fields, "Token-App")
+    expires = int_or_none(fields.get("Expires"))
+    window = expires if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
+    deadline = started + window
+
+    delivery, claimed = _claim(fields=fields, source=source, started=started, deadline=deadline)
+    if not claimed:
+        delivery.status = DeliveryStatus.DUPLICATE
+        delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
+        return delivery
+
+    provider = PROVIDER_OF_TOKEN_TYPE.get(token_type)
+    if provider is None:
+        return _finish(delivery, DeliveryStatus.FAILED, reason="unknown_token_type",
+                       error=f"Token-Type {token_type!r} is not apple/apns or firebase/google/android/fcm",
+                       started=started)
+    app = push_app_get(app_id=app_id, provider=provider)
+    problem = ""
+    if app is None:
+        problem = f"no {provider} push app {app_id!r} is configured (add it in the admin or with add_*_app)"
+    elif not app.enabled:
+        problem = f"push app {app} is disabled"
+    elif app.credential is None:
+        problem = f"push app {app} has no credential"
+    else:
+        problem = app.credential.cannot_send_reason()
+    if problem:
+        delivery.push_app = app
+        return _finish(delivery, DeliveryStatus.FAILED, reason="app_unusable", error=problem, started=started)
+    assert app is not None
+    delivery.push_app = app
+    delivery.push_type = app.push_type if provider == Provider.APPLE else "data"
+
+    attempts = 0
+    result: SendResult | None = None
+    while True:
+        if time.time() >= deadline:
+            last = f" (last answer: {result.reason})" if result else ""
+            return _finish(delivery, DeliveryStatus.EXPIRED, reason="deadline",
+                           error=f"not delivered within its {window:g}s window after {attempts} attempts{last}",
+                           started=started, attempts=attempts, result=result)
+        attempts += 1
+        if attempts > 1:
+            Delivery.objects.filter(pk=delivery.pk).update(claimed_at=timezone.now(), attempts=attempts - 1)
+        result = _provider_send(app=app, fields=fields, token=token, deadline=deadline)
+        if result.outcome != "retry":
+            break
+        # 429/5xx/timeouts: jittered exponential backoff, never past the deadline.
+        pause = min(0.1 * 2 ** attempts, 2.0) * random.uniform(0.5, 1.5)
+        if time.time() + pause >= deadline:
+            return _finish(delivery, DeliveryStatus.EXPIRED, reason="deadline",
+                           error=f"retrying would pass the {window:g}s window after {attempts} attempts "
+                                 f"(last answer: {result.reason})",
+                           started=started, attempts=attempts, result=result)
+        time.sleep(pause)
+
+    if result.outcome == "sent":
+        delivery = _finish(delivery, DeliveryStatus.SENT, reason="", started=started, attempts=attempts, result=result)
+    elif result.outcome == "token_invalid":
+        delivery = _finish(delivery, DeliveryStatus.TOKEN_INVALID, reason=result.reason, error=result.description,
+                           started=started, attempts=attempts, result=result)
+        token_dead(token=token, reason=f"{provider} answered {result.status} {result.reason}",
+                   provider_timestamp_ms=result.timestamp_ms)
+    else:
+        delivery = _finish(delivery, DeliveryStatus.FAILED, reason=result.reason, error=result.description,
+                           started=started, attempts=attempts, result=result)
+        if result.outcome == "bad_device_token":
+            _app_bad_device_token(app)
+    return delivery
+
+
+def _finish(
+    delivery: Delivery,
+    status: str,
+    *,
+    reason: str,
+    started: float,
+    error: str = "",
+    attempts: int = 0,
+    result: SendResult | None = None,
+) -> Delivery:
+    delivery.status = status
+    delivery.reason = reason[:200]
+    delivery.error = error[:2000]
+    delivery.attempts = attempts
+    delivery.finished_at = timezone.now()
+    if result is not None:
+        delivery.http_status = result.status
+        delivery.provider_message_id = result.message_id[:255]
+        delivery.latency_ms = (time.time() - started) * 1000
+    delivery.save(update_fields=[
+        "status", "reason", "error", "attempts", "finished_at", "http_status", "provider_message_id", "latency_ms",
+        "push_app", "push_type",
+    ])
+    labels = {"provider": delivery.provider or "unknown", "app": delivery.app_id[:100] or "unknown"}
+    metrics.PUSHES.labels(**labels, status=status, reason=delivery.reason or "ok").inc()
+    if delivery.latency_ms is not None:
+        metrics.PROVIDER_LATENCY.labels(provider=labels["provider"]).observe(delivery.latency_ms / 1000)
+    event_type = {DeliveryStatus.SENT: "push.sent", DeliveryStatus.EXPIRED: "push.expired"}.get(status, "push.failed")
+    event_publish(
+        event_type,
+        account=delivery.account_id or None,
+        device=delivery.device_id or None,
+        app=delivery.app_id,
+        provider=delivery.provider,
+        token=delivery.token_masked,
+        call_id=delivery.call_id or None,
+        outcome=status,
+        reason=delivery.reason or None,
+        latency_ms=round(delivery.latency_ms, 1) if delivery.latency_ms is not None else None,
+        delivery=delivery.pk,
+    )
+    return delivery
+
+
+def _app_bad_device_token(app: PushApp) -> None:
+    """BadDeviceToken usually means a sandbox token sent to production (or the reverse): the
+    token is fine, the app's host is wrong. Flag the app when it repeats; never kill the token."""
+    PushApp.objects.filter(pk=app.pk).update(bad_device_token_count=F("bad_device_token_count") + 1)
+    app.refresh_from_db(fields=["bad_device_token_count"])
+    if app.bad_device_token_count >= settings.PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER and not app.flagged_reason:
+        reason = (f"{app.bad_device_token_count} BadDeviceToken answers: sandbox/production mix-up? "
+                  f"check the host ({app.host}) against the app's build")
+        PushApp.objects.filter(pk=app.pk).update(flagged_reason=reason)
+        log.warning("push app %s flagged: %s", app, reason)
+
+
+def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = None) -> int:
+    """Deactivate a token the provider says is dead, and clear the push objects built on it so
+    Kazoo stops building push endpoints. APNs' 410 timestamp is honoured: a token registered
+    again after Apple declared it dead is kept. Returns how many tokens were deactivated."""
+    from registry.models import Device, PushToken
+    from registry.services import device_push_clear
+
+    now = timezone.now()
+    tokens = PushToken.objects.filter(token=token, active=True).select_related("device")
+    if provider_timestamp_ms is not None:
+        dead_since = datetime.fromtimestamp(provider_timestamp_ms / 1000, tz=dt_timezone.utc)
+        tokens = tokens.filter(last_seen_at__lt=dead_since)
+    count = 0
+    for push_token in tokens:
+        with transaction.atomic():
+            PushToken.objects.filter(pk=push_token.pk).update(
+                active=False, deactivated_at=now, deactivated_reason=reason[:300]
+            )
+            device: Device = push_token.device
+            if device.push and device.push.get("Token-ID") == token:
+                device_push_clear(device=device, reason=reason)
+            event_publish("token.deactivated", account=device.account_id, device=device.device_id,
+                          app=push_token.app, token=push_token.token_masked, outcome=reason[:200])
+        count += 1
+    if count:
+        log.info("deactivated %d token(s) %s: %s", count, mask_token(token), reason)
+    return count

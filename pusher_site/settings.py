@@ -1,0 +1,199 @@
+"""pusher settings: read from the environment once, here (django-environ).
+
+Dev defaults are obviously fake and only apply when DEBUG is on; in production the
+secrets have no default and a missing one stops the boot with a clear message.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+DATA_DIR = Path(env.str("PUSHER_DATA_DIR", default=str(BASE_DIR / "data")))
+
+
+def _required_secret(name: str, dev_value: str) -> str:
+    value = env.str(name, default="")
+    if value:
+        return value
+    if DEBUG:
+        return dev_value
+    raise ImproperlyConfigured(
+        f"{name} is not set. It is required when DEBUG is off; set it in the environment "
+        f"(or set DEBUG=true for a development run)."
+    )
+
+
+SECRET_KEY = _required_secret("SECRET_KEY", "dev-insecure-not-a-secret-do-not-use-in-production")
+# Comma-separated Fernet keys: the first encrypts, all decrypt, so a key can be rotated
+# by prepending a new one and running `manage.py credentials_reencrypt`.
+FIELD_ENCRYPTION_KEY = [
+    key.strip()
+    for key in _required_secret("FIELD_ENCRYPTION_KEY", "ZGV2LWZha2Uta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=").split(",")
+    if key.strip()
+]
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "pusher_site",
+    "registry",
+    "push",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "pusher_site.urls"
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "pusher_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'pusher.sqlite3'}"),
+}
+# The consumer is long-lived: keep connections, but check them so a restarted
+# PostgreSQL is noticed instead of failing the next query.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL + a busy timeout let the web process and the consumer share the embedded file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# --- Broker and the Kazoo bus ------------------------------------------------------
+AMQP_URL = env.str("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+PUSHER_QUEUE_NAME = env.str("PUSHER_QUEUE_NAME", default="pusher_shared_listener")
+PUSHER_QUEUE_DURABLE = env.bool("PUSHER_QUEUE_DURABLE", default=False)
+PUSHER_DEAD_LETTER_EXCHANGE = env.str("PUSHER_DEAD_LETTER_EXCHANGE", default="pusher.dead_letter")
+PUSHER_DEAD_LETTER_QUEUE = env.str("PUSHER_DEAD_LETTER_QUEUE", default="pusher_dead_letters")
+PUSHER_PREFETCH = env.int("PUSHER_PREFETCH", default=200)
+PUSHER_WORKERS = env.int("PUSHER_WORKERS", default=32)
+PUSHER_MAX_MESSAGE_BYTES = env.int("PUSHER_MAX_MESSAGE_BYTES", default=256 * 1024)
+# An unchanged re-REGISTER costs no write, except this refresh of last-seen times.
+PUSHER_LAST_SEEN_INTERVAL_S = env.int("PUSHER_LAST_SEEN_INTERVAL_S", default=3600)
+PUSHER_REGEX_TIMEOUT_S = env.float("PUSHER_REGEX_TIMEOUT_S", default=0.05)
+
+# --- Push path ----------------------------------------------------------------------
+PUSHER_PUSH_DEADLINE_S = env.float("PUSHER_PUSH_DEADLINE_S", default=20.0)
+PUSHER_APNS_CA_FILE = env.str("PUSHER_APNS_CA_FILE", default="") or None
+PUSHER_APNS_JWT_MAX_AGE_S = env.int("PUSHER_APNS_JWT_MAX_AGE_S", default=50 * 60)
+PUSHER_FCM_ENDPOINT = env.str("PUSHER_FCM_ENDPOINT", default="https://fcm.googleapis.com")
+PUSHER_FCM_CA_FILE = env.str("PUSHER_FCM_CA_FILE", default="") or None
+PUSHER_FCM_TTL_S = env.int("PUSHER_FCM_TTL_S", default=30)
+PUSHER_LEGACY_PUSH_RESP = env.bool("PUSHER_LEGACY_PUSH_RESP", default=False)
+PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = env.int("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", default=5)
+
+# --- Kazoo Crossbar (device document sync); unset = store locally only ----------------
+KAZOO_CROSSBAR_URL = env.str("KAZOO_CROSSBAR_URL", default="")
+KAZOO_API_KEY = env.str("KAZOO_API_KEY", default="")
+KAZOO_CA_FILE = env.str("KAZOO_CA_FILE", default="") or None
+
+# --- Live feed ------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+PUSHER_METRICS_PUBLIC = env.bool("PUSHER_METRICS_PUBLIC", default=True)
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["pusher_site.api.ModelPermissions"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["rest_framework.filters.OrderingFilter"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "pusher_site.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "pusher API",
+    "DESCRIPTION": "Provisioning API of pusher, the VoIP push service for Kazoo.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Security (production) ------------------------------------------------------------
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+# The health and metrics endpoints must answer plain HTTP probes inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"pika": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+}

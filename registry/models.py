@@ -1,0 +1,115 @@
+"""User-Agent rules, Kazoo devices and their push tokens."""
+
+from django.db import models
+
+from push.models import mask_token
+
+
+class UserAgentRule(models.Model):
+    """Kazoo's `User-Agents` entry: a regex over the User-Agent and a map of push object keys
+    to the Contact parameter (or reg_success field) that holds each value.
+
+    Sources named after RFC 8599 parameters (pn-provider, pn-prid, pn-param) are decoded
+    (Linphone's `tok:voip&tok:remote` pairs, `TEAMID.bundle.voip` params)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    position = models.IntegerField(default=100, db_index=True, help_text="Lower first; the first match wins")
+    enabled = models.BooleanField(default=True)
+    regex = models.CharField(max_length=1000, help_text="Searched unanchored in the User-Agent; use ^ to anchor")
+    properties = models.JSONField(
+        default=dict,
+        help_text='Output key -> source name, e.g. {"Token-ID": "pn-tok", "Token-Type": "pn-type", '
+        '"Token-App": "app-id"}',
+    )
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+        verbose_name = "User-Agent rule"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SyncStatus(models.TextChoices):
+    LOCAL = "local", "local only (Kazoo not configured)"
+    PENDING = "pending", "waiting to sync"
+    SYNCED = "synced", "in sync"
+    FAILED = "failed", "sync failing"
+
+
+class Device(models.Model):
+    """A Kazoo device (account + Authorizing-ID) and the push object Kazoo should hold for it."""
+
+    account_id = models.CharField(max_length=64)
+    device_id = models.CharField(max_length=64, help_text="Kazoo's Authorizing-ID (the device doc id)")
+    username = models.CharField(max_length=255, blank=True, db_index=True)
+    realm = models.CharField(max_length=255, blank=True, db_index=True)
+    # Exactly the object Kazoo stores under the device doc's `push` key; null = none.
+    push = models.JSONField(null=True, blank=True)
+    push_changed_at = models.DateTimeField(null=True, blank=True)
+    rule_name = models.CharField(max_length=200, blank=True)
+    # Hash of everything a registration sets (push object, tokens, UA, names): an unchanged
+    # re-REGISTER is recognised from this one column and costs no write.
+    registration_digest = models.CharField(max_length=64, blank=True)
+
+    sync_status = models.CharField(max_length=16, choices=SyncStatus.choices, default=SyncStatus.LOCAL)
+    push_synced_at = models.DateTimeField(null=True, blank=True, help_text="When the push object last reached Kazoo")
+    sync_attempts = models.PositiveIntegerField(default=0)
+    sync_next_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    sync_error = models.CharField(max_length=500, blank=True)
+
+    last_user_agent = models.CharField(max_length=500, blank=True)
+    last_contact = models.TextField(blank=True)
+    last_registration_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["account_id", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account_id", "device_id"], name="device_unique_account_device")
+        ]
+
+    def __str__(self) -> str:
+        name = f"{self.username}@{self.realm}" if self.username else self.device_id
+        return f"{name} ({self.account_id})"
+
+    @property
+    def in_sync(self) -> bool:
+        return self.sync_status in (SyncStatus.SYNCED, SyncStatus.LOCAL)
+
+
+class TokenKind(models.TextChoices):
+    VOIP = "voip", "VoIP (PushKit)"
+    REMOTE = "remote", "remote (visible)"
+    PLAIN = "", "plain"
+
+
+class PushToken(models.Model):
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="tokens")
+    token = models.CharField(max_length=1024)
+    token_type = models.CharField(max_length=32)
+    app = models.CharField(max_length=255)
+    kind = models.CharField(max_length=8, choices=TokenKind.choices, blank=True, default="")
+    sandbox = models.BooleanField(default=False)
+    proxy = models.CharField("Token-Proxy", max_length=500, blank=True)
+    active = models.BooleanField(default=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_reason = models.CharField(max_length=300, blank=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [models.UniqueConstraint(fields=["device", "token"], name="pushtoken_unique_device_token")]
+        indexes = [models.Index(fields=["token"], name="pushtoken_token_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.token_masked} ({self.token_type} {self.app})"
+
+    @property
+    def token_masked(self) -> str:
+        return mask_token(self.token)

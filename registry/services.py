@@ -1,0 +1,269 @@
+"""Registration services: reg_success -> device push object and tokens, and the sync to Kazoo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from pusher_site import metrics
+from pusher_site.events import event_publish
+from registry import selectors
+from registry.kazoo import CrossbarClient, KazooSyncError
+from registry.models import Device, PushToken, SyncStatus
+from registry.pushobject import PushBuild, TokenInfo, push_object_build, push_object_equal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    outcome: str  # "ignored", "unchanged", "refreshed", "created", "updated"
+    reason: str
+    build: PushBuild
+    device: Device | None = None
+
+
+def registration_match(*, fields: Mapping[str, Any]) -> PushBuild:
+    """Match a reg_success (or a pasted User-Agent + Contact) against the enabled rules. Pure apart
+    from reading the rules; raises ContactParseError on a Contact that doesn't parse."""
+    return push_object_build(rules=selectors.user_agent_rules_enabled(), fields=fields)
+
+
+def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
+    material = {
+        "push": build.push,
+        "tokens": sorted((t.token, t.type, t.app, t.kind, t.sandbox) for t in build.tokens),
+        "ua": fields.get("User-Agent"),
+        "username": fields.get("Username"),
+        "realm": fields.get("Realm"),
+        "rule": build.rule,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
+    """Apply one reg_success. Idempotent: a redelivered or repeated registration changes nothing
+    (apart from a last-seen time refreshed at most once per PUSHER_LAST_SEEN_INTERVAL_S)."""
+    build = registration_match(fields=fields)
+    if build.push is None or not build.account_id or not build.device_id:
+        metrics.REGISTRATIONS.labels(outcome="ignored").inc()
+        return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
+
+    now = timezone.now()
+    digest = _digest(build, fields)
+    interval = timedelta(seconds=settings.PUSHER_LAST_SEEN_INTERVAL_S)
+    device = selectors.device_get(account_id=build.account_id, device_id=build.device_id)
+    if (
+        device is not None
+        and device.registration_digest == digest
+        and device.last_seen_at is not None
+        and now - device.last_seen_at < interval
+    ):
+        metrics.REGISTRATIONS.labels(outcome="unchanged").inc()
+        return RegistrationResult(outcome="unchanged", reason="same push object and tokens", build=build, device=device)
+
+    result = _registration_write(build=build, fields=fields, digest=digest, now=now)
+    metrics.REGISTRATIONS.labels(outcome=result.outcome).inc()
+    return result
+
+
+@transaction.atomic
+def _registration_write(*, build: PushBuild, fields: Mapping[str, Any], digest: str, now: Any) -> RegistrationResult:
+    device, created = Device.objects.select_for_update().get_or_create(
+        account_id=build.account_id, device_id=build.device_id
+    )
+    token_ids = [t.token for t in build.tokens]
+    if not created and device.registration_digest == digest:
+        Device.objects.filter(pk=device.pk).update(last_seen_at=now)
+        device.tokens.filter(token__in=token_ids).update(last_seen_at=now)
+        return RegistrationResult(outcome="refreshed", reason="last-seen refreshed", build=build, device=device)
+
+    push_changed = not push_object_equal(device.push, build.push)
+    device.username = str(fields.get("Username") or device.username)[:255]
+    device.realm = str(fields.get("Realm") or device.realm)[:255]
+    device.rule_name = build.rule or ""
+    device.last_user_agent = str(fields.get("User-Agent") or "")[:500]
+    device.last_contact = str(fields.get("Contact") or "")
+    device.last_registration_at = now
+    device.last_seen_at = now
+    device.registration_digest = digest
+    if push_changed:
+        device.push = build.push
+        device.push_changed_at = now
+        _sync_mark_pending(device, now)
+    device.save()
+    _tokens_upsert(device=device, tokens=build.tokens, proxy=(build.push or {}).get("Token-Proxy", ""), now=now)
+
+    outcome = "created" if created else "updated"
+    log_fields = {"account": device.account_id, "device": device.device_id}
+    if push_changed:
+        event_publish(
+            "registration.updated",
+            **log_fields,
+            app=build.push.get("Token-App") if build.push else None,
+            token=_mask(build.push.get("Token-ID", "") if build.push else ""),
+            rule=build.rule,
+            outcome=outcome,
+        )
+        if device.sync_status == SyncStatus.PENDING:
+            transaction.on_commit(lambda: sync_wake())
+    return RegistrationResult(
+        outcome=outcome if push_changed else "updated",
+        reason="push object changed" if push_changed else "tokens or device details changed",
+        build=build,
+        device=device,
+    )
+
+
+def _mask(token: str) -> str:
+    from push.models import mask_token
+
+    return mask_token(token)
+
+
+def _tokens_upsert(*, device: Device, tokens: tuple[TokenInfo, ...], proxy: str, now: Any) -> None:
+    seen: set[str] = set()
+    for info in tokens:
+        seen.add(info.token)
+        PushToken.objects.update_or_create(
+            device=device,
+            token=info.token,
+            defaults={
+                "token_type": info.type,
+                "app": info.app,
+                "kind": info.kind,
+                "sandbox": info.sandbox,
+                "proxy": proxy,
+                "active": True,
+                "deactivated_at": None,
+                "deactivated_reason": "",
+                "last_seen_at": now,
+            },
+        )
+    # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
+    kinds = {t.kind for t in tokens}
+    device.tokens.filter(active=True, kind__in=kinds).exclude(token__in=seen).update(
+        active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration"
+    )
+
+
+# --- Kazoo sync ---------------------------------------------------------------------
+
+_client_lock = threading.Lock()
+_client: CrossbarClient | None = None
+_sync_event = threading.Event()
+
+
+def kazoo_configured() -> bool:
+    return bool(settings.KAZOO_CROSSBAR_URL and settings.KAZOO_API_KEY)
+
+
+def kazoo_client() -> CrossbarClient | None:
+    global _client
+    if not kazoo_configured():
+        return None
+    with _client_lock:
+        if _client is None or _client.base_url != settings.KAZOO_CROSSBAR_URL.rstrip("/"):
+            _client = CrossbarClient(settings.KAZOO_CROSSBAR_URL, settings.KAZOO_API_KEY, ca_file=settings.KAZOO_CA_FILE)
+        return _client
+
+
+def _sync_mark_pending(device: Device, now: Any) -> None:
+    if kazoo_configured():
+        device.sync_status = SyncStatus.PENDING
+        device.sync_next_at = now
+        device.sync_attempts = 0
+        device.sync_error = ""
+    else:
+        device.sync_status = SyncStatus.LOCAL
+
+
+def sync_wake() -> None:
+    """Tell the sync loop (if this process runs one) that a device waits."""
+    _sync_event.set()
+
+
+def sync_wait(timeout: float) -> None:
+    _sync_event.wait(timeout)
+    _sync_event.clear()
+
+
+def device_sync(*, device: Device) -> Device:
+    """Push the device's push object to Kazoo's device document now (outside any transaction:
+    a network call must not hold database locks)."""
+    client = kazoo_client()
+    if client is None:
+        Device.objects.filter(pk=device.pk).update(sync_status=SyncStatus.LOCAL)
+        device.sync_status = SyncStatus.LOCAL
+        return device
+    changed_at = device.push_changed_at
+    now = timezone.now()
+    try:
+        client.device_push_set(device.account_id, device.device_id, device.push or {})
+    except KazooSyncError as exc:
+        attempts = device.sync_attempts + 1
+        delay = min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
+        Device.objects.filter(pk=device.pk).update(
+            sync_status=SyncStatus.FAILED,
+            sync_attempts=attempts,
+            sync_error=exc.message[:500],
+            sync_next_at=now + timedelta(seconds=delay),
+        )
+        device.refresh_from_db()
+        metrics.KAZOO_SYNC_FAILURES.inc()
+        log.warning("kazoo sync failed for device %s/%s (attempt %d, next in %.0fs): %s",
+                    device.account_id, device.device_id, attempts, delay, exc.message)
+        event_publish("kazoo.sync_failed", account=device.account_id, device=device.device_id,
+                      outcome=exc.message[:200])
+        return device
+    # Mark synced only if the push object did not change while we were talking to Kazoo.
+    Device.objects.filter(pk=device.pk, push_changed_at=changed_at).update(
+        sync_status=SyncStatus.SYNCED, push_synced_at=now, sync_attempts=0, sync_error="", sync_next_at=None
+    )
+    device.refresh_from_db()
+    log.info("kazoo sync ok for device %s/%s", device.account_id, device.device_id)
+    return device
+
+
+def device_sync_due(*, limit: int = 50) -> int:
+    """Sync the devices whose turn has come; returns how many were tried."""
+    if not kazoo_configured():
+        return 0
+    due = list(
+        Device.objects.filter(
+            sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED], sync_next_at__lte=timezone.now()
+        ).order_by("sync_next_at")[:limit]
+    )
+    for device in due:
+        device_sync(device=device)
+    return len(due)
+
+
+@transaction.atomic
+def device_push_clear(*, device: Device, reason: str) -> Device:
+    """Clear the push object (dead token) so Kazoo stops building push endpoints for the device;
+    the next REGISTER with a token brings it back."""
+    device = Device.objects.select_for_update().get(pk=device.pk)
+    if device.push is None:
+        return device
+    now = timezone.now()
+    device.push = None
+    device.push_changed_at = now
+    device.registration_digest = ""
+    _sync_mark_pending(device, now)
+    device.save()
+    log.info("push object cleared for device %s/%s: %s", device.account_id, device.device_id, reason)
+    if device.sync_status == SyncStatus.PENDING:
+        transaction.on_commit(sync_wake)
+    return device
