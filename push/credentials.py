@@ -162,9 +162,7 @@ def parse_apns_certificate(data: bytes | str, *, password: str | None = None) ->
         # cryptography decodes names and extensions lazily; a malformed one only shows up here.
         raise CredentialError("the certificate could not be read (malformed subject or extensions)") from None
 
-    secret = cert.public_bytes(serialization.Encoding.PEM).decode("ascii") + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
+    secret = cert.public_bytes(serialization.Encoding.PEM).decode("ascii") + _pkcs8_pem(key)
     return ParsedCredential(facts=facts, secret=secret)
 
 

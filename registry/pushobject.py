@@ -170,7 +170,7 @@ def push_object_build(*, rules: Sequence[Rule], fields: Mapping[str, Any]) -> Pu
     properties["Token-Proxy"] = "Proxy-Path"
     token_source = properties.get("Token-ID")
     unregister = _is_unregister(fields)
-    if not token_source:
+    if not isinstance(token_source, str) or not token_source:
         return result(REASON_UNREGISTER if unregister else REASON_NO_TOKEN_PROPERTY)
 
     push: dict[str, str] | None = None
@@ -185,7 +185,10 @@ def push_object_build(*, rules: Sequence[Rule], fields: Mapping[str, Any]) -> Pu
         built, contact_tokens = built_pair
         if push is None:
             push = built
-        tokens.extend(t for t in contact_tokens if t not in tokens)
+        # The same app may register over two transports: one token, listed once.
+        for token in contact_tokens:
+            if token not in tokens:
+                tokens.append(token)
 
     if unregister:
         return result(REASON_UNREGISTER, tokens=tuple(tokens))

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from pusher_site import metrics
+from pusher_site.errors import ContactParseError
 from pusher_site.events import event_publish
 from registry import selectors
 from registry.kazoo import CrossbarClient, KazooSyncError
@@ -37,7 +38,10 @@ class RegistrationResult:
 def registration_match(*, fields: Mapping[str, Any]) -> PushBuild:
     """Match a reg_success (or a pasted User-Agent + Contact) against the enabled rules. Pure apart
     from reading the rules; raises ContactParseError on a Contact that doesn't parse."""
-    return push_object_build(rules=selectors.user_agent_rules_enabled(), fields=fields)
+    try:
+        return push_object_build(rules=selectors.user_agent_rules_enabled(), fields=fields)
+    except ContactParseError as exc:
+        raise ContactParseError(f"Contact does not parse: {exc.message}") from exc
 
 
 def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
@@ -234,6 +238,23 @@ def device_sync(*, device: Device) -> Device:
     device.refresh_from_db()
     log.info("kazoo sync ok for device %s/%s", device.account_id, device.device_id)
     return device
+
+
+def sync_loop(stop: threading.Event) -> None:
+    """Retry pushing changed push objects to Kazoo with backoff, off the message path (the
+    consumer runs this in a thread; state lives in the database, so a restart resumes it)."""
+    from django.db import close_old_connections, connection
+
+    while not stop.is_set():
+        sync_wait(1.0)
+        if not kazoo_configured():
+            continue
+        try:
+            close_old_connections()
+            device_sync_due(limit=50)
+        except Exception:  # noqa: BLE001 - logged, retried on the next turn
+            log.warning("kazoo sync loop error", exc_info=True)
+    connection.close()
 
 
 def device_sync_due(*, limit: int = 50) -> int:

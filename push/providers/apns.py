@@ -136,14 +136,15 @@ REASONS: dict[str, tuple[Outcome, str]] = {
         "No certificate was presented and no provider token was sent; the credential has no usable auth.",
     ),
     "UnrelatedKeyIdInToken": (
-        Outcome.FAILED,
-        "The key id in the provider token does not belong to the team id (or the topic's team); "
-        "check key id and team id.",
+        # APNs binds a connection to the key of its first push; a retry on a new connection works.
+        Outcome.RETRY,
+        "The connection was bound to another signing key on its first push; the connection is "
+        "replaced. If it persists, check that key id and team id belong together.",
     ),
     "BadEnvironmentKeyIdInToken": (
         Outcome.FAILED,
-        "The signing key is not allowed in this environment (sandbox vs production); check the key's "
-        "configuration in the Apple developer account or the app's host.",
+        "The signing key is scoped to the other environment (sandbox vs production); use a key for "
+        "this environment or fix the app's host.",
     ),
     # 404
     "BadPath": (Outcome.FAILED, "The request path was not /3/device/<token>; this is a client bug."),
@@ -293,7 +294,13 @@ class _CredentialProblem(Exception):
     """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""
 
 
+# Why connections are keyed by credential: APNs binds a token-auth connection to the team and key of
+# its first push (another key on it gets 403 UnrelatedKeyIdInToken), and a certificate is a property
+# of the TLS session itself.
 _ConnKey = tuple[str, str, int]
+
+# Answers that condemn the connection rather than the push: new pushes go to a fresh one.
+_CONNECTION_SCOPED_REASONS = frozenset({"Shutdown", "IdleTimeout", "UnrelatedKeyIdInToken"})
 
 # Alerts a TLS server sends when it refuses our client certificate: not transient, an operator
 # has to upload another certificate.
@@ -437,10 +444,6 @@ class ApnsClient:
         self._jwt_max_age = jwt_max_age
         self._idle_timeout = idle_timeout
         self._clock = clock
-        # Built now so that a missing or broken CA bundle fails at configuration time, not at the
-        # first push; token-auth connections share it (they present no client certificate).
-        self._token_ssl_context = self._new_ssl_context()
-
         self._lock = threading.Lock()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -449,6 +452,9 @@ class ApnsClient:
         # Loop-thread-only state.
         self._connections: dict[_ConnKey, _Connection] = {}
         self._jwts: dict[tuple[str, str], _Jwt] = {}
+        # Built now so that a missing or broken CA bundle fails at configuration time, not at the
+        # first push; token-auth connections share it (they present no client certificate).
+        self._token_ssl_context = self._new_ssl_context()
 
     def __repr__(self) -> str:
         return f"<ApnsClient connections={len(self._connections)} closed={self._closed}>"
@@ -759,6 +765,8 @@ class ApnsClient:
                 self._maybe_close(conn)
 
             result = self._result_from_response(request, response, started)
+            if result.reason in _CONNECTION_SCOPED_REASONS:
+                self._retire(key, conn)
             if result.reason == "ExpiredProviderToken" and credential.kind == "token" and not refreshed:
                 # Our clock and Apple's disagree, or the token outlived the cache; mint once and retry.
                 refreshed = True

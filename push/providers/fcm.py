@@ -8,8 +8,9 @@ Why pyfcm is subclassed rather than used through `FCMNotification.notify()` (pyf
 
 * The send URL comes from the class constant `FCM_END_POINT_BASE` (always https://fcm.googleapis.com) and
   `fcm_end_point` prefers the service account's own `project_id` over the one passed in. We override the
-  `fcm_end_point` property so the URL is exactly `{endpoint}/v1/projects/{credential.project_id}/messages:send`
-  (a service account may legitimately send for another project it has rights on; tests use a fake endpoint).
+  `fcm_end_point` property so the URL is exactly
+  `{endpoint}/v1/projects/{credential.project_id}/messages:send` (a service account may legitimately send
+  for another project it has rights on; PUSHER_FCM_ENDPOINT and the test fake need another base).
 * `_get_access_token()` calls `credentials.refresh()` - a round trip to the OAuth2 token endpoint - every time
   it is asked, wraps every failure (including "token endpoint down") in `InvalidDataError`, and
   `requests_session` re-seeds the per-thread `Authorization` header on a fixed 1800 s clock that ignores
@@ -65,7 +66,7 @@ _ANDROID_PRIORITIES = frozenset({"high", "normal"})
 _DETAIL_LIMIT = 300
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - same base as push.providers.apns.Outcome; values compare as str
     """What the service should do with a result; same names/values as push.providers.apns.Outcome."""
 
     SENT = "sent"
@@ -302,7 +303,7 @@ class _FcmClient(FCMNotification):
             return False
         if credentials.expiry is None:  # no expires_in from the token endpoint: trust it until a 401
             return True
-        expires_at = credentials.expiry.replace(tzinfo=dt.timezone.utc).timestamp()  # google-auth: naive UTC
+        expires_at = credentials.expiry.replace(tzinfo=dt.UTC).timestamp()  # google-auth: naive UTC
         return self._clock() < expires_at - TOKEN_REFRESH_MARGIN_S
 
     def _refresh(self, timeout: float) -> None:
@@ -321,9 +322,12 @@ class _FcmClient(FCMNotification):
             raise _TokenEndpointError(summary, f"{summary} ({token_uri}): {_short(exc)}", retryable) from exc
         except google.auth.exceptions.TransportError as exc:
             cause = exc.__cause__ or exc
-            kind = cause.status_line if isinstance(cause, _TokenEndpointUnavailable) else type(cause).__name__
+            if isinstance(cause, _TokenEndpointUnavailable):
+                kind = detail = cause.status_line
+            else:
+                kind, detail = type(cause).__name__, _short(cause)
             summary = f"FCM OAuth2 token endpoint unreachable: {kind}"
-            raise _TokenEndpointError(summary, f"{summary} ({token_uri}): {_short(cause)}", True) from exc
+            raise _TokenEndpointError(summary, f"{summary} ({token_uri}): {detail}", True) from exc
 
 
 class _TokenRequest(google.auth.transport.Request):
@@ -347,7 +351,9 @@ class _TokenRequest(google.auth.transport.Request):
         timeout: float | None = None,
         **kwargs: Any,
     ) -> google.auth.transport.Response:
-        response = self._inner(url, method=method, body=body, headers=headers, timeout=self._timeout, **kwargs)
+        response = self._inner(
+            url, method=method, body=body, headers=headers, timeout=self._timeout, **kwargs
+        )
         if response.status == 429 or response.status >= 500:
             raise google.auth.exceptions.TransportError(
                 "token endpoint unavailable"
@@ -401,7 +407,7 @@ def _classify(response: requests.Response) -> tuple[Outcome, str, str, str | Non
     error = error if isinstance(error, dict) else {}
     message = str(error.get("message") or response.reason or "")
     code = _fcm_error_code_from(error) or str(error.get("status") or f"HTTP_{status}")
-    description = f"HTTP {status} {code}: {message}"[:_DETAIL_LIMIT * 2]
+    description = f"HTTP {status} {code}: {message}"[: _DETAIL_LIMIT * 2]
 
     if code in ("UNREGISTERED", "SENDER_ID_MISMATCH"):
         # The app was uninstalled / the token belongs to another Firebase project: the token is dead.
@@ -428,7 +434,9 @@ def _fcm_error_code_from(error: dict[str, Any]) -> str | None:
     # Google's generic `status` (NOT_FOUND, PERMISSION_DENIED...) is coarse; FCM's own errorCode in
     # `details` (UNREGISTERED, SENDER_ID_MISMATCH...) is the documented signal.
     for detail in error.get("details") or ():
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.firebase.fcm.v1.FcmError"):
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
+            "google.firebase.fcm.v1.FcmError"
+        ):
             code = detail.get("errorCode")
             if isinstance(code, str) and code:
                 return code

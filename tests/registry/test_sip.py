@@ -67,10 +67,12 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ),
     (
         "linphone-legacy-ios",
-        "<sip:alice@198.51.100.20:5060;transport=tls;app-id=org.linphone.phone.voip.prod;pn-type=apple;"
-        f"pn-tok={APNS_HEX};pn-msg-str=IM_MSG;pn-call-str=IC_MSG;pn-groupchat-str=GC_MSG;"
-        "pn-call-snd=notes_of_the_optimistic.caf;pn-msg-snd=msg.caf;pn-silent=1;pn-timeout=0>"
-        f';+sip.instance="<urn:uuid:{UUID}>"',
+        (
+            "<sip:alice@198.51.100.20:5060;transport=tls;app-id=org.linphone.phone.voip.prod;pn-type=apple;"
+            f"pn-tok={APNS_HEX};pn-msg-str=IM_MSG;pn-call-str=IC_MSG;pn-groupchat-str=GC_MSG;"
+            "pn-call-snd=notes_of_the_optimistic.caf;pn-msg-snd=msg.caf;pn-silent=1;pn-timeout=0>"
+            f';+sip.instance="<urn:uuid:{UUID}>"'
+        ),
         [
             {
                 "user": "alice",
@@ -93,10 +95,12 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ),
     (
         "linphone-rfc8599-ios-specs-with-commas",
-        "<sip:alice@198.51.100.20:52000;transport=tls;pn-provider=apns;"
-        f"pn-prid={APNS_HEX}:voip&{APNS_HEX_2}:remote;pn-param=ABCD1234.org.linphone.phone.voip&remote>"
-        f';+sip.instance="<urn:uuid:{UUID}>";'
-        '+org.linphone.specs="conference/1.0,ephemeral/1.1,groupchat/1.1,lime"',
+        (
+            "<sip:alice@198.51.100.20:52000;transport=tls;pn-provider=apns;"
+            f"pn-prid={APNS_HEX}:voip&{APNS_HEX_2}:remote;pn-param=ABCD1234.org.linphone.phone.voip&remote>"
+            f';+sip.instance="<urn:uuid:{UUID}>";'
+            '+org.linphone.specs="conference/1.0,ephemeral/1.1,groupchat/1.1,lime"'
+        ),
         [
             {
                 "uri_params": (
@@ -114,8 +118,10 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ),
     (
         "linphone-rfc8599-android-fcm-token",
-        f"<sip:bob@203.0.113.9:41234;transport=tcp;pn-provider=fcm;pn-prid={FCM_TOKEN};"
-        "pn-param=929724111839>",
+        (
+            f"<sip:bob@203.0.113.9:41234;transport=tcp;pn-provider=fcm;pn-prid={FCM_TOKEN};"
+            "pn-param=929724111839>"
+        ),
         [
             {
                 "user": "bob",
@@ -175,8 +181,10 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ),
     (
         "three-contacts-mixed-forms",
-        '"Desk, Main" <sip:1001@192.0.2.10>;expires=60, sip:1001@192.0.2.11;ob ,'
-        " Mobile <sip:1001@192.0.2.12;pn-tok=xyz>;q=0.5",
+        (
+            '"Desk, Main" <sip:1001@192.0.2.10>;expires=60, sip:1001@192.0.2.11;ob ,'
+            " Mobile <sip:1001@192.0.2.12;pn-tok=xyz>;q=0.5"
+        ),
         [
             {"display_name": "Desk, Main", "host": "192.0.2.10", "header_params": (("expires", "60"),)},
             {"display_name": None, "host": "192.0.2.11", "uri_params": (("ob", None),)},
@@ -237,7 +245,7 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ("star-with-whitespace", "  *\t", [{"is_star": True}]),
     (
         "line-folding-and-whitespace-around-params",
-        "<sip:1001@192.0.2.1;transport=tcp>\r\n ; expires = 60 ;\r\n\t+sip.instance = \"<urn:uuid:1>\"",
+        '<sip:1001@192.0.2.1;transport=tcp>\r\n ; expires = 60 ;\r\n\t+sip.instance = "<urn:uuid:1>"',
         [{"header_params": (("expires", "60"), ("+sip.instance", "<urn:uuid:1>"))}],
     ),
     (
@@ -269,13 +277,22 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "tel-uri",
         "<tel:+1-201-555-0123;phone-context=example.com>",
-        [{"scheme": "tel", "user": "+1-201-555-0123", "host": "", "uri_params": (("phone-context", "example.com"),)}],
+        [
+            {
+                "scheme": "tel",
+                "user": "+1-201-555-0123",
+                "host": "",
+                "uri_params": (("phone-context", "example.com"),),
+            }
+        ],
     ),
     (
         "cisco-feature-tags-with-bang",
-        "<sip:6c9f2a1e-8b3d-4c5e-9f70-1a2b3c4d5e6f@10.20.30.40:51234;transport=tcp>;"
-        '+sip.instance="<urn:uuid:00000000-0000-0000-0000-f8a5c5123456>";'
-        '+u.sip!devicename.ccm.cisco.com="SEPF8A5C5123456";+u.sip!model.ccm.cisco.com="36670";video',
+        (
+            "<sip:6c9f2a1e-8b3d-4c5e-9f70-1a2b3c4d5e6f@10.20.30.40:51234;transport=tcp>;"
+            '+sip.instance="<urn:uuid:00000000-0000-0000-0000-f8a5c5123456>";'
+            '+u.sip!devicename.ccm.cisco.com="SEPF8A5C5123456";+u.sip!model.ccm.cisco.com="36670";video'
+        ),
         [
             {
                 "port": 51234,
@@ -295,8 +312,10 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     ),
     (
         "snom-line-and-feature-tags",
-        '<sip:1004@192.168.10.30:2048;transport=tls;line=kq7fz2x1>;reg-id=1;q=1.0;+sip.instance="<urn:uuid:'
-        f'{UUID}>";audio;mobility="fixed";duplex="full";description="snom D785"',
+        (
+            '<sip:1004@192.168.10.30:2048;transport=tls;line=kq7fz2x1>;reg-id=1;q=1.0;+sip.instance="<urn:uuid:'
+            f'{UUID}>";audio;mobility="fixed";duplex="full";description="snom D785"'
+        ),
         [
             {
                 "uri_params": (("transport", "tls"), ("line", "kq7fz2x1")),
@@ -345,7 +364,9 @@ VALID_CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
 ]
 
 
-@pytest.mark.parametrize(("header", "expected"), [c[1:] for c in VALID_CASES], ids=[c[0] for c in VALID_CASES])
+@pytest.mark.parametrize(
+    ("header", "expected"), [c[1:] for c in VALID_CASES], ids=[c[0] for c in VALID_CASES]
+)
 def test_parse_contacts_valid(header: str, expected: list[dict[str, Any]]) -> None:
     contacts = parse_contacts(header)
     assert [summary(c, set(e)) for c, e in zip(contacts, expected, strict=False)] == expected
@@ -392,7 +413,9 @@ GARBAGE_CASES: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("header", "fragment"), [c[1:] for c in GARBAGE_CASES], ids=[c[0] for c in GARBAGE_CASES])
+@pytest.mark.parametrize(
+    ("header", "fragment"), [c[1:] for c in GARBAGE_CASES], ids=[c[0] for c in GARBAGE_CASES]
+)
 def test_parse_contacts_garbage_raises(header: Any, fragment: str) -> None:
     with pytest.raises(ContactParseError) as excinfo:
         parse_contacts(header)
@@ -509,8 +532,11 @@ def test_parse_contacts_sip_like_text_never_crashes(text: str) -> None:
     user=st.from_regex(r"[A-Za-z0-9_.!~*'()&=+$,-]{1,20}", fullmatch=True),
     host=st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z]{2,6}){0,2}", fullmatch=True),
     port=st.one_of(st.none(), st.integers(min_value=1, max_value=65535)),
-    value=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=';,?"<>%\\'),
-                  min_size=1, max_size=30),
+    value=st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=';,?"<>%\\'),
+        min_size=1,
+        max_size=30,
+    ),
 )
 def test_parse_contacts_roundtrip_generated(user: str, host: str, port: int | None, value: str) -> None:
     hostport = host if port is None else f"{host}:{port}"

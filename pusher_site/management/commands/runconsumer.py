@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pusher_site.models import ConsumerStatus
 from pusher_site.worker import Worker, WorkerConfig
-from registry.services import device_sync_due, kazoo_configured, sync_wait
+from registry.services import sync_loop
 
 log = logging.getLogger("pusher.consumer")
 
@@ -51,7 +51,7 @@ class Command(BaseCommand):
         )
         worker.install_signal_handlers()
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
-        threading.Thread(target=_sync_loop, args=(worker,), name="kazoo-sync", daemon=True).start()
+        threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
         if options["metrics_port"]:
             _serve_metrics(worker, options["metrics_host"], options["metrics_port"])
         code = worker.run()
@@ -92,19 +92,6 @@ def _heartbeat_loop(worker: Worker) -> None:
             _heartbeat(worker, previous=previous)
         except Exception:  # noqa: BLE001 - the heartbeat must never take the consumer down
             log.debug("heartbeat not written", exc_info=True)
-
-
-def _sync_loop(worker: Worker) -> None:
-    """Retries pushing changed push objects to Kazoo with backoff, off the message path."""
-    while not worker.stopping.is_set():
-        sync_wait(2.0)
-        if not kazoo_configured():
-            continue
-        try:
-            close_old_connections()
-            device_sync_due(limit=50)
-        except Exception:  # noqa: BLE001 - logged and retried on the next turn
-            log.warning("kazoo sync loop error", exc_info=True)
 
 
 def _serve_metrics(worker: Worker, host: str, port: int) -> None:

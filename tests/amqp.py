@@ -1,0 +1,127 @@
+"""Helpers for tests that talk to the real RabbitMQ: a consumer running in a thread on its own
+queue names, and publishing exactly as Kamailio does (exchange, routing key, content type)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pika
+from django.db import connection
+
+from pusher_site.messages import Handled, RawMessage, message_process
+from pusher_site.worker import Worker, WorkerConfig
+from registry.services import sync_loop
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kazoo" / "samples"
+
+
+def sample(name: str) -> dict[str, Any]:
+    return json.loads((SAMPLES / name).read_text())
+
+
+def _closing_handler(message: RawMessage) -> Handled:
+    # Worker threads each hold a database connection; close it after every message so the
+    # test database can be flushed and dropped (pytest-django) without lingering sessions.
+    try:
+        return message_process(message)
+    finally:
+        connection.close()
+
+
+class RunningConsumer:
+    def __init__(self, worker: Worker, thread: threading.Thread) -> None:
+        self.worker = worker
+        self.thread = thread
+        self.config = worker.config
+
+    def wait_handled(self, count: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.worker.messages_total < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"consumer handled {self.worker.messages_total} of {count} messages in {timeout}s")
+            time.sleep(0.02)
+
+    def wait_connected(self, timeout: float = 15.0) -> None:
+        if not self.worker.connected.wait(timeout):
+            raise AssertionError("consumer did not connect to RabbitMQ")
+
+
+@contextmanager
+def consumer_running(
+    *, push_workers: int = 8, handler: Callable[[RawMessage], Handled] = _closing_handler
+) -> Iterator[RunningConsumer]:
+    suffix = uuid.uuid4().hex[:10]
+    config = WorkerConfig(
+        amqp_url=AMQP_URL,
+        queue=f"pusher_test_{suffix}",
+        queue_durable=False,
+        dead_letter_exchange=f"pusher_test_dlx_{suffix}",
+        dead_letter_queue=f"pusher_test_dlq_{suffix}",
+        prefetch=50,
+        push_workers=push_workers,
+        registration_lanes=4,
+    )
+    worker = Worker(config, handler=handler)
+    thread = threading.Thread(target=worker.run, name="test-consumer", daemon=True)
+    thread.start()
+    sync_thread = threading.Thread(target=sync_loop, args=(worker.stopping,), name="test-sync", daemon=True)
+    sync_thread.start()
+    running = RunningConsumer(worker, thread)
+    try:
+        running.wait_connected()
+        yield running
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        sync_thread.join(timeout=10)
+        assert not thread.is_alive(), "consumer did not stop within 30 s"
+        with broker_channel() as channel:
+            channel.queue_delete(config.queue)
+            channel.queue_delete(config.dead_letter_queue)
+            channel.exchange_delete(config.dead_letter_exchange)
+
+
+@contextmanager
+def broker_channel() -> Iterator[Any]:
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        yield conn.channel()
+    finally:
+        conn.close()
+
+
+def publish(
+    channel: Any,
+    exchange: str,
+    routing_key: str,
+    body: dict[str, Any] | bytes,
+    *,
+    content_type: str = "application/json",
+    content_encoding: str | None = None,
+) -> None:
+    """As Kamailio's kazoo module publishes: only content_type set, transient, no headers."""
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    channel.basic_publish(
+        exchange,
+        routing_key,
+        payload,
+        pika.BasicProperties(content_type=content_type, content_encoding=content_encoding),
+    )
+
+
+def dead_letters(channel: Any, queue: str) -> list[tuple[dict[str, Any], bytes]]:
+    out = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append((dict(properties.headers or {}), body))

@@ -1,0 +1,239 @@
+"""The push path end to end over the real RabbitMQ: Kamailio's push_req -> fake APNs / fake FCM."""
+
+import copy
+import json
+import time
+
+import pytest
+
+from push import services
+from push.models import Delivery, DeliveryStatus, Provider, PushApp
+from push.providers import apns
+from registry.models import Device, PushToken, UserAgentRule
+from tests.amqp import broker_channel, consumer_running, publish, sample
+from tests.fakes.apns import Answer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
+
+PUSH = sample("push_req_kamailio_master.json")
+LEGACY = sample("push_req_kamailio_2015_legacy.json")
+APNS_EXPECTED = sample("apns_request_constructed.json")
+REG = sample("reg_success_kamailio_master.json")
+TOKEN = PUSH["body"]["Token-ID"]
+FCM_TOKEN = "dKx9Qm3ZRlO7pYc2wEo1aB:APA91bHq8v2Xz-4kLmN0pQrStUvWxYz_aBcDeFg.with.dots"
+
+
+@pytest.fixture
+def apns_trusting_fake(fake_apns):
+    apns.configure(ca_file=fake_apns.ca_file)
+    yield fake_apns
+    apns.configure(ca_file=None)
+
+
+@pytest.fixture
+def apple_app(apns_trusting_fake):
+    fake = apns_trusting_fake
+    cert = fake.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
+    parsed = services.credential_parse(kind="apns_certificate", data=cert.pem)
+    credential = services.credential_save(name="acme voip", parsed=parsed)
+    return PushApp.objects.create(
+        app_id="com.acme.phone.voip.prod", provider=Provider.APPLE, credential=credential,
+        host=fake.host, port=fake.port, priority=10, push_type="voip",
+    )
+
+
+@pytest.fixture
+def firebase_app(settings, fake_fcm):
+    settings.PUSHER_FCM_ENDPOINT = fake_fcm.endpoint
+    info = fake_fcm.service_account("acme-phone")
+    parsed = services.credential_parse(kind="fcm_service_account", data=json.dumps(info))
+    credential = services.credential_save(name="acme fcm", parsed=parsed)
+    return PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=credential)
+
+
+@pytest.fixture
+def registered_device(db):
+    UserAgentRule.objects.create(
+        name="AcmePhone", position=10, regex="^AcmePhone",
+        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
+    )
+    from registry.services import registration_apply
+
+    return registration_apply(fields=REG["body"]).device
+
+
+def push_req(**changes):
+    body = copy.deepcopy(PUSH["body"])
+    body.update(changes)
+    return body
+
+
+def publish_push(channel, body):
+    publish(channel, "pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}", body)
+
+
+def test_kamailio_push_req_becomes_exactly_the_expected_apns_request(apple_app, apns_trusting_fake):
+    with consumer_running() as consumer, broker_channel() as channel:
+        before_ms = int(time.time() * 1000)
+        publish_push(channel, PUSH["body"])
+        consumer.wait_handled(1)
+    (request,) = apns_trusting_fake.requests
+    assert request.method == "POST"
+    assert request.path == f"/3/device/{TOKEN}"
+    assert request.alpn == "h2" and request.auth == "certificate"
+    for name in ("apns-topic", "apns-push-type", "apns-priority"):
+        assert request.headers[name] == APNS_EXPECTED["headers"][name]
+    body = dict(request.body)
+    stamp = int(body.pop("utc_unix_timestamp_ms"))
+    assert before_ms <= stamp <= int(time.time() * 1000)
+    expected = dict(APNS_EXPECTED["body"])
+    expected.pop("utc_unix_timestamp_ms")
+    assert body == expected
+    delivery = Delivery.objects.get()
+    assert delivery.status == DeliveryStatus.SENT and delivery.http_status == 200
+    assert delivery.provider_message_id and delivery.attempts == 1 and delivery.latency_ms > 0
+    assert delivery.msg_id == PUSH["body"]["Msg-ID"] and delivery.call_id == PUSH["body"]["Call-ID"]
+
+
+def test_push_req_becomes_the_expected_fcm_v1_request(firebase_app, fake_fcm):
+    body = push_req(**{"Token-Type": "firebase", "Token-App": "com.acme.phone", "Token-ID": FCM_TOKEN})
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, body)  # the token has dots: only the `#` binding receives it
+        consumer.wait_handled(1)
+    (request,) = [r for r in fake_fcm.requests if r.path.endswith("messages:send")]
+    assert request.path == "/v1/projects/acme-phone/messages:send"
+    message = request.body["message"]
+    assert message["token"] == FCM_TOKEN
+    assert message["android"]["priority"] == "high" and message["android"]["ttl"] == "30s"
+    data = message["data"]
+    assert all(isinstance(v, str) for v in data.values())
+    assert json.loads(data["alert"]) == {"loc-key": "IC_SIL", "loc-args": ["+15551234567 - John Doe"]}
+    assert data["sound"] == "ring.caf" and data["Call-ID"] == body["Call-ID"]
+    for key, value in body["Payload"].items():
+        assert data[key] == value
+    assert int(data["utc_unix_timestamp_ms"]) > 0
+    assert Delivery.objects.get().status == DeliveryStatus.SENT
+
+
+def test_legacy_alert_body_push_req(apple_app, apns_trusting_fake):
+    body = copy.deepcopy(LEGACY["body"])
+    body["Token-App"] = "com.acme.phone.voip.prod"
+    delivery = services.push_request_handle(fields=body, source="api")
+    assert delivery.status == DeliveryStatus.SENT
+    (request,) = apns_trusting_fake.requests
+    assert request.body["aps"]["alert"] == body["Alert-Body"]
+    assert request.body["aps"]["call-id"] == body["Call-ID"]
+
+
+def test_redelivered_push_req_is_sent_once(apple_app, apns_trusting_fake):
+    with consumer_running() as consumer, broker_channel() as channel:
+        for _ in range(3):
+            publish_push(channel, PUSH["body"])
+        consumer.wait_handled(3)
+    assert len(apns_trusting_fake.requests) == 1
+    assert Delivery.objects.count() == 1
+
+
+def test_410_deactivates_token_and_clears_push_object(apple_app, apns_trusting_fake, registered_device):
+    apns_trusting_fake.set_token_answer(TOKEN, Answer.unregistered(timestamp_ms=int(time.time() * 1000) + 1000))
+    delivery = services.push_request_handle(fields=push_req(), source="api")
+    assert delivery.status == DeliveryStatus.TOKEN_INVALID and delivery.http_status == 410
+    token = PushToken.objects.get(token=TOKEN)
+    assert not token.active and "410" in token.deactivated_reason
+    assert Device.objects.get(pk=registered_device.pk).push is None
+
+
+def test_410_older_than_the_last_registration_keeps_the_token(apple_app, apns_trusting_fake, registered_device):
+    apns_trusting_fake.set_token_answer(TOKEN, Answer.unregistered(timestamp_ms=int(time.time() * 1000) - 3_600_000))
+    delivery = services.push_request_handle(fields=push_req(), source="api")
+    assert delivery.status == DeliveryStatus.TOKEN_INVALID
+    assert PushToken.objects.get(token=TOKEN).active
+    assert Device.objects.get(pk=registered_device.pk).push is not None
+
+
+def test_bad_device_token_does_not_kill_the_token(apple_app, apns_trusting_fake, registered_device, settings):
+    settings.PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = 2
+    apns_trusting_fake.set_token_answer(TOKEN, Answer.error(400, "BadDeviceToken"))
+    for _ in range(2):
+        delivery = services.push_request_handle(fields=push_req(**{"Msg-ID": None}), source="api")
+        assert delivery.status == DeliveryStatus.FAILED and delivery.reason == "BadDeviceToken"
+    assert PushToken.objects.get(token=TOKEN).active
+    app = PushApp.objects.get(pk=apple_app.pk)
+    assert app.bad_device_token_count == 2 and "sandbox" in app.flagged_reason
+
+
+@pytest.mark.parametrize("answer", [Answer.error(500, "InternalServerError"), Answer.error(503, "ServiceUnavailable"),
+                                    Answer.error(429, "TooManyRequests"), Answer.reset(), Answer.goaway()])
+def test_transient_errors_are_retried_on_a_fresh_connection(apple_app, apns_trusting_fake, answer):
+    apns_trusting_fake.enqueue(answer)
+    delivery = services.push_request_handle(fields=push_req(), source="api")
+    assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 2
+
+
+def test_retries_stop_at_the_deadline(apple_app, apns_trusting_fake):
+    apns_trusting_fake.set_default(Answer.error(503, "ServiceUnavailable"))
+    started = time.monotonic()
+    delivery = services.push_request_handle(fields=push_req(Expires=2), source="api")
+    elapsed = time.monotonic() - started
+    assert delivery.status == DeliveryStatus.EXPIRED and delivery.reason == "deadline"
+    assert delivery.attempts >= 2 and "ServiceUnavailable" in delivery.error
+    assert elapsed < 2.5  # never sent late: nothing past the 2 s window
+    assert all(r.received_at <= delivery.deadline_at.timestamp() for r in apns_trusting_fake.requests)
+
+
+@pytest.mark.parametrize(
+    "changes, reason, text",
+    [
+        ({"Token-Type": "blackberry"}, "unknown_token_type", "blackberry"),
+        ({"Token-App": "com.unknown.app"}, "app_unusable", "no apple push app"),
+    ],
+)
+def test_unusable_push_req_is_a_failed_delivery_with_a_reason(apple_app, changes, reason, text):
+    delivery = services.push_request_handle(fields=push_req(**changes), source="api")
+    assert delivery.status == DeliveryStatus.FAILED and delivery.reason == reason and text in delivery.error
+
+
+def test_disabled_app_and_legacy_key_fail_with_a_reason(apple_app, firebase_app):
+    PushApp.objects.filter(pk=apple_app.pk).update(enabled=False)
+    delivery = services.push_request_handle(fields=push_req(), source="api")
+    assert delivery.status == DeliveryStatus.FAILED and "disabled" in delivery.error
+    legacy = services.credential_save(name="legacy", parsed=services.credential_parse(
+        kind="fcm_legacy_key", data="AAAA-legacy-server-key"))
+    PushApp.objects.filter(pk=firebase_app.pk).update(credential=legacy)
+    services.push_app_cache_clear()
+    delivery = services.push_request_handle(
+        fields=push_req(**{"Token-Type": "android", "Token-App": "com.acme.phone", "Msg-ID": "m2"}), source="api")
+    assert delivery.status == DeliveryStatus.FAILED and "legacy" in delivery.error
+
+
+@pytest.mark.parametrize(
+    "answer, status",
+    [("UNREGISTERED", DeliveryStatus.TOKEN_INVALID), ("INVALID_TOKEN", DeliveryStatus.TOKEN_INVALID),
+     ("SENDER_ID_MISMATCH", DeliveryStatus.TOKEN_INVALID), ("INVALID_ARGUMENT", DeliveryStatus.FAILED),
+     ("PERMISSION_DENIED", DeliveryStatus.FAILED)],
+)
+def test_fcm_error_answers(firebase_app, fake_fcm, answer, status):
+    fake_fcm.set_answer(answer)
+    delivery = services.push_request_handle(
+        fields=push_req(**{"Token-Type": "fcm", "Token-App": "com.acme.phone", "Token-ID": FCM_TOKEN}), source="api")
+    assert delivery.status == status
+
+
+def test_fcm_token_endpoint_down_then_back(firebase_app, fake_fcm):
+    fake_fcm.token_endpoint_down(True)
+    body = push_req(**{"Token-Type": "google", "Token-App": "com.acme.phone", "Token-ID": FCM_TOKEN, "Expires": 1})
+    delivery = services.push_request_handle(fields=body, source="api")
+    assert delivery.status == DeliveryStatus.EXPIRED and "token endpoint" in delivery.error.lower()
+    fake_fcm.token_endpoint_down(False)
+    delivery = services.push_request_handle(fields={**body, "Msg-ID": "again"}, source="api")
+    assert delivery.status == DeliveryStatus.SENT
+
+
+def test_missing_token_id_is_dead_lettered(apple_app):
+    body = push_req()
+    del body["Token-ID"]
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish(channel, "pushes", "notification.push.apple.x", body)
+        consumer.wait_handled(1)
+        method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+    assert method is not None and "Token-ID" in properties.headers["x-pusher-reason"]
