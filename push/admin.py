@@ -60,7 +60,7 @@ class CredentialAdmin(admin.ModelAdmin):
         "project_id", "client_email", "usable", "unusable_reason", "warnings", "created_at", "updated_at",
     ]
 
-    def get_fieldsets(self, request, obj=None):  # noqa: ANN001, ANN201
+    def get_fieldsets(self, request, obj=None):
         secret = ("Secret (write-only)", {"fields": ["upload", "pasted", "password"]})
         main = (None, {"fields": ["name", "kind", "key_id", "team_id"]})
         if obj is None:
@@ -81,7 +81,7 @@ class CredentialAdmin(admin.ModelAdmin):
             return format_html('<strong style="color:#ba2121">{}</strong>', text)
         return text
 
-    def save_model(self, request, obj, form, change):  # noqa: ANN001
+    def save_model(self, request, obj, form, change):
         if form.parsed is not None:
             saved = services.credential_save(name=obj.name, parsed=form.parsed, credential=obj)
             obj.pk = saved.pk
@@ -118,8 +118,8 @@ class DeliveryAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Delivery._meta.fields if f.name != "token"] + ["token_masked"]
     exclude = ["token"]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

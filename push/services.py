@@ -5,26 +5,41 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from push.credentials import ParsedCredential, parse_credential, pem_cert_and_key
-from push.models import Credential, CredentialKind, Delivery, DeliveryStatus, Provider, PushApp, mask_token
+from push.models import (
+    Credential,
+    CredentialKind,
+    Delivery,
+    DeliverySource,
+    DeliveryStatus,
+    Provider,
+    PushApp,
+    mask_token,
+)
 from push.payloads import apns_body, apns_extra_headers, apns_topic, fcm_data, int_or_none
 from push.providers import apns, fcm
 from pusher_site import metrics
-from pusher_site.errors import BadMessage
+from pusher_site.errors import BadMessage, CredentialError, PusherError
 from pusher_site.events import event_publish
+
+if TYPE_CHECKING:
+    from registry.models import Device as RegistryDevice
 
 log = logging.getLogger(__name__)
 
@@ -416,3 +431,285 @@ def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = N
     if count:
         log.info("deactivated %d token(s) %s: %s", count, mask_token(token), reason)
     return count
+
+
+# --- Apps, shared credentials and test pushes (commands, admin, Kazoo config import) --------
+
+APNS_PRODUCTION_HOST = "api.push.apple.com"
+APNS_SANDBOX_HOST = "api.sandbox.push.apple.com"
+PUSH_APP_SETTINGS = frozenset({
+    "enabled", "description", "host", "port", "topic", "push_type", "priority", "expiration", "collapse_id",
+    "extra_headers", "project_id", "android_priority", "ttl_s",
+})
+CREDENTIAL_KINDS_OF_PROVIDER = {
+    Provider.APPLE: frozenset({CredentialKind.APNS_CERTIFICATE, CredentialKind.APNS_TOKEN}),
+    Provider.FIREBASE: frozenset({CredentialKind.FCM_SERVICE_ACCOUNT, CredentialKind.FCM_LEGACY_KEY}),
+}
+# What Kazoo 4.3's `sup pusher_maintenance push` puts in its synthetic push_req.
+TEST_PUSH_CALLER_NUMBER = "15555555555"
+TEST_PUSH_CALLER_NAME = "this is a push test"
+
+
+@dataclass(frozen=True)
+class PushAppAdded:
+    """What `push_app_add` did: the app, its credential (new or shared) and what to tell the operator."""
+
+    app: PushApp
+    credential: Credential
+    credential_created: bool
+    warnings: tuple[str, ...]
+
+
+def credential_name_for(*, app_id: str, parsed: ParsedCredential) -> str:
+    """The name a credential added for `app_id` is stored under. Keys that serve many apps (an APNs
+    .p8 key serves the whole team, a service account its project) are named after themselves."""
+    facts = parsed.facts
+    kind = str(facts.kind)
+    if kind == CredentialKind.APNS_TOKEN:
+        name = f"APNs key {facts.key_id} (team {facts.team_id})"
+    elif kind == CredentialKind.FCM_SERVICE_ACCOUNT:
+        name = f"FCM {facts.client_email}"
+    elif kind == CredentialKind.FCM_LEGACY_KEY:
+        name = f"{app_id} (FCM legacy key)"
+    else:
+        name = f"{app_id} (APNs certificate)"
+    return name[:200]
+
+
+@transaction.atomic
+def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Credential, bool]:
+    """The stored credential holding this same secret (same kind, fingerprint, key id and team id),
+    else the secret saved under `name`; returns (credential, created).
+
+    One .p8 key serves every app of a team and one service account every app of a project: reusing
+    the row keeps one copy of the secret and one place to rotate it. A credential already named
+    `name` of the same kind is updated in place (a renewed certificate: every app on it follows);
+    a name taken by another kind gets a numbered suffix."""
+    facts = parsed.facts
+    kind = str(facts.kind)
+    if facts.fingerprint_sha256:
+        same = (
+            Credential.objects.filter(
+                kind=kind, fingerprint_sha256=facts.fingerprint_sha256, key_id=facts.key_id, team_id=facts.team_id
+            )
+            .order_by("pk")
+            .first()
+        )
+        if same is not None:
+            return same, False
+    existing = Credential.objects.select_for_update().filter(name=name).first()
+    if existing is not None and existing.kind == kind:
+        return credential_save(name=name, parsed=parsed, credential=existing), False
+    if existing is not None:
+        suffix = 2
+        while Credential.objects.filter(name=f"{name[:190]} #{suffix}").exists():
+            suffix += 1
+        name = f"{name[:190]} #{suffix}"
+    return credential_save(name=name, parsed=parsed), True
+
+
+@transaction.atomic
+def push_app_upsert(
+    *, app_id: str, provider: str, credential: Credential | None = None, **app_settings: Any
+) -> PushApp:
+    """Create the app (Token-App, provider) or update it in place. Only the settings given change
+    (names: PUSH_APP_SETTINGS); `credential=None` keeps the current one. An unchanged app is not
+    written. Raises PusherError for an unknown provider or setting or an invalid value, and
+    CredentialError for a credential of the other provider."""
+    app_id = (app_id or "").strip()
+    if not app_id:
+        raise PusherError("an app id (the Token-App value) is required")
+    if provider not in Provider.values:
+        raise PusherError(f"unknown provider {provider!r} (expected one of {', '.join(Provider.values)})")
+    unknown = sorted(set(app_settings) - PUSH_APP_SETTINGS)
+    if unknown:
+        raise PusherError(f"unknown push app setting(s): {', '.join(unknown)}")
+    if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(provider)]:
+        raise CredentialError(
+            f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
+            f"{Provider(provider).label} app"
+        )
+
+    app = PushApp.objects.select_for_update().filter(app_id=app_id, provider=provider).first()
+    changed = app is None
+    if app is None:
+        app = PushApp(app_id=app_id, provider=provider)
+    for name, value in app_settings.items():
+        if getattr(app, name) != value:
+            setattr(app, name, value)
+            changed = True
+    if credential is not None and app.credential_id != credential.pk:
+        app.credential = credential
+        changed = True
+    if not changed:
+        return app
+    try:
+        app.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+        raise PusherError(f"push app {app_id} ({provider}): {problems}") from None
+    app.save()
+    log.info("push app %s saved (credential %s)", app, app.credential.name if app.credential else "none")
+    # This process sees the change now, the others within APP_CACHE_TTL_S.
+    push_app_cache_clear()
+    transaction.on_commit(push_app_cache_clear)
+    return app
+
+
+def push_app_add(
+    *,
+    app_id: str,
+    provider: str,
+    kind: str,
+    data: bytes | str,
+    password: str | None = None,
+    key_id: str = "",
+    team_id: str = "",
+    **app_settings: Any,
+) -> PushAppAdded:
+    """Kazoo's add_apple_app / add_firebase_app, and more: parse and validate the secret, store it
+    (or reuse the stored copy of the same key), create or update the app on it. Raises
+    CredentialError for a secret that does not parse, before anything is written."""
+    parsed = credential_parse(kind=kind, data=data, password=password, key_id=key_id, team_id=team_id)
+    with transaction.atomic():
+        credential, created = credential_get_or_save(name=credential_name_for(app_id=app_id, parsed=parsed),
+                                                     parsed=parsed)
+        app = push_app_upsert(app_id=app_id, provider=provider, credential=credential, **app_settings)
+    warnings = list(credential.warnings)
+    if not credential.usable and credential.unusable_reason not in warnings:
+        warnings.insert(0, f"this credential cannot send: {credential.unusable_reason}")
+    if credential.kind == CredentialKind.APNS_CERTIFICATE and credential.topics:
+        wire_topic = apns_topic(app.effective_topic, app.push_type or "voip")
+        if wire_topic not in credential.topics:
+            warnings.append(
+                f"the certificate covers {', '.join(credential.topics)} but the app pushes to topic {wire_topic!r} "
+                "(APNs will answer TopicDisallowed); set the app's topic or use the app's own certificate"
+            )
+    return PushAppAdded(app=app, credential=credential, credential_created=created, warnings=tuple(warnings))
+
+
+def _test_push_fields(
+    *, token: str, token_type: str, app_id: str, proxy: str, account_id: str = "", device_id: str = ""
+) -> dict[str, Any]:
+    """A push_req shaped like the one Kamailio's pusher role publishes (and Kazoo 4.3's
+    `pusher_maintenance:push/2` injects), so the phone sees exactly what a real call sends."""
+    call_id = str(uuid.uuid4())
+    fields: dict[str, Any] = {
+        "Event-Category": "notification",
+        "Event-Name": "push_req",
+        "App-Name": "Kamailio",
+        "App-Version": "pusher-test",
+        "Msg-ID": uuid.uuid4().hex,
+        "Call-ID": call_id,
+        "Token-ID": token,
+        "Token-Type": token_type,
+        "Token-App": app_id,
+        "Alert-Key": "IC_SIL",
+        "Alert-Params": [TEST_PUSH_CALLER_NUMBER],
+        "Sound": "ring.caf",
+        "Payload": {
+            "call-id": call_id,
+            "proxy": proxy,
+            "caller-id-number": TEST_PUSH_CALLER_NUMBER,
+            "caller-id-name": TEST_PUSH_CALLER_NAME,
+            "registration-token": str(uuid.uuid4()),
+        },
+    }
+    if account_id:
+        fields["Account-ID"] = account_id
+    if device_id:
+        fields["Endpoint-ID"] = device_id
+    return fields
+
+
+def push_test_send(*, device: RegistryDevice, source: str = DeliverySource.COMMAND) -> Delivery:
+    """Kazoo 4.3's `sup pusher_maintenance push AccountId DeviceId`: a synthetic call push to the
+    device's push object, through the real push path (delivery log, token handling included).
+    Raises PusherError when the device has no push object."""
+    push = device.push or {}
+    if not push.get("Token-ID"):
+        raise PusherError(
+            f"device {device.account_id}/{device.device_id} has no push object: it has not registered "
+            "with push parameters that a User-Agent rule maps"
+        )
+    fields = _test_push_fields(
+        token=str(push.get("Token-ID", "")),
+        token_type=str(push.get("Token-Type", "")),
+        app_id=str(push.get("Token-App", "")),
+        proxy=str(push.get("Token-Proxy", "")),
+        account_id=device.account_id,
+        device_id=device.device_id,
+    )
+    return push_request_handle(fields=fields, source=source)
+
+
+def push_app_test_send(*, app: PushApp, token: str, source: str = DeliverySource.ADMIN) -> Delivery:
+    """A synthetic call push from `app` to a device token given by hand (an app alone has no
+    token). Raises PusherError for an empty token."""
+    token = (token or "").strip()
+    if not token:
+        raise PusherError("a device token is required to send a test push")
+    fields = _test_push_fields(token=token, token_type=app.provider, app_id=app.app_id, proxy="")
+    return push_request_handle(fields=fields, source=source)
+
+
+def delivery_outcome_text(*, delivery: Delivery) -> str:
+    """One line an operator reads after a test push: outcome, HTTP status, reason, the provider's
+    message id (apns-id or FCM message name), latency, error."""
+    parts = [delivery.get_status_display()]
+    if delivery.http_status is not None:
+        parts.append(f"HTTP {delivery.http_status}")
+    if delivery.reason:
+        parts.append(f"reason {delivery.reason}")
+    if delivery.provider_message_id:
+        label = "apns-id" if delivery.provider == Provider.APPLE else "message"
+        parts.append(f"{label} {delivery.provider_message_id}")
+    if delivery.latency_ms is not None:
+        parts.append(f"{delivery.latency_ms:.0f} ms")
+    text = ", ".join(parts)
+    if delivery.error:
+        text += f" ({delivery.error})"
+    return text
+
+
+# --- Legacy push_resp (2015-era Kamailio configs) ------------------------------------
+
+PUSH_RESP_WINDOW_S = 60
+
+
+@transaction.atomic
+def push_resp_send(*, tokens: list[str]) -> int:
+    """Answer 2015-era Kamailio (blocking kazoo_query): when the pushed device registers, send a
+    targeted push_resp to the push_req's Server-ID echoing its Msg-ID. Unlike Kazoo's node-local
+    20 s cache, the pending push_req lives in the delivery log, so any pusher node can answer.
+    Returns how many answers were published (after commit)."""
+    from pusher_site.bus import bus_publish
+
+    now = timezone.now()
+    pending = list(
+        Delivery.objects.filter(
+            token__in=tokens, replied_at__isnull=True, created_at__gte=now - timedelta(seconds=PUSH_RESP_WINDOW_S)
+        ).exclude(reply_to="").exclude(msg_id__isnull=True)
+    )
+    sent = 0
+    for delivery in pending:
+        # Claim the answer so two nodes (or a redelivered reg_success) answer once.
+        if not Delivery.objects.filter(pk=delivery.pk, replied_at__isnull=True).update(replied_at=now):
+            continue
+        bus_publish(
+            exchange="targeted",
+            routing_key=delivery.reply_to,
+            body={
+                "Event-Category": "notification",
+                "Event-Name": "push_resp",
+                "Token-ID": delivery.token,
+                "Msg-ID": delivery.msg_id,
+                "App-Name": "pusher",
+                "App-Version": "4.0.0",
+                "Node": f"pusher@{socket.gethostname()}",
+            },
+        )
+        sent += 1
+    if sent:
+        log.info("push_resp sent for %d pending push_req(s) of token(s) %s", sent, ", ".join(map(mask_token, tokens)))
+    return sent

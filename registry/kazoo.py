@@ -12,9 +12,10 @@ object outright. Hence:
 * `push=None` or `{}` sends `{"data": {"push": {}}}`: the stored object becomes `{}`, which kz_endpoint
   treats as "no push" (it needs a non-empty object). A `{}` is used rather than `null` so the key stays
   visible in the document as "explicitly cleared by pusher".
-* a non-empty push object is PATCHed as is; Kazoo answers with the saved document, and if that still holds
-  keys we did not send (stale keys from an older object), a second PATCH sets them to `null`. The common
-  case costs one request and there is never a window in which the device has no push object.
+* a non-empty push object is PATCHed as is. Kazoo answers with the saved document; if that still holds
+  keys we did not send (stale keys of an older object, or an older Kazoo whose merge ignores `{}`), a
+  second PATCH sets them to `null`. The common case costs one request, and there is never a window in
+  which the device has no push object.
 
 PUT/POST with the full document would also replace it, but needs a GET and a revision check, and would
 overwrite any concurrent edit of the rest of the device made in the Kazoo UI.
@@ -86,7 +87,7 @@ class CrossbarClient:
         wanted = dict(push or {})
         saved = self._device_patch(account_id, device_id, {"push": wanted})
         stored = saved.get("push") if isinstance(saved, dict) else None
-        if wanted and isinstance(stored, dict):
+        if isinstance(stored, dict):
             stale = [key for key in stored if key not in wanted and stored[key] is not None]
             if stale:
                 # Kazoo merged instead of replacing: drop the leftovers (null deletes in Kazoo's merge).

@@ -60,6 +60,10 @@ def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
     """Apply one reg_success. Idempotent: a redelivered or repeated registration changes nothing
     (apart from a last-seen time refreshed at most once per PUSHER_LAST_SEEN_INTERVAL_S)."""
     build = registration_match(fields=fields)
+    if settings.PUSHER_LEGACY_PUSH_RESP and build.tokens:
+        from push.services import push_resp_send
+
+        push_resp_send(tokens=[t.token for t in build.tokens])
     if build.push is None or not build.account_id or not build.device_id:
         metrics.REGISTRATIONS.labels(outcome="ignored").inc()
         return RegistrationResult(outcome="ignored", reason=build.reason, build=build)

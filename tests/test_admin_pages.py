@@ -16,7 +16,7 @@ from django.utils import timezone
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
+from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_p12, make_service_account
 
 BUNDLE = "com.example.adminphone"
 TOKEN = "5f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -38,7 +38,7 @@ def assert_no_secret(html: str, *secrets: str) -> None:
             assert line not in html
 
 
-def page(response) -> str:  # noqa: ANN001
+def page(response) -> str:
     return response.content.decode()
 
 
@@ -171,7 +171,8 @@ def test_changelist_search_and_filters_render(staff_client, one_of_each) -> None
     for model in one_of_each:
         response = staff_client.get(admin_url(model, "changelist"), {"q": "acme"})
         assert response.status_code == 200, f"{model.__name__} search: {response.status_code}"
-    response = staff_client.get(admin_url(Delivery, "changelist"), {"status__exact": "sent", "provider__exact": "apple"})
+    filters = {"status__exact": "sent", "provider__exact": "apple"}
+    response = staff_client.get(admin_url(Delivery, "changelist"), filters)
     assert response.status_code == 200
     assert "call-0001@acme" in page(response)
 
@@ -188,7 +189,7 @@ def test_device_change_page_shows_masked_tokens(staff_client, one_of_each) -> No
 
 
 def post_credential(staff_client, data: bytes, *, name: str = "uploaded cert", filename: str = "apns.pem",
-                    kind: str = CredentialKind.APNS_CERTIFICATE, **extra: str):  # noqa: ANN001, ANN201
+                    kind: str = CredentialKind.APNS_CERTIFICATE, **extra: str):
     form = {
         "name": name, "kind": kind, "key_id": "", "team_id": "", "pasted": "", "password": "",
         "upload": SimpleUploadedFile(filename, data, content_type="application/x-pem-file"),
@@ -232,6 +233,41 @@ def test_credential_paste_of_a_token_key(staff_client) -> None:
     credential = Credential.objects.get(name="p8")
     assert (credential.key_id, credential.team_id) == ("ABCDE12345", TEAM_ID)
     assert_no_secret(page(staff_client.get(admin_url(Credential, "change", credential.pk))), p8)
+
+
+def test_credential_upload_of_a_p12_with_its_password(staff_client) -> None:
+    cert_pem, key_pem = make_apns_certificate(BUNDLE, voip=True)
+    p12 = make_p12(cert_pem, key_pem, "keychain-pass")
+
+    wrong = post_credential(staff_client, p12, filename="apns.p12", password="nope")
+    assert wrong.status_code == 200
+    assert "wrong password" in page(wrong)
+    assert not Credential.objects.exists()
+
+    response = post_credential(staff_client, p12, filename="apns.p12", password="keychain-pass")
+
+    assert response.status_code == 302, page(response)
+    credential = Credential.objects.get()
+    assert f"UID={BUNDLE}" in credential.subject
+    # Stored as PEM: the sender never needs the .p12 password, so it is not kept.
+    assert "keychain-pass" not in credential.secret
+    html = page(staff_client.get(admin_url(Credential, "change", credential.pk)))
+    assert_no_secret(html, cert_pem, key_pem)
+    assert "keychain-pass" not in html
+
+
+def test_credential_upload_of_a_service_account(staff_client) -> None:
+    info = make_service_account("pusher-admin-upload", "https://oauth2.googleapis.com/token")
+
+    response = post_credential(staff_client, json.dumps(info).encode(), name="fcm", filename="sa.json",
+                               kind=CredentialKind.FCM_SERVICE_ACCOUNT)
+
+    assert response.status_code == 302, page(response)
+    credential = Credential.objects.get(name="fcm")
+    html = page(staff_client.get(admin_url(Credential, "change", credential.pk)))
+    assert "pusher-admin-upload" in html
+    assert info["client_email"] in html
+    assert_no_secret(html, info["private_key"])
 
 
 def test_credential_edit_without_a_new_secret_keeps_the_stored_one(staff_client) -> None:

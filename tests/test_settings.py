@@ -100,7 +100,7 @@ def test_development_defaults_apply_only_with_debug_on(tmp_path: Path, _no_doten
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("bad", [["not-a-fernet-key"], ["c2hvcnQ="], [Fernet.generate_key().decode(), "oops"]])
+@pytest.mark.parametrize("bad", [["not-a-fernet-key"], ["c2hvcnQ="], [Fernet.generate_key().decode(), "oops"], []])
 def test_an_invalid_field_encryption_key_fails_clearly_on_save(settings, bad: list[str]) -> None:
     cert_pem, key_pem = make_apns_certificate("com.example.badkey")
     parsed = services.credential_parse(kind=CredentialKind.APNS_CERTIFICATE, data=cert_pem + key_pem)

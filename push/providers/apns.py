@@ -381,6 +381,14 @@ def _classify_exception(exc: BaseException) -> tuple[Outcome, str, str]:
         return Outcome.RETRY, "Timeout", "APNs did not answer in time; retry later."
     if isinstance(exc, httpx.ConnectError):
         return Outcome.RETRY, "ConnectError", f"Could not connect to APNs ({exc}); retry later."
+    if isinstance(exc, httpx.ReadError | httpx.WriteError) or any(
+        isinstance(item, ConnectionError) for item in chain
+    ):
+        return (
+            Outcome.RETRY,
+            "ConnectionLost",
+            f"The connection to APNs was reset or closed before the answer ({exc!r}); retry.",
+        )
     if any(isinstance(arg, h2.events.StreamReset) for item in chain for arg in getattr(item, "args", ())):
         return Outcome.RETRY, "StreamReset", "APNs reset the stream; retry."
     if isinstance(exc, httpx.ProtocolError | h2.exceptions.ProtocolError | httpcore.ProtocolError):

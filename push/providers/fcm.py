@@ -186,12 +186,12 @@ class FcmSender:
 
         body = client.json_dumps(fcm_message_build(request))
         try:
-            response, used_token = client.post(body, timeout=_remaining(deadline))
+            response, used_token = client.post(body, deadline=deadline)
             if response.status_code == 401 and _fcm_error_code(response) != "THIRD_PARTY_AUTH_ERROR":
                 # Google revoked or expired the token before we thought it would: fetch a new one and
                 # retry once. THIRD_PARTY_AUTH_ERROR is about the app's APNs/web-push setup, not our token.
                 client.token_reject(used_token)
-                response, _ = client.post(body, timeout=_remaining(deadline))
+                response, _ = client.post(body, deadline=deadline)
         except _DeadlineExceeded:
             return done(Outcome.RETRY, None, "Timeout", f"no answer from FCM within {timeout:g} s")
         except _TokenEndpointError as exc:
@@ -269,15 +269,16 @@ class _FcmClient(FCMNotification):
 
     def send_request(self, payload: bytes | None = None, timeout: float | None = None) -> requests.Response:
         # Keeps pyfcm's own notify() coherent with our token handling should anyone call it.
-        return self.post(payload or b"", timeout=timeout or 10.0)[0]
+        return self.post(payload or b"", deadline=time.monotonic() + (timeout or 10.0))[0]
 
-    def post(self, body: bytes, *, timeout: float) -> tuple[requests.Response, str]:
-        token = self.access_token(timeout=timeout)
+    def post(self, body: bytes, *, deadline: float) -> tuple[requests.Response, str]:
+        """One POST to messages:send with a fresh-enough token; both steps share the caller's deadline."""
+        token = self.access_token(timeout=_remaining(deadline))
         response = self.requests_session.post(
             self.fcm_end_point,
             data=body,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"},
-            timeout=timeout,
+            timeout=_remaining(deadline),
         )
         return response, token
 

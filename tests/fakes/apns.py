@@ -340,8 +340,9 @@ class Answer:
     """What the fake does with one request, after `delay` seconds.
 
     action "respond" sends `status` (with `reason` in the JSON body when not 200; a 410 also carries
-    `timestamp`); "reset" drops the TCP connection (RST); "goaway" sends GOAWAY with
-    {"reason": reason or "Shutdown"} and closes; "stall" never answers.
+    `timestamp`); "reset" drops the TCP connection (RST); "goaway" sends GOAWAY (last stream id =
+    the highest stream received, debug data {"reason": reason} unless reason is None) and closes;
+    "stall" never answers.
     """
 
     status: int = 200
@@ -369,7 +370,8 @@ class Answer:
         return cls(status=0, action="reset", delay=delay)
 
     @classmethod
-    def goaway(cls, reason: str = "Shutdown", *, delay: float = 0.0) -> Answer:
+    def goaway(cls, reason: str | None = "Shutdown", *, delay: float = 0.0) -> Answer:
+        """GOAWAY carrying {"reason": reason}, or no debug data at all when reason is None."""
         return cls(status=0, reason=reason, action="goaway", delay=delay)
 
     @classmethod
@@ -433,11 +435,20 @@ class _Stream:
 
 
 class _ApnsProtocol(asyncio.Protocol):
-    """One TLS connection speaking HTTP/2 (server side)."""
+    """One TCP connection: TLS (driven here over memory BIOs) carrying HTTP/2 (server side).
+
+    Why TLS by hand instead of `create_server(ssl=...)`: asyncio aborts the transport when a
+    handshake fails without flushing the TLS alert, so a client could not tell "certificate
+    refused" from a network blip. A real TLS server sends the alert, and so does this one.
+    """
 
     def __init__(self, server: FakeApns) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self.tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.handshake_done = False
         self.h2: h2.connection.H2Connection | None = None
         self.info: ConnectionInfo | None = None
         self.streams: dict[int, _Stream] = {}
@@ -450,21 +461,68 @@ class _ApnsProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        ssl_object = transport.get_extra_info("ssl_object")
-        alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
+        self.server._protocols.add(self)
+        self.tls = self.server._server_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for stream in self.streams.values():
+            if stream.handle is not None:
+                stream.handle.cancel()
+        self.streams.clear()
+        self.server._connection_closed(self)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def _tls_flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        if self.h2 is None or self.tls is None or self.closed:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.tls.write(data)
+            self._tls_flush()
+
+    def _handshake(self) -> bool:
+        assert self.tls is not None and self.transport is not None
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._tls_flush()
+            return False
+        except ssl.SSLError as exc:
+            # Send the alert, then give the client a moment to read it before the socket goes:
+            # with TLS 1.3 it only learns about a refused certificate after its own handshake ended.
+            self._tls_flush()
+            self.server._handshake_failed(exc)
+            self.handshake_done = True
+            self.closed = True
+            asyncio.get_running_loop().call_later(0.2, self.transport.close)
+            return False
+        self.handshake_done = True
+        self._tls_flush()
+        self._start_h2()
+        return True
+
+    def _start_h2(self) -> None:
+        assert self.tls is not None and self.transport is not None
+        alpn = self.tls.selected_alpn_protocol()
         subject = uid = None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        der = self.tls.getpeercert(binary_form=True)
         if der:
             cert = x509.load_der_x509_certificate(der)
             subject = cert.subject.rfc4514_string()
             uids = cert.subject.get_attributes_for_oid(NameOID.USER_ID)
             uid = str(uids[0].value) if uids else None
-        self.info = self.server._connection_opened(
-            self, alpn, ssl_object.version() if ssl_object else None, subject, uid
-        )
+        self.info = self.server._connection_opened(self, alpn, self.tls.version(), subject, uid)
         if alpn != "h2":
             # APNs only speaks HTTP/2; a client that did not negotiate it is hung up on.
-            transport.close()
+            self.transport.close()
             return
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.h2 = h2.connection.H2Connection(config=config)
@@ -478,32 +536,39 @@ class _ApnsProtocol(asyncio.Protocol):
         self.h2.initiate_connection()
         self._flush()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        for stream in self.streams.values():
-            if stream.handle is not None:
-                stream.handle.cancel()
-        self.streams.clear()
-        self.server._connection_closed(self)
-
-    def _flush(self) -> None:
-        if self.h2 is None or self.transport is None or self.closed:
-            return
-        data = self.h2.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    # -- HTTP/2 events
+    # -- bytes in
 
     def data_received(self, data: bytes) -> None:
-        if self.h2 is None:
+        if self.closed or self.tls is None or self.transport is None:
             return
+        self._incoming.write(data)
+        if not self.handshake_done and not self._handshake():
+            return
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLError):
+                self._tls_flush()
+                self.transport.close()
+                return
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if chunks and self.h2 is not None:
+            self._h2_received(b"".join(chunks))
+        else:
+            self._tls_flush()  # e.g. TLS 1.3 session tickets, key updates
+
+    def _h2_received(self, data: bytes) -> None:
+        assert self.h2 is not None and self.transport is not None
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
             self._flush()  # h2 queued a GOAWAY describing the error
-            if self.transport is not None:
-                self.transport.close()
+            self.transport.close()
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
@@ -522,8 +587,7 @@ class _ApnsProtocol(asyncio.Protocol):
                     stream.handle.cancel()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._flush()
-                if self.transport is not None:
-                    self.transport.close()
+                self.transport.close()
                 return
         self._flush()
 
@@ -554,7 +618,7 @@ class _ApnsProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         if answer.action == "goaway":
-            data = json.dumps({"reason": answer.reason or "Shutdown"}).encode()
+            data = json.dumps({"reason": answer.reason}).encode() if answer.reason is not None else None
             self.h2.close_connection(error_code=0, additional_data=data)
             self._flush()
             self.transport.close()
@@ -626,6 +690,7 @@ class FakeApns:
         self._keys: dict[str, TokenKey] = {}
         self._requests: deque[RecordedRequest] = deque(maxlen=max_records)
         self._connections: dict[int, ConnectionInfo] = {}
+        self._handshake_failures: list[str] = []
         self._next_connection_id = 0
         self._stats: Counter[str] = Counter()
         # Loop-thread-only state.
@@ -635,6 +700,7 @@ class FakeApns:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._server_context: ssl.SSLContext
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -660,7 +726,7 @@ class FakeApns:
         return context
 
     def _start(self) -> None:
-        context = self._ssl_context()
+        self._server_context = self._ssl_context()
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -671,12 +737,7 @@ class FakeApns:
             try:
                 self._server = loop.run_until_complete(
                     loop.create_server(
-                        lambda: _ApnsProtocol(self),
-                        self.host,
-                        self.port,
-                        ssl=context,
-                        backlog=1024,
-                        reuse_address=True,
+                        lambda: _ApnsProtocol(self), self.host, self.port, backlog=1024, reuse_address=True
                     )
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
@@ -773,6 +834,7 @@ class FakeApns:
             self._queue.clear()
             self._by_token.clear()
             self._requests.clear()
+            self._handshake_failures.clear()
             self._connections = {
                 cid: info for cid, info in self._connections.items() if info.closed_at is None
             }
@@ -811,6 +873,12 @@ class FakeApns:
             return sorted(self._connections.values(), key=lambda info: info.id)
 
     @property
+    def handshake_failures(self) -> list[str]:
+        """OpenSSL reasons of refused TLS handshakes (e.g. a client certificate from another CA)."""
+        with self._lock:
+            return list(self._handshake_failures)
+
+    @property
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._stats)
@@ -836,7 +904,6 @@ class FakeApns:
         subject: str | None,
         uid: str | None,
     ) -> ConnectionInfo:
-        self._protocols.add(protocol)
         with self._lock:
             self._next_connection_id += 1
             info = ConnectionInfo(
@@ -851,6 +918,12 @@ class FakeApns:
             self._stats["connections"] += 1
             self._changed.notify_all()
         return info
+
+    def _handshake_failed(self, exc: ssl.SSLError) -> None:
+        with self._lock:
+            self._handshake_failures.append(exc.reason or str(exc))
+            self._stats["handshake_failures"] += 1
+            self._changed.notify_all()
 
     def _connection_closed(self, protocol: _ApnsProtocol) -> None:
         self._protocols.discard(protocol)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ def credential(service_account: dict[str, Any]) -> FcmCredential:
 
 
 @pytest.fixture
-def sender(fake_fcm: FakeFcm) -> FcmSender:
+def sender(fake_fcm: FakeFcm) -> Iterator[FcmSender]:
     sender = FcmSender(fake_fcm.endpoint)
     yield sender
     sender.close()
@@ -232,6 +233,18 @@ def test_token_endpoint_down_is_retry_then_recovers_without_new_sender(
 
     fake_fcm.token_endpoint_down(False)
     assert sender.send(_request(), credential, timeout=TIMEOUT).outcome is Outcome.SENT
+
+
+def test_slow_token_endpoint_is_bounded_by_the_send_timeout(
+    fake_fcm: FakeFcm, sender: FcmSender, credential: FcmCredential
+):
+    fake_fcm.set_delay(1.0, token_endpoint=True)
+
+    result = sender.send(_request(), credential, timeout=0.3)
+
+    assert result.outcome is Outcome.RETRY
+    assert result.reason == "TokenEndpointError: FCM OAuth2 token endpoint unreachable: ReadTimeout"
+    assert result.latency_s < 0.9
 
 
 def test_token_request_rejected_is_failed(fake_fcm: FakeFcm, sender: FcmSender):

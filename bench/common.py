@@ -1,0 +1,202 @@
+"""What both benchmarks share: the environment, the bench database, the broker, figures.
+
+`setup()` must run before anything imports Django models: it sets the dev environment
+defaults (DEBUG=1, the PostgreSQL bench database), creates that database if it is missing,
+then sets Django up and migrates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/pusher_bench"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def bench_environ() -> dict[str, str]:
+    """The environment the bench (and a consumer it starts) runs with: dev settings on
+    PostgreSQL unless the caller's environment says otherwise."""
+    defaults = {
+        "DEBUG": "1",
+        "DATABASE_URL": DEFAULT_DATABASE_URL,
+        "AMQP_URL": DEFAULT_AMQP_URL,
+        "DJANGO_SETTINGS_MODULE": "pusher_site.settings",
+        "SECURE_SSL_REDIRECT": "0",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    return dict(os.environ)
+
+
+def _require_loopback(url: str, what: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if host and host not in LOOPBACK:
+        raise SystemExit(f"{what} points at {host}: the benchmarks only talk to loopback")
+
+
+def database_create_if_missing(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
+        return
+    import psycopg
+
+    name = unquote(parts.path.lstrip("/"))
+    maintenance = parts._replace(scheme="postgresql", path="/postgres").geturl()
+    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - our own configured name
+            print(f"created database {name}")
+
+
+def setup(*, log_name: str) -> str:
+    """Environment, database, Django, migrations; the service's log lines go to a file (the
+    consumer logs one INFO line per message: kept, so its cost is measured, but off the
+    terminal). Returns the log file path."""
+    env = bench_environ()
+    _require_loopback(env["DATABASE_URL"], "DATABASE_URL")
+    _require_loopback(env["AMQP_URL"], "AMQP_URL")
+    database_create_if_missing(env["DATABASE_URL"])
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    log_path = os.path.join(tempfile.gettempdir(), f"{log_name}.log")
+    stream = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    call_command("migrate", interactive=False, verbosity=0)
+    return log_path
+
+
+def database_label() -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return f"{db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or ''}:{db.get('PORT') or ''}/{db['NAME']}"
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+# --- broker ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def broker_channel() -> Iterator[Any]:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))
+    try:
+        yield conn.channel()
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def queue_depth(channel: Any, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of an existing queue."""
+    ok = channel.queue_declare(queue, passive=True)
+    return ok.method.message_count, ok.method.consumer_count
+
+
+def broker_cleanup(*, queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:
+    import pika.exceptions
+
+    with broker_channel() as channel:
+        for queue in queues:
+            try:
+                channel.queue_delete(queue)
+            except pika.exceptions.ChannelClosedByBroker:
+                channel = channel.connection.channel()
+        for exchange in exchanges:
+            try:
+                channel.exchange_delete(exchange)
+            except pika.exceptions.ChannelClosedByBroker:
+                channel = channel.connection.channel()
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of unsorted values; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if n and _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "-"
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "").replace("-", "").isdigit()
+
+
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB, from /proc (0 when unreadable)."""
+    values = {"VmRSS": 0.0, "VmHWM": 0.0}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in values:
+                    values[name] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return values["VmRSS"], values["VmHWM"]
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds a process has used (threads included)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+    sys.stdout.flush()
