@@ -32,6 +32,11 @@ def bench_environ() -> dict[str, str]:
         "AMQP_URL": DEFAULT_AMQP_URL,
         "DJANGO_SETTINGS_MODULE": "pusher_site.settings",
         "SECURE_SSL_REDIRECT": "0",
+        # Dev values, so that `DEBUG=0 python -m bench...` (production-shaped: no per-query
+        # logging) also boots; the key is settings.py's dev key, so stored credentials stay
+        # readable whichever way the bench runs.
+        "SECRET_KEY": "bench-insecure-not-a-secret-do-not-use-in-production",
+        "FIELD_ENCRYPTION_KEY": "ZGV2LWZha2Uta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=",
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
@@ -85,7 +90,8 @@ def database_label() -> str:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    return f"{db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or ''}:{db.get('PORT') or ''}/{db['NAME']}"
+    label = f"{db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or ''}:{db.get('PORT') or ''}/{db['NAME']}"
+    return f"{label}, DEBUG={'on (Django records every SQL query)' if settings.DEBUG else 'off'}"
 
 
 def run_id() -> str:

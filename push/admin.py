@@ -1,9 +1,14 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from push import services
-from push.models import Credential, Delivery, PushApp
+from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, PushApp
 from pusher_site.errors import PusherError
 
 
@@ -35,6 +40,14 @@ class CredentialForm(forms.ModelForm):
         if not data:
             if not self.instance.pk:
                 raise forms.ValidationError("Upload a file or paste the credential.")
+            changed = set(self.changed_data)
+            if self.instance.kind == CredentialKind.APNS_TOKEN:
+                changed &= {"kind", "key_id", "team_id"}
+            else:  # a certificate's or service account's ids are read from the file, not typed
+                changed &= {"kind"}
+            if changed:
+                # These are facts of the secret: they are validated with it, never alone.
+                raise forms.ValidationError("To change the kind, key id or team id, upload the credential again.")
             return cleaned
         try:
             self.parsed = services.credential_parse(
@@ -88,7 +101,7 @@ class CredentialAdmin(admin.ModelAdmin):
             for warning in saved.warnings:
                 self.message_user(request, warning, messages.WARNING)
         else:
-            obj.save(update_fields=["name", "key_id", "team_id", "updated_at"])
+            Credential.objects.filter(pk=obj.pk).update(name=obj.name)
 
 
 @admin.register(PushApp)
@@ -105,6 +118,48 @@ class PushAppAdmin(admin.ModelAdmin):
         ("Health", {"fields": ["flagged_reason", "bad_device_token_count"]}),
     ]
     readonly_fields = ["bad_device_token_count"]
+    actions = ["send_test_push"]
+
+    def has_send_push_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("push.send_push")
+
+    @admin.action(description="Send test push…", permissions=["send_push"])
+    def send_test_push(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        """An intermediate page asks for the device token (an app alone has none), then sends."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one app to send a test push from.", messages.ERROR)
+            return None
+        app = queryset.get()
+        form = TestPushForm(request.POST if "send" in request.POST else None)
+        if form.is_valid():
+            try:
+                delivery = services.push_app_test_send(
+                    app=app, token=form.cleaned_data["token"], source=DeliverySource.ADMIN
+                )
+            except PusherError as exc:
+                self.message_user(request, f"{app}: {exc.message}", messages.ERROR)
+                return None
+            level = messages.SUCCESS if delivery.status == DeliveryStatus.SENT else messages.ERROR
+            self.message_user(request, f"{app}: {services.delivery_outcome_text(delivery=delivery)}", level)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Send a test push from {app}",
+            "app": app,
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/push/pushapp/test_push.html", context)
+
+
+class TestPushForm(forms.Form):
+    token = forms.CharField(
+        label="Device token",
+        max_length=1024,
+        widget=forms.TextInput(attrs={"size": 90, "autocomplete": "off"}),
+        help_text="The APNs device token (hex) or FCM registration token of a phone running this app.",
+    )
 
 
 @admin.register(Delivery)

@@ -169,13 +169,19 @@ class SendResult:
     timestamp_ms: int | None = None
 
 
-def _provider_send(*, app: PushApp, fields: Mapping[str, Any], token: str, deadline: float) -> SendResult:
+def _provider_send(
+    *, app: PushApp, fields: Mapping[str, Any], token: str, deadline: float, push_type: str | None = None
+) -> SendResult:
     credential = app.credential
     assert credential is not None
     now_ms = int(time.time() * 1000)
     timeout = max(0.05, min(ATTEMPT_TIMEOUT_S, deadline - time.time()))
     if app.provider == Provider.APPLE:
-        push_type = app.push_type or "voip"
+        topic = app.effective_topic
+        if push_type and push_type != "voip":
+            # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
+            topic = topic.removesuffix(".voip")
+        push_type = push_type or app.push_type or "voip"
         expires = int_or_none(fields.get("Expires"))
         expiration: int | None
         if expires is not None:
@@ -186,7 +192,7 @@ def _provider_send(*, app: PushApp, fields: Mapping[str, Any], token: str, deadl
             expiration = None
         request = apns.ApnsRequest(
             token=token,
-            topic=apns_topic(app.effective_topic, push_type),
+            topic=apns_topic(topic, push_type),
             push_type=push_type,
             priority=app.priority,
             expiration=expiration,
@@ -207,6 +213,7 @@ def _provider_send(*, app: PushApp, fields: Mapping[str, Any], token: str, deadl
         fcm.FcmRequest(
             token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
             collapse_key=app.collapse_id or None,
+            notification=_fcm_notification(fields) if push_type == "alert" else None,
         ),
         _fcm_credential(credential, app),
         timeout=timeout,
@@ -271,9 +278,15 @@ def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: 
     return existing, False
 
 
-def push_request_handle(*, fields: Mapping[str, Any], source: str, received_at: float | None = None) -> Delivery:
+def push_request_handle(
+    *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
+) -> Delivery:
     """Handle one push_req (AMQP, API, admin or command): send it within its deadline, record the
-    outcome, deactivate dead tokens. Raises BadMessage for a push_req that cannot be handled."""
+    outcome, deactivate dead tokens. Raises BadMessage for a push_req that cannot be handled.
+
+    `push_type` overrides the app's push type for this one push: "alert" sends a visible
+    notification (APNs apns-push-type alert on the bundle topic, FCM with a `notification`), e.g.
+    a missed call to the device's remote token; None (the default) sends as the app is configured."""
     started = received_at or time.time()
     token = _required_str(fields, "Token-ID")
     token_type = _required_str(fields, "Token-Type").lower()
@@ -308,7 +321,10 @@ def push_request_handle(*, fields: Mapping[str, Any], source: str, received_at: 
         return _finish(delivery, DeliveryStatus.FAILED, reason="app_unusable", error=problem, started=started)
     assert app is not None
     delivery.push_app = app
-    delivery.push_type = app.push_type if provider == Provider.APPLE else "data"
+    if provider == Provider.APPLE:
+        delivery.push_type = push_type or app.push_type
+    else:
+        delivery.push_type = "notification" if push_type == "alert" else "data"
 
     attempts = 0
     result: SendResult | None = None
@@ -321,7 +337,7 @@ def push_request_handle(*, fields: Mapping[str, Any], source: str, received_at: 
         attempts += 1
         if attempts > 1:
             Delivery.objects.filter(pk=delivery.pk).update(claimed_at=timezone.now(), attempts=attempts - 1)
-        result = _provider_send(app=app, fields=fields, token=token, deadline=deadline)
+        result = _provider_send(app=app, fields=fields, token=token, deadline=deadline, push_type=push_type)
         if result.outcome != "retry":
             break
         # 429/5xx/timeouts: jittered exponential backoff, never past the deadline.
@@ -713,3 +729,278 @@ def push_resp_send(*, tokens: list[str]) -> int:
     if sent:
         log.info("push_resp sent for %d pending push_req(s) of token(s) %s", sent, ", ".join(map(mask_token, tokens)))
     return sent
+
+
+@transaction.atomic
+def credentials_reencrypt() -> int:
+    """Rewrite every secret with the first FIELD_ENCRYPTION_KEY (MultiFernet.rotate): the step that
+    lets an old key be removed from the list."""
+    count = 0
+    for pk, stored in Credential.objects.select_for_update().values_list("pk", "secret").iterator():
+        # values_list decrypts through the field; re-saving encrypts with the first key.
+        Credential.objects.filter(pk=pk).update(secret=stored)
+        count += 1
+    return count
+
+
+# --- REST API operations (push/api.py calls these; so can the admin and commands) -----------------
+
+PUSH_APP_EDITABLE = PUSH_APP_SETTINGS | {"app_id", "provider", "credential", "flagged_reason"}
+
+
+def _validation_message(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+@transaction.atomic
+def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
+    """Change an app in place: its settings, its identity (app_id, provider), its credential (None =
+    none) or its health flag. Clearing `flagged_reason` also restarts the BadDeviceToken count, so
+    the flag can trip again. Raises PusherError for an unknown field or an invalid value (an app
+    id/provider pair already taken included), CredentialError for a credential of the other provider."""
+    unknown = sorted(set(changes) - PUSH_APP_EDITABLE)
+    if unknown:
+        raise PusherError(f"unknown push app field(s): {', '.join(unknown)}")
+    app = PushApp.objects.select_for_update().select_related("credential").get(pk=app.pk)
+    for name, value in changes.items():
+        setattr(app, name, value)
+    if "flagged_reason" in changes and not app.flagged_reason:
+        app.bad_device_token_count = 0
+    try:
+        app.full_clean()
+    except ValidationError as exc:
+        raise PusherError(f"push app {app.app_id} ({app.provider}): {_validation_message(exc)}") from None
+    credential = app.credential
+    if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(app.provider)]:
+        raise CredentialError(
+            f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
+            f"{Provider(app.provider).label} app"
+        )
+    app.save()
+    log.info("push app %s updated (%s)", app, ", ".join(sorted(changes)))
+    push_app_cache_clear()
+    transaction.on_commit(push_app_cache_clear)
+    return app
+
+
+@transaction.atomic
+def push_app_delete(*, app: PushApp) -> None:
+    """Delete an app; its deliveries stay in the log (without the link)."""
+    label = str(app)
+    app.delete()
+    log.info("push app %s deleted", label)
+    push_app_cache_clear()
+    transaction.on_commit(push_app_cache_clear)
+
+
+@transaction.atomic
+def credential_create(
+    *, name: str, kind: str, data: bytes | str, password: str | None = None, key_id: str = "", team_id: str = ""
+) -> Credential:
+    """Parse, validate and store a new credential under `name`. Raises CredentialError for a secret
+    that does not parse and PusherError for a name already taken, before anything is written."""
+    name = (name or "").strip()
+    if not name:
+        raise PusherError("a credential name is required")
+    if Credential.objects.filter(name=name).exists():
+        raise PusherError(f"a credential named {name!r} already exists", code="credential_name_taken")
+    parsed = credential_parse(kind=kind, data=data, password=password, key_id=key_id, team_id=team_id)
+    return credential_save(name=name, parsed=parsed)
+
+
+@transaction.atomic
+def credential_update(
+    *,
+    credential: Credential,
+    name: str | None = None,
+    kind: str | None = None,
+    data: bytes | str | None = None,
+    password: str | None = None,
+    key_id: str | None = None,
+    team_id: str | None = None,
+) -> Credential:
+    """Rename a credential, replace its secret (a renewed certificate: every app on it follows), or
+    correct an APNs token key's key id / team id (the stored key is parsed again with them, so a
+    wrong pair is refused here rather than by Apple). Arguments left None keep their value.
+    Raises CredentialError for a secret that does not parse or a kind the credential's apps cannot
+    use, PusherError for a name already taken."""
+    credential = Credential.objects.select_for_update().get(pk=credential.pk)
+    new_name = (name if name is not None else credential.name).strip()
+    if not new_name:
+        raise PusherError("a credential name is required")
+    if new_name != credential.name and Credential.objects.filter(name=new_name).exclude(pk=credential.pk).exists():
+        raise PusherError(f"a credential named {new_name!r} already exists", code="credential_name_taken")
+    new_kind = kind or credential.kind
+    new_key_id = key_id if key_id is not None else credential.key_id
+    new_team_id = team_id if team_id is not None else credential.team_id
+    for app in credential.apps.all():
+        if new_kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(app.provider)]:
+            raise CredentialError(f"push app {app} uses this credential and cannot send with a {new_kind}")
+    ids_changed = (new_key_id, new_team_id) != (credential.key_id, credential.team_id)
+    if data is not None:
+        parsed = credential_parse(kind=new_kind, data=data, password=password, key_id=new_key_id, team_id=new_team_id)
+    elif new_kind != credential.kind:
+        raise CredentialError("changing the kind of a credential needs its new secret")
+    elif ids_changed and credential.kind == CredentialKind.APNS_TOKEN:
+        parsed = credential_parse(kind=new_kind, data=credential.secret, key_id=new_key_id, team_id=new_team_id)
+    elif ids_changed:
+        raise CredentialError("key id and team id belong to APNs token keys (.p8) only")
+    else:
+        if new_name != credential.name:
+            credential.name = new_name
+            credential.save(update_fields=["name", "updated_at"])
+            log.info("credential renamed to %r", new_name)
+        return credential
+    saved = credential_save(name=new_name, parsed=parsed, credential=credential)
+    push_app_cache_clear()
+    transaction.on_commit(push_app_cache_clear)
+    return saved
+
+
+@transaction.atomic
+def credential_delete(*, credential: Credential) -> None:
+    """Delete a credential no app uses. Raises PusherError (code credential_in_use) otherwise."""
+    apps = [str(app) for app in credential.apps.all()[:10]]
+    if apps:
+        raise PusherError(
+            f"credential {credential.name!r} is used by {', '.join(apps)}; give those apps another credential first",
+            code="credential_in_use",
+        )
+    label = credential.name
+    credential.delete()
+    log.info("credential %r deleted", label)
+
+
+# --- Kamailio's push-notifications-role (HTTP POST /api/v1/send) ---------------------------------
+
+NOTIFY_INCOMING_CALL = "incoming_call"
+NOTIFY_MISSED_CALL = "missed_call"
+NOTIFY_KINDS = (NOTIFY_INCOMING_CALL, NOTIFY_MISSED_CALL)
+
+
+def _fcm_notification(fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The visible part of an FCM "alert" push: its text."""
+    body = fields.get("Alert-Body")
+    return {"body": body} if isinstance(body, str) and body else None
+
+
+def _notify_token(*, tokens: list[Any], provider: str, kind: str) -> Any | None:
+    """The one token of a device a notification goes to, on one provider (tokens newest first).
+
+    iOS: an incoming call is a VoIP (PushKit) push, to the VoIP token (or a plain Kazoo-style one,
+    which is a PushKit token by Kazoo's convention); a missed call is a visible alert, to the
+    REMOTE token only: a VoIP push that does not report a call gets the app killed by iOS, and
+    after repeated offences PushKit pushes are no longer delivered. Android has one token."""
+    if provider == Provider.FIREBASE:
+        return tokens[0] if tokens else None
+    wanted = ("voip", "") if kind == NOTIFY_INCOMING_CALL else ("remote",)
+    for token_kind in wanted:
+        for token in tokens:
+            if token.kind == token_kind:
+                return token
+    return None
+
+
+def push_notify(
+    *,
+    device: RegistryDevice,
+    kind: str,
+    payload: Mapping[str, Any],
+    expiry: int | None = None,
+    sound: str = "",
+    text: str = "",
+    mutable: bool = False,
+    source: str = DeliverySource.HTTP_SEND,
+) -> list[Delivery]:
+    """Send a push-notifications-role notification to a device: one push per provider, to the
+    token that suits it (see _notify_token), through the real push path (deadline, retries, delivery
+    log, dead tokens). `incoming_call` is the app's VoIP / high-priority push; `missed_call` a
+    visible notification (APNs apns-push-type alert, FCM with a notification).
+
+    The push carries the request's `payload` keys verbatim plus Kazoo's own names (call-id, proxy,
+    caller-id-number, caller-id-name) so an app written for Kazoo's pusher understands it too.
+    Raises PusherError (code no_token) when the device has no token the notification may go to."""
+    if kind not in NOTIFY_KINDS:
+        raise PusherError(f"unknown notification type {kind!r} (expected {' or '.join(NOTIFY_KINDS)})")
+    active = sorted(
+        (t for t in device.tokens.all() if t.active), key=lambda t: (t.last_seen_at, t.pk), reverse=True
+    )
+    chosen = []
+    for provider in (Provider.APPLE, Provider.FIREBASE):
+        tokens = [t for t in active if PROVIDER_OF_TOKEN_TYPE.get(t.token_type.lower()) == provider]
+        token = _notify_token(tokens=tokens, provider=provider, kind=kind)
+        if token is not None:
+            chosen.append((provider, token))
+    if not chosen:
+        what = "a remote (visible-notification) token" if kind == NOTIFY_MISSED_CALL else "an active push token"
+        raise PusherError(f"device {device} has no {what}", code="no_token")
+
+    values = {str(k): v for k, v in payload.items()}
+    call_id = str(values.get("push_id") or uuid.uuid4())
+    number = str(values.get("remote_number") or "")
+    name = str(values.get("remote_name") or "")
+    deliveries = []
+    for provider, token in chosen:
+        fields: dict[str, Any] = {
+            "Call-ID": call_id,
+            "Token-ID": token.token,
+            "Token-Type": token.token_type,
+            "Token-App": token.app,
+            "Account-ID": device.account_id,
+            "Endpoint-ID": device.device_id,
+        }
+        body = {**values, "type": kind, "call-id": call_id, "caller-id-number": number, "caller-id-name": name}
+        if kind == NOTIFY_INCOMING_CALL:
+            body["proxy"] = str(values.get("token_proxy") or token.proxy or (device.push or {}).get("Token-Proxy", ""))
+            fields.update({
+                "Alert-Key": "IC_SIL", "Alert-Params": [f"{number} - {name}"], "Sound": sound or "ring.caf",
+            })
+        else:
+            fields.update({"Alert-Body": text or f"Missed call from {name or number}".strip(), "Sound": sound or "default"})
+            if mutable and provider == Provider.APPLE:
+                body["aps"] = {"mutable-content": 1}  # merged into the aps the push path builds
+        fields["Payload"] = body
+        if expiry is not None and expiry > 0:
+            fields["Expires"] = expiry
+        deliveries.append(push_request_handle(
+            fields=fields, source=source, push_type="alert" if kind == NOTIFY_MISSED_CALL else None,
+        ))
+    return deliveries
+
+
+def push_notify_aor(
+    *,
+    aor: str,
+    kind: str,
+    payload: Mapping[str, Any],
+    expiry: int | None = None,
+    sound: str = "",
+    text: str = "",
+    mutable: bool = False,
+    source: str = DeliverySource.HTTP_SEND,
+) -> list[Delivery]:
+    """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR).
+    Raises PusherError: code aor_invalid, unknown_aor (no such device) or no_token (none of them has
+    a token this notification may go to)."""
+    from registry.services import device_list_for_aor
+
+    devices = device_list_for_aor(aor=aor)
+    if not devices:
+        raise PusherError(f"no device is registered as {aor!r}", code="unknown_aor")
+    deliveries: list[Delivery] = []
+    problems: list[str] = []
+    for device in devices:
+        try:
+            deliveries.extend(push_notify(
+                device=device, kind=kind, payload=payload, expiry=expiry, sound=sound, text=text, mutable=mutable,
+                source=source,
+            ))
+        except PusherError as exc:
+            if exc.code != "no_token":
+                raise
+            problems.append(exc.message)
+    if not deliveries:
+        raise PusherError("; ".join(problems), code="no_token")
+    return deliveries

@@ -1,14 +1,27 @@
-"""API conventions shared by every resource: permissions and the one exception handler."""
+"""API conventions shared by every resource: permissions, the one exception handler, the audit log
+helper, query-parameter filters and the OpenAPI schema class that documents the error answers."""
+
+from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from rest_framework import permissions, status
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.db import DataError
+from django.db.models import Model, QuerySet
+from drf_spectacular.openapi import AutoSchema
+from rest_framework import permissions, serializers, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from pusher_site.errors import PusherError
 
 log = logging.getLogger(__name__)
+
+
+# --- Permissions -------------------------------------------------------------------------------
 
 
 class ModelPermissions(permissions.DjangoModelPermissions):
@@ -28,10 +41,150 @@ class CanSendPush(permissions.BasePermission):
         return bool(request.user and request.user.is_authenticated and request.user.has_perm("push.send_push"))
 
 
+def perms_required(*perms: str) -> type[permissions.BasePermission]:
+    """A permission class requiring every one of `perms` (Django permission names), for actions whose
+    HTTP method says nothing about the permission they need (a POST that only reads, a POST that
+    changes a row)."""
+
+    class _Perms(permissions.BasePermission):
+        required = perms
+
+        def has_permission(self, request: Any, view: Any) -> bool:
+            user = request.user
+            return bool(user and user.is_authenticated and user.has_perms(perms))
+
+    _Perms.__name__ = "Perms_" + "_".join(p.replace(".", "_") for p in perms)
+    return _Perms
+
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Domain errors -> 400 with a stable code; everything else as DRF does."""
+    """Domain errors -> 400 with a stable code; everything else as DRF does.
+
+    DataError is the database refusing a value no validator caught (a character PostgreSQL cannot
+    store, a number out of range): bad input, so 400 rather than a 500."""
     from rest_framework.views import exception_handler as drf_exception_handler  # circular at import time
 
     if isinstance(exc, PusherError):
         return Response({"code": exc.code, "message": exc.message}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DataError):
+        log.warning("API request refused by the database: %s", exc)
+        return Response(
+            {"code": "invalid_data", "message": "a value cannot be stored (invalid characters or out of range)"},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     return drf_exception_handler(exc, context)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer is an object: `{"code", "message"}` for domain errors, `{"detail"}` for
+    authentication/permission/not-found errors, `{"<field>": ["..."]}` for validation errors."""
+
+    code = serializers.CharField(required=False, help_text="Stable machine code of a domain error")
+    message = serializers.CharField(required=False, help_text="What went wrong, for an operator")
+    detail = serializers.CharField(required=False, help_text="Authentication, permission or not-found error")
+
+
+class ApiSchema(AutoSchema):
+    """drf-spectacular's schema plus the error answers every operation can give, so a generated
+    client (and schemathesis) knows them."""
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        responses = super()._get_response_bodies(direction)
+        codes = ["400", "401", "403"]
+        if "{" in self.path:
+            codes.append("404")
+        for code in codes:
+            if code not in responses:
+                responses[code] = self._get_response_for_code(ErrorSerializer, code, direction=direction)
+        return responses
+
+
+# --- Input hygiene -----------------------------------------------------------------------------
+
+
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain unpaired surrogate characters"
+    return None
+
+
+def json_text_validator(value: Any) -> None:
+    """Every string (keys included) in a JSON value must be storable: PostgreSQL refuses NUL in text
+    and jsonb, and nothing can encode a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = _bad_text(item)
+            if problem:
+                raise serializers.ValidationError(f"strings {problem}")
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+class JSONObjectField(serializers.JSONField):
+    """A JSON object (not a list or scalar) whose strings are storable."""
+
+    default_error_messages = {"not_object": "Expected a JSON object."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            self.fail("not_object")
+        json_text_validator(value)
+        return value
+
+
+def filters_apply(
+    queryset: QuerySet, request: Request, filter_serializer: type[serializers.Serializer], lookups: Mapping[str, Any]
+) -> QuerySet:
+    """Validate the list's query parameters with `filter_serializer` (a bad value is a 400 in the
+    usual validation shape, never a 500) and apply them: `lookups` maps a parameter to an ORM
+    lookup, or to a callable (queryset, value) -> queryset. Absent/null parameters don't filter."""
+    params = filter_serializer(data=request.query_params.dict())
+    params.is_valid(raise_exception=True)
+    for name, value in params.validated_data.items():
+        if value is None or name not in lookups:
+            continue
+        lookup = lookups[name]
+        queryset = lookup(queryset, value) if callable(lookup) else queryset.filter(**{lookup: value})
+    return queryset
+
+
+# --- Audit log ---------------------------------------------------------------------------------
+
+_ACTION_FLAGS = {"add": ADDITION, "change": CHANGE, "delete": DELETION}
+
+
+def audit_log(
+    *, request: Request, action: str, obj: Model | None = None, model: type[Model] | None = None, message: str = "",
+    repr_text: str = "",
+) -> LogEntry:
+    """Record an API write in Django's admin log (the admin's "Recent actions" and object history),
+    with the acting user. `obj` is the row written (for a deletion: before it is deleted); for a
+    write over many rows (an import) give `model` and `repr_text` instead."""
+    model = type(obj) if obj is not None else model
+    assert model is not None
+    return LogEntry.objects.create(
+        user_id=request.user.pk,
+        content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
+        object_id=str(obj.pk) if obj is not None else None,
+        object_repr=(repr_text or str(obj))[:200],
+        action_flag=_ACTION_FLAGS[action],
+        change_message=f"[API] {message}" if message else "[API]",
+    )
+
+
+def changed_fields(data: Mapping[str, Any]) -> str:
+    """The change message of an update: the names of the fields given (a secret is named, never shown)."""
+    return f"changed {', '.join(sorted(data))}" if data else "no change"

@@ -17,7 +17,7 @@ from django.db import transaction
 
 from push import services as push_services
 from push.models import CredentialKind, Provider, PushApp
-from pusher_site.errors import CredentialError, PusherError, RuleError
+from pusher_site.errors import ContactParseError, CredentialError, PusherError, RuleError
 from registry import selectors
 from registry.models import UserAgentRule
 from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo, compile_rule_regex
@@ -548,5 +548,8 @@ def user_agent_test(*, user_agent: str, contact: str, fields: Mapping[str, Any] 
     reg["User-Agent"] = user_agent
     reg["Contact"] = contact
     selectors.rules_cache_clear()
-    build = registration_match(fields=reg)
+    try:
+        build = registration_match(fields=reg)
+    except ContactParseError as exc:
+        raise ContactParseError(f"the Contact does not parse: {exc.message}") from exc
     return UserAgentTest(rule=build.rule, push=build.push, tokens=build.tokens, reason=build.reason, fields=reg)

@@ -1,5 +1,8 @@
 """Prometheus metrics, with reason labels (Kazoo's anchors only counted success/error)."""
 
+import threading
+
+from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram
 
 PUSHES = Counter(
@@ -19,3 +22,20 @@ CREDENTIAL_EXPIRY_DAYS = Gauge(
     "pusher_credential_expiry_days", "Days until the app's credential expires", ["app", "provider"]
 )
 CONSUMER_CONNECTED = Gauge("pusher_consumer_connected", "1 while the consumer is connected and consuming")
+
+_expiry_lock = threading.Lock()
+
+
+def credential_expiry_refresh() -> None:
+    """Set the expiry gauge from the database (called when /metrics is scraped): one series per
+    app whose credential has an end date; apps removed or rotated to a dateless key drop out."""
+    from pusher_site.dashboard import push_apps_with_expiry  # services import this module: import late
+
+    rows = [
+        (app.app_id[:100], app.provider, (app.credential.not_after - timezone.now()).total_seconds() / 86400)
+        for app in push_apps_with_expiry()
+    ]
+    with _expiry_lock:
+        CREDENTIAL_EXPIRY_DAYS.clear()
+        for app_id, provider, days in rows:
+            CREDENTIAL_EXPIRY_DAYS.labels(app=app_id, provider=provider).set(round(days, 3))

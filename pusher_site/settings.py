@@ -39,6 +39,17 @@ FIELD_ENCRYPTION_KEY = [
     if key.strip()
 ]
 
+try:  # a malformed key must stop the boot, not the first credential save
+    import base64 as _b64
+
+    for _key in FIELD_ENCRYPTION_KEY:
+        if len(_b64.urlsafe_b64decode(_key.encode())) != 32:
+            raise ValueError
+except ValueError as _exc:
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)"
+    ) from _exc
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -96,6 +107,7 @@ DATABASES = {
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL + a busy timeout let the web process and the consumer share the embedded file.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}

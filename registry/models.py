@@ -1,8 +1,25 @@
 """User-Agent rules, Kazoo devices and their push tokens."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from push.models import mask_token
+
+
+def validate_rule_regex(value: str) -> None:
+    from pusher_site.errors import RuleError
+    from registry.pushobject import compile_rule_regex
+
+    try:
+        compile_rule_regex(value)
+    except RuleError as exc:
+        raise ValidationError(exc.message) from exc
+
+
+def validate_rule_properties(value: object) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValidationError('properties must be a JSON object of output key -> source name strings, '
+                              'e.g. {"Token-ID": "pn-tok"}')
 
 
 class UserAgentRule(models.Model):
@@ -15,9 +32,13 @@ class UserAgentRule(models.Model):
     name = models.CharField(max_length=200, unique=True)
     position = models.IntegerField(default=100, db_index=True, help_text="Lower first; the first match wins")
     enabled = models.BooleanField(default=True)
-    regex = models.CharField(max_length=1000, help_text="Searched unanchored in the User-Agent; use ^ to anchor")
+    regex = models.CharField(
+        max_length=1000, validators=[validate_rule_regex],
+        help_text="Searched unanchored in the User-Agent; use ^ to anchor",
+    )
     properties = models.JSONField(
         default=dict,
+        validators=[validate_rule_properties],
         help_text='Output key -> source name, e.g. {"Token-ID": "pn-tok", "Token-Type": "pn-type", '
         '"Token-App": "app-id"}',
     )

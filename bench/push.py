@@ -1,0 +1,467 @@
+"""push_req benchmark: `python -m bench.push [--rate 100 --seconds 10] [--throughput 5000] [--delay-ms 30]`.
+
+The fake APNs (HTTP/2 + TLS, tests/fakes/apns.py) runs in this process and answers every push
+after --delay-ms. The consumer runs as it does in production, as a separate process
+(`manage.py runconsumer --queue <bench queue> --workers N`) trusting the fake's CA, on the same
+database; its RSS is sampled from /proc. Push_req messages are the Kamailio sample with a unique
+Msg-ID and Call-ID, published as Kamailio publishes them; `Payload` carries `bench_sent_ns`,
+which APNs receives at the top level of the body.
+
+  A (latency)     push_req at a fixed rate (--rate/s for --seconds s); publish-to-receipt at the fake
+  B (throughput)  --throughput push_req published as fast as possible; pushes/s received at the fake
+                  (first to last receipt) and how many deliveries ended `sent` in the database
+
+--workers takes a comma-separated list (e.g. 32,64,128): a fresh consumer per value.
+Prints figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    broker_channel,
+    broker_cleanup,
+    cpu_seconds,
+    database_label,
+    percentile,
+    rss_mb,
+    run_id,
+    say,
+    setup,
+    table,
+    wait_until,
+)
+from bench.profile import Profiler, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_ID = "com.acme.phone.voip.prod"
+TARGET_PUSHES_PER_S = 1000
+TARGET_P99_MS = 25.0
+TARGET_RSS_MB = 200.0
+WARMUP_PUSHES = 5
+
+
+# --- the consumer process -----------------------------------------------------------------
+
+
+@dataclass
+class Consumer:
+    process: subprocess.Popen[bytes]
+    queue: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    log_path: str
+    rss_max_mb: float = 0.0
+    db_connections_max: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sampler: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def sample_start(self) -> None:
+        def sample() -> None:
+            import psycopg
+            from django.conf import settings
+
+            db = settings.DATABASES["default"]
+            conn = None
+            with contextlib.suppress(Exception):
+                conn = psycopg.connect(
+                    host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"],
+                    password=db.get("PASSWORD") or None, autocommit=True, connect_timeout=5,
+                )
+            n = 0
+            while not self._stop.wait(0.1):
+                self.rss_max_mb = max(self.rss_max_mb, rss_mb(self.pid)[0])
+                n += 1
+                if conn is not None and n % 5 == 0:
+                    with contextlib.suppress(Exception):
+                        row = conn.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        ).fetchone()
+                        # Less this sampler's own connection.
+                        self.db_connections_max = max(self.db_connections_max, int(row[0]) - 1)
+            if conn is not None:
+                conn.close()
+
+        self._sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> tuple[int | None, float, float]:
+        """SIGTERM, wait (bounded), SIGKILL if needed. Returns (exit code, seconds to stop, VmHWM MB)."""
+        hwm = rss_mb(self.pid)[1]
+        self.rss_max_mb = max(self.rss_max_mb, rss_mb(self.pid)[0])
+        started = time.monotonic()
+        code: int | None = None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                say(f"  ! consumer {self.pid} did not stop within 45 s of SIGTERM: killed")
+                self.process.kill()
+                self.process.wait(timeout=10)
+        else:
+            code = self.process.returncode
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        return code, time.monotonic() - started, hwm
+
+
+def consumer_start(*, run: str, workers: int, prefetch: int, ca_file: str) -> Consumer:
+    suffix = f"{run}_w{workers}"
+    queue = f"pusher_bench_{suffix}"
+    dlx, dlq = f"pusher_bench_dlx_{suffix}", f"pusher_bench_dlq_{suffix}"
+    log_path = f"/tmp/bench_push_{suffix}.consumer.log"
+    env = dict(os.environ)
+    env.update({
+        "PUSHER_APNS_CA_FILE": ca_file,
+        "PUSHER_DEAD_LETTER_EXCHANGE": dlx,
+        "PUSHER_DEAD_LETTER_QUEUE": dlq,
+        "PYTHONUNBUFFERED": "1",
+    })
+    command = [sys.executable, "manage.py", "runconsumer", "--queue", queue, "--workers", str(workers),
+               "--prefetch", str(prefetch)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    consumer = Consumer(process=process, queue=queue, dead_letter_exchange=dlx, dead_letter_queue=dlq,
+                        log_path=log_path)
+    consumer.sample_start()
+    if not _wait_consuming(consumer, timeout=60):
+        consumer.stop()
+        raise SystemExit(f"the consumer did not start consuming from {queue} within 60 s; see {log_path}")
+    return consumer
+
+
+def _wait_consuming(consumer: Consumer, *, timeout: float) -> bool:
+    import pika.exceptions
+
+    deadline = time.monotonic() + timeout
+    with broker_channel() as channel:
+        while time.monotonic() < deadline:
+            if consumer.process.poll() is not None:
+                return False
+            try:
+                if channel.queue_declare(consumer.queue, passive=True).method.consumer_count > 0:
+                    return True
+            except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
+                channel = channel.connection.channel()
+            time.sleep(0.1)
+    return False
+
+
+def log_problems(path: str, *, top: int = 4) -> tuple[int, list[str]]:
+    """How many WARNING/ERROR lines the consumer logged, and the most frequent kinds."""
+    kinds: collections.Counter[str] = collections.Counter()
+    count = 0
+    with contextlib.suppress(OSError), open(path, errors="replace") as handle:
+        for line in handle:
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                count += 1
+                text = line.split(" ", 3)[-1].strip()
+                kinds[re.sub(r"\d+(\.\d+)?", "#", text)[:110]] += 1
+    return count, [f"{n} x {k}" for k, n in kinds.most_common(top)]
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+
+def push_body(template: dict[str, Any], *, tag: str, index: int) -> dict[str, Any]:
+    body = copy.deepcopy(template)
+    call_id = str(uuid.uuid4())
+    body["Msg-ID"] = f"{tag}-{index:07d}"
+    body["Call-ID"] = call_id
+    body["Payload"]["call-id"] = call_id
+    body["Payload"]["bench_run"] = tag
+    return body
+
+
+def _publish(channel: Any, body: dict[str, Any], properties: Any) -> None:
+    # As Kamailio's kazoo module: exchange `pushes`, key notification.push.<type>.<token>,
+    # content type only.
+    body["Payload"]["bench_sent_ns"] = time.time_ns()
+    channel.basic_publish("pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}",
+                          json.dumps(body).encode(), properties)
+
+
+def publish_at_rate(template: dict[str, Any], *, tag: str, rate: float, seconds: float) -> tuple[int, float]:
+    """Publish rate*seconds push_req on a fixed schedule. Returns (count, achieved rate)."""
+    import pika
+
+    props = pika.BasicProperties(content_type="application/json")
+    count = int(rate * seconds)
+    bodies = [push_body(template, tag=tag, index=i) for i in range(count)]
+    with broker_channel() as channel:
+        started = time.perf_counter()
+        for i, body in enumerate(bodies):
+            pause = started + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            _publish(channel, body, props)
+        elapsed = time.perf_counter() - started
+    return count, count / elapsed if elapsed > 0 else float("nan")
+
+
+def publish_burst(template: dict[str, Any], *, tag: str, count: int) -> tuple[float, float]:
+    """Publish `count` push_req as fast as one connection can. Returns (seconds, rate)."""
+    import pika
+
+    props = pika.BasicProperties(content_type="application/json")
+    bodies = [push_body(template, tag=tag, index=i) for i in range(count)]
+    with broker_channel() as channel:
+        started = time.perf_counter()
+        for body in bodies:
+            _publish(channel, body, props)
+        elapsed = time.perf_counter() - started
+    return elapsed, count / elapsed if elapsed > 0 else float("nan")
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def received(fake: Any, tag: str) -> list[Any]:
+    return [r for r in fake.requests if isinstance(r.body, dict) and r.body.get("bench_run") == tag]
+
+
+def wait_received(fake: Any, tag: str, count: int, *, timeout: float) -> list[Any]:
+    wait_until(lambda: len(received(fake, tag)) >= count, timeout=timeout, interval=0.1)
+    return received(fake, tag)
+
+
+def latencies_ms(requests: list[Any]) -> list[float]:
+    return [r.received_at * 1000 - int(r.body["bench_sent_ns"]) / 1e6 for r in requests]
+
+
+def deliveries(tag: str, expected: int, *, timeout: float) -> collections.Counter[str]:
+    """Delivery statuses of a scenario once none is still queued (bounded wait)."""
+    from push.models import Delivery, DeliveryStatus
+
+    rows = Delivery.objects.filter(msg_id__startswith=f"{tag}-")
+
+    def settled() -> bool:
+        return rows.count() >= expected and not rows.filter(status=DeliveryStatus.QUEUED).exists()
+
+    wait_until(settled, timeout=timeout, interval=0.25)
+    return collections.Counter(rows.values_list("status", flat=True))
+
+
+@dataclass
+class Round:
+    workers: int
+    latency: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    rss_max_mb: float = 0.0
+    rss_hwm_mb: float = 0.0
+    db_connections_max: int = 0
+    exit_code: int | None = None
+    stop_s: float = 0.0
+    problems: tuple[int, list[str]] = (0, [])
+
+
+def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, template: dict[str, Any]) -> Round:
+    result = Round(workers=workers)
+    consumer = consumer_start(run=run, workers=workers, prefetch=args.prefetch, ca_file=fake.ca_file)
+    say(f"\n--workers {workers}: consumer pid {consumer.pid} consuming from {consumer.queue} "
+        f"(prefetch {args.prefetch}); its log: {consumer.log_path}")
+    try:
+        # Warm-up: the first push opens the TLS + HTTP/2 connection and fills the app cache.
+        tag = f"bench-{run}-w{workers}-warm"
+        publish_burst(template, tag=tag, count=WARMUP_PUSHES)
+        warm = wait_received(fake, tag, WARMUP_PUSHES, timeout=30)
+        say(f"  warm-up: {len(warm)}/{WARMUP_PUSHES} pushes received (not counted)")
+
+        if args.seconds > 0 and args.rate > 0:
+            tag = f"bench-{run}-w{workers}-A"
+            load = os.getloadavg()[0]
+            count, achieved = publish_at_rate(template, tag=tag, rate=args.rate, seconds=args.seconds)
+            got = wait_received(fake, tag, count, timeout=30)
+            lat = latencies_ms(got)
+            statuses = deliveries(tag, count, timeout=30)
+            result.latency = {
+                "published": count, "rate": achieved, "received": len(got), "p50": percentile(lat, 50),
+                "p90": percentile(lat, 90), "p99": percentile(lat, 99), "max": max(lat, default=float("nan")),
+                "sent": statuses.get("sent", 0), "statuses": dict(statuses), "load": load,
+            }
+            say(f"  A: published {count} at {achieved:.1f}/s; received {len(got)}; p50 {result.latency['p50']:.1f} "
+                f"p99 {result.latency['p99']:.1f} max {result.latency['max']:.1f} ms; deliveries {dict(statuses)}")
+
+        if args.throughput > 0:
+            tag = f"bench-{run}-w{workers}-B"
+            load = os.getloadavg()[0]
+            profile_path = os.path.join(args.profile, f"push_w{workers}.txt") if args.profile else ""
+            profiler: Any = Profiler(consumer.pid, profile_path) if profile_path else contextlib.nullcontext()
+            with profiler:
+                cpu_before, wall_before = cpu_seconds(consumer.pid), time.perf_counter()
+                publish_s, publish_rate = publish_burst(template, tag=tag, count=args.throughput)
+                got = wait_received(fake, tag, args.throughput, timeout=max(60.0, args.throughput / 50))
+                wall = time.perf_counter() - wall_before
+                cpu = cpu_seconds(consumer.pid) - cpu_before
+            times = sorted(r.received_at for r in got)
+            span = times[-1] - times[0] if len(times) > 1 else float("nan")
+            statuses = deliveries(tag, args.throughput, timeout=60)
+            lat = latencies_ms(got)
+            result.throughput = {
+                "published": args.throughput, "publish_s": publish_s, "publish_rate": publish_rate,
+                "received": len(got), "span_s": span, "rate": (len(times) - 1) / span if span and span > 0 else 0.0,
+                "end_to_end_rate": len(got) / wall if wall > 0 else 0.0, "cpu_cores": cpu / wall if wall > 0 else 0.0,
+                "sent": statuses.get("sent", 0), "statuses": dict(statuses), "p50": percentile(lat, 50),
+                "p99": percentile(lat, 99), "load": load,
+            }
+            t = result.throughput
+            say(f"  B: published {args.throughput} in {publish_s:.2f} s ({publish_rate:,.0f}/s); received {len(got)} "
+                f"over {span:.2f} s = {t['rate']:,.0f} pushes/s (first to last receipt); consumer CPU "
+                f"{t['cpu_cores']:.2f} cores; deliveries {dict(statuses)}")
+            if profile_path:
+                say(f"  profile of the consumer during B ({profile_path}):")
+                say(summary(profile_path))
+    finally:
+        result.db_connections_max = consumer.db_connections_max
+        result.exit_code, result.stop_s, result.rss_hwm_mb = consumer.stop()
+        result.rss_max_mb = consumer.rss_max_mb
+        broker_cleanup(queues=[consumer.queue, consumer.dead_letter_queue], exchanges=[consumer.dead_letter_exchange])
+        result.problems = log_problems(consumer.log_path)
+    say(f"  consumer stopped (SIGTERM) in {result.stop_s:.1f} s, exit code {result.exit_code}; RSS max "
+        f"{result.rss_max_mb:.1f} MB sampled, VmHWM {result.rss_hwm_mb:.1f} MB; PostgreSQL connections to the "
+        f"bench database up to {result.db_connections_max}; {result.problems[0]} WARNING/ERROR log lines")
+    for line in result.problems[1]:
+        say(f"    {line}")
+    return result
+
+
+def apns_app_setup(fake: Any, run: str) -> tuple[Any, Any]:
+    from push import services
+    from push.models import Provider, PushApp
+
+    cert = fake.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
+    parsed = services.credential_parse(kind="apns_certificate", data=cert.pem)
+    credential = services.credential_save(name=f"bench apns {run}", parsed=parsed)
+    app, _ = PushApp.objects.update_or_create(
+        app_id=APP_ID, provider=Provider.APPLE,
+        defaults={"credential": credential, "host": fake.host, "port": fake.port, "priority": 10,
+                  "push_type": "voip", "enabled": True, "topic": "", "expiration": None, "collapse_id": "",
+                  "extra_headers": {}, "flagged_reason": "", "bad_device_token_count": 0},
+    )
+    return app, credential
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=100.0, help="scenario A: push_req per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="scenario A: duration (0 skips A)")
+    parser.add_argument("--throughput", type=int, default=5000, help="scenario B: push_req count (0 skips B)")
+    parser.add_argument("--delay-ms", type=float, default=30.0, help="fake APNs answer delay")
+    parser.add_argument("--workers", default="", help="comma-separated push thread counts (default PUSHER_WORKERS)")
+    parser.add_argument("--prefetch", type=int, default=0, help="consumer prefetch (default PUSHER_PREFETCH)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy profile of the consumer during B into DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
+    args = parser.parse_args(argv)
+    if not (0 <= args.rate <= 5000 and 0 <= args.seconds <= 300 and 0 <= args.throughput <= 100_000
+            and 0 <= args.delay_ms <= 5000):
+        parser.error("--rate 0..5000, --seconds 0..300, --throughput 0..100000, --delay-ms 0..5000")
+
+    run = run_id()
+    log_path = setup(log_name=f"bench_push_{run}")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+
+    from django.conf import settings
+
+    from push.models import Credential, Delivery, PushApp
+    from tests.amqp import sample
+    from tests.fakes.apns import FakeApns
+
+    workers_list = [int(w) for w in (args.workers or str(settings.PUSHER_WORKERS)).split(",") if w.strip()]
+    if not workers_list or any(not 1 <= w <= 1024 for w in workers_list):
+        parser.error("--workers: 1..1024 each")
+    args.prefetch = args.prefetch or settings.PUSHER_PREFETCH
+    template = sample("push_req_kamailio_master.json")["body"]
+
+    fake = FakeApns.start(delay=args.delay_ms / 1000.0)
+    say(f"push bench {run}: database {database_label()}; bench log {log_path}")
+    say(f"  fake APNs (in this process) on {fake.address}, {args.delay_ms:g} ms per answer; consumer = "
+        f"`manage.py runconsumer` subprocess per --workers value; load average {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs")
+    rounds: list[Round] = []
+    app = credential = None
+    try:
+        app, credential = apns_app_setup(fake, run)
+        for workers in workers_list:
+            rounds.append(run_round(args, run=run, workers=workers, fake=fake, template=template))
+    finally:
+        fake_stats = fake.stats
+        fake.stop()
+        if not args.keep:
+            Delivery.objects.filter(msg_id__startswith=f"bench-{run}-").delete()
+        if app is not None:
+            PushApp.objects.filter(pk=app.pk).delete()
+        if credential is not None:
+            Credential.objects.filter(pk=credential.pk).delete()
+
+    say()
+    say(f"A: latency, {args.rate:g} push_req/s for {args.seconds:g} s; publish (time.time_ns in Payload) to "
+        f"receipt at the fake. Target p99 < {TARGET_P99_MS:g} ms.")
+    say(table(
+        ["workers", "published", "rate/s", "received", "sent", "p50 ms", "p90 ms", "p99 ms", "max ms", "meets",
+         "load"],
+        [
+            [r.workers, r.latency["published"], r.latency["rate"], r.latency["received"], r.latency["sent"],
+             r.latency["p50"], r.latency["p90"], r.latency["p99"], r.latency["max"],
+             "yes" if r.latency["p99"] < TARGET_P99_MS else "NO", r.latency["load"]]
+            for r in rounds if r.latency
+        ],
+    ))
+    say()
+    say(f"B: throughput, {args.throughput} push_req published as fast as possible, fake answering after "
+        f"{args.delay_ms:g} ms. Target >= {TARGET_PUSHES_PER_S:,} pushes/s.")
+    say(table(
+        ["workers", "published", "publish s", "received", "pushes/s", "end-to-end/s", "sent", "other", "p50 ms",
+         "p99 ms", "CPU cores", "meets", "load"],
+        [
+            [r.workers, r.throughput["published"], r.throughput["publish_s"], r.throughput["received"],
+             r.throughput["rate"], r.throughput["end_to_end_rate"], r.throughput["sent"],
+             " ".join(f"{k}={v}" for k, v in sorted(r.throughput["statuses"].items()) if k != "sent") or "-",
+             r.throughput["p50"], r.throughput["p99"], r.throughput["cpu_cores"],
+             "yes" if r.throughput["rate"] >= TARGET_PUSHES_PER_S else "NO", r.throughput["load"]]
+            for r in rounds if r.throughput
+        ],
+    ))
+    say()
+    say(f"Consumer process memory. Target RSS < {TARGET_RSS_MB:g} MB.")
+    say(table(
+        ["workers", "RSS max MB (sampled)", "VmHWM MB", "meets", "PG conns max", "exit code", "stop s",
+         "WARN/ERR lines"],
+        [
+            [r.workers, r.rss_max_mb, r.rss_hwm_mb, "yes" if max(r.rss_max_mb, r.rss_hwm_mb) < TARGET_RSS_MB else "NO",
+             r.db_connections_max, r.exit_code, r.stop_s, r.problems[0]]
+            for r in rounds
+        ],
+    ))
+    say()
+    say("pushes/s = (received - 1) / (last receipt - first receipt) at the fake; end-to-end/s = received /")
+    say("(first publish to last receipt, publishing included); the publisher (same connection, as fast as")
+    say("it goes) overlaps the first 'publish s' of the drain. p50/p99 in B include queueing behind the")
+    say("backlog. load = 1-minute load average when the scenario started (other work on the machine).")
+    say(f"fake APNs answers: {fake_stats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`manage.py add_apple_app APP_ID CERTFILE [HOST]`: Kazoo's `sup pusher_maintenance add_apple_app`."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from push.management.commands._output import app_added_write
+from push.models import CredentialKind, Provider
+from push.services import APNS_PRODUCTION_HOST, push_app_add
+from pusher_site.errors import PusherError
+
+
+class Command(BaseCommand):
+    help = (
+        "Add or update an Apple push app with its APNs certificate (Kazoo's add_apple_app/2,3): a PEM file with "
+        "the certificate and its unencrypted key, as Kazoo stores it, or a .p12 (with --password). "
+        f"HOST defaults to {APNS_PRODUCTION_HOST}, as in Kazoo."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("app_id", help="the Token-App value, e.g. com.acme.phone.voip.prod")
+        parser.add_argument("certfile", help="PEM (certificate + unencrypted key) or .p12 file")
+        parser.add_argument("host", nargs="?", default=APNS_PRODUCTION_HOST,
+                            help="APNs host, e.g. api.sandbox.push.apple.com for development builds")
+        parser.add_argument("--password", default=None, help="the .p12 password, if any")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        data = read_file(options["certfile"])
+        try:
+            added = push_app_add(
+                app_id=options["app_id"], provider=Provider.APPLE, kind=CredentialKind.APNS_CERTIFICATE, data=data,
+                password=options["password"], host=options["host"],
+            )
+        except PusherError as exc:
+            raise CommandError(exc.message) from exc
+        app_added_write(self, added)
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,44 @@
+"""`manage.py add_firebase_app APP_ID SECRET`: Kazoo's `sup pusher_maintenance add_firebase_app`."""
+
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from push.management.commands._output import app_added_write
+from push.management.commands.add_apple_app import read_file
+from push.models import CredentialKind, Provider
+from push.services import push_app_add
+from pusher_site.errors import PusherError
+
+
+class Command(BaseCommand):
+    help = (
+        "Add or update a Firebase (FCM) push app. SECRET is the path of a service-account JSON file (FCM HTTP v1). "
+        "Kazoo took the legacy server key instead: such a string is stored for the record but cannot send "
+        "(Google shut the legacy API down)."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("app_id", help="the Token-App value, e.g. com.acme.phone")
+        parser.add_argument("secret", help="service-account JSON file (or, Kazoo-style, a legacy server key)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        secret: str = options["secret"]
+        if os.path.isfile(secret):
+            kind, data = CredentialKind.FCM_SERVICE_ACCOUNT, read_file(secret)
+        elif os.sep in secret or secret.lower().endswith(".json"):
+            # A mistyped path must not end up stored as a "key".
+            raise CommandError(f"cannot read {secret}: no such file")
+        else:
+            kind, data = CredentialKind.FCM_LEGACY_KEY, secret.encode()
+        try:
+            added = push_app_add(app_id=options["app_id"], provider=Provider.FIREBASE, kind=kind, data=data)
+        except PusherError as exc:
+            raise CommandError(exc.message) from exc
+        app_added_write(self, added)
+        if kind == CredentialKind.FCM_LEGACY_KEY:
+            self.stdout.write(self.style.WARNING(
+                "warning: stored as an FCM legacy server key, which cannot send; "
+                f"give a service-account JSON file: add_firebase_app {options['app_id']} FILE"
+            ))
