@@ -60,7 +60,7 @@ def database_create_if_missing(url: str) -> None:
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - our own configured name
+            conn.execute(f'CREATE DATABASE "{name}"')
             print(f"created database {name}")
 
 
@@ -78,7 +78,7 @@ def setup(*, log_name: str) -> str:
 
     django.setup()
     log_path = os.path.join(tempfile.gettempdir(), f"{log_name}.log")
-    stream = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+    stream = open(log_path, "w")
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(stream)
@@ -152,7 +152,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if n and _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+        padded = (c.rjust(w) if n and _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True))
+        lines.append("  ".join(padded))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
@@ -206,3 +207,69 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.01) -> boo
 def say(text: str = "") -> None:
     print(text, flush=True)
     sys.stdout.flush()
+
+
+def _proc_cpu_by_name(names: Sequence[str]) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each process whose command name is one of `names`, by pid."""
+    totals: dict[str, dict[int, float]] = {name: {} for name in names}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm in totals:
+            fields = text.rsplit(")", 1)[1].split()
+            totals[comm][int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    # Per pid, so that a process that exits meanwhile (a closed PostgreSQL backend) does not
+    # make the sum negative; its last slice is missed instead.
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+def _system_busy_seconds() -> float:
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Where the machine's CPU went over an interval, in cores: the processes under test, the
+    broker and the database (all of their work, not only ours), and everything else."""
+
+    SERVICES = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: tuple[float, float, dict[str, float], dict[str, dict[int, float]]] | None = None
+        self.cores: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.monotonic(), _system_busy_seconds(), self._own(), _proc_cpu_by_name(list(self.SERVICES)))
+        return self
+
+    def _own(self) -> dict[str, float]:
+        return {label: cpu_seconds(pid) for label, pid in self.pids.items()}
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._start is not None
+        wall0, busy0, own0, svc0 = self._start
+        wall = max(time.monotonic() - wall0, 1e-6)
+        own1, svc1 = self._own(), _proc_cpu_by_name(list(self.SERVICES))
+        cores = {label: (own1[label] - own0[label]) / wall for label in own1}
+        cores.update({self.SERVICES[n]: _delta(svc0[n], svc1[n]) / wall for n in self.SERVICES})
+        busy = (_system_busy_seconds() - busy0) / wall
+        cores["other processes"] = max(0.0, busy - sum(cores.values()))
+        cores["machine busy"] = busy
+        self.cores = cores
+
+    def line(self) -> str:
+        return ", ".join(f"{label} {value:.2f}" for label, value in self.cores.items())

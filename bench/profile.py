@@ -69,13 +69,16 @@ def _short(frame: str) -> str:
 
 
 def _thread_group(frame: str) -> str:
-    name = frame.split("(", 1)[0].strip().strip('"')
-    name = re.sub(r"process \d+:?", "", name).strip()
-    name = re.sub(r"_\d+$|-\d+$|\d+$", "", name.split('"')[-1].strip())
+    """'thread (1234): push_17' -> 'push'; 'thread (99): reg-lane-3_0' -> 'reg-lane'."""
+    match = re.match(r"thread \(\w+\):?\s*(?P<name>.*)$", frame)
+    name = (match["name"] if match else frame).strip().strip('"')
+    for _ in range(2):
+        name = re.sub(r"[-_]\d+$", "", name)
     return name or "thread"
 
 
-def summary(path: str, *, top: int = 12) -> str:
+def summary(path: str, *, top: int = 12, threads: str | None = None) -> str:
+    """Fold a raw profile; `threads` keeps only that thread group (e.g. "push")."""
     if not os.path.exists(path):
         return "  (no profile recorded)"
     self_counts: Counter[str] = Counter()
@@ -93,6 +96,8 @@ def summary(path: str, *, top: int = 12) -> str:
             thread_frames = [f for f in frames[:2] if f.startswith(("thread", "process", '"'))]
             code = frames[len(thread_frames):]
             group = _thread_group(thread_frames[-1]) if thread_frames else "thread"
+            if threads is not None and group != threads:
+                continue
             total += count
             groups[group] += count
             if code:
@@ -105,7 +110,9 @@ def summary(path: str, *, top: int = 12) -> str:
                     inclusive[short] += count
     if not total:
         return "  (empty profile)"
-    lines = [f"  {total} samples; by thread: " + ", ".join(f"{g} {n * 100 / total:.0f}%" for g, n in groups.most_common(6))]
+    scope = f" of {threads} threads" if threads else ""
+    by_thread = ", ".join(f"{g} {n * 100 / total:.0f}%" for g, n in groups.most_common(6))
+    lines = [f"  {total} samples{scope}; by thread: {by_thread}"]
     lines.append("  on CPU (self):")
     lines += [f"    {n * 100 / total:5.1f}%  {f}" for f, n in self_counts.most_common(top)]
     lines.append("  project functions on the stack (inclusive):")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CpuMeter,
     broker_channel,
     broker_cleanup,
     cpu_seconds,
@@ -242,9 +243,22 @@ def received(fake: Any, tag: str) -> list[Any]:
     return [r for r in fake.requests if isinstance(r.body, dict) and r.body.get("bench_run") == tag]
 
 
-def wait_received(fake: Any, tag: str, count: int, *, timeout: float) -> list[Any]:
-    wait_until(lambda: len(received(fake, tag)) >= count, timeout=timeout, interval=0.1)
-    return received(fake, tag)
+def answered(fake: Any) -> int:
+    """Requests the fake has recorded so far (cheap: its counters, not its records)."""
+    return sum(n for name, n in fake.stats.items() if name != "connections")
+
+
+def wait_received(fake: Any, tag: str, count: int, *, base: int, timeout: float) -> list[Any]:
+    """Wait for `count` requests of `tag`. Polls the fake's counters (`base` = the count before
+    publishing), not its record list: copying thousands of records every tick would take the
+    fake's lock and the GIL away from the server being measured."""
+    deadline = time.monotonic() + timeout
+    wait_until(lambda: answered(fake) >= base + count, timeout=timeout, interval=0.05)
+    got = received(fake, tag)
+    while len(got) < count and time.monotonic() < deadline:  # foreign pushes counted too
+        time.sleep(0.5)
+        got = received(fake, tag)
+    return got
 
 
 def latencies_ms(requests: list[Any]) -> list[float]:
@@ -285,34 +299,45 @@ def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, te
     try:
         # Warm-up: the first push opens the TLS + HTTP/2 connection and fills the app cache.
         tag = f"bench-{run}-w{workers}-warm"
+        base = answered(fake)
         publish_burst(template, tag=tag, count=WARMUP_PUSHES)
-        warm = wait_received(fake, tag, WARMUP_PUSHES, timeout=30)
+        warm = wait_received(fake, tag, WARMUP_PUSHES, base=base, timeout=30)
         say(f"  warm-up: {len(warm)}/{WARMUP_PUSHES} pushes received (not counted)")
 
         if args.seconds > 0 and args.rate > 0:
             tag = f"bench-{run}-w{workers}-A"
             load = os.getloadavg()[0]
-            count, achieved = publish_at_rate(template, tag=tag, rate=args.rate, seconds=args.seconds)
-            got = wait_received(fake, tag, count, timeout=30)
+            base = answered(fake)
+            with CpuMeter({"consumer": consumer.pid, "bench + fake APNs": os.getpid()}) as meter_a:
+                count, achieved = publish_at_rate(template, tag=tag, rate=args.rate, seconds=args.seconds)
+                got = wait_received(fake, tag, count, base=base, timeout=30)
             lat = latencies_ms(got)
             statuses = deliveries(tag, count, timeout=30)
             result.latency = {
                 "published": count, "rate": achieved, "received": len(got), "p50": percentile(lat, 50),
                 "p90": percentile(lat, 90), "p99": percentile(lat, 99), "max": max(lat, default=float("nan")),
-                "sent": statuses.get("sent", 0), "statuses": dict(statuses), "load": load,
+                "sent": statuses.get("sent", 0), "statuses": dict(statuses), "load": load, "cores": meter_a.cores,
             }
             say(f"  A: published {count} at {achieved:.1f}/s; received {len(got)}; p50 {result.latency['p50']:.1f} "
                 f"p99 {result.latency['p99']:.1f} max {result.latency['max']:.1f} ms; deliveries {dict(statuses)}")
+            say(f"     CPU in cores: {meter_a.line()}")
 
         if args.throughput > 0:
             tag = f"bench-{run}-w{workers}-B"
             load = os.getloadavg()[0]
-            profile_path = os.path.join(args.profile, f"push_w{workers}.txt") if args.profile else ""
-            profiler: Any = Profiler(consumer.pid, profile_path) if profile_path else contextlib.nullcontext()
-            with profiler:
+            cpu_path = os.path.join(args.profile, f"push_w{workers}_cpu.txt") if args.profile else ""
+            wall_path = os.path.join(args.profile, f"push_w{workers}_wall.txt") if args.profile else ""
+            meter_b = CpuMeter({"consumer": consumer.pid, "bench + fake APNs": os.getpid()})
+            with contextlib.ExitStack() as profilers:
+                if args.profile:
+                    # On-CPU samples, and all samples (waiting included): where a push thread's time goes.
+                    profilers.enter_context(Profiler(consumer.pid, cpu_path))
+                    profilers.enter_context(Profiler(consumer.pid, wall_path, idle=True))
+                profilers.enter_context(meter_b)
+                base = answered(fake)
                 cpu_before, wall_before = cpu_seconds(consumer.pid), time.perf_counter()
                 publish_s, publish_rate = publish_burst(template, tag=tag, count=args.throughput)
-                got = wait_received(fake, tag, args.throughput, timeout=max(60.0, args.throughput / 50))
+                got = wait_received(fake, tag, args.throughput, base=base, timeout=max(60.0, args.throughput / 50))
                 wall = time.perf_counter() - wall_before
                 cpu = cpu_seconds(consumer.pid) - cpu_before
             times = sorted(r.received_at for r in got)
@@ -324,15 +349,18 @@ def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, te
                 "received": len(got), "span_s": span, "rate": (len(times) - 1) / span if span and span > 0 else 0.0,
                 "end_to_end_rate": len(got) / wall if wall > 0 else 0.0, "cpu_cores": cpu / wall if wall > 0 else 0.0,
                 "sent": statuses.get("sent", 0), "statuses": dict(statuses), "p50": percentile(lat, 50),
-                "p99": percentile(lat, 99), "load": load,
+                "p99": percentile(lat, 99), "load": load, "cores": meter_b.cores,
             }
             t = result.throughput
             say(f"  B: published {args.throughput} in {publish_s:.2f} s ({publish_rate:,.0f}/s); received {len(got)} "
                 f"over {span:.2f} s = {t['rate']:,.0f} pushes/s (first to last receipt); consumer CPU "
                 f"{t['cpu_cores']:.2f} cores; deliveries {dict(statuses)}")
-            if profile_path:
-                say(f"  profile of the consumer during B ({profile_path}):")
-                say(summary(profile_path))
+            say(f"     CPU in cores: {meter_b.line()}")
+            if args.profile:
+                say(f"  consumer profile during B, on CPU, all threads ({cpu_path}):")
+                say(summary(cpu_path))
+                say(f"  consumer profile during B, wall clock (waits included), push threads ({wall_path}):")
+                say(summary(wall_path, threads="push"))
     finally:
         result.db_connections_max = consumer.db_connections_max
         result.exit_code, result.stop_s, result.rss_hwm_mb = consumer.stop()
@@ -421,11 +449,12 @@ def main(argv: list[str] | None = None) -> None:
         f"receipt at the fake. Target p99 < {TARGET_P99_MS:g} ms.")
     say(table(
         ["workers", "published", "rate/s", "received", "sent", "p50 ms", "p90 ms", "p99 ms", "max ms", "meets",
-         "load"],
+         "consumer cores", "other cores", "load"],
         [
             [r.workers, r.latency["published"], r.latency["rate"], r.latency["received"], r.latency["sent"],
              r.latency["p50"], r.latency["p90"], r.latency["p99"], r.latency["max"],
-             "yes" if r.latency["p99"] < TARGET_P99_MS else "NO", r.latency["load"]]
+             "yes" if r.latency["p99"] < TARGET_P99_MS else "NO", r.latency["cores"].get("consumer", 0.0),
+             r.latency["cores"].get("other processes", 0.0), r.latency["load"]]
             for r in rounds if r.latency
         ],
     ))
@@ -434,12 +463,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.delay_ms:g} ms. Target >= {TARGET_PUSHES_PER_S:,} pushes/s.")
     say(table(
         ["workers", "published", "publish s", "received", "pushes/s", "end-to-end/s", "sent", "other", "p50 ms",
-         "p99 ms", "CPU cores", "meets", "load"],
+         "p99 ms", "consumer cores", "other cores", "meets", "load"],
         [
             [r.workers, r.throughput["published"], r.throughput["publish_s"], r.throughput["received"],
              r.throughput["rate"], r.throughput["end_to_end_rate"], r.throughput["sent"],
              " ".join(f"{k}={v}" for k, v in sorted(r.throughput["statuses"].items()) if k != "sent") or "-",
              r.throughput["p50"], r.throughput["p99"], r.throughput["cpu_cores"],
+             r.throughput["cores"].get("other processes", 0.0),
              "yes" if r.throughput["rate"] >= TARGET_PUSHES_PER_S else "NO", r.throughput["load"]]
             for r in rounds if r.throughput
         ],
@@ -459,7 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     say("pushes/s = (received - 1) / (last receipt - first receipt) at the fake; end-to-end/s = received /")
     say("(first publish to last receipt, publishing included); the publisher (same connection, as fast as")
     say("it goes) overlaps the first 'publish s' of the drain. p50/p99 in B include queueing behind the")
-    say("backlog. load = 1-minute load average when the scenario started (other work on the machine).")
+    say("backlog. cores = CPU used over the scenario: by the consumer, and by processes other than the")
+    say("consumer, this bench (publisher + fake APNs), PostgreSQL and RabbitMQ (their figures are in the")
+    say("per-round lines); load = 1-minute load average when the scenario started.")
     say(f"fake APNs answers: {fake_stats}")
 
 

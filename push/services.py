@@ -958,7 +958,9 @@ def push_notify(
                 "Alert-Key": "IC_SIL", "Alert-Params": [f"{number} - {name}"], "Sound": sound or "ring.caf",
             })
         else:
-            fields.update({"Alert-Body": text or f"Missed call from {name or number}".strip(), "Sound": sound or "default"})
+            fields.update({
+                "Alert-Body": text or f"Missed call from {name or number}".strip(), "Sound": sound or "default",
+            })
             if mutable and provider == Provider.APPLE:
                 body["aps"] = {"mutable-content": 1}  # merged into the aps the push path builds
         fields["Payload"] = body

@@ -4,14 +4,15 @@ helper, query-parameter filters and the OpenAPI schema class that documents the 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import DataError
 from django.db.models import Model, QuerySet
-from drf_spectacular.openapi import AutoSchema
 from rest_framework import permissions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -87,19 +88,37 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField(required=False, help_text="Authentication, permission or not-found error")
 
 
-class ApiSchema(AutoSchema):
-    """drf-spectacular's schema plus the error answers every operation can give, so a generated
-    client (and schemathesis) knows them."""
+@cache
+def _api_schema_class() -> type:
+    # Imported here: DRF imports this module (DEFAULT_PERMISSION_CLASSES) while rest_framework.views
+    # is still loading, and drf_spectacular.openapi needs rest_framework.views.
+    from drf_spectacular.openapi import AutoSchema
 
-    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
-        responses = super()._get_response_bodies(direction)
-        codes = ["400", "401", "403"]
-        if "{" in self.path:
-            codes.append("404")
-        for code in codes:
-            if code not in responses:
-                responses[code] = self._get_response_for_code(ErrorSerializer, code, direction=direction)
-        return responses
+    class ApiSchema(AutoSchema):
+        """drf-spectacular's schema plus the error answers every operation can give, so a generated
+        client (and schemathesis) knows them."""
+
+        def get_tags(self) -> list[str]:
+            # One tag per resource (/api/v1/<resource>/...), whatever the common path prefix is.
+            match = re.match(r"^/api/v\d+/([^/{]+)", self.path)
+            return [match.group(1)] if match else super().get_tags()
+
+        def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+            responses = super()._get_response_bodies(direction)
+            codes = ["400", "401", "403"]
+            if "{" in self.path:
+                codes.append("404")
+            for code in codes:
+                if code not in responses:
+                    responses[code] = self._get_response_for_code(ErrorSerializer, code, direction=direction)
+            return responses
+
+    return ApiSchema
+
+
+def api_schema() -> Any:
+    """The schema every API view uses (`schema = api_schema()`)."""
+    return _api_schema_class()()
 
 
 # --- Input hygiene -----------------------------------------------------------------------------

@@ -83,6 +83,10 @@ class OutcomeRow:
     counts: tuple[int, ...]  # in OUTCOMES order
     total: int
 
+    @property
+    def nonzero(self) -> list[tuple[str, int]]:
+        return [(str(status), n) for (status, _), n in zip(OUTCOMES, self.counts, strict=True) if n]
+
 
 @dataclass(frozen=True)
 class LatencyRow:
@@ -110,8 +114,12 @@ class Chart:
     plot_height: int
     bars: tuple[Bar, ...]
     max_per_minute: int
-    ticks: tuple[tuple[float, str], ...]  # (x, "HH:MM") along the time axis
+    ticks: tuple[tuple[float, str, str], ...]  # (x, "HH:MM", SVG text-anchor) along the time axis
     legend: tuple[tuple[str, str], ...]  # (outcome, colour)
+
+    @property
+    def middle(self) -> float:
+        return self.width / 2
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,7 @@ def pushes_per_minute(*, now: datetime, minutes: int = 60) -> list[tuple[datetim
 
 
 def chart_build(
-    series: list[tuple[datetime, dict[str, int]]], *, width: int = 720, height: int = 170
+    series: list[tuple[datetime, dict[str, int]]], *, width: int = 960, height: int = 150
 ) -> Chart:
     """Stacked bars, one per minute, laid out for an inline SVG (pure: no ORM, no clock)."""
     axis = 18  # room for the time labels under the bars
@@ -210,7 +218,7 @@ def chart_build(
     scale_max = max(peak, 1)
     slot = width / max(len(series), 1)
     bars: list[Bar] = []
-    ticks: list[tuple[float, str]] = []
+    ticks: list[tuple[float, str, str]] = []
     for i, (minute, counts) in enumerate(series):
         x = i * slot
         y = float(plot_height)
@@ -222,8 +230,13 @@ def chart_build(
             y -= h
             bars.append(Bar(round(x + 1, 2), round(y, 2), round(max(slot - 2, 1), 2), round(h, 2), color,
                             f"{minute:%H:%M} {status}: {n}"))
-        if i % 10 == 0 or i == len(series) - 1:
-            ticks.append((round(x + slot / 2, 2), f"{minute:%H:%M}"))
+        # A label every 10 minutes and on the last one; the edge labels lean inwards so they show whole.
+        if i == 0:
+            ticks.append((round(x, 2), f"{minute:%H:%M}", "start"))
+        elif i == len(series) - 1:
+            ticks.append((round(x + slot, 2), f"{minute:%H:%M}", "end"))
+        elif i % 10 == 0 and len(series) - i > 4:
+            ticks.append((round(x + slot / 2, 2), f"{minute:%H:%M}", "middle"))
     legend = tuple((str(status), color) for status, color in OUTCOMES)
     return Chart(width, height, plot_height, tuple(bars), peak, tuple(ticks), legend)
 

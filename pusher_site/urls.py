@@ -8,6 +8,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
+    # Before admin.site.urls, whose catch-all would answer 404 for it.
+    path("admin/dashboard/", admin.site.admin_view(views.dashboard), name="pusher-dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("pusher_site.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,8 +1,17 @@
+import logging
+
 from django.conf import settings
-from django.db import connection
+from django.contrib import admin
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pusher_site import metrics as pusher_metrics
+from pusher_site.dashboard import EXPIRY_WARN_DAYS, dashboard_summary
+from pusher_site.events import EVENT_TYPES
+
+log = logging.getLogger(__name__)
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -22,4 +31,23 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.PUSHER_METRICS_PUBLIC and not request.user.is_staff:
         return HttpResponseForbidden("metrics are restricted to staff")
+    try:
+        pusher_metrics.credential_expiry_refresh()
+    except DatabaseError:  # a scrape still answers (with the last values) while the database is down
+        log.warning("credential expiry gauge not refreshed: database unavailable", exc_info=True)
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The operations page in the admin (wrapped in admin.site.admin_view in urls.py: staff only).
+    `?fragment=summary` renders only the figures, which the page re-fetches as pushes arrive."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Operations dashboard",
+        "summary": dashboard_summary(),
+        "expiry_warn_days": EXPIRY_WARN_DAYS,
+        "event_types": EVENT_TYPES,
+    }
+    if request.GET.get("fragment") == "summary":
+        return render(request, "pusher/_dashboard_summary.html", context)
+    return render(request, "pusher/dashboard.html", context)

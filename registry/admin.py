@@ -10,41 +10,13 @@ from django.urls import URLPattern, path
 
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
-from pusher_site.errors import PusherError, RuleError
+from pusher_site.errors import PusherError
 from pusher_site.kazoo_config import user_agent_test
 from registry import services
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import compile_rule_regex
 
 # A test push rings a real phone: a mis-click on "select all" must not ring every user.
 TEST_PUSH_MAX_DEVICES = 20
-
-
-class UserAgentRuleForm(forms.ModelForm):
-    """Refuses, when saved, what Kazoo only discovered by crashing on every registration."""
-
-    class Meta:
-        model = UserAgentRule
-        fields = "__all__"
-
-    def clean_regex(self) -> str:
-        regex = self.cleaned_data["regex"]
-        try:
-            compile_rule_regex(regex)
-        except RuleError as exc:
-            raise forms.ValidationError(exc.message) from exc
-        return regex
-
-    def clean_properties(self) -> dict[str, str]:
-        properties = self.cleaned_data["properties"]
-        if not isinstance(properties, dict) or not all(
-            isinstance(key, str) and isinstance(value, str) for key, value in properties.items()
-        ):
-            raise forms.ValidationError(
-                'Properties must be a JSON object of output key -> source name, both strings, e.g. '
-                '{"Token-ID": "pn-tok", "Token-Type": "pn-type", "Token-App": "app-id"}.'
-            )
-        return properties
 
 
 class UserAgentTestForm(forms.Form):
@@ -72,7 +44,7 @@ class UserAgentTestForm(forms.Form):
 
 @admin.register(UserAgentRule)
 class UserAgentRuleAdmin(admin.ModelAdmin):
-    form = UserAgentRuleForm
+    # regex and properties are checked when saved by the model's validators (registry.models).
     list_display = ["position", "name", "enabled", "regex", "properties", "updated_at"]
     list_display_links = ["name"]
     list_editable = ["position", "enabled"]

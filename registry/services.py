@@ -6,23 +6,25 @@ import hashlib
 import json
 import logging
 import random
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from pusher_site import metrics
-from pusher_site.errors import ContactParseError
+from pusher_site.errors import BadMessage, ContactParseError, RuleError
 from pusher_site.events import event_publish
 from registry import selectors
 from registry.kazoo import CrossbarClient, KazooSyncError
-from registry.models import Device, PushToken, SyncStatus
-from registry.pushobject import PushBuild, TokenInfo, push_object_build, push_object_equal
+from registry.models import Device, PushToken, SyncStatus, UserAgentRule
+from registry.pushobject import PushBuild, TokenInfo, compile_rule_regex, push_object_build, push_object_equal
 
 log = logging.getLogger(__name__)
 
@@ -292,3 +294,102 @@ def device_push_clear(*, device: Device, reason: str) -> Device:
     if device.sync_status == SyncStatus.PENDING:
         transaction.on_commit(sync_wake)
     return device
+
+
+# --- REST API operations (registry/api.py calls these; so can the admin and commands) ------------
+
+USER_AGENT_RULE_FIELDS = frozenset({"name", "position", "enabled", "regex", "properties", "description"})
+
+
+def _rule_check(rule: UserAgentRule) -> None:
+    """A rule is saved only if the consumer can use it: its regex compiles the way the matcher
+    compiles it, its properties map output keys to source names (strings), the row is valid."""
+    from django.core.exceptions import ValidationError
+
+    compile_rule_regex(rule.regex)
+    properties = rule.properties
+    if not isinstance(properties, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in properties.items()
+    ):
+        raise RuleError("properties must be an object of output key -> source name (strings)")
+    try:
+        rule.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+        raise RuleError(f"User-Agent rule {rule.name!r}: {problems}") from None
+
+
+def _rules_changed() -> None:
+    # This process sees the change at once, the consumer within selectors.RULES_TTL_S.
+    selectors.rules_cache_clear()
+    transaction.on_commit(selectors.rules_cache_clear)
+
+
+@transaction.atomic
+def user_agent_rule_create(
+    *,
+    name: str,
+    regex: str,
+    properties: Mapping[str, str],
+    position: int = 100,
+    enabled: bool = True,
+    description: str = "",
+) -> UserAgentRule:
+    """Add a User-Agent rule. Raises RuleError for a regex that does not compile (Kazoo crashed on
+    every registration instead), bad properties, or a name already taken."""
+    rule = UserAgentRule(
+        name=name, regex=regex, properties=dict(properties), position=position, enabled=enabled,
+        description=description,
+    )
+    _rule_check(rule)
+    rule.save()
+    _rules_changed()
+    log.info("User-Agent rule %r created (position %d)", rule.name, rule.position)
+    return rule
+
+
+@transaction.atomic
+def user_agent_rule_update(*, rule: UserAgentRule, **changes: Any) -> UserAgentRule:
+    """Change a rule's fields (names: USER_AGENT_RULE_FIELDS). Raises RuleError as create does."""
+    unknown = sorted(set(changes) - USER_AGENT_RULE_FIELDS)
+    if unknown:
+        raise RuleError(f"unknown User-Agent rule field(s): {', '.join(unknown)}")
+    rule = UserAgentRule.objects.select_for_update().get(pk=rule.pk)
+    for name, value in changes.items():
+        setattr(rule, name, dict(value) if name == "properties" and isinstance(value, Mapping) else value)
+    _rule_check(rule)
+    rule.save()
+    _rules_changed()
+    log.info("User-Agent rule %r updated (%s)", rule.name, ", ".join(sorted(changes)))
+    return rule
+
+
+@transaction.atomic
+def user_agent_rule_delete(*, rule: UserAgentRule) -> None:
+    name = rule.name
+    rule.delete()
+    _rules_changed()
+    log.info("User-Agent rule %r deleted", name)
+
+
+_SIP_SCHEME = re.compile(r"^sips?:", re.IGNORECASE)
+
+
+def aor_split(aor: str) -> tuple[str, str]:
+    """`sip:user@realm` (Kamailio's X-KAZOO-AOR), `user@realm` or `<sip:user@realm;params>` ->
+    (user, realm). Raises BadMessage (code aor_invalid) for anything else."""
+    text = (aor or "").strip()
+    if text.startswith("<") and ">" in text:
+        text = text[1:text.index(">")]
+    text = _SIP_SCHEME.sub("", text.split(";", 1)[0].strip(), count=1)
+    user, at, realm = text.rpartition("@")
+    if not at or not user or not realm:
+        raise BadMessage(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
+    return unquote(user), realm
+
+
+def device_list_for_aor(*, aor: str) -> list[Device]:
+    """The devices registered as this AOR (SIP username + realm; the realm case-insensitive, as DNS
+    names are), with their tokens."""
+    user, realm = aor_split(aor)
+    return list(Device.objects.filter(username=user, realm__iexact=realm).prefetch_related("tokens"))

@@ -58,7 +58,7 @@ SANDBOX_HOST = "api.sandbox.push.apple.com"
 DEFAULT_PORT = 443
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - same base as providers.fcm.Outcome; members equal their values
     """What the caller should do with the push; values match the delivery state names."""
 
     SENT = "sent"
@@ -272,7 +272,7 @@ class ApnsResult:
     latency_s: float
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: kept in sets
 class _Connection:
     """One httpx client (= one HTTP/2 connection) and the requests currently using it."""
 
@@ -318,7 +318,8 @@ _CERT_REJECTED_MARKERS = (
 
 def _secret_tmp_dir() -> str | None:
     # A RAM-backed directory keeps the private key off disk even for the milliseconds it exists.
-    shm = "/dev/shm"
+    # mkstemp opens with O_EXCL and mode 0600, so a shared directory is safe here.
+    shm = "/dev/shm"  # noqa: S108
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
@@ -459,6 +460,10 @@ class ApnsClient:
         self._pid = os.getpid()
         # Loop-thread-only state.
         self._connections: dict[_ConnKey, _Connection] = {}
+        # Current and retired connections not closed yet, so close() can close every one of them.
+        self._open: set[_Connection] = set()
+        # asyncio keeps only weak references to tasks; closing tasks must not be collected mid-way.
+        self._closing: set[asyncio.Task[None]] = set()
         self._jwts: dict[tuple[str, str], _Jwt] = {}
         # Built now so that a missing or broken CA bundle fails at configuration time, not at the
         # first push; token-auth connections share it (they present no client certificate).
@@ -550,6 +555,8 @@ class ApnsClient:
                 self._pid = os.getpid()
                 self._loop = self._thread = None
                 self._connections = {}
+                self._open = set()
+                self._closing = set()
                 self._jwts = {}
             if self._loop is None:
                 new_loop = asyncio.new_event_loop()
@@ -579,7 +586,7 @@ class ApnsClient:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        connections, self._connections = list(self._connections.values()), {}
+        connections, self._open, self._connections = list(self._open), set(), {}
         for conn in connections:
             with contextlib.suppress(Exception):
                 await conn.client.aclose()
@@ -652,6 +659,7 @@ class ApnsClient:
         client.headers["user-agent"] = "pusher-apns/1"
         conn = _Connection(client)
         self._connections[key] = conn
+        self._open.add(conn)
         return conn
 
     def _retire(self, key: _ConnKey, conn: _Connection) -> None:
@@ -661,8 +669,11 @@ class ApnsClient:
         self._maybe_close(conn)
 
     def _maybe_close(self, conn: _Connection) -> None:
-        if conn.retired and conn.inflight == 0:
-            asyncio.get_running_loop().create_task(conn.client.aclose())
+        if conn.retired and conn.inflight == 0 and conn in self._open:
+            self._open.discard(conn)
+            task = asyncio.get_running_loop().create_task(conn.client.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _invalidate_in_loop(self, cache_key: str) -> None:
         for key, conn in list(self._connections.items()):

@@ -24,8 +24,11 @@ from push.providers.apns import (
     Outcome,
     classify_response,
 )
+from tests.fakes import conftest_apns
 from tests.fakes.apns import Answer, ClientCert, FakeApns, FakeCA, TokenKey, generate_token_key
-from tests.fakes.conftest_apns import fake_apns  # noqa: F401  (fixture)
+
+# Also bound here so the module does not depend on tests/conftest.py loading the fixture plugin.
+fake_apns = conftest_apns.fake_apns
 
 TOKEN = "a1b2" * 16
 BUNDLE = "com.acme.phone"
@@ -59,19 +62,19 @@ def token_credential(key: TokenKey, cache_key: str = "p8:1") -> ApnsCredential:
 
 
 @pytest.fixture
-def client(fake_apns: FakeApns) -> Iterator[ApnsClient]:  # noqa: F811
+def client(fake_apns: FakeApns) -> Iterator[ApnsClient]:
     apns_client = ApnsClient(ca_file=fake_apns.ca_file, connect_timeout=5)
     yield apns_client
     apns_client.close()
 
 
 @pytest.fixture
-def voip_cert(fake_apns: FakeApns) -> ClientCert:  # noqa: F811
+def voip_cert(fake_apns: FakeApns) -> ClientCert:
     return fake_apns.ca.issue_client_cert(BUNDLE, voip=True)
 
 
 @pytest.fixture
-def token_key(fake_apns: FakeApns) -> TokenKey:  # noqa: F811
+def token_key(fake_apns: FakeApns) -> TokenKey:
     return fake_apns.new_token_key(team_id="TEAM123456")
 
 
@@ -79,7 +82,7 @@ def token_key(fake_apns: FakeApns) -> TokenKey:  # noqa: F811
 
 
 def test_certificate_auth_sends_exact_headers_and_body_over_http2(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -129,7 +132,7 @@ def test_certificate_auth_sends_exact_headers_and_body_over_http2(
 
 
 def test_token_auth_jwt_is_verified_and_reused(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     token_key: TokenKey,
 ) -> None:
@@ -149,7 +152,7 @@ def test_token_auth_jwt_is_verified_and_reused(
     assert len({r.connection_id for r in seen}) == 1
 
 
-def test_token_is_refreshed_after_max_age(fake_apns: FakeApns, token_key: TokenKey) -> None:  # noqa: F811
+def test_token_is_refreshed_after_max_age(fake_apns: FakeApns, token_key: TokenKey) -> None:
     start = time.time() - 56 * 60  # still accepted by APNs (< 1 h) ...
     now = [start]
     client = ApnsClient(ca_file=fake_apns.ca_file, jwt_max_age=50 * 60, clock=lambda: now[0])
@@ -172,7 +175,7 @@ def test_token_is_refreshed_after_max_age(fake_apns: FakeApns, token_key: TokenK
 
 
 def test_expired_provider_token_is_refreshed_once_and_retried(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     token_key: TokenKey,
 ) -> None:
     # The first token is minted by a clock two hours slow; the refresh uses the right time.
@@ -190,7 +193,7 @@ def test_expired_provider_token_is_refreshed_once_and_retried(
     assert accepted.headers["authorization"] != rejected.headers["authorization"]
 
 
-def test_expired_provider_token_after_refresh_fails(fake_apns: FakeApns, token_key: TokenKey) -> None:  # noqa: F811
+def test_expired_provider_token_after_refresh_fails(fake_apns: FakeApns, token_key: TokenKey) -> None:
     client = ApnsClient(ca_file=fake_apns.ca_file, clock=lambda: time.time() - 7200)
     try:
         result = client.send_sync(apns_request(fake_apns), token_credential(token_key), timeout=5)
@@ -207,7 +210,7 @@ def test_expired_provider_token_after_refresh_fails(fake_apns: FakeApns, token_k
 
 @pytest.mark.parametrize("reason", ["Unregistered", "ExpiredToken"])
 def test_410_is_token_invalid_with_timestamp(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
     reason: str,
@@ -222,7 +225,7 @@ def test_410_is_token_invalid_with_timestamp(
 
 
 def test_400_bad_device_token_is_not_token_invalid(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -236,7 +239,7 @@ def test_400_bad_device_token_is_not_token_invalid(
     assert result.timestamp_ms is None
 
 
-def test_403_is_failed(fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert) -> None:  # noqa: F811
+def test_403_is_failed(fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert) -> None:
     fake_apns.enqueue(Answer.error(403, "BadCertificateEnvironment"))
 
     result = client.send_sync(apns_request(fake_apns), cert_credential(voip_cert), timeout=5)
@@ -249,7 +252,7 @@ def test_403_is_failed(fake_apns: FakeApns, client: ApnsClient, voip_cert: Clien
     assert result.description == REASONS["BadCertificateEnvironment"][1]
 
 
-def test_unknown_signing_key_is_invalid_provider_token(fake_apns: FakeApns, client: ApnsClient) -> None:  # noqa: F811
+def test_unknown_signing_key_is_invalid_provider_token(fake_apns: FakeApns, client: ApnsClient) -> None:
     unregistered = generate_token_key(team_id="TEAM123456")  # never added to the fake
 
     result = client.send_sync(apns_request(fake_apns), token_credential(unregistered), timeout=5)
@@ -269,7 +272,7 @@ def test_unknown_signing_key_is_invalid_provider_token(fake_apns: FakeApns, clie
     ],
 )
 def test_request_errors_are_failed(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
     overrides: dict[str, Any],
@@ -286,7 +289,7 @@ def test_request_errors_are_failed(
     [(429, "TooManyRequests"), (500, "InternalServerError"), (503, "ServiceUnavailable"), (503, "Shutdown")],
 )
 def test_transient_statuses_are_retry(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
     status: int,
@@ -299,7 +302,7 @@ def test_transient_statuses_are_retry(
     assert (result.outcome, result.status, result.reason) == (Outcome.RETRY, status, reason)
 
 
-def test_token_renewed_too_often_is_retry(fake_apns: FakeApns, token_key: TokenKey) -> None:  # noqa: F811
+def test_token_renewed_too_often_is_retry(fake_apns: FakeApns, token_key: TokenKey) -> None:
     fake_apns.enforce_token_renewal_interval = True
     credential = token_credential(token_key)
     # Two clients (think: two processes) each mint their own token for the same key.
@@ -322,7 +325,7 @@ def test_token_renewed_too_often_is_retry(fake_apns: FakeApns, token_key: TokenK
 
 
 def test_stalled_answer_times_out_as_retry_and_next_push_works(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -349,7 +352,7 @@ def test_stalled_answer_times_out_as_retry_and_next_push_works(
     ids=["reset", "goaway-shutdown", "goaway-bare"],
 )
 def test_broken_connection_is_retry_then_replaced(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
     failure: Answer,
@@ -370,7 +373,7 @@ def test_broken_connection_is_retry_then_replaced(
 
 
 def test_goaway_with_a_permanent_reason_is_failed(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -383,7 +386,7 @@ def test_goaway_with_a_permanent_reason_is_failed(
 
 
 def test_concurrent_sends_share_one_http2_connection(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -409,7 +412,7 @@ def test_concurrent_sends_share_one_http2_connection(
     assert elapsed < 2.5
 
 
-def test_send_sync_from_many_threads(fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert) -> None:  # noqa: F811
+def test_send_sync_from_many_threads(fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert) -> None:
     fake_apns.set_default(Answer.ok(delay=0.05))
     credential = cert_credential(voip_cert)
     tokens = [f"{i:064x}" for i in range(40)]
@@ -425,7 +428,7 @@ def test_send_sync_from_many_threads(fake_apns: FakeApns, client: ApnsClient, vo
     assert len({r.connection_id for r in fake_apns.requests}) == 1
 
 
-def test_untrusted_server_certificate_is_refused(fake_apns: FakeApns, voip_cert: ClientCert) -> None:  # noqa: F811
+def test_untrusted_server_certificate_is_refused(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
     client = ApnsClient()  # system trust store only: the fake's CA is unknown
     try:
         result = client.send_sync(apns_request(fake_apns), cert_credential(voip_cert), timeout=5)
@@ -437,7 +440,7 @@ def test_untrusted_server_certificate_is_refused(fake_apns: FakeApns, voip_cert:
     assert fake_apns.requests == []
 
 
-def test_wrong_ca_bundle_is_refused(fake_apns: FakeApns, voip_cert: ClientCert) -> None:  # noqa: F811
+def test_wrong_ca_bundle_is_refused(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
     other = FakeCA("Some other CA")
     client = ApnsClient(ca_file=other.ca_file)
     try:
@@ -452,7 +455,7 @@ def test_wrong_ca_bundle_is_refused(fake_apns: FakeApns, voip_cert: ClientCert) 
 
 @pytest.mark.parametrize("tls_max", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_client_certificate_from_another_ca_is_refused(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     tls_max: ssl.TLSVersion,
 ) -> None:
     other = FakeCA("Not Apple")
@@ -473,7 +476,7 @@ def test_client_certificate_from_another_ca_is_refused(
     assert "client certificate" in result.description
 
 
-def test_unusable_credentials_fail_without_raising(fake_apns: FakeApns, client: ApnsClient) -> None:  # noqa: F811
+def test_unusable_credentials_fail_without_raising(fake_apns: FakeApns, client: ApnsClient) -> None:
     other_key = generate_token_key().key_pem
     cert = fake_apns.ca.issue_client_cert(BUNDLE, key_type="ec")
     mismatched = ApnsCredential.certificate(cert_pem=cert.cert_pem, key_pem=other_key, cache_key="bad:1")
@@ -490,7 +493,7 @@ def test_unusable_credentials_fail_without_raising(fake_apns: FakeApns, client: 
 
 
 def test_invalidate_drops_the_credentials_connection(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
 ) -> None:
@@ -505,8 +508,26 @@ def test_invalidate_drops_the_credentials_connection(
     assert first.connection_id == second.connection_id != third.connection_id
 
 
+def test_close_answers_pushes_in_flight(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    client = ApnsClient(ca_file=fake_apns.ca_file)
+    fake_apns.set_default(Answer.stall())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(
+            client.send_sync, apns_request(fake_apns), cert_credential(voip_cert), timeout=30
+        )
+        fake_apns.wait_for_requests(1)
+        started = time.monotonic()
+        client.close()
+        result = pending.result(timeout=5)
+
+    assert (result.outcome, result.reason) == (Outcome.RETRY, "ClientClosed")
+    assert time.monotonic() - started < 5
+    with pytest.raises(RuntimeError, match="closed"):
+        client.send_sync(apns_request(fake_apns), cert_credential(voip_cert), timeout=1)
+
+
 def test_certificate_temp_file_is_private_and_removed(
-    fake_apns: FakeApns,  # noqa: F811
+    fake_apns: FakeApns,
     client: ApnsClient,
     voip_cert: ClientCert,
     monkeypatch: pytest.MonkeyPatch,
@@ -544,7 +565,7 @@ def test_jwt_max_age_must_respect_apple_limits(age: int) -> None:
         ApnsClient(jwt_max_age=age)
 
 
-def test_process_wide_client_is_configured_once(fake_apns: FakeApns) -> None:  # noqa: F811
+def test_process_wide_client_is_configured_once(fake_apns: FakeApns) -> None:
     apns.configure(ca_file=fake_apns.ca_file, connect_timeout=3, jwt_max_age=30 * 60)
     try:
         first = apns.get_client()

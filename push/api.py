@@ -1,0 +1,495 @@
+"""REST API of the push side: apps, credentials, the delivery log, push_req over HTTP, and Kamailio's
+push-notifications-role `POST /api/v1/send`.
+
+Every write is input serializer -> service (push.services) -> output serializer, the same service
+the admin and the commands call (STYLE rule 11). Secrets are write-only: no serializer here has a
+field that reads Credential.secret.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import authentication, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from push import services
+from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
+from pusher_site.api import (
+    CanSendPush,
+    ErrorSerializer,
+    JSONObjectField,
+    api_schema,
+    audit_log,
+    changed_fields,
+    filters_apply,
+    json_text_validator,
+    perms_required,
+)
+from pusher_site.errors import PusherError
+
+# --- Deliveries ----------------------------------------------------------------------------------
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    """One push attempt chain and its outcome. The token is masked, as in the admin: the delivery
+    log is for diagnosis, the device API is where provisioning reads full tokens."""
+
+    token_masked = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id", "created_at", "finished_at", "deadline_at", "source", "msg_id", "call_id", "account_id",
+            "device_id", "push_app", "app_id", "provider", "token_masked", "token_type", "push_type", "status",
+            "http_status", "reason", "provider_message_id", "attempts", "latency_ms", "error",
+        ]
+        read_only_fields = fields
+
+
+class DeliveryFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
+    provider = serializers.ChoiceField(choices=Provider.choices, required=False)
+    source = serializers.ChoiceField(choices=DeliverySource.choices, required=False)
+    app = serializers.CharField(required=False, max_length=255, help_text="Token-App (app id), exact")
+    account = serializers.CharField(required=False, max_length=64, help_text="Account-ID, exact")
+    device = serializers.CharField(required=False, max_length=64, help_text="Endpoint-ID (device id), exact")
+    call_id = serializers.CharField(required=False, max_length=255, help_text="Call-ID, exact")
+    token = serializers.CharField(required=False, max_length=1024, help_text="Full device token, exact")
+    created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601)")
+    created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601)")
+
+
+@extend_schema_view(list=extend_schema(parameters=[DeliveryFilterSerializer]))
+class DeliveryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The delivery log, newest first: one row per push, with the provider's answer."""
+
+    queryset = Delivery.objects.all()
+    serializer_class = DeliverySerializer
+    schema = api_schema()
+    ordering_fields = ["created_at", "finished_at", "status", "provider", "app_id", "latency_ms", "attempts"]
+    ordering = ["-created_at", "-id"]
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        return filters_apply(queryset, self.request, DeliveryFilterSerializer, {
+            "status": "status", "provider": "provider", "source": "source", "app": "app_id",
+            "account": "account_id", "device": "device_id", "call_id": "call_id", "token": "token",
+            "created_after": "created_at__gte", "created_before": "created_at__lt",
+        })
+
+
+# --- Credentials ---------------------------------------------------------------------------------
+
+
+class CredentialSerializer(serializers.ModelSerializer):
+    """A credential's parsed, non-secret facts. The secret itself never comes back out."""
+
+    days_to_expiry = serializers.IntegerField(read_only=True, allow_null=True)
+    apps = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Push apps using it")
+
+    class Meta:
+        model = Credential
+        fields = [
+            "id", "name", "kind", "subject", "topics", "environment", "not_before", "not_after", "days_to_expiry",
+            "fingerprint_sha256", "key_id", "team_id", "project_id", "client_email", "usable", "unusable_reason",
+            "warnings", "apps", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+@extend_schema_field({
+    "oneOf": [{"type": "string"}, {"type": "object", "additionalProperties": {}}],
+    "writeOnly": True,
+    "description": "The secret as text: PEM certificate + key, .p8 key, service-account JSON (as text or as an "
+    "object), legacy server key, or a base64-encoded .p12. Alternatively upload it as `file` (multipart).",
+})
+class SecretField(serializers.Field):
+    default_error_messages = {"invalid": "Expected the secret as text or (a service account) as a JSON object."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, dict):
+            json_text_validator(data)
+            return json.dumps(data)
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if "\x00" in data:
+            raise serializers.ValidationError("must not contain NUL characters")
+        return data
+
+    def to_representation(self, value: Any) -> None:  # write-only: never rendered
+        return None
+
+
+class CredentialInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=CredentialKind.choices)
+    file = serializers.FileField(required=False, write_only=True, help_text="The secret as an uploaded file")
+    data = SecretField(required=False, write_only=True)
+    password = serializers.CharField(
+        required=False, allow_blank=True, write_only=True, trim_whitespace=False, max_length=1000,
+        help_text="PKCS#12 password, if any",
+    )
+    key_id = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
+    team_id = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        upload = attrs.pop("file", None)
+        if upload is not None and "data" in attrs:
+            raise serializers.ValidationError("give the secret as `file` or as `data`, not both")
+        if upload is not None:
+            attrs["data"] = upload.read()
+        if self.instance is None and not attrs.get("data"):
+            raise serializers.ValidationError("the secret is required: upload it as `file` or send it as `data`")
+        return attrs
+
+
+class CredentialFilterSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=CredentialKind.choices, required=False)
+    usable = serializers.BooleanField(required=False, allow_null=True, default=None)
+    expires_before = serializers.DateTimeField(required=False, help_text="not_after before this time")
+
+
+@extend_schema_view(list=extend_schema(parameters=[CredentialFilterSerializer]))
+class CredentialViewSet(viewsets.ModelViewSet):
+    """APNs certificates and token keys, FCM service accounts. Upload as multipart (`file`) or JSON
+    (`data`); the answer carries only what was parsed from the secret."""
+
+    queryset = Credential.objects.prefetch_related("apps")
+    serializer_class = CredentialSerializer
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    schema = api_schema()
+    ordering_fields = ["name", "kind", "not_after", "usable", "created_at", "updated_at"]
+    ordering = ["name"]
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        return filters_apply(queryset, self.request, CredentialFilterSerializer, {
+            "kind": "kind", "usable": "usable", "expires_before": "not_after__lt",
+        })
+
+    @extend_schema(request=CredentialInputSerializer, responses={201: CredentialSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        params = CredentialInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        credential = services.credential_create(**params.validated_data)
+        audit_log(request=request, action="add", obj=credential, message=f"added {credential.kind}")
+        return Response(CredentialSerializer(credential).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=CredentialInputSerializer, responses={200: CredentialSerializer})
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        credential = self.get_object()
+        params = CredentialInputSerializer(credential, data=request.data, partial=kwargs.get("partial", False))
+        params.is_valid(raise_exception=True)
+        credential = services.credential_update(credential=credential, **params.validated_data)
+        audit_log(request=request, action="change", obj=credential, message=changed_fields(params.validated_data))
+        return Response(CredentialSerializer(credential).data)
+
+    @extend_schema(request=CredentialInputSerializer, responses={200: CredentialSerializer})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, partial=True, **kwargs)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        credential = self.get_object()
+        entry = audit_log(request=request, action="delete", obj=credential)
+        try:
+            services.credential_delete(credential=credential)
+        except PusherError:
+            entry.delete()  # nothing was deleted
+            raise
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Push apps -----------------------------------------------------------------------------------
+
+
+class CredentialSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Credential
+        fields = ["id", "name", "kind", "usable", "not_after"]
+        read_only_fields = fields
+
+
+class PushAppSerializer(serializers.ModelSerializer):
+    credential = CredentialSummarySerializer(read_only=True, allow_null=True)
+    effective_topic = serializers.CharField(read_only=True, help_text="The topic used: topic, or the app id "
+                                            "without a trailing .dev/.prod (Kazoo's rule)")
+
+    class Meta:
+        model = PushApp
+        fields = [
+            "id", "app_id", "provider", "enabled", "credential", "description", "host", "port", "topic",
+            "effective_topic", "push_type", "priority", "expiration", "collapse_id", "extra_headers", "project_id",
+            "android_priority", "ttl_s", "flagged_reason", "bad_device_token_count", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class PushAppInputSerializer(serializers.ModelSerializer):
+    credential = serializers.PrimaryKeyRelatedField(
+        queryset=Credential.objects.all(), allow_null=True, required=False, help_text="Credential id"
+    )
+    port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+    priority = serializers.ChoiceField(choices=[(1, "1"), (5, "5"), (10, "10")], required=False,
+                                       help_text="apns-priority: 10 immediate, 5 power-considerate, 1 lowest")
+    extra_headers = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, max_length=1000), required=False,
+        validators=[json_text_validator], help_text="Extra APNs headers; Kazoo's apns_* names are accepted",
+    )
+    expiration = serializers.IntegerField(min_value=0, max_value=2419200, allow_null=True, required=False,
+                                          help_text="Seconds the push stays valid at Apple; 0 = now or never")
+    ttl_s = serializers.IntegerField(min_value=0, max_value=2419200, required=False, help_text="FCM TTL (s)")
+
+    class Meta:
+        model = PushApp
+        fields = [
+            "app_id", "provider", "enabled", "credential", "description", "host", "port", "topic", "push_type",
+            "priority", "expiration", "collapse_id", "extra_headers", "project_id", "android_priority", "ttl_s",
+        ]
+
+
+class PushAppUpdateSerializer(PushAppInputSerializer):
+    class Meta(PushAppInputSerializer.Meta):
+        fields = [*PushAppInputSerializer.Meta.fields, "flagged_reason"]
+
+
+class PushAppFilterSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=Provider.choices, required=False)
+    enabled = serializers.BooleanField(required=False, allow_null=True, default=None)
+    app_id = serializers.CharField(required=False, max_length=255, help_text="Token-App, exact")
+    credential = serializers.IntegerField(required=False, min_value=1, help_text="Credential id")
+    flagged = serializers.BooleanField(required=False, allow_null=True, default=None,
+                                       help_text="Flagged by repeated BadDeviceToken answers")
+
+
+class AppTestPushSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=1024, help_text="A device token of this app")
+
+
+def _flagged(queryset: Any, value: bool) -> Any:
+    return queryset.exclude(flagged_reason="") if value else queryset.filter(flagged_reason="")
+
+
+@extend_schema_view(list=extend_schema(parameters=[PushAppFilterSerializer]))
+class PushAppViewSet(viewsets.ModelViewSet):
+    """Push apps, keyed as Kazoo keys them: (Token-App, provider)."""
+
+    queryset = PushApp.objects.select_related("credential")
+    serializer_class = PushAppSerializer
+    parser_classes = [JSONParser]
+    schema = api_schema()
+    ordering_fields = ["app_id", "provider", "enabled", "created_at", "updated_at"]
+    ordering = ["app_id", "provider"]
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        return filters_apply(queryset, self.request, PushAppFilterSerializer, {
+            "provider": "provider", "enabled": "enabled", "app_id": "app_id", "credential": "credential_id",
+            "flagged": _flagged,
+        })
+
+    @extend_schema(request=PushAppInputSerializer, responses={201: PushAppSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        params = PushAppInputSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        values = dict(params.validated_data)
+        app = services.push_app_upsert(
+            app_id=values.pop("app_id"), provider=values.pop("provider"), credential=values.pop("credential", None),
+            **values,
+        )
+        audit_log(request=request, action="add", obj=app, message="added")
+        return Response(PushAppSerializer(app).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=PushAppUpdateSerializer, responses={200: PushAppSerializer})
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        app = self.get_object()
+        params = PushAppUpdateSerializer(app, data=request.data, partial=kwargs.get("partial", False))
+        params.is_valid(raise_exception=True)
+        app = services.push_app_update(app=app, **params.validated_data)
+        audit_log(request=request, action="change", obj=app, message=changed_fields(params.validated_data))
+        return Response(PushAppSerializer(app).data)
+
+    @extend_schema(request=PushAppUpdateSerializer, responses={200: PushAppSerializer})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, partial=True, **kwargs)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        app = self.get_object()
+        audit_log(request=request, action="delete", obj=app)
+        services.push_app_delete(app=app)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=AppTestPushSerializer, responses={200: DeliverySerializer},
+        summary="Send a test call push from this app to a device token",
+        description="Kazoo's synthetic push_req (as `sup pusher_maintenance push` builds it) through the real push "
+        "path; the answer is the delivery, whatever its outcome. Needs the push.send_push permission.",
+    )
+    @action(detail=True, methods=["post"], url_path="push",
+            permission_classes=[perms_required("push.view_pushapp", "push.send_push")])
+    def push(self, request: Request, pk: str | None = None) -> Response:
+        app = self.get_object()
+        params = AppTestPushSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        delivery = services.push_app_test_send(app=app, token=params.validated_data["token"],
+                                               source=DeliverySource.API)
+        audit_log(request=request, action="change", obj=app,
+                  message=f"test push: delivery #{delivery.pk} {delivery.status}")
+        return Response(DeliverySerializer(delivery).data)
+
+
+# --- push_req over HTTP --------------------------------------------------------------------------
+
+# Field names are Kazoo's wire names (push_req, PROTOCOL §4), hyphens included: built with type()
+# because they are not Python identifiers.
+PushRequestSerializer = type("PushRequestSerializer", (serializers.Serializer,), {
+    "__doc__": "A push_req body as Kamailio publishes it on AMQP (the envelope fields may be left out).",
+    "Token-ID": serializers.CharField(max_length=1024, help_text="The device token"),
+    "Token-Type": serializers.CharField(max_length=32, help_text="apple/apns or firebase/google/android/fcm"),
+    "Token-App": serializers.CharField(max_length=255, help_text="The app id a push app is configured for"),
+    "Payload": JSONObjectField(required=False, help_text="Merged into the APNs body / FCM data"),
+    "Call-ID": serializers.CharField(required=False, allow_blank=True, max_length=255),
+    "Msg-ID": serializers.CharField(required=False, max_length=255,
+                                    help_text="Deduplication: a second push_req with the same Msg-ID is not sent"),
+    "Alert-Key": serializers.CharField(required=False, allow_blank=True, max_length=255),
+    "Alert-Params": serializers.ListField(child=serializers.CharField(allow_blank=True, max_length=1000),
+                                          required=False, max_length=20),
+    "Alert-Body": serializers.CharField(required=False, allow_blank=True, max_length=2000,
+                                        help_text="2015-era alert text (instead of Alert-Key/Alert-Params)"),
+    "Sound": serializers.CharField(required=False, allow_blank=True, max_length=255),
+    "Account-ID": serializers.CharField(required=False, allow_blank=True, max_length=64),
+    "Endpoint-ID": serializers.CharField(required=False, allow_blank=True, max_length=64),
+    "Expires": serializers.IntegerField(required=False, min_value=0, max_value=3600,
+                                        help_text="Seconds the push may take (default PUSHER_PUSH_DEADLINE_S)"),
+})
+
+
+class PushRequestViewSet(viewsets.ViewSet):
+    """push_req over HTTP: handled exactly as the AMQP consumer handles one."""
+
+    permission_classes = [CanSendPush]
+    parser_classes = [JSONParser]
+    schema = api_schema()
+
+    @extend_schema(
+        request=PushRequestSerializer, responses={200: DeliverySerializer},
+        summary="Send a push_req",
+        description="The same fields Kamailio's pusher role publishes on AMQP, handled by the same code "
+        "(push_request_handle): the answer is the delivery, synchronously, within the push deadline; its "
+        "`status` says whether the provider accepted it. Needs the push.send_push permission.",
+    )
+    def create(self, request: Request) -> Response:
+        params = PushRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        delivery = services.push_request_handle(fields=dict(params.validated_data), source=DeliverySource.API)
+        return Response(DeliverySerializer(delivery).data)
+
+
+# --- Kamailio's push-notifications-role: POST /api/v1/send ---------------------------------------
+
+SEND_PAYLOAD_KEYS = (
+    "remote_name", "remote_number", "local_number", "inception_number", "token_proxy", "push_id", "ring_tone",
+)
+
+
+@extend_schema_field({
+    "type": "object",
+    "properties": {key: {"type": "string"} for key in SEND_PAYLOAD_KEYS},
+    "additionalProperties": {"type": "string"},
+    "description": "Passed to the phone app as is (plus Kazoo's call-id, proxy, caller-id-number, caller-id-name).",
+})
+class SendPayloadField(serializers.DictField):
+    child = serializers.CharField(allow_blank=True, max_length=2000, trim_whitespace=False)
+
+
+class SendRequestSerializer(serializers.Serializer):
+    """The JSON kazoo-configs-kamailio's push-notifications-role.cfg POSTs (routes NEWCALL_PUSH and
+    MISSED_CALL_PUSH)."""
+
+    name = serializers.CharField(max_length=600, help_text="The callee's AOR (X-KAZOO-AOR): sip:user@realm")
+    app_name = serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                     help_text="PUSH_NOTIFICATIONS_APP_NAME; informational (each token names its app)")
+    type = serializers.ChoiceField(choices=services.NOTIFY_KINDS)
+    expiry = serializers.IntegerField(required=False, min_value=0, max_value=3600,
+                                      help_text="Seconds the push is worth sending (20 for incoming_call)")
+    silent = serializers.BooleanField(required=False, help_text="Sent with incoming_call (a VoIP push is silent)")
+    mutable = serializers.BooleanField(required=False, help_text="missed_call: APNs mutable-content")
+    sound = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    text = serializers.CharField(required=False, allow_blank=True, max_length=1000,
+                                 help_text="missed_call: the notification text")
+    payload = SendPayloadField(required=False, validators=[json_text_validator])
+
+
+class SendResponseSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=["sent", "push_failed"])
+    message = serializers.CharField()
+    name = serializers.CharField()
+    type = serializers.CharField()
+    sent = serializers.IntegerField(help_text="How many pushes a provider accepted")
+    deliveries = DeliverySerializer(many=True)
+
+
+class SendViewSet(viewsets.ViewSet):
+    """Kamailio's HTTP push service (push-notifications-role.cfg `http_connect("pushsrv", "/api/v1/send")`).
+
+    Kamailio's http_client cannot add headers, so it authenticates with HTTP Basic (user:password in
+    PUSH_NOTIFICATIONS_URL); Basic is listed first so a 401 challenges for it (curl then answers)."""
+
+    authentication_classes = [
+        authentication.BasicAuthentication, authentication.TokenAuthentication,
+        authentication.SessionAuthentication,
+    ]
+    permission_classes = [CanSendPush]
+    parser_classes = [JSONParser]
+    schema = api_schema()
+
+    @extend_schema(
+        operation_id="v1_send_create",
+        request=SendRequestSerializer,
+        responses={
+            200: SendResponseSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="No device for the AOR, or none with a suitable token "
+                                 "(code unknown_aor / no_token)"),
+            502: OpenApiResponse(SendResponseSerializer, description="Every push failed (code push_failed)"),
+        },
+        summary="Push to the devices of an AOR (Kamailio push-notifications-role)",
+        description="`incoming_call`: the app's VoIP / high-priority call push. `missed_call`: a visible "
+        "notification, on iOS to the device's remote token with apns-push-type alert, never a VoIP push. "
+        "Kamailio treats any answer but 200 as a failure (NEWCALL_PUSH replies 404 to the caller). "
+        "Needs the push.send_push permission.",
+    )
+    def create(self, request: Request) -> Response:
+        params = SendRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        try:
+            deliveries = services.push_notify_aor(
+                aor=data["name"], kind=data["type"], payload=data.get("payload", {}), expiry=data.get("expiry"),
+                sound=data.get("sound", ""), text=data.get("text", ""), mutable=data.get("mutable", False),
+                source=DeliverySource.HTTP_SEND,
+            )
+        except PusherError as exc:
+            if exc.code in ("unknown_aor", "no_token"):
+                return Response({"code": exc.code, "message": exc.message}, status=status.HTTP_404_NOT_FOUND)
+            raise
+        sent = sum(1 for d in deliveries if d.status == DeliveryStatus.SENT)
+        answer = {
+            "code": "sent" if sent else "push_failed",
+            "message": f"{sent} of {len(deliveries)} push(es) accepted",
+            "name": data["name"],
+            "type": data["type"],
+            "sent": sent,
+            "deliveries": DeliverySerializer(deliveries, many=True).data,
+        }
+        return Response(answer, status=status.HTTP_200_OK if sent else status.HTTP_502_BAD_GATEWAY)

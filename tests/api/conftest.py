@@ -1,0 +1,137 @@
+"""API test fixtures: users of the four roles with their tokens, and a database seeded with one row of
+everything, including credentials whose secrets are known so every answer can be scanned for them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from push import services as push_services
+from push.models import Credential, Delivery, Provider, PushApp
+from registry.models import Device, PushToken, UserAgentRule
+from registry.services import registration_apply
+from tests.amqp import sample
+from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
+
+REG = sample("reg_success_kamailio_master.json")["body"]
+AOR = f"sip:{REG['Username']}@{REG['Realm']}"
+VOIP_TOKEN = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
+REMOTE_TOKEN = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233"
+LEGACY_KEY = "AAAAlegacy-SECRET-server-key:APA91bLEAKCANARY0123456789abcdefghijklmnop"
+P8_KEY_ID = "ABCDE12345"
+MODELS = ["push.pushapp", "push.credential", "push.delivery", "registry.useragentrule", "registry.device",
+          "registry.pushtoken"]
+
+
+@dataclass
+class Seed:
+    cert: Credential
+    p8: Credential
+    service_account: Credential
+    legacy: Credential
+    apple_app: PushApp
+    firebase_app: PushApp
+    rule: UserAgentRule
+    device: Device
+    delivery: Delivery
+    # Substrings of the secrets that must never appear in any answer.
+    secrets: list[str] = field(default_factory=list)
+
+
+def _key_lines(pem: str) -> list[str]:
+    """The base64 lines of a PEM private key (each one alone would betray it)."""
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")][1:3]
+
+
+@pytest.fixture(autouse=True)
+def _nothing_real(settings):
+    """No push may leave the machine: FCM points at a closed local port, deadlines are short."""
+    settings.PUSHER_FCM_ENDPOINT = "https://127.0.0.1:9"
+    settings.KAZOO_CROSSBAR_URL = ""
+    settings.KAZOO_API_KEY = ""
+
+
+@pytest.fixture
+def seed(db) -> Seed:
+    cert_pem, cert_key = make_apns_certificate("com.acme.phone", voip=True)
+    p8 = make_p8("api-tests")
+    account = make_service_account("acme-phone", "https://127.0.0.1:9/token")
+
+    def save(name: str, kind: str, data: str, **kw: str) -> Credential:
+        return push_services.credential_save(name=name, parsed=push_services.credential_parse(kind=kind, data=data,
+                                                                                              **kw))
+
+    cert = save("acme voip cert", "apns_certificate", cert_pem + cert_key)
+    p8_cred = save("acme p8", "apns_token", p8, key_id=P8_KEY_ID, team_id=TEAM_ID)
+    sa = save("acme fcm", "fcm_service_account", json.dumps(account))
+    legacy = save("acme legacy", "fcm_legacy_key", LEGACY_KEY)
+    # Disabled and pointed at a closed local port: a test push through them fails at once.
+    apple_app = PushApp.objects.create(app_id="com.acme.phone.voip.prod", provider=Provider.APPLE, credential=cert,
+                                       host="127.0.0.1", port=9, enabled=False)
+    firebase_app = PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=sa,
+                                          enabled=False)
+    rule = UserAgentRule.objects.create(
+        name="AcmePhone", position=10, regex="^AcmePhone",
+        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
+    )
+    device = registration_apply(fields=REG).device
+    PushToken.objects.create(device=device, token=REMOTE_TOKEN, token_type="apple", app="com.acme.phone",
+                             kind="remote", last_seen_at=timezone.now())
+    delivery = push_services.push_request_handle(fields={
+        "Token-ID": VOIP_TOKEN, "Token-Type": "apple", "Token-App": "com.unconfigured.app", "Call-ID": "seed-call",
+        "Account-ID": device.account_id, "Payload": {"call-id": "seed-call"},
+    }, source="amqp")
+    secrets = [*_key_lines(cert_key), *_key_lines(p8), *_key_lines(account["private_key"]), LEGACY_KEY,
+               "PRIVATE KEY"]
+    return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
+                firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, secrets=secrets)
+
+
+def _user(django_user_model, name: str, perms: list[str], *, superuser: bool = False):
+    if superuser:
+        return django_user_model.objects.create_superuser(name, f"{name}@example.com", "pw-not-used-123")
+    user = django_user_model.objects.create_user(name, f"{name}@example.com", "pw-not-used-123")
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+def _perms(*actions: str) -> list[str]:
+    return [f"{m.split('.')[0]}.{a}_{m.split('.')[1]}" for m in MODELS for a in actions]
+
+
+ROLES = ("anonymous", "readonly", "operator", "admin")
+
+
+@pytest.fixture
+def users(db, django_user_model) -> dict:
+    return {
+        "readonly": _user(django_user_model, "readonly", _perms("view")),
+        "operator": _user(django_user_model, "operator", [*_perms("view", "add", "change"), "push.send_push"]),
+        "admin": _user(django_user_model, "admin", [], superuser=True),
+    }
+
+
+def token_client(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        token, _ = Token.objects.get_or_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def clients(users) -> dict[str, APIClient]:
+    return {"anonymous": token_client(), **{role: token_client(user) for role, user in users.items()}}
+
+
+@pytest.fixture
+def admin_api(clients) -> APIClient:
+    return clients["admin"]

@@ -1,0 +1,135 @@
+"""The permission matrix over every endpoint, and the secret scan over every answer.
+
+Roles: anonymous (401 everywhere: token authentication answers with a challenge), read-only (view
+permissions only), operator (view/add/change + push.send_push, no delete), admin (superuser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+
+from tests.api.conftest import LEGACY_KEY, ROLES, Seed
+
+# Who may: "auth" any authenticated user, "read" view perms, "write" add/change, "push" send_push,
+# "delete" delete perms (admin here).
+ALLOWED = {
+    "auth": {"readonly", "operator", "admin"},
+    "read": {"readonly", "operator", "admin"},
+    "write": {"operator", "admin"},
+    "push": {"operator", "admin"},
+    "delete": {"admin"},
+}
+RULE_BODY = {"name": "NewPhone", "regex": "^NewPhone", "properties": {"Token-ID": "pn-tok", "Token-App": "app-id",
+                                                                     "Token-Type": "pn-type"}}
+IMPORT_DOC = {"default": {"User-Agents": {"Imported": {"regex": "^Imported", "properties": {"Token-ID": "pn-tok"}}}}}
+PUSH_REQ = {"Token-ID": "ab" * 32, "Token-Type": "apple", "Token-App": "com.nobody.app", "Call-ID": "c1",
+            "Payload": {"call-id": "c1"}}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    method: str
+    url: str  # formatted with the seed
+    who: str
+    ok: int  # the status an allowed role gets
+    body: Any = None
+    logged: bool = False  # an allowed call writes an admin log entry
+
+    def path(self, seed: Seed) -> str:
+        return self.url.format(
+            app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
+            rule=seed.rule.pk, device=seed.device.pk,
+        )
+
+
+ROWS = [
+    Row("root", "get", "/api/v1/", "auth", 200),
+    Row("apps list", "get", "/api/v1/apps/", "read", 200),
+    Row("apps retrieve", "get", "/api/v1/apps/{app}/", "read", 200),
+    Row("apps create", "post", "/api/v1/apps/", "write", 201, {"app_id": "com.new.app", "provider": "apple"}, True),
+    Row("apps update", "put", "/api/v1/apps/{app}/", "write", 200,
+        {"app_id": "com.acme.phone.voip.prod", "provider": "apple", "description": "put"}, True),
+    Row("apps partial update", "patch", "/api/v1/apps/{app}/", "write", 200, {"description": "patched"}, True),
+    Row("apps delete", "delete", "/api/v1/apps/{app}/", "delete", 204, None, True),
+    Row("apps test push", "post", "/api/v1/apps/{app}/push/", "push", 200, {"token": "ab" * 32}, True),
+    Row("credentials list", "get", "/api/v1/credentials/", "read", 200),
+    Row("credentials retrieve", "get", "/api/v1/credentials/{cred}/", "read", 200),
+    Row("credentials create", "post", "/api/v1/credentials/", "write", 201,
+        {"name": "new legacy", "kind": "fcm_legacy_key", "data": LEGACY_KEY + "X"}, True),
+    Row("credentials update", "put", "/api/v1/credentials/{cred}/", "write", 200,
+        {"name": "renamed", "kind": "apns_certificate"}, True),
+    Row("credentials partial update", "patch", "/api/v1/credentials/{cred}/", "write", 200, {"name": "renamed"}, True),
+    Row("credentials delete", "delete", "/api/v1/credentials/{unused_cred}/", "delete", 204, None, True),
+    Row("deliveries list", "get", "/api/v1/deliveries/", "read", 200),
+    Row("deliveries retrieve", "get", "/api/v1/deliveries/{delivery}/", "read", 200),
+    Row("rules list", "get", "/api/v1/user-agent-rules/", "read", 200),
+    Row("rules retrieve", "get", "/api/v1/user-agent-rules/{rule}/", "read", 200),
+    Row("rules create", "post", "/api/v1/user-agent-rules/", "write", 201, RULE_BODY, True),
+    Row("rules update", "put", "/api/v1/user-agent-rules/{rule}/", "write", 200, {**RULE_BODY, "name": "AcmePhone"},
+        True),
+    Row("rules partial update", "patch", "/api/v1/user-agent-rules/{rule}/", "write", 200, {"position": 5}, True),
+    Row("rules delete", "delete", "/api/v1/user-agent-rules/{rule}/", "delete", 204, None, True),
+    Row("rules match", "post", "/api/v1/user-agent-rules/match/", "read", 200,
+        {"user_agent": "AcmePhone 1.0", "contact": "<sip:u@h;pn-tok=abc;app-id=x;pn-type=apple>"}),
+    Row("rules export", "get", "/api/v1/user-agent-rules/export/", "read", 200),
+    Row("rules import", "post", "/api/v1/user-agent-rules/import/", "write", 200, IMPORT_DOC, True),
+    Row("devices list", "get", "/api/v1/devices/", "read", 200),
+    Row("devices retrieve", "get", "/api/v1/devices/{device}/", "read", 200),
+    Row("devices test push", "post", "/api/v1/devices/{device}/push/", "push", 200, None, True),
+    Row("devices sync", "post", "/api/v1/devices/{device}/sync/", "write", 200, None, True),
+    Row("push_req", "post", "/api/v1/push/", "push", 200, PUSH_REQ),
+    Row("send", "post", "/api/v1/send", "push", 404,
+        {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),
+]
+
+
+def _expected(row: Row, role: str) -> int:
+    if role == "anonymous":
+        return 401
+    return row.ok if role in ALLOWED[row.who] else 403
+
+
+def call(client, row: Row, seed: Seed):
+    return getattr(client, row.method)(row.path(seed), row.body, format="json")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_permission_matrix(row: Row, role: str, seed: Seed, clients, users) -> None:
+    before = LogEntry.objects.count()
+    response = call(clients[role], row, seed)
+    assert response.status_code == _expected(row, role), response.content[:500]
+    if response.status_code == 401:
+        assert response["WWW-Authenticate"].startswith(("Token", "Basic"))
+    body = response.content.decode()
+    for secret in seed.secrets:
+        assert secret not in body, f"{row.name} answered a secret to {role}"
+    if row.logged and response.status_code < 300:
+        entry = LogEntry.objects.order_by("-pk").first()
+        assert LogEntry.objects.count() == before + 1 and entry.user == users[role]
+        assert entry.change_message.startswith("[API]")
+    elif response.status_code >= 400:
+        assert LogEntry.objects.count() == before
+
+
+def test_every_routed_operation_is_in_the_matrix() -> None:
+    """A new endpoint cannot be added without its row here."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = {(method, path) for path, item in schema["paths"].items() for method in item if path.startswith("/api/v1")}
+    covered = {(row.method, row.url.replace("{app}", "{id}").replace("{cred}", "{id}").replace("{unused_cred}", "{id}")
+                .replace("{delivery}", "{id}").replace("{rule}", "{id}").replace("{device}", "{id}"))
+               for row in ROWS if row.name != "root"}
+    assert operations == covered
+
+
+@pytest.mark.django_db
+def test_schema_and_docs_are_public(client) -> None:
+    assert client.get("/api/schema/").status_code == 200
+    assert client.get("/api/docs/").status_code == 200

@@ -1,0 +1,298 @@
+"""Fixtures for the end-to-end tests: a real Kamailio (tests/e2e/kamailio/kamailio.cfg) publishing
+to the real RabbitMQ exchanges, pusher's consumer in-process, the fake APNs/FCM, SIPp phones and a
+SIPp media server. Every process is stopped in teardown, whatever the test did."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pika
+import pytest
+from django.db import OperationalError
+
+from push import services
+from push.models import Delivery, Provider, PushApp
+from push.providers import apns
+from pusher_site.worker import KAZOO_EXCHANGES
+from registry.models import Device
+from tests import amqp
+from tests.e2e.harness import Kamailio, Sipp, free_udp_port, tools_missing
+
+# The e2e tests get a RabbitMQ vhost of their own: Kamailio publishes to every queue bound to
+# `registrar`/`pushes`, so on the shared "/" a concurrent test run's consumer would take this
+# run's registrations and pushes into its database (and this run would take theirs).
+E2E_VHOST = os.environ.get("PUSHER_E2E_AMQP_VHOST", "pusher_e2e")
+REALM = "acme.e2e.test"
+T = TypeVar("T")
+TIMINGS_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "e2e_timings.json"
+
+
+def account_id(realm: str) -> str:
+    """The Account-ID kamailio.cfg puts in the CCVs (it stands in for Kazoo's authn_resp)."""
+    return hashlib.md5(f"account:{realm.lower()}".encode()).hexdigest()
+
+
+def device_id(user: str, realm: str) -> str:
+    """The Authorizing-ID kamailio.cfg puts in the CCVs."""
+    return hashlib.md5(f"device:{user.lower()}@{realm.lower()}".encode()).hexdigest()
+
+
+def poll(read: Callable[[], T | None], timeout: float) -> T | None:
+    """`read()` until it returns something. The consumer writes from its own threads; on SQLite's
+    shared in-memory test database a read that meets its write lock fails at once instead of
+    waiting, so that counts as "not yet" too."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = read()
+        except OperationalError:
+            value = None
+        if value is not None:
+            return value
+        time.sleep(0.05)
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_tools() -> None:
+    missing = tools_missing()
+    if missing:
+        pytest.fail(f"end-to-end tests need {', '.join(missing)}: run bin/test-setup-e2e (bin/test does)")
+
+
+def _vhost_url(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
+def _vhost_open(url: str) -> bool:
+    """Whether `url`'s vhost exists and lets us in; declares Kazoo's exchanges there (Kamailio
+    publishes to them and does not declare them)."""
+    pika_log = logging.getLogger("pika")
+    level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL)  # a missing vhost is expected on a new broker, not an error
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return False
+    finally:
+        pika_log.setLevel(level)
+    try:
+        channel = connection.channel()
+        for name, kind in KAZOO_EXCHANGES:
+            channel.exchange_declare(name, exchange_type=kind, durable=False, auto_delete=False)
+    finally:
+        connection.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def e2e_amqp_url() -> str:
+    url = _vhost_url(amqp.AMQP_URL, E2E_VHOST)
+    if _vhost_open(url):
+        return url
+    # First run on this broker: create the vhost (a local broker; rabbitmqctl needs root or the cookie).
+    user = urlsplit(url).username or "guest"
+    if shutil.which("rabbitmqctl"):
+        for args in (["add_vhost", E2E_VHOST], ["set_permissions", "-p", E2E_VHOST, user, ".*", ".*", ".*"]):
+            subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
+        if _vhost_open(url):
+            return url
+    warnings.warn(f"RabbitMQ vhost {E2E_VHOST!r} unavailable; e2e tests share the default vhost", stacklevel=1)
+    return amqp.AMQP_URL
+
+
+@pytest.fixture(autouse=True)
+def _e2e_broker(e2e_amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pusher's test consumer (tests.amqp) on the e2e vhost, for the tests in this folder only."""
+    monkeypatch.setattr(amqp, "AMQP_URL", e2e_amqp_url)
+
+
+def kamailio_amqp_url(url: str) -> str:
+    # The kazoo module takes amqp://user:pass@host:port[/vhost]; "/" is spelt by leaving it out.
+    return url.removesuffix("/%2F").removesuffix("/")
+
+
+@dataclass
+class Phone:
+    """A SIP account on a mobile app: what its REGISTER carries."""
+
+    user: str
+    user_agent: str
+    contact_params: str
+    port: int = field(default_factory=free_udp_port)
+    realm: str = REALM
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{self.realm}"
+
+    def variables(self) -> dict[str, str]:
+        return {
+            "user": self.user, "realm": self.realm, "contact_params": self.contact_params,
+            "user_agent": self.user_agent,
+        }
+
+
+@dataclass
+class Call:
+    media_server: Sipp
+    call_id: str
+
+
+class E2E:
+    """Drives one end-to-end run: Kamailio + SIPp agents under `workdir`."""
+
+    def __init__(self, workdir: Path, kamailio: Kamailio) -> None:
+        self.workdir = workdir
+        self.kamailio = kamailio
+        self.agents: list[Sipp] = []
+
+    def _sipp(self, name: str, scenario: str, port: int, variables: dict[str, str], *, call_id: str | None = None,
+              timeout_s: float = 30.0) -> Sipp:
+        name = f"{len(self.agents) + 1:02d}_{name}"  # log files per agent, in start order
+        agent = Sipp(name=name, scenario=scenario, port=port, remote=self.kamailio.address, workdir=self.workdir,
+                     variables=variables, call_id=call_id, timeout_s=timeout_s)
+        self.agents.append(agent)
+        return agent
+
+    def register(self, phone: Phone) -> Sipp:
+        """The phone's first REGISTER (push parameters in the Contact); waits for its 200 OK."""
+        agent = self._sipp("phone_register", "phone_register.xml", phone.port, phone.variables(), timeout_s=10)
+        rc = agent.run()
+        assert rc == 0, f"REGISTER failed (sipp rc {rc}):\n{agent.report()}\n{self.kamailio.log_tail()}"
+        return agent
+
+    def device(self, phone: Phone, timeout: float = 10.0) -> Device:
+        """pusher's Device for the phone, once the reg_success gave it a push object."""
+        device = poll(
+            lambda: Device.objects.filter(
+                account_id=account_id(phone.realm), device_id=device_id(phone.user, phone.realm), push__isnull=False
+            ).first(),
+            timeout,
+        )
+        if device is None:
+            raise AssertionError(f"pusher stored no push object for {phone.aor}:\n{self.kamailio.log_tail()}")
+        return device
+
+    def delivery(self, call: Call, timeout: float = 10.0) -> Delivery:
+        """pusher's delivery record of the push for `call`, once finished."""
+        delivery = poll(
+            lambda: Delivery.objects.filter(call_id=call.call_id, finished_at__isnull=False).first(), timeout
+        )
+        assert delivery is not None, f"pusher recorded no finished delivery for {call.call_id}"
+        return delivery
+
+    def call(self, device: Device, phone: Phone, *, scenario: str = "media_server_invite.xml",
+             push_timeout_ms: int = 20000, timeout_s: float = 30.0) -> Call:
+        """The media server INVITEs the device with the headers Kazoo builds from its push object."""
+        push: dict[str, Any] = dict(device.push or {})
+        headers = {"Token-ID", "Token-Type", "Token-App", "Token-Proxy"}
+        assert set(push) <= headers, f"push object has keys the media-server scenario does not send: {push}"
+        call_id = f"e2e-{uuid.uuid4()}@{self.kamailio.address}"
+        variables = {
+            "user": phone.user, "realm": phone.realm, "caller_number": "+15551234567", "caller_name": "John Doe",
+            "token_id": push["Token-ID"], "token_type": push["Token-Type"], "token_app": push["Token-App"],
+            "token_proxy": push["Token-Proxy"], "endpoint_id": device.device_id, "account_id": device.account_id,
+            "push_timeout": str(push_timeout_ms),
+        }
+        agent = self._sipp("media_server", scenario, self.kamailio.media_port, variables, call_id=call_id,
+                           timeout_s=timeout_s)
+        agent.start()
+        return Call(media_server=agent, call_id=call_id)
+
+    def wake(self, phone: Phone, call: Call, token: str, *, style: str = "header") -> Sipp:
+        """The woken app re-registers with the registration token from the push (same Contact URI,
+        same port), then answers the call."""
+        variables = phone.variables()
+        if style == "header":
+            variables |= {"contact_header_params": "", "token_header": "X-Token-Reg", "token_value": token}
+        else:  # the token as a Contact header parameter
+            variables |= {"contact_header_params": f";x-token-reg={token}", "token_header": "X-Wake",
+                          "token_value": "token in Contact"}
+        agent = self._sipp("phone_wake", "phone_wake.xml", phone.port, variables, call_id=call.call_id, timeout_s=20)
+        agent.start()
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        self.kamailio.stop()
+
+
+@pytest.fixture
+def e2e(tmp_path: Path, e2e_amqp_url: str) -> Iterator[E2E]:
+    kamailio = Kamailio(
+        workdir=tmp_path, port=free_udp_port(), media_port=free_udp_port(), amqp_url=kamailio_amqp_url(e2e_amqp_url)
+    )
+    run = E2E(tmp_path, kamailio)
+    try:
+        kamailio.start()
+        yield run
+    finally:
+        run.stop()
+
+
+@pytest.fixture
+def pusher_consumer() -> Iterator[amqp.RunningConsumer]:
+    """pusher's consumer, in this process, on its own queue bound to the exchanges Kamailio uses."""
+    with amqp.consumer_running() as consumer:
+        yield consumer
+
+
+@pytest.fixture
+def apns_fake(fake_apns):
+    apns.configure(ca_file=fake_apns.ca_file)
+    yield fake_apns
+    apns.configure(ca_file=None)
+
+
+def apple_app(fake, app_id: str, bundle_id: str) -> PushApp:
+    cert = fake.ca.issue_client_cert(bundle_id, voip=True, topics=[bundle_id, f"{bundle_id}.voip"])
+    parsed = services.credential_parse(kind="apns_certificate", data=cert.pem)
+    credential = services.credential_save(name=f"{app_id} voip", parsed=parsed)
+    return PushApp.objects.create(
+        app_id=app_id, provider=Provider.APPLE, credential=credential, host=fake.host, port=fake.port,
+        priority=10, push_type="voip",
+    )
+
+
+@pytest.fixture
+def firebase_app(settings, fake_fcm) -> PushApp:
+    settings.PUSHER_FCM_ENDPOINT = fake_fcm.endpoint
+    info = fake_fcm.service_account("acme-phone")
+    parsed = services.credential_parse(kind="fcm_service_account", data=json.dumps(info))
+    credential = services.credential_save(name="acme fcm", parsed=parsed)
+    return PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=credential)
+
+
+_timings: dict[str, dict[str, float]] = {}
+
+
+@pytest.fixture(scope="session")
+def timings() -> Iterator[dict[str, dict[str, float]]]:
+    """Measured figures per test; written to artifacts/e2e_timings.json at the end of the session."""
+    yield _timings
+    if _timings:
+        report = {
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "kamailio": subprocess.run(["kamailio", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+            "note": "ms; see docs/e2e.md for what each figure spans",
+            "runs": _timings,
+        }
+        TIMINGS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        TIMINGS_FILE.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
