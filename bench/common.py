@@ -43,7 +43,7 @@ def bench_environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _require_loopback(url: str, what: str) -> None:
+def require_loopback(url: str, what: str) -> None:
     host = urlsplit(url).hostname or ""
     if host and host not in LOOPBACK:
         raise SystemExit(f"{what} points at {host}: the benchmarks only talk to loopback")
@@ -69,8 +69,10 @@ def setup(*, log_name: str) -> str:
     consumer logs one INFO line per message: kept, so its cost is measured, but off the
     terminal). Returns the log file path."""
     env = bench_environ()
-    _require_loopback(env["DATABASE_URL"], "DATABASE_URL")
-    _require_loopback(env["AMQP_URL"], "AMQP_URL")
+    require_loopback(env["DATABASE_URL"], "DATABASE_URL")
+    require_loopback(env["AMQP_URL"], "AMQP_URL")
+    if env.get("REDIS_URL"):
+        require_loopback(env["REDIS_URL"], "REDIS_URL")
     database_create_if_missing(env["DATABASE_URL"])
 
     import django

@@ -41,6 +41,7 @@ from bench.common import (
     cpu_seconds,
     database_label,
     percentile,
+    require_loopback,
     rss_mb,
     run_id,
     say,
@@ -128,7 +129,9 @@ class Consumer:
         return code, time.monotonic() - started, hwm
 
 
-def consumer_start(*, run: str, workers: int, prefetch: int, ca_file: str) -> Consumer:
+def consumer_start(
+    *, run: str, workers: int, prefetch: int, ca_file: str, extra_env: dict[str, str] | None = None
+) -> Consumer:
     suffix = f"{run}_w{workers}"
     queue = f"pusher_bench_{suffix}"
     dlx, dlq = f"pusher_bench_dlx_{suffix}", f"pusher_bench_dlq_{suffix}"
@@ -140,6 +143,7 @@ def consumer_start(*, run: str, workers: int, prefetch: int, ca_file: str) -> Co
         "PUSHER_DEAD_LETTER_QUEUE": dlq,
         "PYTHONUNBUFFERED": "1",
     })
+    env.update(extra_env or {})
     command = [sys.executable, "manage.py", "runconsumer", "--queue", queue, "--workers", str(workers),
                "--prefetch", str(prefetch)]
     with open(log_path, "wb") as log:
@@ -293,7 +297,8 @@ class Round:
 
 def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, template: dict[str, Any]) -> Round:
     result = Round(workers=workers)
-    consumer = consumer_start(run=run, workers=workers, prefetch=args.prefetch, ca_file=fake.ca_file)
+    consumer = consumer_start(run=run, workers=workers, prefetch=args.prefetch, ca_file=fake.ca_file,
+                              extra_env=args.consumer_env_dict)
     say(f"\n--workers {workers}: consumer pid {consumer.pid} consuming from {consumer.queue} "
         f"(prefetch {args.prefetch}); its log: {consumer.log_path}")
     try:
@@ -348,6 +353,7 @@ def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, te
                 "published": args.throughput, "publish_s": publish_s, "publish_rate": publish_rate,
                 "received": len(got), "span_s": span, "rate": (len(times) - 1) / span if span and span > 0 else 0.0,
                 "end_to_end_rate": len(got) / wall if wall > 0 else 0.0, "cpu_cores": cpu / wall if wall > 0 else 0.0,
+                "cpu_ms_per_push": cpu * 1000 / max(len(got), 1),
                 "sent": statuses.get("sent", 0), "statuses": dict(statuses), "p50": percentile(lat, 50),
                 "p99": percentile(lat, 99), "load": load, "cores": meter_b.cores,
             }
@@ -361,6 +367,8 @@ def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, te
                 say(summary(cpu_path))
                 say(f"  consumer profile during B, wall clock (waits included), push threads ({wall_path}):")
                 say(summary(wall_path, threads="push"))
+                say(f"  consumer profile during B, wall clock, the AMQP connection thread ({wall_path}):")
+                say(summary(wall_path, threads="MainThread", top=4))
     finally:
         result.db_connections_max = consumer.db_connections_max
         result.exit_code, result.stop_s, result.rss_hwm_mb = consumer.stop()
@@ -401,7 +409,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefetch", type=int, default=0, help="consumer prefetch (default PUSHER_PREFETCH)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy profile of the consumer during B into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
+    parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the consumer only (repeatable), e.g. DEBUG=0")
     args = parser.parse_args(argv)
+    args.consumer_env_dict = {}
+    for item in args.consumer_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--consumer-env {item!r}: expected NAME=VALUE")
+        if name in ("DATABASE_URL", "AMQP_URL", "REDIS_URL") and value:
+            require_loopback(value, name)
+        args.consumer_env_dict[name] = value
     if not (0 <= args.rate <= 5000 and 0 <= args.seconds <= 300 and 0 <= args.throughput <= 100_000
             and 0 <= args.delay_ms <= 5000):
         parser.error("--rate 0..5000, --seconds 0..300, --throughput 0..100000, --delay-ms 0..5000")
@@ -428,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     say(f"  fake APNs (in this process) on {fake.address}, {args.delay_ms:g} ms per answer; consumer = "
         f"`manage.py runconsumer` subprocess per --workers value; load average {os.getloadavg()[0]:.2f} "
         f"on {os.cpu_count()} CPUs")
+    if args.consumer_env_dict:
+        say(f"  consumer environment overrides: {args.consumer_env_dict}")
     rounds: list[Round] = []
     app = credential = None
     try:
@@ -463,12 +483,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.delay_ms:g} ms. Target >= {TARGET_PUSHES_PER_S:,} pushes/s.")
     say(table(
         ["workers", "published", "publish s", "received", "pushes/s", "end-to-end/s", "sent", "other", "p50 ms",
-         "p99 ms", "consumer cores", "other cores", "meets", "load"],
+         "p99 ms", "consumer cores", "CPU ms/push", "1-core ceiling/s", "other cores", "meets", "load"],
         [
             [r.workers, r.throughput["published"], r.throughput["publish_s"], r.throughput["received"],
              r.throughput["rate"], r.throughput["end_to_end_rate"], r.throughput["sent"],
              " ".join(f"{k}={v}" for k, v in sorted(r.throughput["statuses"].items()) if k != "sent") or "-",
-             r.throughput["p50"], r.throughput["p99"], r.throughput["cpu_cores"],
+             r.throughput["p50"], r.throughput["p99"], r.throughput["cpu_cores"], r.throughput["cpu_ms_per_push"],
+             1000 / r.throughput["cpu_ms_per_push"] if r.throughput["cpu_ms_per_push"] else float("nan"),
              r.throughput["cores"].get("other processes", 0.0),
              "yes" if r.throughput["rate"] >= TARGET_PUSHES_PER_S else "NO", r.throughput["load"]]
             for r in rounds if r.throughput
@@ -489,9 +510,11 @@ def main(argv: list[str] | None = None) -> None:
     say("pushes/s = (received - 1) / (last receipt - first receipt) at the fake; end-to-end/s = received /")
     say("(first publish to last receipt, publishing included); the publisher (same connection, as fast as")
     say("it goes) overlaps the first 'publish s' of the drain. p50/p99 in B include queueing behind the")
-    say("backlog. cores = CPU used over the scenario: by the consumer, and by processes other than the")
-    say("consumer, this bench (publisher + fake APNs), PostgreSQL and RabbitMQ (their figures are in the")
-    say("per-round lines); load = 1-minute load average when the scenario started.")
+    say("backlog. CPU ms/push = consumer CPU time / pushes; 1-core ceiling = 1000 / that: the rate one")
+    say("consumer process could reach with one whole core (its Python code holds the GIL), whatever else")
+    say("runs on the machine. cores = CPU used over the scenario by the consumer, and by processes other")
+    say("than the consumer, this bench (publisher + fake APNs), PostgreSQL and RabbitMQ (their figures are")
+    say("in the per-round lines); load = 1-minute load average when the scenario started.")
     say(f"fake APNs answers: {fake_stats}")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -123,6 +124,12 @@ class TimingHandler:
             return len(self.latencies)
 
 
+def _noop(message: Any) -> Any:
+    from pusher_site.messages import Action, Handled
+
+    return Handled(Action.ACK, "reg_success", "noop")
+
+
 def reg_body(template: dict[str, Any], *, account_id: str, device: Device) -> dict[str, Any]:
     """The Kamailio sample reg_success, made to be `device` of `account_id`."""
     body = copy.deepcopy(template)
@@ -211,6 +218,7 @@ def run_phase(
     realm: str,
     target: int,
     profile_dir: str | None = None,
+    process: Callable[[Any], Any] | None = None,
 ) -> PhaseResult:
     from pusher_site.messages import message_process
 
@@ -218,7 +226,7 @@ def run_phase(
         (routing_key(realm, body["Username"]), json.dumps(body).encode()) for body in bodies
     ]
     publish_rate = prefill(config.queue, "registrar", messages, timeout=60)
-    handler = TimingHandler(marker=marker, process=message_process)
+    handler = TimingHandler(marker=marker, process=process or message_process)
     profile_path = ""
     profiler: Any = contextlib.nullcontext()
     if profile_dir:
@@ -254,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="repetitions of the three phases, fresh devices each")
     parser.add_argument("--keep", action="store_true", help="keep the bench devices in the database")
     parser.add_argument("--profile", metavar="DIR", help="record a py-spy profile of every phase into DIR")
+    parser.add_argument("--lanes", type=int, default=0,
+                        help="registration lanes of the consumer (default: WorkerConfig's, as runconsumer uses)")
     args = parser.parse_args(argv)
     if not 1 <= args.devices <= 200_000 or not 1 <= args.repeat <= 20:
         parser.error("--devices must be 1..200000 and --repeat 1..20")
@@ -280,9 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         prefetch=settings.PUSHER_PREFETCH,
         push_workers=settings.PUSHER_WORKERS,
     )
+    if args.lanes:
+        config = dataclasses.replace(config, registration_lanes=args.lanes)
     say(f"registration bench {run}: {args.devices} devices x {args.repeat}, database {database_label()}; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    say(f"  one consumer in this process (Worker, {config.registration_lanes} registration lanes, "
+    say(f"  one consumer in this process (pusher_site.worker.Worker, {config.registration_lanes} registration lanes, "
         f"prefetch {config.prefetch}); service log lines -> {log_path}")
     say("  each phase: the queue is pre-filled first, then drained: publisher and consumer never overlap")
 
@@ -304,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
             ]
             bodies = [reg_body(template, account_id=account, device=d) for d in devices]
             suffix = f" #{rep + 1}" if args.repeat > 1 else ""
+            if rep == 0:
+                # The consumer's own ceiling: the same messages, a handler that does nothing.
+                results.append(run_phase("plumbing only (no-op handler)", config=config, bodies=bodies, marker=marker,
+                                         realm=realm, target=0, process=_noop))
             results.append(run_phase(f"changed (new devices){suffix}", config=config, bodies=bodies, marker=marker,
                                      realm=realm, target=TARGET_CHANGED_PER_S, profile_dir=args.profile))
             results.append(run_phase(f"unchanged (same messages again){suffix}", config=config, bodies=bodies,
@@ -323,13 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     say()
     say(table(
         ["phase", "msgs", "msg/s", "target/s", "meets", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU ms/msg",
-         "consumer cores", "PG cores", "other cores", "outcomes"],
+         "1-core ceiling/s", "consumer cores", "PG cores", "other cores", "outcomes"],
         [
             [
-                r.name, r.messages, r.rate, r.target, "yes" if r.rate >= r.target else "NO",
+                r.name, r.messages, r.rate, r.target or "-",
+                ("yes" if r.rate >= r.target else "NO") if r.target else "-",
                 percentile(r.latencies_s, 50) * 1000, percentile(r.latencies_s, 90) * 1000,
                 percentile(r.latencies_s, 99) * 1000, max(r.latencies_s, default=float("nan")) * 1000,
-                r.cpu_s * 1000 / max(r.messages, 1), r.cores.get("consumer", 0.0), r.cores.get("PostgreSQL", 0.0),
+                r.cpu_s * 1000 / max(r.messages, 1), r.messages / r.cpu_s if r.cpu_s else float("nan"),
+                r.cores.get("consumer", 0.0), r.cores.get("PostgreSQL", 0.0),
                 r.cores.get("other processes", 0.0), " ".join(f"{k}={v}" for k, v in sorted(r.outcomes.items())),
             ]
             for r in results
@@ -338,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     say()
     say("msg/s = bench messages / (last handler end - first handler start); latency = time inside")
     say("message_process (decode, rule match, Contact parse, database); CPU ms/msg = this process's CPU")
-    say("time over the drain per message (consumer threads + pika); cores = CPU used over the drain by")
+    say("time over the drain per message (consumer threads + pika); 1-core ceiling = messages per CPU")
+    say("second: the rate one consumer process could reach with a whole core to itself (its Python code")
+    say("holds the GIL), whatever else runs on the machine; cores = CPU used over the drain by")
     say("the consumer, by PostgreSQL (all its databases) and by other processes on this 2-CPU machine")
     say("(RabbitMQ is in the per-phase lines). Targets: 2,000 unchanged/s and 500 changed/s on one")
     say("consumer process; reported, not asserted.")

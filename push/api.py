@@ -24,6 +24,12 @@ from pusher_site.api import (
     CanSendPush,
     ErrorSerializer,
     JSONObjectField,
+    Pagination,
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictModelSerializer,
     api_schema,
     audit_log,
     changed_fields,
@@ -41,6 +47,8 @@ class DeliverySerializer(serializers.ModelSerializer):
     log is for diagnosis, the device API is where provisioning reads full tokens."""
 
     token_masked = serializers.CharField(read_only=True)
+    # Blank when the push_req named no known Token-Type.
+    provider = serializers.ChoiceField(choices=Provider.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Delivery
@@ -71,6 +79,7 @@ class DeliveryViewSet(viewsets.ReadOnlyModelViewSet):
 
     queryset = Delivery.objects.all()
     serializer_class = DeliverySerializer
+    pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["created_at", "finished_at", "status", "provider", "app_id", "latency_ms", "attempts"]
     ordering = ["-created_at", "-id"]
@@ -129,16 +138,16 @@ class SecretField(serializers.Field):
 
 
 class CredentialInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    kind = serializers.ChoiceField(choices=CredentialKind.choices)
+    name = StrictCharField(max_length=200)
+    kind = StrictChoiceField(choices=CredentialKind.choices)
     file = serializers.FileField(required=False, write_only=True, help_text="The secret as an uploaded file")
     data = SecretField(required=False, write_only=True)
-    password = serializers.CharField(
+    password = StrictCharField(
         required=False, allow_blank=True, write_only=True, trim_whitespace=False, max_length=1000,
         help_text="PKCS#12 password, if any",
     )
-    key_id = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
-    team_id = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
+    key_id = StrictCharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
+    team_id = StrictCharField(required=False, allow_blank=True, max_length=64, help_text="APNs token key only")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         upload = attrs.pop("file", None)
@@ -165,6 +174,7 @@ class CredentialViewSet(viewsets.ModelViewSet):
     queryset = Credential.objects.prefetch_related("apps")
     serializer_class = CredentialSerializer
     parser_classes = [JSONParser, MultiPartParser, FormParser]
+    pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["name", "kind", "not_after", "usable", "created_at", "updated_at"]
     ordering = ["name"]
@@ -234,20 +244,27 @@ class PushAppSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PushAppInputSerializer(serializers.ModelSerializer):
-    credential = serializers.PrimaryKeyRelatedField(
+class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class PushAppInputSerializer(StrictModelSerializer):
+    credential = StrictPrimaryKeyRelatedField(
         queryset=Credential.objects.all(), allow_null=True, required=False, help_text="Credential id"
     )
-    port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
-    priority = serializers.ChoiceField(choices=[(1, "1"), (5, "5"), (10, "10")], required=False,
+    port = StrictIntegerField(min_value=1, max_value=65535, required=False)
+    priority = StrictChoiceField(choices=[(1, "1"), (5, "5"), (10, "10")], required=False,
                                        help_text="apns-priority: 10 immediate, 5 power-considerate, 1 lowest")
     extra_headers = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, max_length=1000), required=False,
+        child=StrictCharField(allow_blank=True, max_length=1000), required=False,
         validators=[json_text_validator], help_text="Extra APNs headers; Kazoo's apns_* names are accepted",
     )
-    expiration = serializers.IntegerField(min_value=0, max_value=2419200, allow_null=True, required=False,
+    expiration = StrictIntegerField(min_value=0, max_value=2419200, allow_null=True, required=False,
                                           help_text="Seconds the push stays valid at Apple; 0 = now or never")
-    ttl_s = serializers.IntegerField(min_value=0, max_value=2419200, required=False, help_text="FCM TTL (s)")
+    ttl_s = StrictIntegerField(min_value=0, max_value=2419200, required=False, help_text="FCM TTL (s)")
 
     class Meta:
         model = PushApp
@@ -272,7 +289,7 @@ class PushAppFilterSerializer(serializers.Serializer):
 
 
 class AppTestPushSerializer(serializers.Serializer):
-    token = serializers.CharField(max_length=1024, help_text="A device token of this app")
+    token = StrictCharField(max_length=1024, help_text="A device token of this app")
 
 
 def _flagged(queryset: Any, value: bool) -> Any:
@@ -286,6 +303,7 @@ class PushAppViewSet(viewsets.ModelViewSet):
     queryset = PushApp.objects.select_related("credential")
     serializer_class = PushAppSerializer
     parser_classes = [JSONParser]
+    pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["app_id", "provider", "enabled", "created_at", "updated_at"]
     ordering = ["app_id", "provider"]
@@ -355,22 +373,22 @@ class PushAppViewSet(viewsets.ModelViewSet):
 # because they are not Python identifiers.
 PushRequestSerializer = type("PushRequestSerializer", (serializers.Serializer,), {
     "__doc__": "A push_req body as Kamailio publishes it on AMQP (the envelope fields may be left out).",
-    "Token-ID": serializers.CharField(max_length=1024, help_text="The device token"),
-    "Token-Type": serializers.CharField(max_length=32, help_text="apple/apns or firebase/google/android/fcm"),
-    "Token-App": serializers.CharField(max_length=255, help_text="The app id a push app is configured for"),
+    "Token-ID": StrictCharField(max_length=1024, help_text="The device token"),
+    "Token-Type": StrictCharField(max_length=32, help_text="apple/apns or firebase/google/android/fcm"),
+    "Token-App": StrictCharField(max_length=255, help_text="The app id a push app is configured for"),
     "Payload": JSONObjectField(required=False, help_text="Merged into the APNs body / FCM data"),
-    "Call-ID": serializers.CharField(required=False, allow_blank=True, max_length=255),
-    "Msg-ID": serializers.CharField(required=False, max_length=255,
+    "Call-ID": StrictCharField(required=False, allow_blank=True, max_length=255),
+    "Msg-ID": StrictCharField(required=False, max_length=255,
                                     help_text="Deduplication: a second push_req with the same Msg-ID is not sent"),
-    "Alert-Key": serializers.CharField(required=False, allow_blank=True, max_length=255),
-    "Alert-Params": serializers.ListField(child=serializers.CharField(allow_blank=True, max_length=1000),
+    "Alert-Key": StrictCharField(required=False, allow_blank=True, max_length=255),
+    "Alert-Params": serializers.ListField(child=StrictCharField(allow_blank=True, max_length=1000),
                                           required=False, max_length=20),
-    "Alert-Body": serializers.CharField(required=False, allow_blank=True, max_length=2000,
+    "Alert-Body": StrictCharField(required=False, allow_blank=True, max_length=2000,
                                         help_text="2015-era alert text (instead of Alert-Key/Alert-Params)"),
-    "Sound": serializers.CharField(required=False, allow_blank=True, max_length=255),
-    "Account-ID": serializers.CharField(required=False, allow_blank=True, max_length=64),
-    "Endpoint-ID": serializers.CharField(required=False, allow_blank=True, max_length=64),
-    "Expires": serializers.IntegerField(required=False, min_value=0, max_value=3600,
+    "Sound": StrictCharField(required=False, allow_blank=True, max_length=255),
+    "Account-ID": StrictCharField(required=False, allow_blank=True, max_length=64),
+    "Endpoint-ID": StrictCharField(required=False, allow_blank=True, max_length=64),
+    "Expires": StrictIntegerField(required=False, min_value=0, max_value=3600,
                                         help_text="Seconds the push may take (default PUSHER_PUSH_DEADLINE_S)"),
 })
 
@@ -410,23 +428,23 @@ SEND_PAYLOAD_KEYS = (
     "description": "Passed to the phone app as is (plus Kazoo's call-id, proxy, caller-id-number, caller-id-name).",
 })
 class SendPayloadField(serializers.DictField):
-    child = serializers.CharField(allow_blank=True, max_length=2000, trim_whitespace=False)
+    child = StrictCharField(allow_blank=True, max_length=2000, trim_whitespace=False)
 
 
 class SendRequestSerializer(serializers.Serializer):
     """The JSON kazoo-configs-kamailio's push-notifications-role.cfg POSTs (routes NEWCALL_PUSH and
     MISSED_CALL_PUSH)."""
 
-    name = serializers.CharField(max_length=600, help_text="The callee's AOR (X-KAZOO-AOR): sip:user@realm")
-    app_name = serializers.CharField(required=False, allow_blank=True, max_length=255,
+    name = StrictCharField(max_length=600, help_text="The callee's AOR (X-KAZOO-AOR): sip:user@realm")
+    app_name = StrictCharField(required=False, allow_blank=True, max_length=255,
                                      help_text="PUSH_NOTIFICATIONS_APP_NAME; informational (each token names its app)")
-    type = serializers.ChoiceField(choices=services.NOTIFY_KINDS)
-    expiry = serializers.IntegerField(required=False, min_value=0, max_value=3600,
+    type = StrictChoiceField(choices=services.NOTIFY_KINDS)
+    expiry = StrictIntegerField(required=False, min_value=0, max_value=3600,
                                       help_text="Seconds the push is worth sending (20 for incoming_call)")
-    silent = serializers.BooleanField(required=False, help_text="Sent with incoming_call (a VoIP push is silent)")
-    mutable = serializers.BooleanField(required=False, help_text="missed_call: APNs mutable-content")
-    sound = serializers.CharField(required=False, allow_blank=True, max_length=255)
-    text = serializers.CharField(required=False, allow_blank=True, max_length=1000,
+    silent = StrictBooleanField(required=False, help_text="Sent with incoming_call (a VoIP push is silent)")
+    mutable = StrictBooleanField(required=False, help_text="missed_call: APNs mutable-content")
+    sound = StrictCharField(required=False, allow_blank=True, max_length=255)
+    text = StrictCharField(required=False, allow_blank=True, max_length=1000,
                                  help_text="missed_call: the notification text")
     payload = SendPayloadField(required=False, validators=[json_text_validator])
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -262,8 +262,10 @@ def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: 
     if not msg_id:
         return Delivery.objects.create(**values), True
     try:
-        with transaction.atomic():
-            return Delivery.objects.create(msg_id=msg_id, **values), True
+        if connection.in_atomic_block:
+            with transaction.atomic():  # a savepoint, so a duplicate doesn't break the caller's transaction
+                return Delivery.objects.create(msg_id=msg_id, **values), True
+        return Delivery.objects.create(msg_id=msg_id, **values), True  # autocommit: one INSERT
     except IntegrityError:
         existing = Delivery.objects.get(msg_id=msg_id)
     lease_end = timezone.now() - timedelta(seconds=CLAIM_LEASE_S)

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import DataError
+from django.db import DataError, models
 from django.db.models import Model, QuerySet
 from rest_framework import permissions, serializers, status
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -103,6 +104,13 @@ def _api_schema_class() -> type:
             match = re.match(r"^/api/v\d+/([^/{]+)", self.path)
             return [match.group(1)] if match else super().get_tags()
 
+        def _get_serializer_field_meta(self, field: Any, direction: Any) -> dict[str, Any]:
+            # A text field that may not be blank says so (minLength), so a client knows "" is refused.
+            meta = super()._get_serializer_field_meta(field, direction)
+            if isinstance(field, serializers.CharField) and not field.allow_blank and not field.read_only:
+                meta.setdefault("minLength", 1)
+            return meta
+
         def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
             responses = super()._get_response_bodies(direction)
             codes = ["400", "401", "403"]
@@ -121,7 +129,99 @@ def api_schema() -> Any:
     return _api_schema_class()()
 
 
+MAX_INT = 2**31 - 1
+
+
+class Pagination(LimitOffsetPagination):
+    """LimitOffsetPagination that refuses (400) a limit or offset that is not a number, instead of
+    silently serving the first page: a client with a bug learns it at once."""
+
+    max_limit = 1000
+
+    def _param(self, request: Request, name: str, *, minimum: int) -> int | None:
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise serializers.ValidationError({name: [f"A whole number of at least {minimum} is required."]}) from None
+        if not minimum <= value <= MAX_INT:
+            raise serializers.ValidationError({name: [f"Ensure this value is between {minimum} and {MAX_INT}."]})
+        return value
+
+    def get_limit(self, request: Request) -> int | None:
+        limit = self._param(request, self.limit_query_param, minimum=1)
+        if limit is None:
+            return self.default_limit
+        return min(limit, self.max_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return self._param(request, self.offset_query_param, minimum=0) or 0
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            minimum = 1 if parameter["name"] == self.limit_query_param else 0
+            parameter["schema"] = {"type": "integer", "minimum": minimum, "maximum": MAX_INT}
+        return parameters
+
+
 # --- Input hygiene -----------------------------------------------------------------------------
+
+# JSON bodies are typed: a number where the schema says text (or "true" where it says a boolean)
+# is refused, not coerced, so the OpenAPI schema is the whole contract. (Query parameters are
+# text by nature and keep DRF's parsing.)
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """A choice whose value must also have the type of the choices (10, not "10")."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not any(type(data) is type(choice) for choice in self.choices):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+class StrictModelSerializer(serializers.ModelSerializer):
+    """A ModelSerializer whose generated fields are the strict ones above."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.BooleanField: StrictBooleanField,
+        models.IntegerField: StrictIntegerField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.PositiveSmallIntegerField: StrictIntegerField,
+        models.SmallIntegerField: StrictIntegerField,
+        models.BigIntegerField: StrictIntegerField,
+    }
+    serializer_choice_field = StrictChoiceField
+
 
 
 def _bad_text(text: str) -> str | None:

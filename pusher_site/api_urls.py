@@ -1,6 +1,8 @@
 """/api/v1/ routes; each app contributes its own router entries."""
 
-from django.urls import path
+from django.http import HttpRequest, JsonResponse
+from django.urls import Resolver404, path, re_path, resolve
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import permissions, routers
 
 from push.api import CredentialViewSet, DeliveryViewSet, PushAppViewSet, PushRequestViewSet, SendViewSet
@@ -26,9 +28,26 @@ router.register("user-agent-rules", UserAgentRuleViewSet, basename="useragentrul
 router.register("devices", DeviceViewSet, basename="device")
 router.register("push", PushRequestViewSet, basename="push")
 
+
+@csrf_exempt  # answers 404 to every method; nothing to protect
+def not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    """Any other path under /api/v1/ answers JSON, like the API, not Django's HTML 404 page (which
+    also answers in place of APPEND_SLASH's redirect: a POST body would not survive one)."""
+    detail = "Not found."
+    if not request.path.endswith("/"):
+        try:
+            resolve(request.path + "/")
+        except Resolver404:
+            pass
+        else:
+            detail = f"Not found. Did you mean {request.path}/ (with a trailing slash)?"
+    return JsonResponse({"detail": detail}, status=404)
+
+
 urlpatterns = [
     # Kamailio's push-notifications-role POSTs to exactly /api/v1/send: no trailing slash (a redirect
     # would lose the POST body).
     path("send", SendViewSet.as_view({"post": "create"}), name="send"),
     *router.urls,
+    re_path(r"^(?P<rest>.*)$", not_found),
 ]

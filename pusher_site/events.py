@@ -104,8 +104,11 @@ def _send(event: dict[str, Any]) -> None:
     if not isinstance(layer, InMemoryChannelLayer):
         _remote.submit(event)
         return
-    # The in-memory layer lives in this process: deliver on the loop that serves the websockets
-    # (async_to_sync from a request thread runs on it).
+    # The in-memory layer lives in this process: with nobody subscribed (the consumer process
+    # serves no websockets) there is nothing to do, and async_to_sync per event is costly.
+    if not getattr(layer, "groups", {}).get(GROUP):
+        return
+    # Deliver on the loop that serves the websockets (async_to_sync from a request thread runs on it).
     try:
         async_to_sync(layer.group_send)(GROUP, {"type": "pusher.event", "event": event})
     except Exception:  # the live feed must never break the message path

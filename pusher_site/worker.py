@@ -23,7 +23,8 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, reset_queries
 from django.utils import timezone
 
 from pusher_site import bus, metrics
@@ -202,7 +203,7 @@ class Worker:
         backoff = 0.5
         while True:
             try:
-                close_old_connections()
+                _connections_check()
                 return self.handler(message)
             except BadMessage as exc:
                 event, msg_id = message_peek(message.body)
@@ -213,7 +214,7 @@ class Worker:
                     return Handled(Action.REQUEUE, "", "requeue", "stopping while the database is down")
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
                 try:
-                    close_old_connections()
+                    close_old_connections()  # drops the broken connection; the retry opens a new one
                 except Exception:  # noqa: BLE001 - the connection is already broken
                     pass
                 time.sleep(backoff)
@@ -270,6 +271,22 @@ class Worker:
                 channel.basic_publish(exchange, routing_key, body, properties)
 
         connection.add_callback_threadsafe(publish)
+
+
+_thread_state = threading.local()
+CONNECTION_CHECK_INTERVAL_S = 5.0
+
+
+def _connections_check() -> None:
+    """Django's per-request connection housekeeping, at most every few seconds per thread: with
+    CONN_HEALTH_CHECKS each call costs a `SELECT 1`, too much for every message. A connection that
+    broke in between fails its next query, and the retry path in `_handle` replaces it."""
+    now = time.monotonic()
+    if now - getattr(_thread_state, "checked_at", 0.0) >= CONNECTION_CHECK_INTERVAL_S:
+        close_old_connections()
+        _thread_state.checked_at = now
+    if settings.DEBUG:
+        reset_queries()  # DEBUG keeps every query per connection: unbounded in a long-lived worker
 
 
 def _reason_label(reason: str) -> str:

@@ -23,6 +23,10 @@ from push.models import DeliverySource
 from pusher_site import kazoo_config
 from pusher_site.api import (
     JSONObjectField,
+    Pagination,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
     api_schema,
     audit_log,
     changed_fields,
@@ -45,18 +49,18 @@ class UserAgentRuleSerializer(serializers.ModelSerializer):
 
 
 class UserAgentRuleInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    position = serializers.IntegerField(required=False, min_value=-2147483648, max_value=2147483647,
+    name = StrictCharField(max_length=200)
+    position = StrictIntegerField(required=False, min_value=-2147483648, max_value=2147483647,
                                         help_text="Lower first; the first match wins")
-    enabled = serializers.BooleanField(required=False)
-    regex = serializers.CharField(max_length=1000, trim_whitespace=False,
+    enabled = StrictBooleanField(required=False)
+    regex = StrictCharField(max_length=1000, trim_whitespace=False,
                                   help_text="Searched unanchored in the User-Agent (PCRE-like); use ^ to anchor")
     properties = serializers.DictField(
-        child=serializers.CharField(max_length=255), validators=[json_text_validator],
+        child=StrictCharField(max_length=255), validators=[json_text_validator],
         help_text='Output key -> source name, e.g. {"Token-ID": "pn-tok", "Token-Type": "pn-type", '
         '"Token-App": "app-id"}',
     )
-    description = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    description = StrictCharField(required=False, allow_blank=True, max_length=300)
 
 
 class UserAgentRuleFilterSerializer(serializers.Serializer):
@@ -65,8 +69,8 @@ class UserAgentRuleFilterSerializer(serializers.Serializer):
 
 
 class RuleMatchRequestSerializer(serializers.Serializer):
-    user_agent = serializers.CharField(max_length=1000, trim_whitespace=False, help_text="The REGISTER's User-Agent")
-    contact = serializers.CharField(max_length=8000, trim_whitespace=False,
+    user_agent = StrictCharField(max_length=1000, trim_whitespace=False, help_text="The REGISTER's User-Agent")
+    contact = StrictCharField(max_length=8000, trim_whitespace=False,
                                     help_text="The REGISTER's Contact header value")
     fields = JSONObjectField(
         required=False,
@@ -111,7 +115,10 @@ class KazooConfigSerializer(serializers.Serializer):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-        json_text_validator(data)
+        try:
+            json_text_validator(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"non_field_errors": exc.detail}) from None
         return data
 
     def to_representation(self, instance: Any) -> Any:
@@ -136,6 +143,7 @@ class UserAgentRuleViewSet(viewsets.ModelViewSet):
     queryset = UserAgentRule.objects.all()
     serializer_class = UserAgentRuleSerializer
     parser_classes = [JSONParser]
+    pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["position", "name", "enabled", "created_at", "updated_at"]
     ordering = ["position", "name"]
@@ -298,6 +306,7 @@ class DeviceViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Device.objects.prefetch_related("tokens")
     serializer_class = DeviceSerializer
     parser_classes = [JSONParser]
+    pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["account_id", "device_id", "username", "realm", "last_registration_at", "last_seen_at",
                        "created_at", "sync_status"]

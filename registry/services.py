@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pusher_site import metrics
@@ -83,53 +83,70 @@ def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
         metrics.REGISTRATIONS.labels(outcome="unchanged").inc()
         return RegistrationResult(outcome="unchanged", reason="same push object and tokens", build=build, device=device)
 
-    result = _registration_write(build=build, fields=fields, digest=digest, now=now)
+    result = _registration_write(build=build, fields=fields, digest=digest, now=now, device=device)
     metrics.REGISTRATIONS.labels(outcome=result.outcome).inc()
     return result
 
 
 @transaction.atomic
-def _registration_write(*, build: PushBuild, fields: Mapping[str, Any], digest: str, now: Any) -> RegistrationResult:
-    device, created = Device.objects.select_for_update().get_or_create(
-        account_id=build.account_id, device_id=build.device_id
-    )
+def _registration_write(
+    *, build: PushBuild, fields: Mapping[str, Any], digest: str, now: Any, device: Device | None
+) -> RegistrationResult:
+    """Write a registration with as few statements as the change needs. Messages of one device
+    are handled in order by one consumer lane; across processes the last writer wins, as in Kazoo."""
     token_ids = [t.token for t in build.tokens]
-    if not created and device.registration_digest == digest:
+    if device is not None and device.registration_digest == digest:
         Device.objects.filter(pk=device.pk).update(last_seen_at=now)
-        device.tokens.filter(token__in=token_ids).update(last_seen_at=now)
+        PushToken.objects.filter(device=device, token__in=token_ids).update(last_seen_at=now)
         return RegistrationResult(outcome="refreshed", reason="last-seen refreshed", build=build, device=device)
 
-    push_changed = not push_object_equal(device.push, build.push)
-    device.username = str(fields.get("Username") or device.username)[:255]
-    device.realm = str(fields.get("Realm") or device.realm)[:255]
-    device.rule_name = build.rule or ""
-    device.last_user_agent = str(fields.get("User-Agent") or "")[:500]
-    device.last_contact = str(fields.get("Contact") or "")
-    device.last_registration_at = now
-    device.last_seen_at = now
-    device.registration_digest = digest
+    values = {
+        "username": str(fields.get("Username") or (device.username if device else ""))[:255],
+        "realm": str(fields.get("Realm") or (device.realm if device else ""))[:255],
+        "rule_name": build.rule or "",
+        "last_user_agent": str(fields.get("User-Agent") or "")[:500],
+        "last_contact": str(fields.get("Contact") or ""),
+        "last_registration_at": now,
+        "last_seen_at": now,
+        "registration_digest": digest,
+    }
+    push_changed = device is None or not push_object_equal(device.push, build.push)
     if push_changed:
-        device.push = build.push
-        device.push_changed_at = now
-        _sync_mark_pending(device, now)
-    device.save()
-    _tokens_upsert(device=device, tokens=build.tokens, proxy=(build.push or {}).get("Token-Proxy", ""), now=now)
+        values.update(push=build.push, push_changed_at=now, **_sync_fields(now))
+    created = False
+    if device is None:
+        try:
+            with transaction.atomic():
+                device = Device.objects.create(account_id=build.account_id, device_id=build.device_id, **values)
+            created = True
+        except IntegrityError:  # another consumer created it a moment ago
+            device = Device.objects.get(account_id=build.account_id, device_id=build.device_id)
+            push_changed = not push_object_equal(device.push, build.push)
+            if not push_changed:
+                for key in ("push", "push_changed_at", *_sync_fields(now)):
+                    values.pop(key, None)
+    if not created:
+        Device.objects.filter(pk=device.pk).update(**values)
+        for key, value in values.items():
+            setattr(device, key, value)
+    _tokens_upsert(device=device, tokens=build.tokens, proxy=(build.push or {}).get("Token-Proxy", ""), now=now,
+                   retire=not created)
 
     outcome = "created" if created else "updated"
-    log_fields = {"account": device.account_id, "device": device.device_id}
     if push_changed:
         event_publish(
             "registration.updated",
-            **log_fields,
+            account=device.account_id,
+            device=device.device_id,
             app=build.push.get("Token-App") if build.push else None,
             token=_mask(build.push.get("Token-ID", "") if build.push else ""),
             rule=build.rule,
             outcome=outcome,
         )
         if device.sync_status == SyncStatus.PENDING:
-            transaction.on_commit(lambda: sync_wake())
+            transaction.on_commit(sync_wake)
     return RegistrationResult(
-        outcome=outcome if push_changed else "updated",
+        outcome=outcome,
         reason="push object changed" if push_changed else "tokens or device details changed",
         build=build,
         device=device,
@@ -142,30 +159,29 @@ def _mask(token: str) -> str:
     return mask_token(token)
 
 
-def _tokens_upsert(*, device: Device, tokens: tuple[TokenInfo, ...], proxy: str, now: Any) -> None:
-    seen: set[str] = set()
-    for info in tokens:
-        seen.add(info.token)
-        PushToken.objects.update_or_create(
-            device=device,
-            token=info.token,
-            defaults={
-                "token_type": info.type,
-                "app": info.app,
-                "kind": info.kind,
-                "sandbox": info.sandbox,
-                "proxy": proxy,
-                "active": True,
-                "deactivated_at": None,
-                "deactivated_reason": "",
-                "last_seen_at": now,
-            },
-        )
-    # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
-    kinds = {t.kind for t in tokens}
-    device.tokens.filter(active=True, kind__in=kinds).exclude(token__in=seen).update(
-        active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration"
+def _tokens_upsert(
+    *, device: Device, tokens: tuple[TokenInfo, ...], proxy: str, now: Any, retire: bool = True
+) -> None:
+    """One INSERT .. ON CONFLICT for the tokens seen, one UPDATE retiring the replaced ones."""
+    PushToken.objects.bulk_create(
+        [
+            PushToken(
+                device=device, token=info.token, token_type=info.type, app=info.app, kind=info.kind,
+                sandbox=info.sandbox, proxy=proxy, active=True, deactivated_at=None, deactivated_reason="",
+                last_seen_at=now,
+            )
+            for info in tokens
+        ],
+        update_conflicts=True,
+        unique_fields=["device", "token"],
+        update_fields=["token_type", "app", "kind", "sandbox", "proxy", "active", "deactivated_at",
+                       "deactivated_reason", "last_seen_at"],
     )
+    if retire:
+        # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
+        PushToken.objects.filter(device=device, active=True, kind__in={t.kind for t in tokens}).exclude(
+            token__in=[t.token for t in tokens]
+        ).update(active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration")
 
 
 # --- Kazoo sync ---------------------------------------------------------------------
@@ -189,14 +205,16 @@ def kazoo_client() -> CrossbarClient | None:
         return _client
 
 
-def _sync_mark_pending(device: Device, now: Any) -> None:
+def _sync_fields(now: Any) -> dict[str, Any]:
+    """What a changed push object does to the device's sync state."""
     if kazoo_configured():
-        device.sync_status = SyncStatus.PENDING
-        device.sync_next_at = now
-        device.sync_attempts = 0
-        device.sync_error = ""
-    else:
-        device.sync_status = SyncStatus.LOCAL
+        return {"sync_status": SyncStatus.PENDING, "sync_next_at": now, "sync_attempts": 0, "sync_error": ""}
+    return {"sync_status": SyncStatus.LOCAL}
+
+
+def _sync_mark_pending(device: Device, now: Any) -> None:
+    for key, value in _sync_fields(now).items():
+        setattr(device, key, value)
 
 
 def sync_wake() -> None:

@@ -95,8 +95,8 @@ def seed(db) -> Seed:
 
 def _user(django_user_model, name: str, perms: list[str], *, superuser: bool = False):
     if superuser:
-        return django_user_model.objects.create_superuser(name, f"{name}@example.com", "pw-not-used-123")
-    user = django_user_model.objects.create_user(name, f"{name}@example.com", "pw-not-used-123")
+        return django_user_model.objects.create_superuser(name, f"{name}@example.com", None)
+    user = django_user_model.objects.create_user(name, f"{name}@example.com", None)
     for perm in perms:
         app_label, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))

@@ -200,8 +200,10 @@ class Sipp:
             "-m", "1", "-l", "1", "-nostdin", "-nd",
             # Bounded in time whatever the proxy does; timing out counts as a failure.
             "-timeout", f"{int(self.timeout_s)}s", "-timeout_error",
-            # Media port: never the default 6000, so parallel agents don't collide.
-            "-mp", str(free_udp_port()),
+            # Media (RTP echo) and remote-control ports: not the defaults 6000 and 8888, so agents
+            # running at the same time don't collide. (SIPp binds its control socket on all
+            # interfaces; it only listens there, it sends nothing.)
+            "-mp", str(free_udp_port()), "-cp", str(free_udp_port()),
             "-trace_msg", "-message_file", str(self.message_log),
             "-trace_err", "-error_file", str(self.error_log),
         ]

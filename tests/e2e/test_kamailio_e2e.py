@@ -10,12 +10,13 @@ phone presents the registration token it finds in the push the fake provider rec
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 from push.models import DeliveryStatus
-from registry.models import UserAgentRule
-from tests.e2e.conftest import E2E, Call, Phone, apple_app, device_id
+from registry.models import Device, UserAgentRule
+from tests.e2e.conftest import E2E, Call, Phone, apple_app, device_id, poll
 from tests.e2e.harness import Sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -69,6 +70,17 @@ def check_push_payload(payload: dict, call: Call, proxy: str) -> str:
     return token
 
 
+def wait_fcm_send(fake_fcm, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sends = [r for r in fake_fcm.requests if r.path.endswith("messages:send")]
+        if sends:
+            assert len(sends) == 1, sends
+            return sends[0]
+        time.sleep(0.02)
+    raise AssertionError(f"fake FCM received no send in {timeout}s")
+
+
 def answered(run: E2E, call: Call, wake: Sipp, timings: dict, name: str, push_received_at: float) -> None:
     """Both SIPp agents completed: the phone got the INVITE and answered it, the media server got
     200 OK, ACKed and hung up. Records and prints the timings."""
@@ -85,7 +97,6 @@ def answered(run: E2E, call: Call, wake: Sipp, timings: dict, name: str, push_re
     assert delivery.status == DeliveryStatus.SENT, (delivery.status, delivery.error)
     consumed = delivery.created_at.timestamp()  # when pusher's consumer took the push_req
     figures = {
-        "sipp_invite_sent_to_kamailio_ms": round((invite_at_kamailio - invite_sent) * 1000, 1),
         # The push's share of the ring delay: INVITE at Kamailio -> RabbitMQ -> pusher -> provider ...
         "invite_to_push_request_ms": round((push_received_at - invite_at_kamailio) * 1000, 1),
         # ... split: Kamailio holding the INVITE and publishing, RabbitMQ delivering ...
@@ -133,6 +144,13 @@ def test_apns_phone_registers_is_pushed_wakes_and_takes_the_call(
         answered(e2e, call, wake, timings, f"apns_acmephone_{round_}", request.received_at)
     assert len(apns_fake.requests) == 2
 
+    # The woken phone's REGISTERs published reg_success without CCVs (the token stands in for
+    # auth): pusher handled them (1 REGISTER + 2 x (push_req + token REGISTER)) and, like Kazoo,
+    # left the push object alone.
+    pusher_consumer.wait_handled(5)
+    assert poll(lambda: Device.objects.filter(pk=device.pk).values_list("push", flat=True).first(), 5) == device.push
+    assert poll(lambda: Device.objects.count() or None, 5) == 1
+
 
 def test_no_wake_within_the_push_window_fails_the_call_with_408(e2e, pusher_consumer, apns_fake, acme_rule, timings):
     apple_app(apns_fake, "com.acme.phone.voip.prod", "com.acme.phone")
@@ -149,10 +167,13 @@ def test_no_wake_within_the_push_window_fails_the_call_with_408(e2e, pusher_cons
     invite_sent = call.media_server.first("sent", "INVITE").at
     failure = call.media_server.first("received", "SIP/2.0 408")
     held_ms = round((failure.at - invite_sent) * 1000, 1)
-    timings["no_wake_408"] = {"invite_to_push_request_ms": round((request.received_at - invite_sent) * 1000, 1),
-                              "invite_to_408_ms": held_ms}
+    invite_at_kamailio = e2e.kamailio.invite_held_at(call.call_id)
+    timings["no_wake_408"] = {
+        "invite_to_push_request_ms": round((request.received_at - invite_at_kamailio) * 1000, 1),
+        "invite_to_408_ms": held_ms,
+    }
     print(f"\n[e2e timings] no_wake_408: push window 2000 ms, 408 after {held_ms} ms")
-    assert 1500 <= held_ms <= 5000
+    assert 1500 <= held_ms <= 10000  # the 2 s window, not the default 20 s
 
 
 def test_android_fcm_phone_registers_is_pushed_wakes_and_takes_the_call(
@@ -210,15 +231,3 @@ def test_linphone_rfc8599_phone_registers_is_pushed_wakes_and_takes_the_call(
     wake = e2e.wake(phone, call, token, style="contact")
     answered(e2e, call, wake, timings, "apns_linphone_rfc8599", request.received_at)
 
-
-def wait_fcm_send(fake_fcm, timeout: float):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sends = [r for r in fake_fcm.requests if r.path.endswith("messages:send")]
-        if sends:
-            assert len(sends) == 1, sends
-            return sends[0]
-        time.sleep(0.02)
-    raise AssertionError(f"fake FCM received no send in {timeout}s")

@@ -5,12 +5,17 @@ database of their own and the test Redis (the channel layer that carries events 
 The database is made for the stack (a file on SQLite, `pusher_live_<id>` on PostgreSQL) rather
 than pytest's: pytest-django's SQLite test database lives in memory, out of other processes'
 reach, and a database of its own works the same on both engines.
+
+RabbitMQ traffic goes through a virtual host of the stack's own (made with rabbitmqctl when it
+is at hand): Kazoo's exchanges are shared by every consumer on a vhost, and other suites or
+benchmarks publishing to them on the same broker would otherwise flood this consumer's queue.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,10 +30,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import pika
 from django.conf import settings
 
-from tests.amqp import AMQP_URL, broker_channel
+from tests.amqp import AMQP_URL
 from tests.live.conftest import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,13 +55,23 @@ def free_port() -> int:
 class LiveStack:
     web_url: str
     consumer_url: str  # the consumer's --metrics-port: /metrics and /ready
+    amqp_url: str
     queue: str
     logs: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    @contextmanager
+    def broker(self) -> Iterator[Any]:
+        """A channel on the stack's broker (its vhost), to publish as Kamailio does."""
+        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        try:
+            yield connection.channel()
+        finally:
+            connection.close()
+
     def get(self, url: str, timeout: float = 5.0) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own local server
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -104,6 +121,27 @@ def _database(suffix: str, directory: Path) -> tuple[str, Any]:
     return url, lambda: execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@contextmanager
+def _vhost(suffix: str) -> Iterator[str]:
+    """The AMQP URL of a new virtual host (deleted afterwards, with all it holds), or AMQP_URL
+    itself where rabbitmqctl is not at hand (a broker on another machine)."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    params = pika.URLParameters(AMQP_URL)
+    name = f"pusher_live_{suffix}"
+    if rabbitmqctl is None or params.host not in ("127.0.0.1", "localhost", "::1"):
+        yield AMQP_URL
+        return
+    user = params.credentials.username
+    subprocess.run([rabbitmqctl, "-q", "add_vhost", name], check=True, timeout=60, capture_output=True)
+    try:
+        subprocess.run([rabbitmqctl, "-q", "set_permissions", "-p", name, user, ".*", ".*", ".*"],
+                       check=True, timeout=60, capture_output=True)
+        password = params.credentials.password
+        yield f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{params.host}:{params.port}/{name}"
+    finally:
+        subprocess.run([rabbitmqctl, "-q", "delete_vhost", name], timeout=60, capture_output=True)
+
+
 def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
     if process.poll() is not None:
         return
@@ -131,8 +169,13 @@ def _wait(check, what: str, stack: LiveStack, timeout: float = 40.0) -> None:
 
 @contextmanager
 def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
-    redis_url = require_redis()
     suffix = uuid.uuid4().hex[:10]
+    with _vhost(suffix) as amqp_url:
+        yield from _live_stack(fake_apns=fake_apns, directory=directory, suffix=suffix, amqp_url=amqp_url)
+
+
+def _live_stack(*, fake_apns: Any, directory: Path, suffix: str, amqp_url: str) -> Iterator[LiveStack]:
+    redis_url = require_redis()
     queue = f"pusher_live_{suffix}"
     cert = fake_apns.ca.issue_client_cert(
         "com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"],
@@ -151,7 +194,7 @@ def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
         "PUSHER_LIVE_CHANNEL_PREFIX": f"pusher-live-{suffix}",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "0",
-        "AMQP_URL": AMQP_URL,
+        "AMQP_URL": amqp_url,
         "PUSHER_DEAD_LETTER_EXCHANGE": f"{queue}_dlx",
         "PUSHER_DEAD_LETTER_QUEUE": f"{queue}_dlq",
         "PUSHER_APNS_CA_FILE": fake_apns.ca_file,
@@ -162,7 +205,7 @@ def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
     web_port, metrics_port = free_port(), free_port()
     stack = LiveStack(
         web_url=f"http://127.0.0.1:{web_port}", consumer_url=f"http://127.0.0.1:{metrics_port}",
-        queue=queue, logs=directory,
+        amqp_url=amqp_url, queue=queue, logs=directory,
     )
     try:
         subprocess.run(
@@ -177,7 +220,7 @@ def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
                          "--metrics-port", str(metrics_port)],
         }
         for name, command in commands.items():
-            log = open(directory / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
+            log = open(directory / f"{name}.log", "wb")  # the process writes to it until it ends
             stack.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: stack.get(f"{stack.web_url}/healthz")[0] == 200, "daphne to answer /healthz", stack)
         _wait(lambda: stack.consumer_ready()["ready"], "the consumer to be ready", stack)
@@ -185,7 +228,7 @@ def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
     finally:
         for process in stack.processes.values():
             _stop(process)
-        with suppress(Exception), broker_channel() as channel:
+        with suppress(Exception), stack.broker() as channel:
             channel.queue_delete(queue)
             channel.queue_delete(f"{queue}_dlq")
             channel.exchange_delete(f"{queue}_dlx")

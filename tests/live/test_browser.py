@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.amqp import broker_channel, publish, sample
+from tests.amqp import publish, sample
 from tests.fakes.apns import Answer
 from tests.fakes.conftest_apns import _session_server
 from tests.live.stack import APP_ID, CERT_DAYS_LEFT, PASSWORD, ROOT, USERNAME, live_stack
@@ -97,16 +97,22 @@ def test_a_push_req_appears_in_the_dashboard_live_feed(stack, fake_apns_live, br
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{stack.web_url}/admin/login/?next=/admin/dashboard/")
+    browser.get(f"{stack.web_url}/admin/")
     browser.find_element(By.ID, "id_username").send_keys(USERNAME)
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    link = WebDriverWait(browser, 10).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#pusher-dashboard-module a[href='/admin/dashboard/']"))
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "admin-index.png"))
+    link.click()
     WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "pd-feed")))
     WebDriverWait(browser, 10).until(
         lambda d: d.find_element(By.ID, "pd-feed-status").get_attribute("data-state") == "open"
     )
 
-    with broker_channel() as channel:
+    with stack.broker() as channel:
         base = stack.consumer_ready()["messages_total"]
         published = publish_activity(channel)
         stack.wait_handled(base + published)
@@ -127,16 +133,28 @@ def test_a_push_req_appears_in_the_dashboard_live_feed(stack, fake_apns_live, br
     token = PUSH["body"]["Token-ID"]
     assert f"{token[:6]}…{token[-4:]}" in cells and token not in browser.page_source  # masked, never whole
 
-    feed_types = {tr.get_attribute("data-type") for tr in browser.find_elements(By.CSS_SELECTOR, "#pd-feed-rows tr")}
+    feed_types = set(browser.execute_script(
+        "return Array.from(document.querySelectorAll('#pd-feed-rows tr')).map(tr => tr.dataset.type)"))
     assert {"registration.updated", "push.sent", "push.failed"} <= feed_types
-    # The figures follow the feed (re-fetched after pushes): 5 pushes this hour, 4 of them sent.
-    WebDriverWait(browser, 15).until(
-        lambda d: int(d.find_element(By.CSS_SELECTOR, "#pd-card-pushes .pd-card-value").text) >= 5
+    # The figures follow the feed (the page re-fetches and swaps them after pushes, so read them
+    # in one script rather than through element handles that a swap makes stale).
+    figures = (
+        "const n = document.querySelector('#pd-card-pushes .pd-card-value');"
+        "return {pushes: n ? parseInt(n.textContent, 10) : 0,"
+        " bars: document.querySelectorAll('#pd-chart svg rect').length,"
+        " consumers: parseInt(document.querySelector('#pd-card-consumers .pd-card-value').textContent, 10),"
+        " credentials: (document.getElementById('pd-credentials') || {}).textContent || ''};"
     )
-    WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pd-chart svg rect"))
-    assert "acme voip" in browser.find_element(By.ID, "pd-credentials").text
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script(figures)["pushes"] >= 5)
+    shown = browser.execute_script(figures)
+    assert shown["bars"] >= 1 and "acme voip" in shown["credentials"]
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    def consumer_listed(driver) -> bool:  # its first heartbeat row is written 5 s after it starts
+        driver.execute_script("window.pusherDashboard.refreshSummary()")
+        return driver.execute_script(figures)["consumers"] >= 1
+
+    WebDriverWait(browser, 20, poll_frequency=0.5).until(consumer_listed)
+
     time.sleep(0.8)  # let the new rows' highlight fade a little
     browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
@@ -168,7 +186,7 @@ def _missing(expected: list[tuple[str, dict[str, str], float]], text: str) -> li
 def test_metrics_and_health_of_both_processes(stack, fake_apns_live):
     dead_token = "deadbeef" * 8
     fake_apns_live.set_token_answer(dead_token, Answer.unregistered(timestamp_ms=int(time.time() * 1000)))
-    with broker_channel() as channel:
+    with stack.broker() as channel:
         publish_activity(channel)
         publish_push(channel, push_req(**{"Token-ID": dead_token}))
 

@@ -79,7 +79,8 @@ def activity(db):
     PushApp.objects.create(app_id="com.acme.voip", provider=Provider.APPLE, credential=soon)
     ConsumerStatus.objects.create(name="host:1", connected=True, started_at=NOW, messages_total=42,
                                   messages_per_s=3.5, updated_at=NOW - timedelta(seconds=4), last_message_at=NOW)
-    ConsumerStatus.objects.create(name="host:gone", connected=True, started_at=NOW, updated_at=NOW - timedelta(minutes=5))
+    ConsumerStatus.objects.create(name="host:gone", connected=True, started_at=NOW,
+                                  updated_at=NOW - timedelta(minutes=5))
     Device.objects.create(account_id="acc1", device_id="dev1", sync_status=SyncStatus.PENDING, push_changed_at=NOW)
     Device.objects.create(account_id="acc1", device_id="dev2", sync_status=SyncStatus.FAILED, sync_attempts=3,
                           sync_error="Kazoo device update failed: HTTP 500", push_changed_at=NOW)

@@ -11,9 +11,7 @@ from push import services
 from push.models import Provider, PushApp
 from push.providers import apns
 from registry.models import UserAgentRule
-
-APPLE_APP_ID = "com.acme.phone.voip.prod"
-FIREBASE_APP_ID = "com.acme.phone"
+from tests.reliability.strategies import APPLE_APP_ID, FIREBASE_APP_ID
 
 
 @pytest.fixture
