@@ -162,7 +162,7 @@ class CredentialInputSerializer(serializers.Serializer):
 
 class CredentialFilterSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=CredentialKind.choices, required=False)
-    usable = serializers.BooleanField(required=False, allow_null=True, default=None)
+    usable = serializers.BooleanField(required=False)
     expires_before = serializers.DateTimeField(required=False, help_text="not_after before this time")
 
 
@@ -281,10 +281,10 @@ class PushAppUpdateSerializer(PushAppInputSerializer):
 
 class PushAppFilterSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(choices=Provider.choices, required=False)
-    enabled = serializers.BooleanField(required=False, allow_null=True, default=None)
+    enabled = serializers.BooleanField(required=False)
     app_id = serializers.CharField(required=False, max_length=255, help_text="Token-App, exact")
     credential = serializers.IntegerField(required=False, min_value=1, help_text="Credential id")
-    flagged = serializers.BooleanField(required=False, allow_null=True, default=None,
+    flagged = serializers.BooleanField(required=False,
                                        help_text="Flagged by repeated BadDeviceToken answers")
 
 
@@ -459,7 +459,23 @@ class SendResponseSerializer(serializers.Serializer):
 
 
 class SendViewSet(viewsets.ViewSet):
-    """Kamailio's HTTP push service (push-notifications-role.cfg `http_connect("pushsrv", "/api/v1/send")`).
+    """Kamailio's HTTP push service: kazoo-configs-kamailio `kamailio/push-notifications-role.cfg`
+    (2024, PUSH_NOTIFICATIONS_ROLE) calls `http_connect("pushsrv", "/api/v1/send", "application/json",
+    $var(payload), "$avp(result)")` with `pushsrv=>PUSH_NOTIFICATIONS_URL`.
+
+    Request, built by string concatenation in the cfg (a backslash in a display name makes it
+    invalid JSON: 400):
+      route[NEWCALL_PUSH]:  {"name": "<X-KAZOO-AOR: sip:user@realm>", "app_name": "<PUSH_NOTIFICATIONS_APP_NAME>",
+                             "expiry": 20, "type": "incoming_call", "silent": true,
+                             "payload": {"remote_name", "remote_number", "local_number", "inception_number",
+                                         "token_proxy" (newer cfg), "push_id": <Call-ID>, "ring_tone"?}}
+      route[MISSED_CALL_PUSH]: {"name", "app_name", "type": "missed_call", "mutable": true, "sound": "default",
+                             "text": "Missed call from <From user>",
+                             "payload": {"remote_name", "remote_number", "local_number", "push_id"}}
+    Answer: Kamailio reads only the status. NEWCALL_PUSH treats anything but 200 as a failure (logs
+    it, replies 404 Not Found to the caller); MISSED_CALL_PUSH ignores it. So: 200 when a provider
+    accepted a push, 502 when every push failed, 404 (unknown_aor / no_token) when there was nothing
+    to push to. Details: docs/api.md.
 
     Kamailio's http_client cannot add headers, so it authenticates with HTTP Basic (user:password in
     PUSH_NOTIFICATIONS_URL); Basic is listed first so a 401 challenges for it (curl then answers)."""

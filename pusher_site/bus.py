@@ -31,4 +31,7 @@ def bus_publish(*, exchange: str, routing_key: str, body: dict[str, Any]) -> Non
             return
         _publisher(exchange, routing_key, payload)
 
-    transaction.on_commit(send)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(send)
+    else:
+        send()

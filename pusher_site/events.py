@@ -135,4 +135,9 @@ def event_publish(event_type: str, **fields: Any) -> None:
     event.update({k: _clean(v) for k, v in fields.items() if v is not None})
     if "token" in event:
         event["token"] = _mask(str(event["token"]))
-    transaction.on_commit(lambda: _send(event))
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: _send(event))
+    else:
+        # Outside a transaction: send now. (on_commit would open a database connection in this
+        # thread just to check autocommit, and a thread like the AMQP one would never close it.)
+        _send(event)

@@ -77,6 +77,11 @@ def message_decode(message: RawMessage) -> dict[str, Any]:
         raise BadMessage(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(fields, dict):
         raise BadMessage(f"body is JSON {type(fields).__name__}, not an object")
+    try:
+        # JSON may carry lone surrogates (\\ud800) that no UTF-8 peer (APNs, FCM, PostgreSQL) accepts.
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadMessage("body holds a string that is not valid Unicode (a lone surrogate)") from exc
     return fields
 
 

@@ -64,7 +64,7 @@ class UserAgentRuleInputSerializer(serializers.Serializer):
 
 
 class UserAgentRuleFilterSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField(required=False, allow_null=True, default=None)
+    enabled = serializers.BooleanField(required=False)
     name = serializers.CharField(required=False, max_length=200, help_text="Exact name")
 
 
@@ -275,9 +275,9 @@ class DeviceFilterSerializer(serializers.Serializer):
     username = serializers.CharField(required=False, max_length=255, help_text="Exact SIP username")
     realm = serializers.CharField(required=False, max_length=255, help_text="Realm, case-insensitive")
     token = serializers.CharField(required=False, max_length=1024, help_text="Has this push token (exact)")
-    active = serializers.BooleanField(required=False, allow_null=True, default=None,
+    active = serializers.BooleanField(required=False,
                                       help_text="Has (true) / has no (false) active push token")
-    in_sync = serializers.BooleanField(required=False, allow_null=True, default=None,
+    in_sync = serializers.BooleanField(required=False,
                                        help_text="Kazoo holds the current push object (or sync is off)")
     sync_status = serializers.ChoiceField(choices=SyncStatus.choices, required=False)
     rule = serializers.CharField(required=False, max_length=200, help_text="Matched User-Agent rule name")
