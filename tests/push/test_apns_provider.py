@@ -337,8 +337,8 @@ def test_stalled_answer_times_out_as_retry_and_next_push_works(
     elapsed = time.monotonic() - started
 
     assert (result.outcome, result.status, result.reason) == (Outcome.RETRY, None, "Timeout")
-    assert 0.45 <= elapsed < 1.5
-    assert 0.45 <= result.latency_s < 1.5
+    assert 0.45 <= elapsed < 3.0  # bounded by the timeout, with slack for a loaded machine
+    assert 0.45 <= result.latency_s < 3.0
     assert client.send_sync(apns_request(fake_apns), credential, timeout=5).outcome is Outcome.SENT
 
 
@@ -408,8 +408,8 @@ def test_concurrent_sends_share_one_http2_connection(
     assert sorted(r.token or "" for r in seen) == tokens
     assert len({r.connection_id for r in seen}) == 1
     assert len(fake_apns.connections) == 1
-    # 50 answers of 200 ms each: in flight together, not one after the other (10 s).
-    assert elapsed < 2.5
+    # 50 answers of 200 ms each: in flight together, not one after the other (10 s; slack for load).
+    assert elapsed < 5.0
 
 
 def test_send_sync_from_many_threads(fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert) -> None:

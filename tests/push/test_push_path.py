@@ -172,12 +172,11 @@ def test_transient_errors_are_retried_on_a_fresh_connection(apple_app, apns_trus
 
 def test_retries_stop_at_the_deadline(apple_app, apns_trusting_fake):
     apns_trusting_fake.set_default(Answer.error(503, "ServiceUnavailable"))
-    started = time.monotonic()
     delivery = services.push_request_handle(fields=push_req(Expires=2), source="api")
-    elapsed = time.monotonic() - started
     assert delivery.status == DeliveryStatus.EXPIRED and delivery.reason == "deadline"
     assert delivery.attempts >= 2 and "ServiceUnavailable" in delivery.error
-    assert elapsed < 2.5  # never sent late: nothing past the 2 s window
+    assert len(apns_trusting_fake.requests) == delivery.attempts
+    # never sent late: no attempt reached the provider after the 2 s window closed
     assert all(r.received_at <= delivery.deadline_at.timestamp() for r in apns_trusting_fake.requests)
 
 
