@@ -64,11 +64,11 @@ class DeliveryFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
     provider = serializers.ChoiceField(choices=Provider.choices, required=False)
     source = serializers.ChoiceField(choices=DeliverySource.choices, required=False)
-    app = serializers.CharField(required=False, max_length=255, help_text="Token-App (app id), exact")
-    account = serializers.CharField(required=False, max_length=64, help_text="Account-ID, exact")
-    device = serializers.CharField(required=False, max_length=64, help_text="Endpoint-ID (device id), exact")
-    call_id = serializers.CharField(required=False, max_length=255, help_text="Call-ID, exact")
-    token = serializers.CharField(required=False, max_length=1024, help_text="Full device token, exact")
+    app = StrictCharField(required=False, max_length=255, help_text="Token-App (app id), exact")
+    account = StrictCharField(required=False, max_length=64, help_text="Account-ID, exact")
+    device = StrictCharField(required=False, max_length=64, help_text="Endpoint-ID (device id), exact")
+    call_id = StrictCharField(required=False, max_length=255, help_text="Call-ID, exact")
+    token = StrictCharField(required=False, max_length=1024, help_text="Full device token, exact")
     created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601)")
     created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601)")
 
@@ -282,7 +282,7 @@ class PushAppUpdateSerializer(PushAppInputSerializer):
 class PushAppFilterSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(choices=Provider.choices, required=False)
     enabled = serializers.BooleanField(required=False)
-    app_id = serializers.CharField(required=False, max_length=255, help_text="Token-App, exact")
+    app_id = StrictCharField(required=False, max_length=255, help_text="Token-App, exact")
     credential = serializers.IntegerField(required=False, min_value=1, help_text="Credential id")
     flagged = serializers.BooleanField(required=False,
                                        help_text="Flagged by repeated BadDeviceToken answers")

@@ -11,8 +11,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -245,8 +244,8 @@ def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: 
     Returns (delivery, claimed): claimed is False when another sender has it."""
     token_type = _str(fields, "Token-Type", 32).lower()
     values = {
-        "created_at": datetime.fromtimestamp(started, tz=dt_timezone.utc),
-        "deadline_at": datetime.fromtimestamp(deadline, tz=dt_timezone.utc),
+        "created_at": datetime.fromtimestamp(started, tz=UTC),
+        "deadline_at": datetime.fromtimestamp(deadline, tz=UTC),
         "claimed_at": timezone.now(),
         "source": source,
         "call_id": _str(fields, "Call-ID"),
@@ -432,7 +431,7 @@ def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = N
     now = timezone.now()
     tokens = PushToken.objects.filter(token=token, active=True).select_related("device")
     if provider_timestamp_ms is not None:
-        dead_since = datetime.fromtimestamp(provider_timestamp_ms / 1000, tz=dt_timezone.utc)
+        dead_since = datetime.fromtimestamp(provider_timestamp_ms / 1000, tz=UTC)
         tokens = tokens.filter(last_seen_at__lt=dead_since)
     count = 0
     for push_token in tokens:
@@ -765,7 +764,7 @@ def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
     unknown = sorted(set(changes) - PUSH_APP_EDITABLE)
     if unknown:
         raise PusherError(f"unknown push app field(s): {', '.join(unknown)}")
-    app = PushApp.objects.select_for_update().select_related("credential").get(pk=app.pk)
+    app = PushApp.objects.select_for_update(of=("self",)).select_related("credential").get(pk=app.pk)
     for name, value in changes.items():
         setattr(app, name, value)
     if "flagged_reason" in changes and not app.flagged_reason:

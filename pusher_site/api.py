@@ -140,7 +140,7 @@ class Pagination(LimitOffsetPagination):
 
     def _param(self, request: Request, name: str, *, minimum: int) -> int | None:
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return None
         try:
             value = int(raw)
@@ -178,6 +178,9 @@ class StrictCharField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        # The schema's maxLength counts what was sent, before whitespace is trimmed.
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import zlib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,7 @@ log = logging.getLogger("pusher.messages")
 ACCEPTED_CONTENT_TYPES = ("application/json", "", None)
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     ACK = "ack"
     DEAD_LETTER = "dead_letter"
     REQUEUE = "requeue"
@@ -131,6 +131,6 @@ def message_peek(body: bytes) -> tuple[str, str]:
         fields = json.loads(body)
         if isinstance(fields, dict):
             return str(fields.get("Event-Name") or "unknown")[:64], str(fields.get("Msg-ID") or "")[:200]
-    except Exception:  # noqa: BLE001 - only for a log line about an already-bad message
+    except Exception:  # noqa: BLE001, S110 - only for a log line about an already-bad message
         pass
     return "unknown", ""

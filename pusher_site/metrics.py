@@ -1,9 +1,41 @@
 """Prometheus metrics, with reason labels (Kazoo's anchors only counted success/error)."""
 
 import threading
+from typing import Any
 
 from django.utils import timezone
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
+
+LABEL_MAX = 100
+
+
+def label_value(value: Any) -> str:
+    """A label value that cannot break the exposition: label values come from the wire (Token-App,
+    reasons), and one lone surrogate in one of them would make every later scrape fail to encode."""
+    text = str(value)[:LABEL_MAX]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class _SafeLabels:
+    def labels(self, *values: Any, **named: Any) -> Any:
+        return super().labels(  # type: ignore[misc]
+            *(label_value(v) for v in values), **{k: label_value(v) for k, v in named.items()}
+        )
+
+
+class Counter(_SafeLabels, _Counter):
+    pass
+
+
+class Gauge(_SafeLabels, _Gauge):
+    pass
+
+
+class Histogram(_SafeLabels, _Histogram):
+    pass
+
 
 PUSHES = Counter(
     "pusher_pushes_total", "Pushes by outcome", ["provider", "app", "status", "reason"]
@@ -31,8 +63,9 @@ def credential_expiry_refresh() -> None:
     app whose credential has an end date; apps removed or rotated to a dateless key drop out."""
     from pusher_site.dashboard import push_apps_with_expiry  # services import this module: import late
 
+    now = timezone.now()
     rows = [
-        (app.app_id[:100], app.provider, (app.credential.not_after - timezone.now()).total_seconds() / 86400)
+        (app.app_id, app.provider, (app.credential.not_after - now).total_seconds() / 86400)
         for app in push_apps_with_expiry()
     ]
     with _expiry_lock:

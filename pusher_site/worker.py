@@ -122,7 +122,7 @@ class Worker:
         if connection is not None and connection.is_open:
             try:
                 connection.close()
-            except Exception:  # noqa: BLE001 - closing an already-broken connection
+            except Exception:  # noqa: BLE001, S110 - closing an already-broken connection
                 pass
 
     def _session(self) -> None:
@@ -215,14 +215,15 @@ class Worker:
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
                 try:
                     close_old_connections()  # drops the broken connection; the retry opens a new one
-                except Exception:  # noqa: BLE001 - the connection is already broken
+                except Exception:  # noqa: BLE001, S110 - the connection is already broken
                     pass
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:
                 event, msg_id = message_peek(message.body)
                 log.exception("unexpected error handling msg_id=%s event=%s", msg_id, event)
-                return Handled(Action.DEAD_LETTER, event, "dead_letter", f"internal error: {type(exc).__name__}", msg_id)
+                reason = f"internal error: {type(exc).__name__}"
+                return Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)
 
     def _finish(self, generation: int, channel: Any, tag: int, message: RawMessage, future: Future) -> None:
         if generation != self._generation or not channel.is_open:

@@ -65,7 +65,7 @@ class UserAgentRuleInputSerializer(serializers.Serializer):
 
 class UserAgentRuleFilterSerializer(serializers.Serializer):
     enabled = serializers.BooleanField(required=False)
-    name = serializers.CharField(required=False, max_length=200, help_text="Exact name")
+    name = StrictCharField(required=False, max_length=200, help_text="Exact name")
 
 
 class RuleMatchRequestSerializer(serializers.Serializer):
@@ -270,17 +270,17 @@ class DeviceSerializer(serializers.ModelSerializer):
 
 
 class DeviceFilterSerializer(serializers.Serializer):
-    account_id = serializers.CharField(required=False, max_length=64, help_text="Exact")
-    device_id = serializers.CharField(required=False, max_length=64, help_text="Exact (Authorizing-ID)")
-    username = serializers.CharField(required=False, max_length=255, help_text="Exact SIP username")
-    realm = serializers.CharField(required=False, max_length=255, help_text="Realm, case-insensitive")
-    token = serializers.CharField(required=False, max_length=1024, help_text="Has this push token (exact)")
+    account_id = StrictCharField(required=False, max_length=64, help_text="Exact")
+    device_id = StrictCharField(required=False, max_length=64, help_text="Exact (Authorizing-ID)")
+    username = StrictCharField(required=False, max_length=255, help_text="Exact SIP username")
+    realm = StrictCharField(required=False, max_length=255, help_text="Realm, case-insensitive")
+    token = StrictCharField(required=False, max_length=1024, help_text="Has this push token (exact)")
     active = serializers.BooleanField(required=False,
                                       help_text="Has (true) / has no (false) active push token")
     in_sync = serializers.BooleanField(required=False,
                                        help_text="Kazoo holds the current push object (or sync is off)")
     sync_status = serializers.ChoiceField(choices=SyncStatus.choices, required=False)
-    rule = serializers.CharField(required=False, max_length=200, help_text="Matched User-Agent rule name")
+    rule = StrictCharField(required=False, max_length=200, help_text="Matched User-Agent rule name")
 
 
 _IN_SYNC = Q(sync_status__in=[SyncStatus.SYNCED, SyncStatus.LOCAL])

@@ -201,7 +201,9 @@ def kazoo_client() -> CrossbarClient | None:
         return None
     with _client_lock:
         if _client is None or _client.base_url != settings.KAZOO_CROSSBAR_URL.rstrip("/"):
-            _client = CrossbarClient(settings.KAZOO_CROSSBAR_URL, settings.KAZOO_API_KEY, ca_file=settings.KAZOO_CA_FILE)
+            _client = CrossbarClient(
+                settings.KAZOO_CROSSBAR_URL, settings.KAZOO_API_KEY, ca_file=settings.KAZOO_CA_FILE
+            )
         return _client
 
 
@@ -276,7 +278,7 @@ def sync_loop(stop: threading.Event) -> None:
         try:
             close_old_connections()
             device_sync_due(limit=50)
-        except Exception:  # noqa: BLE001 - logged, retried on the next turn
+        except Exception:
             log.warning("kazoo sync loop error", exc_info=True)
     connection.close()
 

@@ -6,8 +6,7 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -75,7 +74,7 @@ def _heartbeat(worker: Worker, *, final: bool = False, previous: list | None = N
             "connected": worker.connected.is_set() and not final,
             "started_at": _started,
             "last_message_at": (
-                datetime.fromtimestamp(worker.last_message_at, tz=dt_timezone.utc) if worker.last_message_at else None
+                datetime.fromtimestamp(worker.last_message_at, tz=UTC) if worker.last_message_at else None
             ),
             "messages_total": worker.messages_total,
             "messages_per_s": rate,
@@ -90,13 +89,13 @@ def _heartbeat_loop(worker: Worker) -> None:
         try:
             close_old_connections()
             _heartbeat(worker, previous=previous)
-        except Exception:  # noqa: BLE001 - the heartbeat must never take the consumer down
+        except Exception:
             log.debug("heartbeat not written", exc_info=True)
 
 
 def _serve_metrics(worker: Worker, host: str, port: int) -> None:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, ctype, status = generate_latest(), CONTENT_TYPE_LATEST, 200
             elif self.path in ("/ready", "/healthz"):
@@ -111,7 +110,7 @@ def _serve_metrics(worker: Worker, host: str, port: int) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer((host, port), Handler)
