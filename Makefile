@@ -39,6 +39,11 @@ bench-registration: $(VENV)/.test-installed
 bench-push: $(VENV)/.test-installed
 	$(BIN)/python -m bench.push
 
+## Fault-injection soak (docs/reliability.md): the consumer against a cut broker connection, SIGKILL,
+## a PostgreSQL restart (private instance), misbehaving APNs/FCM fakes, two consumers. Loopback, < 10 min.
+soak: $(VENV)/.test-installed
+	$(BIN)/python -m soak
+
 ## Checks the pinned dependencies for known vulnerabilities (needs network; kept out of CI).
 audit: $(VENV)/.test-installed
 	$(BIN)/pip install -q pip-audit && $(BIN)/pip-audit -r requirements.txt -r requirements-test.txt

@@ -137,6 +137,9 @@ class SecretField(serializers.Field):
         return None
 
 
+MAX_SECRET_BYTES = 1024 * 1024
+
+
 class CredentialInputSerializer(serializers.Serializer):
     name = StrictCharField(max_length=200)
     kind = StrictChoiceField(choices=CredentialKind.choices)
@@ -154,6 +157,8 @@ class CredentialInputSerializer(serializers.Serializer):
         if upload is not None and "data" in attrs:
             raise serializers.ValidationError("give the secret as `file` or as `data`, not both")
         if upload is not None:
+            if upload.size > MAX_SECRET_BYTES:
+                raise serializers.ValidationError({"file": ["A credential file is at most 1 MiB."]})
             attrs["data"] = upload.read()
         if self.instance is None and not attrs.get("data"):
             raise serializers.ValidationError("the secret is required: upload it as `file` or send it as `data`")

@@ -9,9 +9,14 @@ the seeded apps are disabled or point at a closed local port, FCM and Kazoo are 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -20,12 +25,25 @@ from tests.api.conftest import Seed
 
 pytestmark = pytest.mark.slow
 
-MAX_EXAMPLES = 25
+# Per operation; PUSHER_SCHEMATHESIS_EXAMPLES=500 for a deeper run by hand.
+MAX_EXAMPLES = int(os.environ.get("PUSHER_SCHEMATHESIS_EXAMPLES", "25"))
 
 
 @pytest.fixture(autouse=True)
 def _short_deadlines(settings) -> None:
     settings.PUSHER_PUSH_DEADLINE_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_connection() -> Iterator[None]:
+    """The real WSGI handler closes "old" connections at each request's start and end, and inside the
+    test's transaction PostgreSQL's connection counts as old. Django's test client detaches the
+    same handler for the same reason."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 @pytest.fixture

@@ -158,3 +158,12 @@ def test_web_metrics_refresh_the_credential_expiry_gauge_from_the_database(activ
 def test_healthz(db, client):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok", "database": "ok"}
+
+
+def test_a_lone_surrogate_in_a_label_cannot_break_metrics(db, client):
+    from pusher_site import metrics
+
+    metrics.PUSHES.labels(provider="apple", app="bad\ud800app", status="failed", reason="app_unusable").inc()
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert 'app="bad?app"' in response.content.decode()

@@ -1,0 +1,161 @@
+"""RabbitMQ for the soak: a private vhost, the queue declared the way the consumer declares it,
+a publisher that publishes as Kamailio does (with confirms, so "sent" is exact), and the one
+fault it injects: closing the connections of one consumer process, found by its connection name.
+
+Why a private vhost: the consumer binds to Kazoo's shared `registrar` and `pushes` exchanges, so
+on the default vhost the soak's 5,000 messages would also land in every other pusher queue on the
+machine (other people's test consumers), and theirs in ours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions
+
+from soak.env import executable
+
+# As pusher_site.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
+EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
+BINDINGS = (("registrar", "registration.success.*.*"), ("pushes", "notification.push.#"))
+RABBITMQCTL_TIMEOUT_S = 60
+
+
+def rabbitmqctl(*args: str) -> str:
+    result = subprocess.run([executable("rabbitmqctl"), "-q", *args],  # noqa: S603 - fixed argv, no shell
+                            capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()[:500]}")
+    return result.stdout
+
+
+def vhost_url(base_url: str, vhost: str) -> str:
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
+def vhost_create(vhost: str, user: str = "guest") -> None:
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+
+def vhost_delete(vhost: str) -> None:
+    """Deletes the vhost and with it every queue and exchange the soak made there."""
+    rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def channel_open(url: str) -> Iterator[Any]:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        yield conn.channel()
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def queue_declare(url: str, queue: str) -> None:
+    """Declare and bind the queue before anything is published, exactly as the consumer will
+    (non-durable, not auto-delete), so messages published while no consumer runs wait in it."""
+    with channel_open(url) as channel:
+        for name, kind in EXCHANGES:
+            channel.exchange_declare(name, exchange_type=kind, durable=False, auto_delete=False)
+        channel.queue_declare(queue, durable=False, auto_delete=False)
+        for exchange, key in BINDINGS:
+            channel.queue_bind(queue, exchange, routing_key=key)
+        channel.queue_bind(queue, "targeted", routing_key=queue)
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Messages ready in the queue (0 when it does not exist)."""
+    try:
+        with channel_open(url) as channel:
+            return channel.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+
+
+def queues_delete(url: str, queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:
+    with channel_open(url) as channel:
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel.exchange_delete(exchange)
+
+
+# --- the consumer's connections -------------------------------------------------------------------
+
+
+def connections_of(pid: int, vhost: str) -> list[str]:
+    """RabbitMQ connection pids (`<rabbit@host.N.N.N>`) of the consumer process `pid` in `vhost`:
+    the worker names its connection `pusher <host>:<pid>` (client property connection_name)."""
+    wanted = re.compile(r'\{"connection_name","pusher [^"]*:' + str(pid) + r'"\}')
+    found = []
+    for line in rabbitmqctl("list_connections", "pid", "vhost", "client_properties").splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[1] == vhost and wanted.search(fields[2]):
+            found.append(fields[0])
+    return found
+
+
+def connections_close(pid: int, vhost: str, reason: str = "soak") -> int:
+    """Force-close only this consumer's connections (never close_all_connections: the broker is shared)."""
+    closed = 0
+    for connection in connections_of(pid, vhost):
+        rabbitmqctl("close_connection", connection, reason)
+        closed += 1
+    return closed
+
+
+# --- publishing -------------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Publishes as Kamailio's kazoo module does (content type only, transient), with publisher
+    confirms, optionally at a fixed rate; `on_progress(n)` is called after each message."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.published = 0
+
+    def run(self, messages: Sequence[tuple[str, str, dict[str, Any]]], *, rate: float = 0.0,
+            on_progress: Callable[[int], None] | None = None) -> float:
+        properties = pika.BasicProperties(content_type="application/json")
+        started = time.monotonic()
+        with channel_open(self.url) as channel:
+            channel.confirm_delivery()
+            for index, (exchange, routing_key, body) in enumerate(messages):
+                if rate > 0:
+                    pause = started + index / rate - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                channel.basic_publish(exchange, routing_key, json.dumps(body).encode(), properties, mandatory=True)
+                self.published += 1
+                if on_progress is not None:
+                    on_progress(self.published)
+        return time.monotonic() - started
+
+    def run_in_thread(self, messages: Sequence[tuple[str, str, dict[str, Any]]], *, rate: float) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(messages,), kwargs={"rate": rate}, name="publisher",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def wait_published(self, count: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.published < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
