@@ -73,16 +73,12 @@ def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
     now = timezone.now()
     digest = _digest(build, fields)
     interval = timedelta(seconds=settings.PUSHER_LAST_SEEN_INTERVAL_S)
-    device = selectors.device_get(account_id=build.account_id, device_id=build.device_id)
-    if (
-        device is not None
-        and device.registration_digest == digest
-        and device.last_seen_at is not None
-        and now - device.last_seen_at < interval
-    ):
+    stored = selectors.device_digest_get(account_id=build.account_id, device_id=build.device_id)
+    if stored is not None and stored[0] == digest and stored[1] is not None and now - stored[1] < interval:
         metrics.REGISTRATIONS.labels(outcome="unchanged").inc()
-        return RegistrationResult(outcome="unchanged", reason="same push object and tokens", build=build, device=device)
+        return RegistrationResult(outcome="unchanged", reason="same push object and tokens", build=build)
 
+    device = selectors.device_get(account_id=build.account_id, device_id=build.device_id) if stored else None
     result = _registration_write(build=build, fields=fields, digest=digest, now=now, device=device)
     metrics.REGISTRATIONS.labels(outcome=result.outcome).inc()
     return result
