@@ -65,8 +65,16 @@ class Context:
 
     def settle_and_count(self, sent: list[Sent], started: float) -> Figures:
         settled(sent, queue_empty=self.queue_empty, timeout=SETTLE_TIMEOUT_S)
-        return count(self.name, sent, self.fakes, dead_lettered=self.dead_lettered(),
-                     seconds=time.monotonic() - started)
+        figures = count(self.name, sent, self.fakes, dead_lettered=self.dead_lettered(),
+                        seconds=time.monotonic() - started)
+        # What the consumers' logs say about the usual suspects, to tell the causes of a failure apart.
+        timeouts = sum(c.log_count("timed out after") for c in self.consumers)
+        duplicates = sum(c.log_count("status=duplicate") for c in self.consumers)
+        if timeouts:
+            figures.notes.append(f"{timeouts} registration(s) ignored: the User-Agent rule timed out (logged)")
+        if duplicates:
+            figures.notes.append(f"{duplicates} push_req acked as 'duplicate' (Msg-ID already claimed)")
+        return figures
 
     def cleanup(self) -> None:
         for consumer in self.consumers:
