@@ -36,6 +36,7 @@ from push.providers import apns, fcm
 from pusher_site import metrics
 from pusher_site.errors import BadMessage, CredentialError, PusherError
 from pusher_site.events import event_publish
+from pusher_site.messages import fields_check
 
 if TYPE_CHECKING:
     from registry.models import Device as RegistryDevice
@@ -94,6 +95,9 @@ APP_CACHE_TTL_S = 5.0
 # sender that has not refreshed it is taken to be orphaned (its process died).
 ATTEMPT_TIMEOUT_S = 5.0
 CLAIM_LEASE_S = ATTEMPT_TIMEOUT_S + 2.0
+# An attempt that could not finish before the deadline is not started: it would arrive late.
+ATTEMPT_MIN_S = 0.25
+PUSH_WINDOW_MAX_S = 300
 
 _app_cache: dict[tuple[str, str], tuple[float, PushApp | None]] = {}
 _app_cache_lock = threading.Lock()
@@ -174,7 +178,8 @@ def _provider_send(
     credential = app.credential
     assert credential is not None
     now_ms = int(time.time() * 1000)
-    timeout = max(0.05, min(ATTEMPT_TIMEOUT_S, deadline - time.time()))
+    # Leave a little room so that a request written at the very end still arrives in time.
+    timeout = max(0.01, min(ATTEMPT_TIMEOUT_S, deadline - time.time() - 0.05))
     if app.provider == Provider.APPLE:
         topic = app.effective_topic
         if push_type and push_type != "voip":
@@ -184,7 +189,7 @@ def _provider_send(
         expires = int_or_none(fields.get("Expires"))
         expiration: int | None
         if expires is not None:
-            expiration = int(time.time()) + expires if expires > 0 else 0
+            expiration = int(time.time()) + min(expires, PUSH_WINDOW_MAX_S) if expires > 0 else 0
         elif app.expiration is not None:
             expiration = int(time.time()) + app.expiration if app.expiration > 0 else 0
         else:
@@ -207,7 +212,7 @@ def _provider_send(
             description=result.description, message_id=result.apns_id or "", timestamp_ms=result.timestamp_ms,
         )
     expires = int_or_none(fields.get("Expires"))
-    ttl = expires if expires is not None and expires >= 0 else app.ttl_s
+    ttl = min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires >= 0 else app.ttl_s
     fcm_result = _fcm().send(
         fcm.FcmRequest(
             token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
@@ -267,16 +272,31 @@ def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: 
         return Delivery.objects.create(msg_id=msg_id, **values), True  # autocommit: one INSERT
     except IntegrityError:
         existing = Delivery.objects.get(msg_id=msg_id)
-    lease_end = timezone.now() - timedelta(seconds=CLAIM_LEASE_S)
-    if existing.status == DeliveryStatus.QUEUED and existing.claimed_at and existing.claimed_at < lease_end:
-        # Its sender died mid-send (SIGKILL, crash): take the push over, atomically.
-        taken = Delivery.objects.filter(
-            pk=existing.pk, status=DeliveryStatus.QUEUED, claimed_at=existing.claimed_at
-        ).update(claimed_at=timezone.now())
-        if taken:
+    return _claim_takeover(existing)
+
+
+def _claim_takeover(existing: Delivery) -> tuple[Delivery, bool]:
+    """A redelivered push_req whose row exists. Done (sent, failed...): a duplicate. Still queued:
+    its sender is either alive (then it refreshes the lease before every attempt) or dead (SIGKILL,
+    lost broker connection): wait for the lease to run out, then take the push over atomically,
+    so it is neither sent twice nor lost. A taken-over push past its deadline ends `expired`."""
+    waited_until = time.monotonic() + CLAIM_LEASE_S + PUSH_WINDOW_MAX_S
+    while True:
+        if existing.status != DeliveryStatus.QUEUED:
+            return existing, False
+        lease_end = timezone.now() - timedelta(seconds=CLAIM_LEASE_S)
+        if existing.claimed_at is None or existing.claimed_at < lease_end:
+            taken = Delivery.objects.filter(
+                pk=existing.pk, status=DeliveryStatus.QUEUED, claimed_at=existing.claimed_at
+            ).update(claimed_at=timezone.now())
             existing.refresh_from_db()
-            return existing, True
-    return existing, False
+            if taken:
+                return existing, True
+            continue
+        if time.monotonic() > waited_until:  # a clock gone wrong: never wait forever
+            return existing, False
+        time.sleep(0.25)
+        existing.refresh_from_db()
 
 
 def push_request_handle(
@@ -292,11 +312,17 @@ def push_request_handle(
     token = _required_str(fields, "Token-ID")
     token_type = _required_str(fields, "Token-Type").lower()
     app_id = _required_str(fields, "Token-App")
+    fields_check(fields)
     expires = int_or_none(fields.get("Expires"))
-    window = expires if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
+    # A call push is useless after the ring window; an absurd Expires is capped, not trusted.
+    window = (
+        min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
+    )
     deadline = started + window
 
     delivery, claimed = _claim(fields=fields, source=source, started=started, deadline=deadline)
+    if claimed and delivery.deadline_at is not None:
+        deadline = delivery.deadline_at.timestamp()  # a taken-over push keeps its first deadline
     if not claimed:
         delivery.status = DeliveryStatus.DUPLICATE
         delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
@@ -330,7 +356,7 @@ def push_request_handle(
     attempts = 0
     result: SendResult | None = None
     while True:
-        if time.time() >= deadline:
+        if time.time() + ATTEMPT_MIN_S >= deadline:
             last = f" (last answer: {result.reason})" if result else ""
             return _finish(delivery, DeliveryStatus.EXPIRED, reason="deadline",
                            error=f"not delivered within its {window:g}s window after {attempts} attempts{last}",
@@ -384,10 +410,11 @@ def _finish(
         delivery.http_status = result.status
         delivery.provider_message_id = result.message_id[:255]
         delivery.latency_ms = (time.time() - started) * 1000
-    delivery.save(update_fields=[
+    fields_changed = [
         "status", "reason", "error", "attempts", "finished_at", "http_status", "provider_message_id", "latency_ms",
         "push_app", "push_type",
-    ])
+    ]
+    _db_retry(lambda: delivery.save(update_fields=fields_changed), what=f"recording delivery #{delivery.pk}")
     labels = {"provider": delivery.provider or "unknown", "app": delivery.app_id[:100] or "unknown"}
     metrics.PUSHES.labels(**labels, status=status, reason=delivery.reason or "ok").inc()
     if delivery.latency_ms is not None:
@@ -407,6 +434,25 @@ def _finish(
         delivery=delivery.pk,
     )
     return delivery
+
+
+def _db_retry(write: Any, *, what: str, limit_s: float = 120.0) -> Any:
+    """Run a database write whose outcome already happened elsewhere (a push was sent): if the
+    database is down, wait for it rather than let the message be redelivered and resent."""
+    from django.db import InterfaceError, OperationalError, close_old_connections
+
+    give_up = time.monotonic() + limit_s
+    pause = 0.25
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() > give_up:
+                raise
+            log.warning("database unavailable while %s (%s); retrying in %.1fs", what, str(exc).strip()[:200], pause)
+            close_old_connections()
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _app_bad_device_token(app: PushApp) -> None:

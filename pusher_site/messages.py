@@ -77,12 +77,33 @@ def message_decode(message: RawMessage) -> dict[str, Any]:
         raise BadMessage(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(fields, dict):
         raise BadMessage(f"body is JSON {type(fields).__name__}, not an object")
+    fields_check(fields)
+    return fields
+
+
+def fields_check(fields: dict[str, Any]) -> None:
+    """Text no peer accepts: lone surrogates (`\\ud800` in JSON: not UTF-8 for APNs, FCM or
+    PostgreSQL) and NUL characters (PostgreSQL text refuses them). Refused as a bad message rather
+    than failing half-way through the work."""
     try:
-        # JSON may carry lone surrogates (\\ud800) that no UTF-8 peer (APNs, FCM, PostgreSQL) accepts.
-        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(fields, ensure_ascii=False)
+        text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise BadMessage("body holds a string that is not valid Unicode (a lone surrogate)") from exc
-    return fields
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise BadMessage(f"body cannot be handled: {str(exc)[:120]}") from exc
+    if "\\u0000" in text and _has_nul(fields):  # the cheap test first; the walk tells escapes apart
+        raise BadMessage("body holds a NUL character")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _event_of(fields: dict[str, Any]) -> tuple[str, str]:

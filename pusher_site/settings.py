@@ -140,7 +140,7 @@ PUSHER_WORKERS = env.int("PUSHER_WORKERS", default=32)
 PUSHER_MAX_MESSAGE_BYTES = env.int("PUSHER_MAX_MESSAGE_BYTES", default=256 * 1024)
 # An unchanged re-REGISTER costs no write, except this refresh of last-seen times.
 PUSHER_LAST_SEEN_INTERVAL_S = env.int("PUSHER_LAST_SEEN_INTERVAL_S", default=3600)
-PUSHER_REGEX_TIMEOUT_S = env.float("PUSHER_REGEX_TIMEOUT_S", default=0.05)
+PUSHER_REGEX_TIMEOUT_S = env.float("PUSHER_REGEX_TIMEOUT_S", default=0.1)
 
 # --- Push path ----------------------------------------------------------------------
 PUSHER_PUSH_DEADLINE_S = env.float("PUSHER_PUSH_DEADLINE_S", default=20.0)
@@ -185,6 +185,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Provisioning API of pusher, the VoIP push service for Kazoo.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Nothing but login, health and metrics answers anonymous callers; the schema needs a login too.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # --- Security (production) ------------------------------------------------------------

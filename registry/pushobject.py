@@ -101,7 +101,7 @@ def compile_rule_regex(pattern: str) -> regex.Pattern[str]:
         raise RuleError(f"invalid User-Agent regex {pattern!r}: {exc}") from exc
 
 
-def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float = 0.05) -> Rule | None:
+def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float = 0.1) -> Rule | None:
     """First rule whose regex is found anywhere in ``user_agent`` (unanchored search, like Kazoo).
 
     The UA is attacker-controlled and rules are operator-written, so each search is time-boxed:
@@ -117,21 +117,29 @@ def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float 
         except RuleError as exc:
             logger.error("skipping User-Agent rule %r: %s", rule.name, exc)
             continue
-        try:
-            found = compiled.search(user_agent, timeout=timeout)
-        except TimeoutError:
-            logger.warning(
-                "User-Agent rule %r timed out after %.3fs (catastrophic backtracking?); treated as no match",
-                rule.name,
-                timeout,
-            )
-            continue
+        found = None
+        for attempt in (1, 2):
+            # The timeout is wall-clock: on a loaded machine a plain rule can be descheduled past it.
+            # A second try tells that apart from a rule that really backtracks (it times out again).
+            try:
+                found = compiled.search(user_agent, timeout=timeout)
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    logger.warning(
+                        "User-Agent rule %r timed out twice after %.3fs (catastrophic backtracking?); "
+                        "treated as no match",
+                        rule.name,
+                        timeout,
+                    )
         if found is not None:
             return rule
     return None
 
 
-def push_object_build(*, rules: Sequence[Rule], fields: Mapping[str, Any]) -> PushBuild:
+def push_object_build(
+    *, rules: Sequence[Rule], fields: Mapping[str, Any], regex_timeout: float = 0.1
+) -> PushBuild:
     """Build the device ``push`` object Kazoo's ``kz_endpoint`` reads, from a reg_success body.
 
     ``ContactParseError`` from the Contact propagates: the consumer dead-letters the message.
@@ -142,7 +150,7 @@ def push_object_build(*, rules: Sequence[Rule], fields: Mapping[str, Any]) -> Pu
     account_id = _id_field(fields, "Account-ID")
     device_id = _id_field(fields, "Authorizing-ID")
     user_agent = fields.get("User-Agent")
-    rule = rule_match(rules, user_agent if isinstance(user_agent, str) else None)
+    rule = rule_match(rules, user_agent if isinstance(user_agent, str) else None, timeout=regex_timeout)
 
     def result(
         reason: str, push: dict[str, str] | None = None, tokens: tuple[TokenInfo, ...] = ()

@@ -1,8 +1,7 @@
 """Reads of the registry, with the related rows the callers need already joined."""
 
 import time
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
@@ -48,7 +47,7 @@ def device_digest_get(*, account_id: str, device_id: str) -> tuple[str, Any] | N
     if isinstance(last_seen, str):  # SQLite hands back text for raw queries
         last_seen = datetime.fromisoformat(last_seen)
     if last_seen is not None and timezone.is_naive(last_seen):
-        last_seen = timezone.make_aware(last_seen, dt_timezone.utc)
+        last_seen = timezone.make_aware(last_seen, UTC)
     return digest, last_seen
 
 

@@ -41,9 +41,23 @@ def registration_match(*, fields: Mapping[str, Any]) -> PushBuild:
     """Match a reg_success (or a pasted User-Agent + Contact) against the enabled rules. Pure apart
     from reading the rules; raises ContactParseError on a Contact that doesn't parse."""
     try:
-        return push_object_build(rules=selectors.user_agent_rules_enabled(), fields=fields)
+        return push_object_build(
+            rules=selectors.user_agent_rules_enabled(), fields=fields, regex_timeout=settings.PUSHER_REGEX_TIMEOUT_S
+        )
     except ContactParseError as exc:
         raise ContactParseError(f"Contact does not parse: {exc.message}") from exc
+
+
+def _sizes_check(build: PushBuild) -> None:
+    """Values that cannot be stored are a bad message, refused before any write."""
+    if len(build.account_id or "") > 64 or len(build.device_id or "") > 64:
+        raise BadMessage("Account-ID or Authorizing-ID is longer than 64 characters")
+    proxy = (build.push or {}).get("Token-Proxy", "")
+    if len(proxy) > 500:
+        raise BadMessage("Token-Proxy (Proxy-Path) is longer than 500 characters")
+    for info in build.tokens:
+        if len(info.token) > 1024 or len(info.type) > 32 or len(info.app) > 255:
+            raise BadMessage("a push token, its type or its app id is longer than can be stored (1024/32/255)")
 
 
 def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
@@ -69,6 +83,7 @@ def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
     if build.push is None or not build.account_id or not build.device_id:
         metrics.REGISTRATIONS.labels(outcome="ignored").inc()
         return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
+    _sizes_check(build)
 
     now = timezone.now()
     digest = _digest(build, fields)

@@ -129,6 +129,9 @@ def test_every_routed_operation_is_in_the_matrix() -> None:
 
 
 @pytest.mark.django_db
-def test_schema_and_docs_are_public(client) -> None:
+def test_schema_and_docs_need_a_login(client, django_user_model) -> None:
+    assert client.get("/api/schema/").status_code in (401, 403)
+    assert client.get("/api/docs/").status_code in (401, 403)
+    client.force_login(django_user_model.objects.create_user("reader", password="x-pass-123456"))
     assert client.get("/api/schema/").status_code == 200
     assert client.get("/api/docs/").status_code == 200

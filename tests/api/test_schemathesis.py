@@ -9,6 +9,7 @@ the seeded apps are disabled or point at a closed local port, FCM and Kazoo are 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -17,6 +18,8 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -51,10 +54,15 @@ def admin_token(users) -> str:
     return Token.objects.get_or_create(user=users["admin"])[0].key
 
 
-# Loaded at import (pytest-django has set Django up by then; serving the schema reads no table).
+# Built at import (pytest-django has set Django up by then; generating the schema reads no table),
+# from the same generator that serves /api/schema/ (which needs a login, so it is not fetched).
 # schemathesis.pytest.from_fixture would load it per test, but relies on a pytest internal
 # (Node._nodeid) that pytest 9.2 no longer has.
-schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+schema = schemathesis.openapi.from_dict(
+    json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None, public=True)))
+)
+schema.app = get_wsgi_application()
+schema.location = "/api/schema/"
 
 
 @schema.parametrize()
