@@ -244,9 +244,9 @@ def _str(fields: Mapping[str, Any], name: str, limit: int = 255) -> str:
     return str(value)[:limit] if isinstance(value, str | int) and not isinstance(value, bool) else ""
 
 
-def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: float) -> tuple[Delivery, bool]:
+def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: float) -> tuple[Delivery, str]:
     """Create the delivery row, or find the one a redelivered push_req (same Msg-ID) made.
-    Returns (delivery, claimed): claimed is False when another sender has it."""
+    Returns (delivery, "new" | "duplicate" | "orphaned")."""
     token_type = _str(fields, "Token-Type", 32).lower()
     values = {
         "created_at": datetime.fromtimestamp(started, tz=UTC),
@@ -264,26 +264,28 @@ def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: 
     }
     msg_id = _str(fields, "Msg-ID")
     if not msg_id:
-        return Delivery.objects.create(**values), True
+        return Delivery.objects.create(**values), "new"
     try:
         if connection.in_atomic_block:
             with transaction.atomic():  # a savepoint, so a duplicate doesn't break the caller's transaction
-                return Delivery.objects.create(msg_id=msg_id, **values), True
-        return Delivery.objects.create(msg_id=msg_id, **values), True  # autocommit: one INSERT
+                return Delivery.objects.create(msg_id=msg_id, **values), "new"
+        return Delivery.objects.create(msg_id=msg_id, **values), "new"  # autocommit: one INSERT
     except IntegrityError:
         existing = Delivery.objects.get(msg_id=msg_id)
     return _claim_takeover(existing)
 
 
-def _claim_takeover(existing: Delivery) -> tuple[Delivery, bool]:
+def _claim_takeover(existing: Delivery) -> tuple[Delivery, str]:
     """A redelivered push_req whose row exists. Done (sent, failed...): a duplicate. Still queued:
-    its sender is either alive (then it refreshes the lease before every attempt) or dead (SIGKILL,
-    lost broker connection): wait for the lease to run out, then take the push over atomically,
-    so it is neither sent twice nor lost. A taken-over push past its deadline ends `expired`."""
+    its sender is either alive (it refreshes the lease before every attempt, so wait: it will
+    finish) or dead (SIGKILL, crash): once the lease has run out, take the row over atomically and
+    close it as `failed`/`sender_died`, without sending. The dead sender claimed the push just
+    before sending it, so it was most likely delivered already; resending would ring the phone
+    twice."""
     waited_until = time.monotonic() + CLAIM_LEASE_S + PUSH_WINDOW_MAX_S
     while True:
         if existing.status != DeliveryStatus.QUEUED:
-            return existing, False
+            return existing, "duplicate"
         lease_end = timezone.now() - timedelta(seconds=CLAIM_LEASE_S)
         if existing.claimed_at is None or existing.claimed_at < lease_end:
             taken = Delivery.objects.filter(
@@ -291,10 +293,10 @@ def _claim_takeover(existing: Delivery) -> tuple[Delivery, bool]:
             ).update(claimed_at=timezone.now())
             existing.refresh_from_db()
             if taken:
-                return existing, True
-            continue
+                return existing, "orphaned"
+            continue  # someone else took it over first: look again
         if time.monotonic() > waited_until:  # a clock gone wrong: never wait forever
-            return existing, False
+            return existing, "duplicate"
         time.sleep(0.25)
         existing.refresh_from_db()
 
@@ -320,10 +322,14 @@ def push_request_handle(
     )
     deadline = started + window
 
-    delivery, claimed = _claim(fields=fields, source=source, started=started, deadline=deadline)
-    if claimed and delivery.deadline_at is not None:
-        deadline = delivery.deadline_at.timestamp()  # a taken-over push keeps its first deadline
-    if not claimed:
+    delivery, claim = _claim(fields=fields, source=source, started=started, deadline=deadline)
+    if claim == "orphaned":
+        # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
+        return _finish(delivery, DeliveryStatus.FAILED, reason="sender_died",
+                       error="the consumer sending this push died before recording the answer; not resent, "
+                             "since it was most likely delivered already",
+                       started=delivery.created_at.timestamp())
+    if claim == "duplicate":
         delivery.status = DeliveryStatus.DUPLICATE
         delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
         return delivery
