@@ -7,6 +7,7 @@ clients are sloppy) and any failure is one ``ContactParseError`` the consumer ca
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -142,14 +143,16 @@ def amqp_encode(s: str) -> str:
     return "".join(out)
 
 
+# Cc: C0/C1 controls and DEL (a bare CR/LF left after unfolding is header injection), tab excepted;
+# Cs: lone surrogates, which JSON can carry but nothing downstream can store or encode.
+# (One regex scan: the per-character loop was a fifth of a reg_success's handling time.)
+_FORBIDDEN_CHAR = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _reject_control_chars(text: str) -> None:
-    for offset, char in enumerate(text):
-        if char == "\t":
-            continue
-        # Cc: C0/C1 controls and DEL (a bare CR/LF left after unfolding is header injection);
-        # Cs: lone surrogates, which JSON can carry but nothing downstream can store or encode.
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise ContactParseError(f"non-printable character U+{ord(char):04X} at offset {offset}")
+    found = _FORBIDDEN_CHAR.search(text)
+    if found is not None:
+        raise ContactParseError(f"non-printable character U+{ord(found.group()):04X} at offset {found.start()}")
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -158,35 +161,34 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+_ESCAPED = re.compile(r"\\(.)", re.S)
+
+
 def _read_quoted(text: str, pos: int) -> tuple[str, int]:
     """Read a quoted-string starting at ``text[pos] == '"'``; return (unescaped, index after)."""
-    out: list[str] = []
-    i = pos + 1
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if char == '"':
-            return "".join(out), i + 1
-        out.append(char)
-        i += 1
-    raise ContactParseError(f"unbalanced quote starting at offset {pos}")
+    found = _QUOTED.match(text, pos)
+    if found is None:
+        raise ContactParseError(f"unbalanced quote starting at offset {pos}")
+    return _ESCAPED.sub(r"\1", found.group(1)), found.end()
+
+
+@functools.lru_cache(maxsize=32)
+def _stops_pattern(stops: str) -> re.Pattern[str]:
+    return re.compile('["' + re.escape(stops) + "]")
 
 
 def _scan_until(text: str, pos: int, stops: str) -> int:
     """Index of the first char in ``stops`` outside quoted strings (``len(text)`` if none)."""
+    pattern = _stops_pattern(stops)
     i = pos
-    while i < len(text):
-        char = text[i]
-        if char == '"':
-            _, i = _read_quoted(text, i)
-            continue
-        if char in stops:
-            return i
-        i += 1
-    return i
+    while True:
+        found = pattern.search(text, i)
+        if found is None:
+            return len(text)
+        if found.group() != '"':
+            return found.start()
+        _, i = _read_quoted(text, found.start())
 
 
 def _parse_element(text: str, pos: int) -> tuple[Contact, int]:
