@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pusher_site import metrics
@@ -105,12 +105,6 @@ def _registration_write(
 ) -> RegistrationResult:
     """Write a registration with as few statements as the change needs. Messages of one device
     are handled in order by one consumer lane; across processes the last writer wins, as in Kazoo."""
-    if connection.vendor == "postgresql":
-        # A registration is repeated by the phone every few minutes and its write is idempotent:
-        # not waiting for the WAL flush (about 1.5 ms a commit here) risks, on a database crash,
-        # only the last few registrations, which the next REGISTER brings back.
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
     token_ids = [t.token for t in build.tokens]
     if device is not None and device.registration_digest == digest:
         Device.objects.filter(pk=device.pk).update(last_seen_at=now)
