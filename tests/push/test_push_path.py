@@ -236,3 +236,46 @@ def test_missing_token_id_is_dead_lettered(apple_app):
         consumer.wait_handled(1)
         method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
     assert method is not None and "Token-ID" in properties.headers["x-pusher-reason"]
+
+
+def _queued_claim(msg_id, claimed_ago_s):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    return Delivery.objects.create(
+        msg_id=msg_id, source="amqp", status=DeliveryStatus.QUEUED, token=TOKEN, app_id="com.acme.phone.voip.prod",
+        created_at=now - timedelta(seconds=claimed_ago_s), claimed_at=now - timedelta(seconds=claimed_ago_s),
+        deadline_at=now + timedelta(seconds=20),
+    )
+
+
+def test_push_of_a_dead_sender_is_closed_not_resent(apple_app, apns_trusting_fake):
+    """A redelivered push_req whose sender died mid-send (its lease ran out): recorded, not sent twice."""
+    orphan = _queued_claim("orphan-1", claimed_ago_s=60)
+    delivery = services.push_request_handle(fields=push_req(**{"Msg-ID": "orphan-1"}), source="amqp")
+    assert delivery.pk == orphan.pk
+    assert delivery.status == DeliveryStatus.FAILED and delivery.reason == "sender_died"
+    assert apns_trusting_fake.requests == []
+    assert Delivery.objects.get(pk=orphan.pk).status == DeliveryStatus.FAILED
+
+
+def test_redelivery_waits_for_a_live_sender_then_acks_a_duplicate(apple_app, apns_trusting_fake):
+    """A redelivered push_req whose sender is alive (fresh lease) is neither sent again nor closed
+    early: it waits for the sender's outcome."""
+    import threading
+
+    from django.db import connection
+
+    live = _queued_claim("live-1", claimed_ago_s=0)
+
+    def sender_finishes() -> None:
+        Delivery.objects.filter(pk=live.pk).update(status=DeliveryStatus.SENT)
+        connection.close()  # this thread's own connection; the test database is dropped later
+
+    threading.Timer(0.5, sender_finishes).start()
+    delivery = services.push_request_handle(fields=push_req(**{"Msg-ID": "live-1"}), source="amqp")
+    assert delivery.status == DeliveryStatus.DUPLICATE and str(live.pk) in delivery.reason
+    assert apns_trusting_fake.requests == []
+    assert Delivery.objects.get(pk=live.pk).status == DeliveryStatus.SENT
