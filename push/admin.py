@@ -101,7 +101,7 @@ class CredentialAdmin(admin.ModelAdmin):
             for warning in saved.warnings:
                 self.message_user(request, warning, messages.WARNING)
         else:
-            Credential.objects.filter(pk=obj.pk).update(name=obj.name)
+            services.credential_update(credential=obj, name=obj.name)
 
 
 @admin.register(PushApp)

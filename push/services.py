@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -143,21 +144,29 @@ def _cache_key(credential: Credential) -> str:
 
 
 def _apns_credential(credential: Credential) -> apns.ApnsCredential:
-    key = _cache_key(credential)
-    if credential.kind == CredentialKind.APNS_TOKEN:
-        return apns.ApnsCredential(
-            kind="token", key_pem=credential.secret, key_id=credential.key_id, team_id=credential.team_id,
-            cache_key=key,
-        )
-    cert_pem, key_pem = pem_cert_and_key(credential.secret)
-    return apns.ApnsCredential(kind="certificate", cert_pem=cert_pem, key_pem=key_pem, cache_key=key)
+    return _apns_credential_built(
+        _cache_key(credential), credential.kind, credential.secret, credential.key_id, credential.team_id
+    )
 
 
 def _fcm_credential(credential: Credential, app: PushApp) -> fcm.FcmCredential:
-    info = json.loads(credential.secret)
-    return fcm.FcmCredential(
-        service_account_info=info, project_id=app.project_id or credential.project_id, cache_key=_cache_key(credential)
-    )
+    return _fcm_credential_built(_cache_key(credential), credential.secret, app.project_id or credential.project_id)
+
+
+# The provider credentials are built once per stored version (the cache key changes when the
+# credential is saved), not on every push: splitting the PEM or parsing the service-account JSON
+# each time was work on the push path's hot loop.
+@functools.lru_cache(maxsize=64)
+def _apns_credential_built(cache_key: str, kind: str, secret: str, key_id: str, team_id: str) -> apns.ApnsCredential:
+    if kind == CredentialKind.APNS_TOKEN:
+        return apns.ApnsCredential(kind="token", key_pem=secret, key_id=key_id, team_id=team_id, cache_key=cache_key)
+    cert_pem, key_pem = pem_cert_and_key(secret)
+    return apns.ApnsCredential(kind="certificate", cert_pem=cert_pem, key_pem=key_pem, cache_key=cache_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _fcm_credential_built(cache_key: str, secret: str, project_id: str) -> fcm.FcmCredential:
+    return fcm.FcmCredential(service_account_info=json.loads(secret), project_id=project_id, cache_key=cache_key)
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from push import services as push_services
 from push.models import CredentialKind, Provider, PushApp
-from pusher_site.errors import ContactParseError, CredentialError, PusherError, RuleError
+from pusher_site.errors import CredentialError, PusherError, RuleError
 from registry import selectors
-from registry.models import UserAgentRule
-from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo, compile_rule_regex
+from registry.models import UserAgentRule, validate_rule_properties, validate_rule_regex
+from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo
 from registry.services import registration_match
 
 log = logging.getLogger(__name__)
@@ -193,18 +194,16 @@ def _rule_plan(section: str, name: str, entry: Any, *, position: int) -> _RulePl
         regex = DEFAULT_RULE_REGEX
     if not isinstance(regex, str) or len(regex) > 1000:
         raise RuleError(f"{where}: regex must be a string of at most 1000 characters")
-    try:
-        compile_rule_regex(regex)
-    except RuleError as exc:
-        raise RuleError(f"{where}: {exc.message}") from None
     properties = entry.get("properties")
     if properties is None:
         properties = {}
-    if not isinstance(properties, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in properties.items()
-    ):
-        raise RuleError(f"{where}: properties must be an object of output key -> source name (strings)")
-    return _RulePlan(name=name, regex=regex, properties=dict(properties), position=position)
+    properties = dict(properties) if isinstance(properties, Mapping) else properties
+    try:  # the model's own validators: the same checks as a rule saved in the admin or the API
+        validate_rule_regex(regex)
+        validate_rule_properties(properties)
+    except ValidationError as exc:
+        raise RuleError(f"{where}: {' '.join(exc.messages)}") from None
+    return _RulePlan(name=name, regex=regex, properties=properties, position=position)
 
 
 def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
@@ -548,8 +547,5 @@ def user_agent_test(*, user_agent: str, contact: str, fields: Mapping[str, Any] 
     reg["User-Agent"] = user_agent
     reg["Contact"] = contact
     selectors.rules_cache_clear()
-    try:
-        build = registration_match(fields=reg)
-    except ContactParseError as exc:
-        raise ContactParseError(f"the Contact does not parse: {exc.message}") from exc
+    build = registration_match(fields=reg)  # a bad Contact: ContactParseError, already saying so
     return UserAgentTest(rule=build.rule, push=build.push, tokens=build.tokens, reason=build.reason, fields=reg)

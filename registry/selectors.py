@@ -5,10 +5,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from registry.models import Device, PushToken, UserAgentRule
+from registry.models import Device, UserAgentRule
 from registry.pushobject import Rule
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
@@ -60,11 +59,3 @@ _DIGEST_SQL = (
 def device_get(*, account_id: str, device_id: str) -> Device | None:
     # order_by(): no ORDER BY for a unique lookup (on the hot path of every reg_success).
     return next(iter(Device.objects.filter(account_id=account_id, device_id=device_id).order_by()[:1]), None)
-
-
-def device_list() -> QuerySet[Device]:
-    return Device.objects.all()
-
-
-def token_list_active(*, device: Device) -> QuerySet[PushToken]:
-    return device.tokens.filter(active=True).select_related("device")

@@ -24,7 +24,7 @@ from pusher_site.events import event_publish
 from registry import selectors
 from registry.kazoo import CrossbarClient, KazooSyncError
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import PushBuild, TokenInfo, compile_rule_regex, push_object_build, push_object_equal
+from registry.pushobject import PushBuild, TokenInfo, push_object_build, push_object_equal
 
 log = logging.getLogger(__name__)
 
@@ -333,16 +333,10 @@ USER_AGENT_RULE_FIELDS = frozenset({"name", "position", "enabled", "regex", "pro
 
 
 def _rule_check(rule: UserAgentRule) -> None:
-    """A rule is saved only if the consumer can use it: its regex compiles the way the matcher
-    compiles it, its properties map output keys to source names (strings), the row is valid."""
+    """A rule is saved only if the consumer can use it. The model's validators (the matcher's own
+    regex compilation, properties as strings) run in full_clean; their errors become a RuleError."""
     from django.core.exceptions import ValidationError
 
-    compile_rule_regex(rule.regex)
-    properties = rule.properties
-    if not isinstance(properties, dict) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in properties.items()
-    ):
-        raise RuleError("properties must be an object of output key -> source name (strings)")
     try:
         rule.full_clean()
     except ValidationError as exc:

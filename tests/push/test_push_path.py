@@ -7,8 +7,7 @@ import time
 import pytest
 
 from push import services
-from push.models import Delivery, DeliveryStatus, Provider, PushApp
-from push.providers import apns
+from push.models import Delivery, DeliveryStatus, PushApp
 from registry.models import Device, PushToken, UserAgentRule
 from tests.amqp import broker_channel, consumer_running, publish, sample
 from tests.fakes.apns import Answer
@@ -21,34 +20,6 @@ APNS_EXPECTED = sample("apns_request_constructed.json")
 REG = sample("reg_success_kamailio_master.json")
 TOKEN = PUSH["body"]["Token-ID"]
 FCM_TOKEN = "dKx9Qm3ZRlO7pYc2wEo1aB:APA91bHq8v2Xz-4kLmN0pQrStUvWxYz_aBcDeFg.with.dots"
-
-
-@pytest.fixture
-def apns_trusting_fake(fake_apns):
-    apns.configure(ca_file=fake_apns.ca_file)
-    yield fake_apns
-    apns.configure(ca_file=None)
-
-
-@pytest.fixture
-def apple_app(apns_trusting_fake):
-    fake = apns_trusting_fake
-    cert = fake.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
-    parsed = services.credential_parse(kind="apns_certificate", data=cert.pem)
-    credential = services.credential_save(name="acme voip", parsed=parsed)
-    return PushApp.objects.create(
-        app_id="com.acme.phone.voip.prod", provider=Provider.APPLE, credential=credential,
-        host=fake.host, port=fake.port, priority=10, push_type="voip",
-    )
-
-
-@pytest.fixture
-def firebase_app(settings, fake_fcm):
-    settings.PUSHER_FCM_ENDPOINT = fake_fcm.endpoint
-    info = fake_fcm.service_account("acme-phone")
-    parsed = services.credential_parse(kind="fcm_service_account", data=json.dumps(info))
-    credential = services.credential_save(name="acme fcm", parsed=parsed)
-    return PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=credential)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 
 from registry.models import UserAgentRule
 from tests.amqp import broker_channel, consumer_running, publish, sample
-from tests.push.test_push_path import apns_trusting_fake, apple_app  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
@@ -36,7 +35,7 @@ def get_one(channel, queue, timeout=10.0):
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_push_resp_echoes_msg_id_to_server_id_when_the_device_registers(settings, rule, apple_app, enabled):  # noqa: F811
+def test_push_resp_echoes_msg_id_to_server_id_when_the_device_registers(settings, rule, apple_app, enabled):
     settings.PUSHER_LEGACY_PUSH_RESP = enabled
     server_id = f"kamailio@kam1.example.com-<{uuid.uuid4().hex[:6]}>-script-17"
     push = copy.deepcopy(LEGACY["body"])
