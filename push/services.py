@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -181,60 +182,186 @@ class SendResult:
     timestamp_ms: int | None = None
 
 
+@dataclass
+class PushJob:
+    """One validated push_req on its way: what every sender (the synchronous `push_request_handle`
+    and the consumer's concurrent `push.engine`) needs to claim, send and record it."""
+
+    fields: Mapping[str, Any]
+    source: str
+    token: str
+    token_type: str
+    app_id: str
+    msg_id: str
+    push_type: str | None
+    started: float
+    window: float
+    deadline: float
+
+
+def push_job_prepare(
+    *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
+) -> PushJob:
+    """Validate a push_req and fix its deadline. Raises BadMessage for one that cannot be handled."""
+    started = received_at or time.time()
+    token = _required_str(fields, "Token-ID")
+    token_type = _required_str(fields, "Token-Type").lower()
+    app_id = _required_str(fields, "Token-App")
+    fields_check(fields)
+    expires = int_or_none(fields.get("Expires"))
+    # A call push is useless after the ring window; an absurd Expires is capped, not trusted.
+    window = (
+        min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
+    )
+    return PushJob(
+        fields=fields, source=source, token=token, token_type=token_type, app_id=app_id,
+        msg_id=_str(fields, "Msg-ID"), push_type=push_type, started=started, window=window, deadline=started + window,
+    )
+
+
+def delivery_new(job: PushJob) -> Delivery:
+    """The delivery row a push_req starts as (not saved): queued, claimed now."""
+    fields = job.fields
+    token_type = _str(fields, "Token-Type", 32).lower()
+    return Delivery(
+        created_at=datetime.fromtimestamp(job.started, tz=UTC),
+        deadline_at=datetime.fromtimestamp(job.deadline, tz=UTC),
+        claimed_at=timezone.now(),
+        source=job.source,
+        msg_id=job.msg_id or None,
+        call_id=_str(fields, "Call-ID"),
+        account_id=_str(fields, "Account-ID", 64),
+        device_id=_str(fields, "Endpoint-ID", 64),
+        app_id=_str(fields, "Token-App"),
+        provider=PROVIDER_OF_TOKEN_TYPE.get(token_type, ""),
+        token=_str(fields, "Token-ID", 1024),
+        token_type=token_type,
+        reply_to=_str(fields, "Server-ID") if settings.PUSHER_LEGACY_PUSH_RESP else "",
+    )
+
+
+def push_app_for(job: PushJob, delivery: Delivery) -> tuple[PushApp | None, str, str]:
+    """The app a push goes through, and why it cannot (an operator-actionable text) with the
+    failure reason, else ("", ""). Sets the delivery's app and push type."""
+    provider = PROVIDER_OF_TOKEN_TYPE.get(job.token_type)
+    if provider is None:
+        return None, "unknown_token_type", (
+            f"Token-Type {job.token_type!r} is not apple/apns or firebase/google/android/fcm"
+        )
+    app = push_app_get(app_id=job.app_id, provider=provider)
+    delivery.push_app = app
+    problem = ""
+    if app is None:
+        problem = f"no {provider} push app {job.app_id!r} is configured (add it in the admin or with add_*_app)"
+    elif not app.enabled:
+        problem = f"push app {app} is disabled"
+    elif app.credential is None:
+        problem = f"push app {app} has no credential"
+    else:
+        problem = app.credential.cannot_send_reason()
+    if problem:
+        return app, "app_unusable", problem
+    assert app is not None
+    if provider == Provider.APPLE:
+        delivery.push_type = job.push_type or app.push_type
+    else:
+        delivery.push_type = "notification" if job.push_type == "alert" else "data"
+    return app, "", ""
+
+
+def _attempt_timeout(deadline: float) -> float:
+    # Leave a little room so that a request written at the very end still arrives in time.
+    return max(0.01, min(ATTEMPT_TIMEOUT_S, deadline - time.time() - 0.05))
+
+
+def apns_request_build(
+    *, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None
+) -> apns.ApnsRequest:
+    now_ms = int(time.time() * 1000)
+    topic = app.effective_topic
+    if push_type and push_type != "voip":
+        # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
+        topic = topic.removesuffix(".voip")
+    push_type = push_type or app.push_type or "voip"
+    expires = int_or_none(fields.get("Expires"))
+    expiration: int | None
+    if expires is not None:
+        expiration = int(time.time()) + min(expires, PUSH_WINDOW_MAX_S) if expires > 0 else 0
+    elif app.expiration is not None:
+        expiration = int(time.time()) + app.expiration if app.expiration > 0 else 0
+    else:
+        expiration = None
+    return apns.ApnsRequest(
+        token=token,
+        topic=apns_topic(topic, push_type),
+        push_type=push_type,
+        priority=app.priority,
+        expiration=expiration,
+        collapse_id=app.collapse_id or None,
+        extra_headers=apns_extra_headers(app.extra_headers),
+        body=apns_body(fields, now_ms=now_ms),
+        host=app.host,
+        port=app.port,
+    )
+
+
+def fcm_request_build(*, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None) -> fcm.FcmRequest:
+    now_ms = int(time.time() * 1000)
+    expires = int_or_none(fields.get("Expires"))
+    ttl = min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires >= 0 else app.ttl_s
+    return fcm.FcmRequest(
+        token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
+        collapse_key=app.collapse_id or None,
+        notification=_fcm_notification(fields) if push_type == "alert" else None,
+    )
+
+
+def _apns_result(result: apns.ApnsResult) -> SendResult:
+    return SendResult(
+        outcome=result.outcome.value, status=result.status, reason=result.reason,
+        description=result.description, message_id=result.apns_id or "", timestamp_ms=result.timestamp_ms,
+    )
+
+
+def _fcm_result(result: fcm.FcmResult) -> SendResult:
+    return SendResult(
+        outcome=result.outcome.value, status=result.status, reason=result.reason,
+        description=result.description, message_id=result.message_name or "",
+    )
+
+
 def _provider_send(
     *, app: PushApp, fields: Mapping[str, Any], token: str, deadline: float, push_type: str | None = None
 ) -> SendResult:
     credential = app.credential
     assert credential is not None
-    now_ms = int(time.time() * 1000)
-    # Leave a little room so that a request written at the very end still arrives in time.
-    timeout = max(0.01, min(ATTEMPT_TIMEOUT_S, deadline - time.time() - 0.05))
+    timeout = _attempt_timeout(deadline)
     if app.provider == Provider.APPLE:
-        topic = app.effective_topic
-        if push_type and push_type != "voip":
-            # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
-            topic = topic.removesuffix(".voip")
-        push_type = push_type or app.push_type or "voip"
-        expires = int_or_none(fields.get("Expires"))
-        expiration: int | None
-        if expires is not None:
-            expiration = int(time.time()) + min(expires, PUSH_WINDOW_MAX_S) if expires > 0 else 0
-        elif app.expiration is not None:
-            expiration = int(time.time()) + app.expiration if app.expiration > 0 else 0
-        else:
-            expiration = None
-        request = apns.ApnsRequest(
-            token=token,
-            topic=apns_topic(topic, push_type),
-            push_type=push_type,
-            priority=app.priority,
-            expiration=expiration,
-            collapse_id=app.collapse_id or None,
-            extra_headers=apns_extra_headers(app.extra_headers),
-            body=apns_body(fields, now_ms=now_ms),
-            host=app.host,
-            port=app.port,
-        )
-        result = apns.get_client().send_sync(request, _apns_credential(credential), timeout=timeout)
-        return SendResult(
-            outcome=result.outcome.value, status=result.status, reason=result.reason,
-            description=result.description, message_id=result.apns_id or "", timestamp_ms=result.timestamp_ms,
-        )
-    expires = int_or_none(fields.get("Expires"))
-    ttl = min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires >= 0 else app.ttl_s
-    fcm_result = _fcm().send(
-        fcm.FcmRequest(
-            token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
-            collapse_key=app.collapse_id or None,
-            notification=_fcm_notification(fields) if push_type == "alert" else None,
-        ),
-        _fcm_credential(credential, app),
-        timeout=timeout,
+        request = apns_request_build(app=app, fields=fields, token=token, push_type=push_type)
+        return _apns_result(apns.get_client().send_sync(request, _apns_credential(credential), timeout=timeout))
+    request_fcm = fcm_request_build(app=app, fields=fields, token=token, push_type=push_type)
+    return _fcm_result(_fcm().send(request_fcm, _fcm_credential(credential, app), timeout=timeout))
+
+
+async def provider_send_async(
+    *, app: PushApp, fields: Mapping[str, Any], token: str, deadline: float, push_type: str | None = None,
+    fcm_executor: Any = None,
+) -> SendResult:
+    """`_provider_send` for a caller on an event loop: APNs on the client's own loop (no thread),
+    FCM (pyfcm is blocking) on `fcm_executor`."""
+    credential = app.credential
+    assert credential is not None
+    timeout = _attempt_timeout(deadline)
+    if app.provider == Provider.APPLE:
+        request = apns_request_build(app=app, fields=fields, token=token, push_type=push_type)
+        return _apns_result(await apns.get_client().send(request, _apns_credential(credential), timeout=timeout))
+    request_fcm = fcm_request_build(app=app, fields=fields, token=token, push_type=push_type)
+    fcm_credential = _fcm_credential(credential, app)
+    sender = _fcm()
+    result = await asyncio.get_running_loop().run_in_executor(
+        fcm_executor, functools.partial(sender.send, request_fcm, fcm_credential, timeout=timeout)
     )
-    return SendResult(
-        outcome=fcm_result.outcome.value, status=fcm_result.status, reason=fcm_result.reason,
-        description=fcm_result.description, message_id=fcm_result.message_name or "",
-    )
+    return _fcm_result(result)
 
 
 def _required_str(fields: Mapping[str, Any], name: str) -> str:
@@ -253,35 +380,57 @@ def _str(fields: Mapping[str, Any], name: str, limit: int = 255) -> str:
     return str(value)[:limit] if isinstance(value, str | int) and not isinstance(value, bool) else ""
 
 
-def _claim(*, fields: Mapping[str, Any], source: str, started: float, deadline: float) -> tuple[Delivery, str]:
+def _claim(job: PushJob) -> tuple[Delivery, str]:
     """Create the delivery row, or find the one a redelivered push_req (same Msg-ID) made.
     Returns (delivery, "new" | "duplicate" | "orphaned")."""
-    token_type = _str(fields, "Token-Type", 32).lower()
-    values = {
-        "created_at": datetime.fromtimestamp(started, tz=UTC),
-        "deadline_at": datetime.fromtimestamp(deadline, tz=UTC),
-        "claimed_at": timezone.now(),
-        "source": source,
-        "call_id": _str(fields, "Call-ID"),
-        "account_id": _str(fields, "Account-ID", 64),
-        "device_id": _str(fields, "Endpoint-ID", 64),
-        "app_id": _str(fields, "Token-App"),
-        "provider": PROVIDER_OF_TOKEN_TYPE.get(token_type, ""),
-        "token": _str(fields, "Token-ID", 1024),
-        "token_type": token_type,
-        "reply_to": _str(fields, "Server-ID") if settings.PUSHER_LEGACY_PUSH_RESP else "",
-    }
-    msg_id = _str(fields, "Msg-ID")
-    if not msg_id:
-        return Delivery.objects.create(**values), "new"
+    delivery = delivery_new(job)
+    if not job.msg_id:
+        delivery.save(force_insert=True)
+        return delivery, "new"
     try:
         if connection.in_atomic_block:
             with transaction.atomic():  # a savepoint, so a duplicate doesn't break the caller's transaction
-                return Delivery.objects.create(msg_id=msg_id, **values), "new"
-        return Delivery.objects.create(msg_id=msg_id, **values), "new"  # autocommit: one INSERT
+                delivery.save(force_insert=True)
+        else:
+            delivery.save(force_insert=True)  # autocommit: one INSERT
+        return delivery, "new"
     except IntegrityError:
-        existing = Delivery.objects.get(msg_id=msg_id)
+        existing = Delivery.objects.get(msg_id=job.msg_id)
     return _claim_takeover(existing)
+
+
+def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
+    """Claim many push_req at once: one INSERT for all, `ON CONFLICT (msg_id) DO NOTHING`. Returns,
+    per job, its new delivery (pk set), or None when its Msg-ID already has a row (a redelivery:
+    the caller hands it to `push_request_handle`, whose claim waits for or takes over that row)."""
+    deliveries = [delivery_new(job) for job in jobs]
+    keyed = [d for d in deliveries if d.msg_id]
+    for delivery in deliveries:
+        if not delivery.msg_id:
+            delivery.save(force_insert=True)
+    if keyed:
+        meta = Delivery._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        params: list[Any] = []
+        for delivery in keyed:
+            params.extend(f.get_db_prep_save(getattr(delivery, f.attname), connection) for f in fields)
+        # Identifiers come from the model, values are parameters.
+        quote = connection.ops.quote_name
+        sql = (
+            f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(keyed))} "  # noqa: S608
+            f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(meta.pk.column)}, {quote('msg_id')}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            claimed = {msg_id: pk for pk, msg_id in cursor.fetchall()}
+        for delivery in keyed:
+            pk = claimed.pop(delivery.msg_id, None)  # pop: a Msg-ID twice in one batch is claimed once
+            if pk is not None:
+                delivery.pk = pk
+                delivery._state.adding = False
+    return [d if d.pk is not None else None for d in deliveries]
 
 
 def _claim_takeover(existing: Delivery) -> tuple[Delivery, str]:
@@ -310,6 +459,44 @@ def _claim_takeover(existing: Delivery) -> tuple[Delivery, str]:
         existing.refresh_from_db()
 
 
+def delivery_touch(*, delivery: Delivery, attempts: int) -> None:
+    """Refresh the sender's lease before another attempt (a redelivery then waits, not takes over)."""
+    Delivery.objects.filter(pk=delivery.pk).update(claimed_at=timezone.now(), attempts=attempts)
+
+
+def retry_pause(attempts: int) -> float:
+    """Pause before the next attempt after a 429/5xx/timeout: jittered exponential backoff."""
+    return min(0.1 * 2 ** attempts, 2.0) * random.uniform(0.5, 1.5)
+
+
+def expired_text(job: PushJob, attempts: int, result: SendResult | None, *, retrying: bool = False) -> str:
+    if retrying:
+        assert result is not None
+        return (f"retrying would pass the {job.window:g}s window after {attempts} attempts "
+                f"(last answer: {result.reason})")
+    last = f" (last answer: {result.reason})" if result else ""
+    return f"not delivered within its {job.window:g}s window after {attempts} attempts{last}"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a delivery ends: what `delivery_finish_apply` writes on it."""
+
+    status: str
+    reason: str = ""
+    error: str = ""
+    attempts: int = 0
+    result: SendResult | None = None
+
+
+def finish_of_result(result: SendResult, attempts: int) -> Finish:
+    if result.outcome == "sent":
+        return Finish(DeliveryStatus.SENT, "", "", attempts, result)
+    if result.outcome == "token_invalid":
+        return Finish(DeliveryStatus.TOKEN_INVALID, result.reason, result.description, attempts, result)
+    return Finish(DeliveryStatus.FAILED, result.reason, result.description, attempts, result)
+
+
 def push_request_handle(
     *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
 ) -> Delivery:
@@ -318,123 +505,106 @@ def push_request_handle(
 
     `push_type` overrides the app's push type for this one push: "alert" sends a visible
     notification (APNs apns-push-type alert on the bundle topic, FCM with a `notification`), e.g.
-    a missed call to the device's remote token; None (the default) sends as the app is configured."""
-    started = received_at or time.time()
-    token = _required_str(fields, "Token-ID")
-    token_type = _required_str(fields, "Token-Type").lower()
-    app_id = _required_str(fields, "Token-App")
-    fields_check(fields)
-    expires = int_or_none(fields.get("Expires"))
-    # A call push is useless after the ring window; an absurd Expires is capped, not trusted.
-    window = (
-        min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
-    )
-    deadline = started + window
+    a missed call to the device's remote token; None (the default) sends as the app is configured.
 
-    delivery, claim = _claim(fields=fields, source=source, started=started, deadline=deadline)
+    The consumer sends many push_req concurrently through `push.engine`, which claims and records
+    them in batches with the same pieces; a redelivered one comes back here."""
+    job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
+    delivery, claim = _claim(job)
     if claim == "orphaned":
         # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
-        return _finish(delivery, DeliveryStatus.FAILED, reason="sender_died",
-                       error="the consumer sending this push died before recording the answer; not resent, "
-                             "since it was most likely delivered already",
-                       started=delivery.created_at.timestamp())
+        return _finish(delivery, Finish(
+            DeliveryStatus.FAILED, "sender_died",
+            "the consumer sending this push died before recording the answer; not resent, "
+            "since it was most likely delivered already",
+        ), started=delivery.created_at.timestamp())
     if claim == "duplicate":
         delivery.status = DeliveryStatus.DUPLICATE
         delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
         return delivery
 
-    provider = PROVIDER_OF_TOKEN_TYPE.get(token_type)
-    if provider is None:
-        return _finish(delivery, DeliveryStatus.FAILED, reason="unknown_token_type",
-                       error=f"Token-Type {token_type!r} is not apple/apns or firebase/google/android/fcm",
-                       started=started)
-    app = push_app_get(app_id=app_id, provider=provider)
-    problem = ""
-    if app is None:
-        problem = f"no {provider} push app {app_id!r} is configured (add it in the admin or with add_*_app)"
-    elif not app.enabled:
-        problem = f"push app {app} is disabled"
-    elif app.credential is None:
-        problem = f"push app {app} has no credential"
-    else:
-        problem = app.credential.cannot_send_reason()
+    app, reason, problem = push_app_for(job, delivery)
     if problem:
-        delivery.push_app = app
-        return _finish(delivery, DeliveryStatus.FAILED, reason="app_unusable", error=problem, started=started)
+        return _finish(delivery, Finish(DeliveryStatus.FAILED, reason, problem), started=job.started)
     assert app is not None
-    delivery.push_app = app
-    if provider == Provider.APPLE:
-        delivery.push_type = push_type or app.push_type
-    else:
-        delivery.push_type = "notification" if push_type == "alert" else "data"
 
     attempts = 0
     result: SendResult | None = None
     while True:
-        if time.time() + ATTEMPT_MIN_S >= deadline:
-            last = f" (last answer: {result.reason})" if result else ""
-            return _finish(delivery, DeliveryStatus.EXPIRED, reason="deadline",
-                           error=f"not delivered within its {window:g}s window after {attempts} attempts{last}",
-                           started=started, attempts=attempts, result=result)
+        if time.time() + ATTEMPT_MIN_S >= job.deadline:
+            finish = Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result), attempts, result)
+            return _finish(delivery, finish, started=job.started)
         attempts += 1
         if attempts > 1:
-            Delivery.objects.filter(pk=delivery.pk).update(claimed_at=timezone.now(), attempts=attempts - 1)
-        result = _provider_send(app=app, fields=fields, token=token, deadline=deadline, push_type=push_type)
+            delivery_touch(delivery=delivery, attempts=attempts - 1)
+        result = _provider_send(app=app, fields=fields, token=job.token, deadline=job.deadline, push_type=push_type)
         if result.outcome != "retry":
             break
-        # 429/5xx/timeouts: jittered exponential backoff, never past the deadline.
-        pause = min(0.1 * 2 ** attempts, 2.0) * random.uniform(0.5, 1.5)
-        if time.time() + pause >= deadline:
-            return _finish(delivery, DeliveryStatus.EXPIRED, reason="deadline",
-                           error=f"retrying would pass the {window:g}s window after {attempts} attempts "
-                                 f"(last answer: {result.reason})",
-                           started=started, attempts=attempts, result=result)
+        pause = retry_pause(attempts)
+        if time.time() + pause >= job.deadline:
+            finish = Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result, retrying=True),
+                            attempts, result)
+            return _finish(delivery, finish, started=job.started)
         time.sleep(pause)
 
-    if result.outcome == "sent":
-        delivery = _finish(delivery, DeliveryStatus.SENT, reason="", started=started, attempts=attempts, result=result)
-    elif result.outcome == "token_invalid":
-        delivery = _finish(delivery, DeliveryStatus.TOKEN_INVALID, reason=result.reason, error=result.description,
-                           started=started, attempts=attempts, result=result)
-        token_dead(token=token, reason=f"{provider} answered {result.status} {result.reason}",
-                   provider_timestamp_ms=result.timestamp_ms)
-    else:
-        delivery = _finish(delivery, DeliveryStatus.FAILED, reason=result.reason, error=result.description,
-                           started=started, attempts=attempts, result=result)
-        if result.outcome == "bad_device_token":
-            _app_bad_device_token(app)
+    delivery = _finish(delivery, finish_of_result(result, attempts), started=job.started)
+    push_followup(delivery=delivery, app=app, result=result)
     return delivery
 
 
-def _finish(
-    delivery: Delivery,
-    status: str,
-    *,
-    reason: str,
-    started: float,
-    error: str = "",
-    attempts: int = 0,
-    result: SendResult | None = None,
-) -> Delivery:
-    delivery.status = status
-    delivery.reason = reason[:200]
-    delivery.error = error[:2000]
-    delivery.attempts = attempts
+def push_followup(*, delivery: Delivery, app: PushApp, result: SendResult) -> None:
+    """What a provider's answer means beyond this push: a dead token, a misconfigured app."""
+    if result.outcome == "token_invalid":
+        token_dead(token=delivery.token, reason=f"{delivery.provider} answered {result.status} {result.reason}",
+                   provider_timestamp_ms=result.timestamp_ms)
+    elif result.outcome == "bad_device_token":
+        _app_bad_device_token(app)
+
+
+FINISH_FIELDS = (
+    "status", "reason", "error", "attempts", "finished_at", "http_status", "provider_message_id", "latency_ms",
+    "push_app", "push_type",
+)
+
+
+def delivery_finish_apply(delivery: Delivery, finish: Finish, *, started: float) -> None:
+    """Set a delivery's outcome fields (not saved)."""
+    delivery.status = finish.status
+    delivery.reason = finish.reason[:200]
+    delivery.error = finish.error[:2000]
+    delivery.attempts = finish.attempts
     delivery.finished_at = timezone.now()
+    result = finish.result
     if result is not None:
         delivery.http_status = result.status
         delivery.provider_message_id = result.message_id[:255]
         delivery.latency_ms = (time.time() - started) * 1000
-    fields_changed = [
-        "status", "reason", "error", "attempts", "finished_at", "http_status", "provider_message_id", "latency_ms",
-        "push_app", "push_type",
+
+
+def deliveries_save_finished(deliveries: list[Delivery]) -> None:
+    """Write many finished deliveries' outcome fields in one round trip (psycopg pipelines
+    `executemany`)."""
+    meta = Delivery._meta
+    fields = [meta.get_field(name) for name in FINISH_FIELDS]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
+    sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608 - model identifiers
+           f"WHERE {connection.ops.quote_name(meta.pk.column)} = %s")
+    rows = [
+        [*(f.get_db_prep_save(getattr(d, f.attname), connection) for f in fields), d.pk] for d in deliveries
     ]
-    _db_retry(lambda: delivery.save(update_fields=fields_changed), what=f"recording delivery #{delivery.pk}")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def delivery_finished(delivery: Delivery) -> None:
+    """Metrics and the live event of a recorded delivery."""
     labels = {"provider": delivery.provider or "unknown", "app": delivery.app_id[:100] or "unknown"}
-    metrics.PUSHES.labels(**labels, status=status, reason=delivery.reason or "ok").inc()
+    metrics.PUSHES.labels(**labels, status=delivery.status, reason=delivery.reason or "ok").inc()
     if delivery.latency_ms is not None:
         metrics.PROVIDER_LATENCY.labels(provider=labels["provider"]).observe(delivery.latency_ms / 1000)
-    event_type = {DeliveryStatus.SENT: "push.sent", DeliveryStatus.EXPIRED: "push.expired"}.get(status, "push.failed")
+    event_type = {
+        DeliveryStatus.SENT: "push.sent", DeliveryStatus.EXPIRED: "push.expired",
+    }.get(delivery.status, "push.failed")
     event_publish(
         event_type,
         account=delivery.account_id or None,
@@ -443,11 +613,17 @@ def _finish(
         provider=delivery.provider,
         token=delivery.token_masked,
         call_id=delivery.call_id or None,
-        outcome=status,
+        outcome=delivery.status,
         reason=delivery.reason or None,
         latency_ms=round(delivery.latency_ms, 1) if delivery.latency_ms is not None else None,
         delivery=delivery.pk,
     )
+
+
+def _finish(delivery: Delivery, finish: Finish, *, started: float) -> Delivery:
+    delivery_finish_apply(delivery, finish, started=started)
+    _db_retry(lambda: delivery.save(update_fields=list(FINISH_FIELDS)), what=f"recording delivery #{delivery.pk}")
+    delivery_finished(delivery)
     return delivery
 
 

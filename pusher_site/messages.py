@@ -106,7 +106,7 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _event_of(fields: dict[str, Any]) -> tuple[str, str]:
+def event_of(fields: dict[str, Any]) -> tuple[str, str]:
     category, name = fields.get("Event-Category"), fields.get("Event-Name")
     return (category if isinstance(category, str) else "", name if isinstance(name, str) else "")
 
@@ -119,7 +119,7 @@ def message_process(message: RawMessage) -> Handled:
 
     fields = message_decode(message)
     msg_id = str(fields.get("Msg-ID") or "")[:200]
-    category, name = _event_of(fields)
+    category, name = event_of(fields)
     if (category, name) == ("directory", "reg_success"):
         result = registration_apply(fields=fields)
         device = result.device
@@ -132,16 +132,22 @@ def message_process(message: RawMessage) -> Handled:
         return Handled(Action.ACK, "reg_success", result.outcome, result.reason, msg_id)
     if (category, name) == ("notification", "push_req"):
         delivery = push_request_handle(fields=fields, source="amqp", received_at=message.received_at or None)
-        log.info(
-            "push_req msg_id=%s call_id=%s app=%s provider=%s token=%s status=%s reason=%s attempts=%d latency_ms=%s",
-            msg_id, delivery.call_id, delivery.app_id, delivery.provider, delivery.token_masked, delivery.status,
-            delivery.reason, delivery.attempts, f"{delivery.latency_ms:.1f}" if delivery.latency_ms else "-",
-        )
-        metrics.MESSAGES.labels(event="push_req", outcome=delivery.status).inc()
-        return Handled(Action.ACK, "push_req", delivery.status, delivery.reason, msg_id)
+        return push_req_logged(msg_id, delivery)
     log.info("ignored msg_id=%s event=%s/%s: not handled by pusher", msg_id, category, name)
     metrics.MESSAGES.labels(event=name or "unknown", outcome="ignored").inc()
     return Handled(Action.ACK, name or "unknown", "ignored", "event not handled by pusher", msg_id)
+
+
+def push_req_logged(msg_id: str, delivery: Any) -> Handled:
+    """The consumer's one line per push_req (`delivery` a push.models.Delivery), its metric, and
+    what to do with the message."""
+    log.info(
+        "push_req msg_id=%s call_id=%s app=%s provider=%s token=%s status=%s reason=%s attempts=%d latency_ms=%s",
+        msg_id, delivery.call_id, delivery.app_id, delivery.provider, delivery.token_masked, delivery.status,
+        delivery.reason, delivery.attempts, f"{delivery.latency_ms:.1f}" if delivery.latency_ms else "-",
+    )
+    metrics.MESSAGES.labels(event="push_req", outcome=delivery.status).inc()
+    return Handled(Action.ACK, "push_req", delivery.status, delivery.reason, msg_id)
 
 
 def message_peek(body: bytes) -> tuple[str, str]:
