@@ -400,7 +400,8 @@ def _claim(job: PushJob) -> tuple[Delivery, str]:
 
 
 def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
-    """Claim many push_req at once: one INSERT for all, `ON CONFLICT (msg_id) DO NOTHING`. Returns,
+    """Claim many push_req at once: `INSERT ... ON CONFLICT (msg_id) DO NOTHING`, pipelined on
+    PostgreSQL (one round trip for the batch). Returns,
     per job, its new delivery (pk set), or None when its Msg-ID already has a row (a redelivery:
     the caller hands it to `push_request_handle`, whose claim waits for or takes over that row)."""
     deliveries = [delivery_new(job) for job in jobs]
@@ -411,22 +412,31 @@ def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
     if keyed:
         meta = Delivery._meta
         fields = [f for f in meta.concrete_fields if not f.primary_key]
-        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        params: list[Any] = []
-        for delivery in keyed:
-            params.extend(f.get_db_prep_save(getattr(delivery, f.attname), connection) for f in fields)
-        # Identifiers come from the model, values are parameters.
         quote = connection.ops.quote_name
-        sql = (
-            f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(keyed))} "  # noqa: S608
-            f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(meta.pk.column)}, {quote('msg_id')}"
-        )
+        columns = ", ".join(quote(f.column) for f in fields)
+        rows = [[f.get_db_prep_save(getattr(d, f.attname), connection) for f in fields] for d in keyed]
+        placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        conflict = f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} {conflict}"  # noqa: S608
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            claimed = {msg_id: pk for pk, msg_id in cursor.fetchall()}
-        for delivery in keyed:
-            pk = claimed.pop(delivery.msg_id, None)  # pop: a Msg-ID twice in one batch is claimed once
+            if connection.vendor == "postgresql":
+                # One statement text (parsed once, cached by psycopg) pipelined over every row, one
+                # result per row: empty where the Msg-ID already had a row.
+                raw = cursor.cursor
+                raw.executemany(sql, rows, returning=True)
+                pks: list[int | None] = []
+                while True:
+                    row = raw.fetchone()
+                    pks.append(row[0] if row else None)
+                    if not raw.nextset():
+                        break
+            else:
+                pks = []
+                for params in rows:
+                    cursor.execute(sql, params)
+                    row = cursor.fetchone()
+                    pks.append(row[0] if row else None)
+        for delivery, pk in zip(keyed, pks, strict=True):
             if pk is not None:
                 delivery.pk = pk
                 delivery._state.adding = False

@@ -1,0 +1,144 @@
+"""The consumer's concurrent push path (push.engine) over the real RabbitMQ, and its batch writes."""
+
+import copy
+import time
+
+import pytest
+
+from push import services
+from push.models import Delivery, DeliveryStatus
+from registry.models import Device, PushToken, UserAgentRule
+from tests.amqp import broker_channel, consumer_running, publish, sample
+from tests.fakes.apns import Answer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
+
+PUSH = sample("push_req_kamailio_master.json")
+REG = sample("reg_success_kamailio_master.json")
+TOKEN = PUSH["body"]["Token-ID"]
+
+
+def push_req(**changes):
+    body = copy.deepcopy(PUSH["body"])
+    body.update(changes)
+    return body
+
+
+def publish_push(channel, body):
+    publish(channel, "pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}", body)
+
+
+def queue_depth(channel, queue):
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def test_claim_batch_claims_each_msg_id_once(apple_app):
+    existing = services.push_request_handle(fields=push_req(**{"Msg-ID": "seen-before"}), source="api")
+    jobs = [
+        services.push_job_prepare(fields=push_req(**{"Msg-ID": msg_id}), source="amqp")
+        for msg_id in ("new-1", "seen-before", "new-2", "new-1", None)
+    ]
+    claimed = services.deliveries_claim(jobs)
+    assert [d is not None for d in claimed] == [True, False, True, False, True]
+    assert claimed[0].msg_id == "new-1" and claimed[2].msg_id == "new-2" and claimed[4].msg_id is None
+    stored = {d.pk: d for d in Delivery.objects.exclude(pk=existing.pk)}
+    assert set(stored) == {claimed[0].pk, claimed[2].pk, claimed[4].pk}
+    assert all(d.status == DeliveryStatus.QUEUED and d.claimed_at is not None for d in stored.values())
+    assert stored[claimed[0].pk].call_id == PUSH["body"]["Call-ID"] and stored[claimed[0].pk].token == TOKEN
+
+
+def test_finished_batch_is_recorded(apple_app):
+    jobs = [services.push_job_prepare(fields=push_req(**{"Msg-ID": f"r{i}"}), source="amqp") for i in range(3)]
+    deliveries = services.deliveries_claim(jobs)
+    result = services.SendResult(outcome="sent", status=200, reason="", description="", message_id="apns-1")
+    services.delivery_finish_apply(deliveries[0], services.finish_of_result(result, 1), started=time.time())
+    services.delivery_finish_apply(deliveries[1], services.Finish(DeliveryStatus.EXPIRED, "deadline", "late", 3),
+                                   started=time.time())
+    services.delivery_finish_apply(deliveries[2], services.Finish(DeliveryStatus.FAILED, "app_unusable", "no app"),
+                                   started=time.time())
+    services.deliveries_save_finished(deliveries)
+    rows = {d.msg_id: d for d in Delivery.objects.all()}
+    assert rows["r0"].status == DeliveryStatus.SENT and rows["r0"].http_status == 200
+    assert rows["r0"].provider_message_id == "apns-1" and rows["r0"].latency_ms is not None
+    assert rows["r1"].status == DeliveryStatus.EXPIRED and rows["r1"].attempts == 3 and rows["r1"].error == "late"
+    assert rows["r2"].status == DeliveryStatus.FAILED and rows["r2"].reason == "app_unusable"
+    assert all(d.finished_at is not None for d in rows.values())
+
+
+def test_a_burst_is_sent_once_each_with_duplicates_acked(apple_app, apns_trusting_fake):
+    apns_trusting_fake.set_default(Answer.ok(delay=0.05))  # many streams in flight at once
+    bodies = [push_req(**{"Msg-ID": f"burst-{i}", "Call-ID": f"call-{i}"}) for i in range(80)]
+    duplicates = bodies[:10]
+    with consumer_running() as consumer, broker_channel() as channel:
+        for body in bodies + duplicates:
+            publish_push(channel, body)
+        consumer.wait_handled(90, timeout=30)
+        assert queue_depth(channel, consumer.config.queue) == 0
+    assert sorted(r.body["aps"]["call-id"] for r in apns_trusting_fake.requests) == sorted(
+        b["Call-ID"] for b in bodies
+    )
+    assert Delivery.objects.count() == 80
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
+    assert consumer.worker.dead_lettered == 0
+
+
+def test_consumer_retries_then_records_each_outcome(apple_app, apns_trusting_fake):
+    apns_trusting_fake.enqueue(Answer.error(503, "ServiceUnavailable"))  # the first request answered: one retry
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "one"}))
+        consumer.wait_handled(1, timeout=15)
+        apns_trusting_fake.set_default(Answer.error(503, "ServiceUnavailable"))
+        publish_push(channel, push_req(**{"Msg-ID": "two", "Expires": 1}))
+        publish_push(channel, push_req(**{"Msg-ID": "three", "Token-App": "com.unknown.app"}))
+        consumer.wait_handled(3, timeout=15)
+    one, two, three = (Delivery.objects.get(msg_id=m) for m in ("one", "two", "three"))
+    assert one.status == DeliveryStatus.SENT and one.attempts == 2
+    assert two.status == DeliveryStatus.EXPIRED and two.reason == "deadline" and "ServiceUnavailable" in two.error
+    assert three.status == DeliveryStatus.FAILED and three.reason == "app_unusable"
+    # never sent late: no attempt of "two" reached the provider after its 1 s window closed
+    late = [r for r in apns_trusting_fake.requests if r.received_at > two.deadline_at.timestamp()]
+    assert late == []
+
+
+def test_consumer_410_deactivates_the_token_and_clears_the_push_object(apple_app, apns_trusting_fake):
+    UserAgentRule.objects.create(
+        name="AcmePhone", position=10, regex="^AcmePhone",
+        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
+    )
+    from registry.services import registration_apply
+
+    device = registration_apply(fields=REG["body"]).device
+    apns_trusting_fake.set_token_answer(TOKEN, Answer.unregistered(timestamp_ms=int(time.time() * 1000) + 1000))
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req())
+        consumer.wait_handled(1, timeout=15)
+    assert Delivery.objects.get().status == DeliveryStatus.TOKEN_INVALID
+    assert not PushToken.objects.get(token=TOKEN).active
+    assert Device.objects.get(pk=device.pk).push is None
+
+
+def test_other_events_on_the_pushes_exchange_are_acked_as_ignored(apple_app, apns_trusting_fake):
+    body = push_req(**{"Event-Name": "push_resp"})
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, body)
+        publish_push(channel, push_req(**{"Msg-ID": "after"}))
+        consumer.wait_handled(2, timeout=15)
+        assert queue_depth(channel, consumer.config.queue) == 0
+    assert Delivery.objects.get().msg_id == "after"
+    assert len(apns_trusting_fake.requests) == 1 and consumer.worker.dead_lettered == 0
+
+
+def test_a_bad_push_req_in_a_burst_is_dead_lettered_alone(apple_app, apns_trusting_fake):
+    bad = push_req(**{"Msg-ID": "bad"})
+    del bad["Token-App"]
+    with consumer_running() as consumer, broker_channel() as channel:
+        for i in range(5):
+            publish_push(channel, push_req(**{"Msg-ID": f"good-{i}"}))
+        publish_push(channel, bad)
+        for i in range(5, 10):
+            publish_push(channel, push_req(**{"Msg-ID": f"good-{i}"}))
+        consumer.wait_handled(11, timeout=15)
+        method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+    assert method is not None and "Token-App" in properties.headers["x-pusher-reason"]
+    assert properties.headers["x-pusher-msg-id"] == "bad"
+    assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 10
