@@ -18,9 +18,11 @@ In tests:
 Standalone (benchmarks): `python -m tests.fakes.apns --port 8443 --delay-ms 30` prints one JSON line
 with the port, the CA file and ready-to-use client credentials, then serves until interrupted.
 
-Why asyncio protocols and call_later rather than a task or a thread per request: benchmarks push
+Why asyncio protocols and timers rather than a task or a thread per request: benchmarks push
 1000+ requests/s with a simulated 30 ms latency, and many streams must be in flight at once on one
-connection without blocking the loop.
+connection without blocking the loop. The benchmark runs the fake in its own process on the machine
+it measures, so the fake keeps its CPU per request low: HTTP/2 by hand (see below), one timer per
+millisecond of due answers, one TLS write per batch, request bodies parsed only when read.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
+import itertools
 import json
+import math
 import os
 import re
 import secrets
@@ -49,17 +54,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hpack.huffman_table import HUFFMAN_COMPLETE, HUFFMAN_EMIT_SYMBOL, HUFFMAN_FAIL, HUFFMAN_TABLE
+from hpack.table import HeaderTable
 
 # Apple's documented push types (apns-push-type).
 PUSH_TYPES = frozenset(
@@ -388,8 +390,6 @@ class RecordedRequest:
     headers: dict[str, str]
     authority: str
     raw_body: bytes
-    # Parsed JSON body, None when empty or not JSON.
-    body: Any
     received_at: float
     auth: Literal["certificate", "token"] | None
     cert_subject: str | None
@@ -402,6 +402,15 @@ class RecordedRequest:
     status: int
     reason: str | None
     action: str
+
+    @functools.cached_property
+    def body(self) -> Any:
+        """The JSON body, None when empty or not JSON. Parsed on first read, not on the server's
+        loop: a benchmark records every request but reads few bodies, and after the run."""
+        try:
+            return json.loads(self.raw_body) if self.raw_body else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -425,13 +434,328 @@ class _JwtVerdict:
     issued_at: int = 0
 
 
-class _Stream:
-    __slots__ = ("headers", "body", "handle")
+# ---- HTTP/2 and HPACK, server side --------------------------------------------------------------
+#
+# Why by hand rather than with the h2 library: h2 cost about 0.3 ms of CPU per request (frame
+# objects, stream state machines, chains of header-validation generators, Huffman decoding nibble by
+# nibble), most of the fake's budget when a benchmark runs it next to the code it measures. A server
+# that only answers requests needs few frame types; for everything else it does what h2 did: a
+# connection error is a GOAWAY with the RFC 9113 error code, then the socket is closed.
 
-    def __init__(self, headers: list[tuple[str, str]]) -> None:
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Frame header: 24-bit length (as 8 + 16 bits), type, flags, reserved bit + stream id.
+_FRAME_HEADER = struct.Struct(">BHBBL")
+_SETTING = struct.Struct(">HL")
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE = range(9)
+_CONTINUATION = 9
+_FLAG_END_STREAM = _FLAG_ACK = 0x1
+_FLAG_END_HEADERS = 0x4
+_FLAG_PADDED = 0x8
+_FLAG_PRIORITY = 0x20
+_NO_ERROR = 0x0
+_PROTOCOL_ERROR = 0x1
+_FLOW_CONTROL_ERROR = 0x3
+_STREAM_CLOSED = 0x5
+_FRAME_SIZE_ERROR = 0x6
+_COMPRESSION_ERROR = 0x9
+_ENHANCE_YOUR_CALM = 0xB
+# Our settings, as h2 announced them.
+_MAX_FRAME_SIZE = 16384
+_HEADER_TABLE_SIZE = 4096
+_MAX_HEADER_LIST_SIZE = 8000
+_DEFAULT_WINDOW = 65535
+_MAX_WINDOW = 2**31 - 1
+
+_REQUEST_PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":protocol"})
+_CONNECTION_HEADERS = frozenset({"connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"})
+# RFC 9113 §8.2.1: no controls, spaces, upper case or non-ASCII in a name, a colon only in front.
+_FIELD_NAME_RE = re.compile(r"^:?[!-9;-@\[-~]+$")
+
+
+class _H2Error(Exception):
+    """A connection error: GOAWAY with `code` (None: close without one, as for a bad preface)."""
+
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    size = len(payload)
+    return _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
+
+
+def _settings_frame(max_concurrent_streams: int) -> bytes:
+    values = (
+        (0x1, _HEADER_TABLE_SIZE),
+        (0x2, 0),  # ENABLE_PUSH
+        (0x4, _DEFAULT_WINDOW),  # INITIAL_WINDOW_SIZE
+        (0x5, _MAX_FRAME_SIZE),
+        (0x8, 0),  # ENABLE_CONNECT_PROTOCOL
+        (0x3, max_concurrent_streams),
+        (0x6, _MAX_HEADER_LIST_SIZE),
+    )
+    return _frame(_SETTINGS, 0, 0, b"".join(_SETTING.pack(code, value) for code, value in values))
+
+
+def _window_update_frame(stream_id: int, increment: int) -> bytes:
+    return _frame(_WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
+
+
+def _goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    return _frame(_GOAWAY, 0, 0, struct.pack(">LL", last_stream_id, code) + debug)
+
+
+# (name, value, entry size, name size): sizes in octets as RFC 7541 §4.1 counts them.
+_HpackEntry = tuple[str, str, int, int]
+_HPACK_STATIC: list[_HpackEntry] = [
+    (name.decode(), value.decode(), len(name) + len(value) + 32, len(name))
+    for name, value in HeaderTable.STATIC_TABLE
+]
+# Name -> its first static index.
+_HPACK_STATIC_NAMES: dict[str, int] = {
+    entry[0]: index for index, entry in reversed(list(enumerate(_HPACK_STATIC, start=1)))
+}
+
+
+def _hpack_int_encode(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _hpack_field(name: str, value: str) -> bytes:
+    """A literal field "without indexing", named by static index when it can be: answers never
+    touch the client's dynamic table, so encoding them needs no connection state."""
+    raw = value.encode()
+    index = _HPACK_STATIC_NAMES.get(name)
+    if index is None:
+        prefix = b"\x00" + _hpack_int_encode(len(name), 7) + name.encode()
+    else:
+        prefix = _hpack_int_encode(index, 4)
+    return prefix + _hpack_int_encode(len(raw), 7) + raw
+
+
+@functools.cache
+def _hpack_status(status: int) -> bytes:
+    for index, (name, value, _size, _name_size) in enumerate(_HPACK_STATIC, start=1):
+        if name == ":status" and value == str(status):
+            return bytes([0x80 | index])
+    return _hpack_field(":status", str(status))
+
+
+# Huffman decoding (RFC 7541 Appendix B) with hpack's automaton (nghttp2's), two nibbles folded
+# into one step per input byte and steps computed once, on first use: hpack's own decoder, nibble
+# by nibble, took 40 µs per apns-id.
+_HUFFMAN_STEPS: dict[int, tuple[int, bytes, bool]] = {}
+
+
+def _huffman_step(key: int) -> tuple[int, bytes, bool]:
+    state, emitted, flags = key >> 8, bytearray(), 0
+    for nibble in ((key >> 4) & 0x0F, key & 0x0F):
+        state, flags, symbol = HUFFMAN_TABLE[state * 16 + nibble]
+        if flags & HUFFMAN_FAIL:
+            state = -1
+            break
+        if flags & HUFFMAN_EMIT_SYMBOL:
+            emitted.append(symbol)
+    step = (state, bytes(emitted), bool(flags & HUFFMAN_COMPLETE))
+    _HUFFMAN_STEPS[key] = step
+    return step
+
+
+def _huffman_decode(data: bytes) -> bytes:
+    steps = _HUFFMAN_STEPS
+    state, complete, out = 0, True, []
+    for byte in data:
+        key = state << 8 | byte
+        state, emitted, complete = steps.get(key) or _huffman_step(key)
+        if state < 0:
+            raise _H2Error(_COMPRESSION_ERROR, "invalid Huffman string")
+        out.append(emitted)
+    if not complete:
+        raise _H2Error(_COMPRESSION_ERROR, "incomplete Huffman string")
+    return b"".join(out)
+
+
+def _hpack_int(data: bytes, i: int, value: int) -> tuple[int, int]:
+    """The continuation bytes of an integer whose prefix was full (RFC 7541 §5.1)."""
+    shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+        if shift > 28:
+            raise _H2Error(_COMPRESSION_ERROR, "HPACK integer too large")
+
+
+class _HpackDecoder:
+    """Request header blocks to (name, value) strings; one per connection (the dynamic table)."""
+
+    def __init__(self) -> None:
+        self.table: deque[_HpackEntry] = deque()  # newest first
+        self.size = 0
+        self.max_size = _HEADER_TABLE_SIZE
+
+    def decode(self, data: bytes) -> list[tuple[str, str]]:
+        try:
+            return self._decode(data)
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise _H2Error(_COMPRESSION_ERROR, f"undecodable header block ({exc})") from exc
+
+    def _decode(self, data: bytes) -> list[tuple[str, str]]:
+        fields: list[tuple[str, str]] = []
+        list_size = 0
+        i, end = 0, len(data)
+        while i < end:
+            byte = data[i]
+            i += 1
+            if byte & 0x80:  # indexed field
+                index = byte & 0x7F
+                if index == 0x7F:
+                    index, i = _hpack_int(data, i, index)
+                name, value, size, _name_size = self._entry(index)
+            elif byte & 0x40:  # literal, added to the table
+                index = byte & 0x3F
+                if index == 0x3F:
+                    index, i = _hpack_int(data, i, index)
+                entry, i = self._literal(data, i, index)
+                name, value, size, _name_size = entry
+                self._insert(entry)
+            elif byte & 0x20:  # dynamic table size update
+                if fields:
+                    raise _H2Error(_COMPRESSION_ERROR, "table size update after a field")
+                size = byte & 0x1F
+                if size == 0x1F:
+                    size, i = _hpack_int(data, i, size)
+                if size > _HEADER_TABLE_SIZE:
+                    raise _H2Error(_COMPRESSION_ERROR, "table size above SETTINGS_HEADER_TABLE_SIZE")
+                self.max_size = size
+                self._evict()
+                continue
+            else:  # literal, not added to the table (never-indexed or not)
+                index = byte & 0x0F
+                if index == 0x0F:
+                    index, i = _hpack_int(data, i, index)
+                (name, value, size, _name_size), i = self._literal(data, i, index)
+            fields.append((name, value))
+            list_size += size
+        if list_size > _MAX_HEADER_LIST_SIZE:
+            raise _H2Error(_ENHANCE_YOUR_CALM, f"header list larger than {_MAX_HEADER_LIST_SIZE}")
+        return fields
+
+    def _entry(self, index: int) -> _HpackEntry:
+        if index <= 0:
+            raise _H2Error(_COMPRESSION_ERROR, "HPACK index 0")
+        if index <= len(_HPACK_STATIC):
+            return _HPACK_STATIC[index - 1]
+        return self.table[index - len(_HPACK_STATIC) - 1]
+
+    def _literal(self, data: bytes, i: int, index: int) -> tuple[_HpackEntry, int]:
+        if index:
+            name, _value, _size, name_size = self._entry(index)
+        else:
+            name, name_size, i = self._string(data, i)
+            if not _FIELD_NAME_RE.match(name):
+                raise _H2Error(_PROTOCOL_ERROR, f"invalid header name {name!r}")
+        value, value_size, i = self._string(data, i)
+        # RFC 9113 §8.2.1. Only literals are checked: indexed fields were checked on the way in.
+        if value and (
+            "\0" in value or "\r" in value or "\n" in value or value[0] in " \t" or value[-1] in " \t"
+        ):
+            raise _H2Error(_PROTOCOL_ERROR, f"invalid value for header {name!r}")
+        return (name, value, name_size + value_size + 32, name_size), i
+
+    @staticmethod
+    def _string(data: bytes, i: int) -> tuple[str, int, int]:
+        byte = data[i]
+        length = byte & 0x7F
+        i += 1
+        if length == 0x7F:
+            length, i = _hpack_int(data, i, length)
+        end = i + length
+        if end > len(data):
+            raise _H2Error(_COMPRESSION_ERROR, "truncated header block")
+        raw = data[i:end]
+        if byte & 0x80:
+            raw = _huffman_decode(raw)
+        return raw.decode(), len(raw), end
+
+    def _insert(self, entry: _HpackEntry) -> None:
+        if entry[2] > self.max_size:
+            self.table.clear()
+            self.size = 0
+            return
+        self.table.appendleft(entry)
+        self.size += entry[2]
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.size > self.max_size:
+            self.size -= self.table.pop()[2]
+
+
+def _request_headers(fields: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str], bool]:
+    """(pseudo-headers, headers, a header came twice) of a request, checked as h2 did (RFC 9113
+    §8.2-8.3); anything malformed is a connection error."""
+    pseudo: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    duplicate = False
+    for name, value in fields:
+        if name[0] == ":":
+            if headers or name in pseudo or name not in _REQUEST_PSEUDO_HEADERS:
+                raise _H2Error(_PROTOCOL_ERROR, f"misplaced, repeated or unknown pseudo-header {name}")
+            pseudo[name] = value
+        elif name in _CONNECTION_HEADERS or (name == "te" and value.lower() != "trailers"):
+            raise _H2Error(_PROTOCOL_ERROR, f"connection-specific header {name}")
+        elif name in headers:
+            if name == "cookie":  # crumbs of one cookie header (RFC 9113 §8.2.3), as h2 joined them
+                headers[name] += "; " + value
+            elif name == "host":
+                raise _H2Error(_PROTOCOL_ERROR, "two Host headers")
+            else:
+                duplicate = True
+                headers[name] = value
+        else:
+            headers[name] = value
+    method = pseudo.get(":method")
+    if method is None:
+        raise _H2Error(_PROTOCOL_ERROR, "no :method")
+    if method == "CONNECT" and ":protocol" not in pseudo:
+        if ":scheme" in pseudo or ":path" in pseudo:
+            raise _H2Error(_PROTOCOL_ERROR, "CONNECT with :scheme or :path")
+    elif ":scheme" not in pseudo or not pseudo.get(":path"):
+        raise _H2Error(_PROTOCOL_ERROR, "no :scheme or no :path")
+    elif ":protocol" in pseudo and method != "CONNECT":
+        raise _H2Error(_PROTOCOL_ERROR, ":protocol without CONNECT")
+    authority, host = pseudo.get(":authority"), headers.get("host")
+    if (authority is None and host is None) or (None not in (authority, host) and authority != host):
+        raise _H2Error(_PROTOCOL_ERROR, "no :authority nor Host, or both and different")
+    return pseudo, headers, duplicate
+
+
+class _Stream:
+    __slots__ = ("pseudo", "headers", "duplicate", "body", "ended", "unacked", "send_window", "pending")
+
+    def __init__(self, pseudo: dict[str, str], headers: dict[str, str], duplicate: bool, window: int) -> None:
+        self.pseudo = pseudo
         self.headers = headers
+        self.duplicate = duplicate
         self.body: list[bytes] = []
-        self.handle: asyncio.TimerHandle | None = None
+        self.ended = False  # the client sent END_STREAM
+        self.unacked = 0  # body bytes not yet handed back with WINDOW_UPDATE
+        self.send_window = window
+        self.pending = b""  # answer body waiting for flow-control window
 
 
 class _ApnsProtocol(asyncio.Protocol):
@@ -440,6 +764,10 @@ class _ApnsProtocol(asyncio.Protocol):
     Why TLS by hand instead of `create_server(ssl=...)`: asyncio aborts the transport when a
     handshake fails without flushing the TLS alert, so a client could not tell "certificate
     refused" from a network blip. A real TLS server sends the alert, and so does this one.
+
+    Bytes out are collected in `_out` and encrypted and written once per received chunk or per
+    batch of delayed answers (`_flush`): a TLS record and a send() per frame cost more than the
+    frame.
     """
 
     def __init__(self, server: FakeApns) -> None:
@@ -449,12 +777,25 @@ class _ApnsProtocol(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.handshake_done = False
-        self.h2: h2.connection.H2Connection | None = None
         self.info: ConnectionInfo | None = None
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         # APNs binds a token-auth connection to the (team, key) of its first push.
         self.bound_key: tuple[str, str] | None = None
+        # HTTP/2 state.
+        self._http2 = False  # TLS done and ALPN "h2": frames flow
+        self._preface_seen = False
+        self._buffer = b""  # an incomplete frame
+        self._out: list[bytes] = []
+        self._decoder = _HpackDecoder()
+        self._highest_stream_id = 0
+        self._continuation: tuple[int, int, list[bytes]] | None = None  # stream id, flags, fragments
+        self._unacked = 0  # connection-level bytes not yet handed back with WINDOW_UPDATE
+        self._send_window = _DEFAULT_WINDOW
+        self._peer_initial_window = _DEFAULT_WINDOW
+        self._peer_max_frame_size = _MAX_FRAME_SIZE
+        self._blocked: dict[int, _Stream] = {}  # answered streams whose body waits for window
+        self._table_size_update = b""  # owed to the client after it shrank its HPACK table
 
     # -- connection lifecycle
 
@@ -466,10 +807,9 @@ class _ApnsProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for stream in self.streams.values():
-            if stream.handle is not None:
-                stream.handle.cancel()
+        # Delayed answers for these streams find them gone and are dropped.
         self.streams.clear()
+        self._blocked.clear()
         self.server._connection_closed(self)
 
     def eof_received(self) -> bool:
@@ -481,12 +821,19 @@ class _ApnsProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def _flush(self) -> None:
-        if self.h2 is None or self.tls is None or self.closed:
+        if self.tls is None or self.closed:
             return
-        data = self.h2.data_to_send()
-        if data:
-            self.tls.write(data)
-            self._tls_flush()
+        if self._out:
+            self.tls.write(b"".join(self._out))
+            self._out.clear()
+        self._tls_flush()
+
+    def _close(self) -> None:
+        """Send what is queued (e.g. a GOAWAY), then close the connection."""
+        self._flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     def _handshake(self) -> bool:
         assert self.tls is not None and self.transport is not None
@@ -524,16 +871,8 @@ class _ApnsProtocol(asyncio.Protocol):
             # APNs only speaks HTTP/2; a client that did not negotiate it is hung up on.
             self.transport.close()
             return
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 8000,
-            },
-        )
-        self.h2.initiate_connection()
+        self._http2 = True
+        self._out.append(_settings_frame(self.server.max_concurrent_streams))
         self._flush()
 
     # -- bytes in
@@ -557,90 +896,276 @@ class _ApnsProtocol(asyncio.Protocol):
             if not chunk:
                 break
             chunks.append(chunk)
-        if chunks and self.h2 is not None:
-            self._h2_received(b"".join(chunks))
-        else:
-            self._tls_flush()  # e.g. TLS 1.3 session tickets, key updates
-
-    def _h2_received(self, data: bytes) -> None:
-        assert self.h2 is not None and self.transport is not None
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()  # h2 queued a GOAWAY describing the error
-            self.transport.close()
-            return
-        for event in events:
-            if isinstance(event, h2.events.RequestReceived):
-                self.streams[event.stream_id] = _Stream(event.headers)  # type: ignore[arg-type]
-            elif isinstance(event, h2.events.DataReceived):
-                stream = self.streams.get(event.stream_id)
-                if stream is not None and event.data:
-                    stream.body.append(event.data)
-                # Keep both windows open; bodies are small but many streams share the connection.
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
-                self._request_complete(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                stream = self.streams.pop(event.stream_id, None)
-                if stream is not None and stream.handle is not None:
-                    stream.handle.cancel()
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._flush()
-                self.transport.close()
+        if chunks and self._http2:
+            try:
+                self._receive(b"".join(chunks))
+            except _H2Error as exc:
+                if exc.code is not None:
+                    self._out.append(_goaway_frame(self._highest_stream_id, exc.code, str(exc).encode()))
+                self._close()
                 return
-        self._flush()
+        self._flush()  # answers, acknowledgements; or TLS 1.3 session tickets, key updates
 
-    def _request_complete(self, stream_id: int) -> None:
+    def _receive(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        position = 0
+        if not self._preface_seen:
+            if not buffer.startswith(_PREFACE[: len(buffer)]):
+                raise _H2Error(None, "invalid HTTP/2 preface")
+            if len(buffer) < len(_PREFACE):
+                self._buffer = buffer
+                return
+            self._preface_seen = True
+            position = len(_PREFACE)
+        end = len(buffer)
+        unpack = _FRAME_HEADER.unpack_from
+        while end - position >= 9 and not self.closed:
+            length_high, length_low, kind, flags, stream_id = unpack(buffer, position)
+            length = length_high << 16 | length_low
+            if length > _MAX_FRAME_SIZE:
+                raise _H2Error(_FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            start = position + 9
+            if start + length > end:
+                break
+            position = start + length
+            payload = buffer[start:position]
+            stream_id &= 0x7FFFFFFF
+            if self._continuation is not None and kind != _CONTINUATION:
+                raise _H2Error(_PROTOCOL_ERROR, "header block interrupted")
+            if kind == _HEADERS:
+                self._on_headers(stream_id, flags, payload)
+            elif kind == _DATA:
+                self._on_data(stream_id, flags, payload)
+            elif kind == _WINDOW_UPDATE:
+                self._on_window_update(stream_id, payload)
+            elif kind == _SETTINGS:
+                self._on_settings(stream_id, flags, payload)
+            elif kind == _PING:
+                if stream_id:
+                    raise _H2Error(_PROTOCOL_ERROR, "PING on a stream")
+                if length != 8:
+                    raise _H2Error(_FRAME_SIZE_ERROR, "PING of other than 8 bytes")
+                if not flags & _FLAG_ACK:
+                    self._out.append(_frame(_PING, _FLAG_ACK, 0, payload))
+            elif kind == _RST_STREAM:
+                if not stream_id or stream_id > self._highest_stream_id:
+                    raise _H2Error(_PROTOCOL_ERROR, "RST_STREAM on stream 0 or an idle stream")
+                if length != 4:
+                    raise _H2Error(_FRAME_SIZE_ERROR, "RST_STREAM of other than 4 bytes")
+                # A delayed answer for the stream finds it gone and is dropped.
+                self.streams.pop(stream_id, None)
+                self._blocked.pop(stream_id, None)
+            elif kind == _CONTINUATION:
+                self._on_continuation(stream_id, flags, payload)
+            elif kind == _PRIORITY:
+                if not stream_id:
+                    raise _H2Error(_PROTOCOL_ERROR, "PRIORITY on stream 0")
+                if length != 5:
+                    raise _H2Error(_FRAME_SIZE_ERROR, "PRIORITY of other than 5 bytes")
+            elif kind == _GOAWAY:
+                self._close()  # the client is leaving
+            elif kind == _PUSH_PROMISE:
+                raise _H2Error(_PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            # Other frame types are ignored (RFC 9113 §5.5).
+        self._buffer = buffer[position:]
+
+    def _on_headers(self, stream_id: int, flags: int, payload: bytes) -> None:
+        if not stream_id:
+            raise _H2Error(_PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, end = 0, len(payload)
+        if flags & _FLAG_PADDED:
+            start, end = 1, end - (payload[0] if payload else end + 1)
+        if flags & _FLAG_PRIORITY:
+            start += 5
+        if start > end:
+            raise _H2Error(_PROTOCOL_ERROR, "padding or priority longer than the frame")
+        fragment = payload[start:end] if start or end < len(payload) else payload
+        if flags & _FLAG_END_HEADERS:
+            self._on_header_block(stream_id, flags & _FLAG_END_STREAM, fragment)
+        else:
+            self._continuation = (stream_id, flags, [fragment])
+
+    def _on_continuation(self, stream_id: int, flags: int, payload: bytes) -> None:
+        if self._continuation is None or self._continuation[0] != stream_id:
+            raise _H2Error(_PROTOCOL_ERROR, "CONTINUATION out of sequence")
+        fragments = self._continuation[2]
+        fragments.append(payload)
+        if sum(map(len, fragments)) > 4 * _MAX_HEADER_LIST_SIZE:
+            raise _H2Error(_ENHANCE_YOUR_CALM, "endless header block")
+        if flags & _FLAG_END_HEADERS:
+            first_flags = self._continuation[1]
+            self._continuation = None
+            self._on_header_block(stream_id, first_flags & _FLAG_END_STREAM, b"".join(fragments))
+
+    def _on_header_block(self, stream_id: int, end_stream: int, block: bytes) -> None:
+        fields = self._decoder.decode(block)
         stream = self.streams.get(stream_id)
-        if stream is None:
+        if stream_id > self._highest_stream_id:
+            if not stream_id & 1:
+                raise _H2Error(_PROTOCOL_ERROR, "even stream id from a client")
+            if len(self.streams) >= self.server.max_concurrent_streams:
+                raise _H2Error(_PROTOCOL_ERROR, "more streams than SETTINGS_MAX_CONCURRENT_STREAMS")
+            self._highest_stream_id = stream_id  # before the checks: h2's GOAWAY counted it too
+            pseudo, headers, duplicate = _request_headers(fields)
+            stream = _Stream(pseudo, headers, duplicate, self._peer_initial_window)
+            self.streams[stream_id] = stream
+        elif stream is None or stream.ended:
+            raise _H2Error(_STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+        elif not end_stream or any(name[0] == ":" for name, _value in fields):
+            raise _H2Error(_PROTOCOL_ERROR, "trailers without END_STREAM or with pseudo-headers")
+        if end_stream:
+            self._request_complete(stream_id, stream)
+
+    def _on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        size = len(payload)
+        data = payload
+        if flags & _FLAG_PADDED:
+            if not size or payload[0] >= size:
+                raise _H2Error(_PROTOCOL_ERROR, "padding longer than the frame")
+            data = payload[1 : size - payload[0]]
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.ended:
+            if stream_id and stream_id <= self._highest_stream_id:
+                raise _H2Error(_STREAM_CLOSED, f"DATA on closed stream {stream_id}")
+            raise _H2Error(_PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+        if data:
+            stream.body.append(data)
+        # Keep both windows open; bodies are small but many streams share the connection.
+        self._unacked += size
+        if self._unacked >= _DEFAULT_WINDOW // 2:
+            self._out.append(_window_update_frame(0, self._unacked))
+            self._unacked = 0
+        if flags & _FLAG_END_STREAM:
+            self._request_complete(stream_id, stream)
             return
-        answer, apns_id = self.server._process(self, stream_id, stream.headers, b"".join(stream.body))
+        stream.unacked += size
+        if stream.unacked >= _DEFAULT_WINDOW // 2:
+            self._out.append(_window_update_frame(stream_id, stream.unacked))
+            stream.unacked = 0
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _H2Error(_FRAME_SIZE_ERROR, "WINDOW_UPDATE of other than 4 bytes")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if not stream_id:
+            if not increment:
+                raise _H2Error(_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise _H2Error(_FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+        else:
+            stream = self.streams.get(stream_id) or self._blocked.get(stream_id)
+            if stream is None:
+                return  # a stream closed meanwhile
+            if not increment:
+                raise _H2Error(_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            stream.send_window += increment
+        for blocked_id, blocked in list(self._blocked.items()):
+            self._send_body(blocked_id, blocked)
+
+    def _on_settings(self, stream_id: int, flags: int, payload: bytes) -> None:
+        if stream_id:
+            raise _H2Error(_PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & _FLAG_ACK:
+            if payload:
+                raise _H2Error(_FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise _H2Error(_FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+        for offset in range(0, len(payload), 6):
+            code, value = _SETTING.unpack_from(payload, offset)
+            if code == 0x1 and value < _HEADER_TABLE_SIZE:
+                # Answers never use the dynamic table; say so once by shrinking it to 0.
+                self._table_size_update = _hpack_int_encode(0, 5, 0x20)
+            elif code == 0x2 and value > 1:
+                raise _H2Error(_PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
+            elif code == 0x4:
+                if value > _MAX_WINDOW:
+                    raise _H2Error(_FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for stream in (*self.streams.values(), *self._blocked.values()):
+                    stream.send_window += delta
+            elif code == 0x5:
+                if not _MAX_FRAME_SIZE <= value <= 2**24 - 1:
+                    raise _H2Error(_PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self._peer_max_frame_size = value
+        self._out.append(_frame(_SETTINGS, _FLAG_ACK, 0))
+        for blocked_id, blocked in list(self._blocked.items()):
+            self._send_body(blocked_id, blocked)
+
+    # -- requests and answers
+
+    def _request_complete(self, stream_id: int, stream: _Stream) -> None:
+        stream.ended = True
+        body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
+        length = stream.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) != len(body)):
+            raise _H2Error(_PROTOCOL_ERROR, "body length differs from content-length")
+        answer, apns_id = self.server._process(
+            self, stream_id, stream.pseudo, stream.headers, stream.duplicate, body
+        )
         if answer.action == "stall":
             return
         if answer.delay > 0:
-            loop = asyncio.get_running_loop()
-            stream.handle = loop.call_later(answer.delay, self._finish, stream_id, answer, apns_id, True)
+            self.server._schedule(self, stream_id, answer, apns_id)
         else:
-            self._finish(stream_id, answer, apns_id, False)
+            self._finish(stream_id, answer, apns_id)
 
-    def _finish(self, stream_id: int, answer: Answer, apns_id: str, flush: bool) -> None:
-        if self.closed or self.h2 is None or self.transport is None:
+    def _finish(self, stream_id: int, answer: Answer, apns_id: str) -> None:
+        """Queue the answer's frames; the caller flushes."""
+        if self.closed or self.transport is None:
             return
-        if self.streams.pop(stream_id, None) is None:
-            return
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return  # reset by the client meanwhile
         if answer.action == "reset":
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
                 # Linger 0 turns the close into a TCP RST, like a crashed peer or a middlebox.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.closed = True
             self.transport.abort()
             return
         if answer.action == "goaway":
-            data = json.dumps({"reason": answer.reason}).encode() if answer.reason is not None else None
-            self.h2.close_connection(error_code=0, additional_data=data)
-            self._flush()
-            self.transport.close()
+            data = json.dumps({"reason": answer.reason}).encode() if answer.reason is not None else b""
+            self._out.append(_goaway_frame(self._highest_stream_id, _NO_ERROR, data))
+            self._close()
             return
-        headers = [(":status", str(answer.status)), ("apns-id", apns_id)]
-        try:
-            if answer.status == 200:
-                self.h2.send_headers(stream_id, headers, end_stream=True)
-            else:
-                payload: dict[str, Any] = {"reason": answer.reason or ""}
-                if answer.status == 410:
-                    payload["timestamp"] = (
-                        answer.timestamp_ms if answer.timestamp_ms is not None else int(time.time() * 1000)
-                    )
-                body = json.dumps(payload, separators=(",", ":")).encode()
-                headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-                self.h2.send_headers(stream_id, headers)
-                self.h2.send_data(stream_id, body, end_stream=True)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return  # the client gave up on the stream meanwhile
-        if flush:
-            self._flush()
+        block = self._table_size_update + _hpack_status(answer.status) + _hpack_field("apns-id", apns_id)
+        self._table_size_update = b""
+        if answer.status == 200:
+            self._out.append(_frame(_HEADERS, _FLAG_END_HEADERS | _FLAG_END_STREAM, stream_id, block))
+            return
+        payload: dict[str, Any] = {"reason": answer.reason or ""}
+        if answer.status == 410:
+            payload["timestamp"] = (
+                answer.timestamp_ms if answer.timestamp_ms is not None else int(time.time() * 1000)
+            )
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        block += _hpack_field("content-type", "application/json")
+        block += _hpack_field("content-length", str(len(body)))
+        self._out.append(_frame(_HEADERS, _FLAG_END_HEADERS, stream_id, block))
+        stream.pending = body
+        self._send_body(stream_id, stream)
+
+    def _send_body(self, stream_id: int, stream: _Stream) -> None:
+        """DATA frames as far as the client's flow-control windows allow; the rest waits in
+        `_blocked` for its WINDOW_UPDATE."""
+        data = stream.pending
+        while data:
+            size = min(len(data), self._send_window, stream.send_window, self._peer_max_frame_size)
+            if size <= 0:
+                stream.pending = data
+                self._blocked[stream_id] = stream
+                return
+            chunk, data = data[:size], data[size:]
+            self._send_window -= size
+            stream.send_window -= size
+            self._out.append(_frame(_DATA, 0 if data else _FLAG_END_STREAM, stream_id, chunk))
+        stream.pending = b""
+        self._blocked.pop(stream_id, None)
 
 
 class FakeApns:
@@ -693,10 +1218,16 @@ class FakeApns:
         self._handshake_failures: list[str] = []
         self._next_connection_id = 0
         self._stats: Counter[str] = Counter()
+        # apns-id for requests without one: UUID-shaped, a random prefix and a counter (uuid4() per
+        # request cost more than the rest of the answer).
+        self._apns_id_prefix = str(uuid.uuid4()).upper()[:24]
+        self._apns_id_counter = itertools.count(1)
         # Loop-thread-only state.
         self._jwt_cache: dict[str, _JwtVerdict] = {}
         self._last_token: dict[tuple[str, str], tuple[str, int]] = {}
         self._protocols: set[_ApnsProtocol] = set()
+        # Delayed answers by the millisecond (loop clock) they are due in; see _schedule.
+        self._due: dict[int, list[tuple[_ApnsProtocol, int, Answer, str]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -1060,17 +1591,14 @@ class FakeApns:
         return None
 
     def _process(
-        self, protocol: _ApnsProtocol, stream_id: int, raw_headers: list[tuple[str, str]], body: bytes
+        self,
+        protocol: _ApnsProtocol,
+        stream_id: int,
+        pseudo: dict[str, str],
+        headers: dict[str, str],
+        duplicate: bool,
+        body: bytes,
     ) -> tuple[Answer, str]:
-        pseudo: dict[str, str] = {}
-        headers: dict[str, str] = {}
-        duplicate = False
-        for name, value in raw_headers:
-            if name.startswith(":"):
-                pseudo[name] = value
-            else:
-                duplicate = duplicate or name in headers
-                headers[name] = value
         method = pseudo.get(":method", "")
         path = pseudo.get(":path", "")
         token = path[len("/3/device/") :] if path.startswith("/3/device/") else None
@@ -1080,6 +1608,9 @@ class FakeApns:
         else:
             auth, verdict, auth_error = None, None, None
         problem = auth_error or self._validate(protocol, method, path, token, headers, duplicate, body)
+        apns_id = headers.get("apns-id") or f"{self._apns_id_prefix}{next(self._apns_id_counter):012X}"
+        received_at = time.time()
+        info = protocol.info
 
         with self._lock:
             if problem is not None:
@@ -1090,43 +1621,54 @@ class FakeApns:
                 answer = self._by_token[token]
             else:
                 answer = self._default
-
-        apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
-        stat = str(answer.status) if answer.action == "respond" else answer.action
-        if self._requests.maxlen == 0:  # counters only (long benchmarks)
-            with self._lock:
-                self._stats[stat] += 1
-            return answer, apns_id
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        info = protocol.info
-        record = RecordedRequest(
-            method=method,
-            path=path,
-            token=token,
-            headers=headers,
-            authority=pseudo.get(":authority", ""),
-            raw_body=body,
-            body=parsed,
-            received_at=time.time(),
-            auth=auth,
-            cert_subject=info.cert_subject if info is not None else None,
-            jwt_header=verdict.header if verdict is not None else None,
-            jwt_claims=verdict.claims if verdict is not None else None,
-            connection_id=info.id if info is not None else 0,
-            stream_id=stream_id,
-            alpn=info.alpn if info is not None else None,
-            status=answer.status,
-            reason=answer.reason,
-            action=answer.action,
-        )
-        with self._lock:
-            self._requests.append(record)
-            self._stats[stat] += 1
+            self._stats[str(answer.status) if answer.action == "respond" else answer.action] += 1
+            if self._requests.maxlen == 0:  # counters only (long benchmarks)
+                return answer, apns_id
+            self._requests.append(
+                RecordedRequest(
+                    method=method,
+                    path=path,
+                    token=token,
+                    headers=headers,
+                    authority=pseudo.get(":authority", ""),
+                    raw_body=body,
+                    received_at=received_at,
+                    auth=auth,
+                    cert_subject=info.cert_subject if info is not None else None,
+                    jwt_header=verdict.header if verdict is not None else None,
+                    jwt_claims=verdict.claims if verdict is not None else None,
+                    connection_id=info.id if info is not None else 0,
+                    stream_id=stream_id,
+                    alpn=info.alpn if info is not None else None,
+                    status=answer.status,
+                    reason=answer.reason,
+                    action=answer.action,
+                )
+            )
             self._changed.notify_all()
         return answer, apns_id
+
+    def _schedule(self, protocol: _ApnsProtocol, stream_id: int, answer: Answer, apns_id: str) -> None:
+        """Answer after `answer.delay`, rounded up to the next millisecond of the loop clock.
+
+        Why one timer per millisecond rather than per answer: at 1000 answers/s a TimerHandle each
+        (heap push and pop, a loop iteration, a TLS write per answer) cost more than the answers.
+        """
+        assert self._loop is not None
+        due = math.ceil((self._loop.time() + answer.delay) * 1000)
+        batch = self._due.get(due)
+        if batch is None:
+            batch = self._due[due] = []
+            self._loop.call_at(due / 1000, self._answer_due, due)
+        batch.append((protocol, stream_id, answer, apns_id))
+
+    def _answer_due(self, due: int) -> None:
+        touched: dict[_ApnsProtocol, None] = {}
+        for protocol, stream_id, answer, apns_id in self._due.pop(due):
+            protocol._finish(stream_id, answer, apns_id)
+            touched[protocol] = None
+        for protocol in touched:
+            protocol._flush()
 
 
 # ---- standalone ---------------------------------------------------------------------------------
