@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -414,28 +415,12 @@ def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
         fields = [f for f in meta.concrete_fields if not f.primary_key]
         quote = connection.ops.quote_name
         columns = ", ".join(quote(f.column) for f in fields)
-        rows = [[f.get_db_prep_save(getattr(d, f.attname), connection) for f in fields] for d in keyed]
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
         conflict = f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(meta.pk.column)}"
         sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} {conflict}"  # noqa: S608
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # One statement text (parsed once, cached by psycopg) pipelined over every row, one
-                # result per row: empty where the Msg-ID already had a row.
-                raw = cursor.cursor
-                raw.executemany(sql, rows, returning=True)
-                pks: list[int | None] = []
-                while True:
-                    row = raw.fetchone()
-                    pks.append(row[0] if row else None)
-                    if not raw.nextset():
-                        break
-            else:
-                pks = []
-                for params in rows:
-                    cursor.execute(sql, params)
-                    row = cursor.fetchone()
-                    pks.append(row[0] if row else None)
+        # One result per row: empty where the Msg-ID already had a row.
+        results = _rows_write(sql, [_row(d, fields) for d in keyed], returning=True)
+        pks = [row[0] if row else None for row in results]
         for delivery, pk in zip(keyed, pks, strict=True):
             if pk is not None:
                 delivery.pk = pk
@@ -599,11 +584,41 @@ def deliveries_save_finished(deliveries: list[Delivery]) -> None:
     assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
     sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608 - model identifiers
            f"WHERE {connection.ops.quote_name(meta.pk.column)} = %s")
-    rows = [
-        [*(f.get_db_prep_save(getattr(d, f.attname), connection) for f in fields), d.pk] for d in deliveries
-    ]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+    with transaction.atomic():
+        _rows_write(sql, [[*_row(d, fields), d.pk] for d in deliveries])
+
+
+def _row(delivery: Delivery, fields: list[Any]) -> list[Any]:
+    if connection.vendor == "postgresql":
+        return [getattr(delivery, f.attname) for f in fields]  # str, int, float, datetime, None: psycopg's own
+    db = connections[DEFAULT_DB_ALIAS]
+    return [f.get_db_prep_save(getattr(delivery, f.attname), db) for f in fields]
+
+
+def _rows_write(sql: str, rows: list[list[Any]], *, returning: bool = False) -> list[Any]:
+    """Run one statement over many rows; with `returning`, each row's first result row (or None).
+
+    On PostgreSQL in one round trip: psycopg pipelines `executemany`, on a cursor binding values
+    server-side (the statement text is parsed once and each row's values are dumped in C, where
+    Django's client-side-binding cursor would render every row into SQL text in Python)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor == "postgresql":
+        db.ensure_connection()
+        with psycopg.Cursor(db.connection) as cursor:
+            cursor.executemany(sql, rows, returning=returning)
+            if not returning:
+                return []
+            results = []
+            while True:
+                results.append(cursor.fetchone())
+                if not cursor.nextset():
+                    return results
+    results = []
+    with db.cursor() as cursor:
+        for params in rows:
+            cursor.execute(sql, params)
+            results.append(cursor.fetchone() if returning else None)
+    return results
 
 
 def delivery_finished(delivery: Delivery) -> None:
