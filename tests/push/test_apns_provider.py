@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import socket
 import ssl
 import stat
 import time
@@ -12,6 +15,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+import hyperframe.frame
 import pytest
 
 from push.providers import apns
@@ -24,6 +35,7 @@ from push.providers.apns import (
     Outcome,
     classify_response,
 )
+from push.providers.h2transport import GoAwayError, H2Transport, StreamResetError
 from tests.fakes import conftest_apns
 from tests.fakes.apns import Answer, ClientCert, FakeApns, FakeCA, TokenKey, generate_token_key
 
@@ -602,3 +614,401 @@ def test_reason_table_covers_apples_documented_reasons() -> None:
     assert classify_response(503, "SomethingNew")[0] is Outcome.RETRY
     assert classify_response(410, "")[0] is Outcome.TOKEN_INVALID
     assert classify_response(400, "SomethingNew")[0] is Outcome.FAILED
+
+
+# ---- the HTTP/2 transport under the client -------------------------------------------------------
+
+
+class TinyH2Server:
+    """A minimal HTTP/2 + TLS server for what the fake APNs cannot script: a small stream window
+    handed back late, a GOAWAY that leaves earlier streams open, a reset of a single stream.
+
+    It runs on the test's own event loop; the test awaits each request (`next_request`) and answers
+    it (`respond`, `reset`, `goaway`) when it chooses.
+    """
+
+    def __init__(self, ca: FakeCA, *, max_streams: int = 100, window: int = 65535, ack_delay: float = 0.0) -> None:
+        cert_file, key_file = ca.issue_server_cert()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert_file, key_file)
+        self.context.set_alpn_protocols(["h2"])
+        self.max_streams, self.window, self.ack_delay = max_streams, window, ack_delay
+        self.connections: list[TinyH2Protocol] = []
+        self.requests: asyncio.Queue[tuple[TinyH2Protocol, int, bytes]] = asyncio.Queue()
+        self.errors: list[Exception] = []
+        self.port = 0
+
+    async def __aenter__(self) -> TinyH2Server:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: TinyH2Protocol(self), "127.0.0.1", 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        for connection in self.connections:
+            connection.transport.abort()
+
+    async def next_request(self) -> tuple[TinyH2Protocol, int, bytes]:
+        return await asyncio.wait_for(self.requests.get(), timeout=5)
+
+    def url(self, path: str = "/3/device/ab") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+
+class TinyH2Protocol(asyncio.Protocol):
+    def __init__(self, server: TinyH2Server) -> None:
+        self.server = server
+        self.bodies: dict[int, bytearray] = {}
+        self.data_frames = 0
+        self.resets: list[int] = []
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.append(self)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.server.window,
+            },
+        )
+        self.h2.initiate_connection()
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:  # e.g. the client overran a window or a stream limit
+            self.server.errors.append(exc)
+            self.flush()
+            self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.bodies[event.stream_id] = bytearray()
+            elif isinstance(event, h2.events.DataReceived):
+                self.data_frames += 1
+                self.bodies[event.stream_id] += event.data
+                size, stream_id = event.flow_controlled_length, event.stream_id
+                asyncio.get_running_loop().call_later(self.server.ack_delay, self._hand_back, size, stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.server.requests.put_nowait((self, event.stream_id, bytes(self.bodies[event.stream_id])))
+            elif isinstance(event, h2.events.StreamReset):
+                self.resets.append(event.stream_id)
+        self.flush()
+
+    def _hand_back(self, size: int, stream_id: int) -> None:
+        if self.lost:
+            return
+        self.h2.increment_flow_control_window(size)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.h2.increment_flow_control_window(size, stream_id=stream_id)
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.lost:
+            self.transport.write(data)
+
+    def respond(self, stream_id: int, status: int = 200) -> None:
+        self.h2.send_headers(stream_id, [(b":status", str(status).encode()), (b"apns-id", b"ID-%d" % stream_id)])
+        self.h2.send_data(stream_id, b'{"reason":"Test"}' if status != 200 else b"", end_stream=True)
+        self.flush()
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.REFUSED_STREAM) -> None:
+        self.h2.reset_stream(stream_id, error_code)
+        self.flush()
+
+    def goaway(self, last_stream_id: int, reason: str) -> None:
+        # Built by hand: h2 refuses to answer anything once it has sent GOAWAY itself, and this
+        # server goes on answering the streams up to last_stream_id, as RFC 9113 6.8 allows.
+        frame = hyperframe.frame.GoAwayFrame(
+            last_stream_id=last_stream_id, error_code=0, additional_data=json.dumps({"reason": reason}).encode()
+        )
+        self.transport.write(frame.serialize())
+
+
+@pytest.fixture(scope="module")
+def tiny_ca() -> Iterator[FakeCA]:
+    ca = FakeCA("Tiny H2 test CA")
+    yield ca
+    ca.cleanup()
+
+
+def h2_transport(ca: FakeCA, **options: Any) -> H2Transport:
+    return H2Transport(ssl_context=ssl.create_default_context(cafile=ca.ca_file), connect_timeout=5, **options)
+
+
+def test_transport_waits_for_window_updates_before_sending_more_body(tiny_ca: FakeCA) -> None:
+    body = bytes(range(256)) * 12  # 3 KB against a 256-byte stream window
+
+    async def scenario() -> None:
+        async with TinyH2Server(tiny_ca, window=256, ack_delay=0.02) as server:
+            transport = h2_transport(tiny_ca)
+            pending = [
+                asyncio.create_task(transport.handle_async_request(httpx.Request("POST", server.url(), content=body)))
+                for _ in range(2)
+            ]
+            for _ in range(2):
+                protocol, stream_id, received = await server.next_request()
+                assert received == body
+                protocol.respond(stream_id)
+            responses = await asyncio.gather(*pending)
+            await transport.aclose()
+            assert [r.status_code for r in responses] == [200, 200]
+            assert server.errors == [], "the client never overran the window"
+            [protocol] = server.connections
+            assert protocol.data_frames >= 2 * len(body) // 256
+
+    asyncio.run(scenario())
+
+
+def test_transport_goaway_fails_later_streams_and_lets_earlier_ones_finish(tiny_ca: FakeCA) -> None:
+    async def scenario() -> None:
+        async with TinyH2Server(tiny_ca) as server:
+            transport = h2_transport(tiny_ca)
+
+            def post() -> asyncio.Task[httpx.Response]:
+                request = httpx.Request("POST", server.url(), content=b"{}")
+                return asyncio.create_task(transport.handle_async_request(request))
+
+            first = post()
+            first_seen = await server.next_request()
+            second = post()
+            second_seen = await server.next_request()
+            (protocol, first_id, _), (_, second_id, _) = first_seen, second_seen
+            protocol.goaway(last_stream_id=first_id, reason="Shutdown")
+            protocol.respond(first_id)
+
+            assert (await first).status_code == 200, "a stream below last_stream_id still completes"
+            with pytest.raises(GoAwayError) as raised:
+                await second
+            event = raised.value.args[1]
+            assert isinstance(event, h2.events.ConnectionTerminated)
+            assert event.last_stream_id == first_id < second_id
+            assert apns._classify_exception(raised.value)[:2] == (Outcome.RETRY, "Shutdown")
+
+            third = post()
+            new_protocol, third_id, _ = await server.next_request()
+            assert new_protocol is not protocol, "no new stream on a connection that sent GOAWAY"
+            new_protocol.respond(third_id)
+            assert (await third).status_code == 200
+            await asyncio.sleep(0.1)
+            assert protocol.lost, "the drained connection is closed"
+            await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_transport_request_waiting_for_a_stream_moves_to_a_new_connection_on_goaway(tiny_ca: FakeCA) -> None:
+    async def scenario() -> None:
+        async with TinyH2Server(tiny_ca, max_streams=1) as server:
+            transport = h2_transport(tiny_ca)
+            requests = [httpx.Request("POST", server.url(), content=b"{}") for _ in range(2)]
+            first = asyncio.create_task(transport.handle_async_request(requests[0]))
+            protocol, first_id, _ = await server.next_request()
+            queued = asyncio.create_task(transport.handle_async_request(requests[1]))
+            await asyncio.sleep(0.05)
+            assert server.requests.empty(), "the second request waits for the only stream"
+
+            protocol.goaway(last_stream_id=first_id, reason="Shutdown")
+            protocol.respond(first_id)
+            new_protocol, queued_id, _ = await server.next_request()
+            new_protocol.respond(queued_id)
+
+            assert [(await first).status_code, (await queued).status_code] == [200, 200]
+            assert new_protocol is not protocol
+            assert server.errors == []
+            await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_transport_stream_reset_fails_only_that_stream(tiny_ca: FakeCA) -> None:
+    async def scenario() -> None:
+        async with TinyH2Server(tiny_ca) as server:
+            transport = h2_transport(tiny_ca)
+            pending = [
+                asyncio.create_task(transport.handle_async_request(httpx.Request("POST", server.url(), content=b"{}")))
+                for _ in range(2)
+            ]
+            (protocol, reset_id, _), (_, answered_id, _) = [await server.next_request() for _ in range(2)]
+            protocol.reset(reset_id)
+            protocol.respond(answered_id, status=410)
+            reset, answered = await asyncio.gather(*pending, return_exceptions=True)
+            await transport.aclose()
+
+        assert isinstance(reset, StreamResetError)
+        assert isinstance(reset.args[1], h2.events.StreamReset)
+        assert apns._classify_exception(reset)[:2] == (Outcome.RETRY, "StreamReset")
+        assert isinstance(answered, httpx.Response)
+        assert answered.status_code == 410
+        assert answered.headers["apns-id"] == f"ID-{answered_id}"
+        assert answered.read() == b'{"reason":"Test"}'
+        assert len(server.connections) == 1
+
+    asyncio.run(scenario())
+
+
+def test_requests_beyond_max_concurrent_streams_wait_in_order(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    tokens = [f"{i:064x}" for i in range(8)]
+    with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=2, delay=0.15) as server:
+        client = ApnsClient(ca_file=server.ca_file)
+        credential = cert_credential(voip_cert)
+
+        async def push_all() -> list[ApnsResult]:
+            pushes = []
+            for token in tokens:  # started one after the other, so the queue order is known
+                pushes.append(asyncio.ensure_future(client.send(apns_request(server, token=token), credential)))
+                await asyncio.sleep(0.005)
+            return await asyncio.gather(*pushes)
+
+        try:
+            started = time.monotonic()
+            results = asyncio.run(push_all())
+            elapsed = time.monotonic() - started
+        finally:
+            client.close()
+        seen = server.requests
+
+    # The fake's h2 enforces its limit: a client that opened a third stream would lose the connection.
+    assert [r.outcome for r in results] == [Outcome.SENT] * 8
+    assert len(server.connections) == 1
+    assert [r.token for r in seen] == tokens, "queued requests go out first come, first served"
+    assert elapsed >= 4 * 0.15 * 0.9  # two at a time
+
+
+def test_cancelled_request_frees_its_stream_for_the_next(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    stalled, waiting, later = "aa" * 32, "bb" * 32, "cc" * 32
+    with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=1) as server:
+        server.set_token_answer(stalled, Answer.stall())
+        cert = cert_credential(voip_cert)
+        transport = H2Transport(
+            ssl_context=ApnsClient(ca_file=server.ca_file)._certificate_ssl_context(cert), connect_timeout=5
+        )
+
+        def post(token: str) -> Any:
+            url = f"https://{server.host}:{server.port}/3/device/{token}"
+            headers = {"apns-topic": f"{BUNDLE}.voip", "apns-push-type": "voip"}
+            return transport.handle_async_request(httpx.Request("POST", url, headers=headers, content=b'{"aps":{}}'))
+
+        async def scenario() -> list[int]:
+            stuck = asyncio.create_task(post(stalled))
+            await asyncio.sleep(0.1)
+            queued = asyncio.create_task(post(waiting))
+            gives_up = asyncio.create_task(post("dd" * 32))
+            await asyncio.sleep(0.1)
+            gives_up.cancel()  # leaves the queue without taking anyone's turn
+            stuck.cancel()  # the caller's timeout: the stream is reset and its slot goes to `queued`
+            with contextlib.suppress(asyncio.CancelledError):
+                await stuck
+            statuses = [(await queued).status_code, (await post(later)).status_code]
+            await transport.aclose()
+            return statuses
+
+        statuses = asyncio.run(scenario())
+        seen = server.requests
+
+    assert statuses == [200, 200]
+    assert [r.token for r in seen] == [stalled, waiting, later]
+    assert len({r.connection_id for r in seen}) == 1, "one stream reset, the connection kept"
+
+
+def test_many_concurrent_pushes_on_one_connection(
+    fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert
+) -> None:
+    fake_apns.set_default(Answer.ok(delay=0.05))
+    credential = cert_credential(voip_cert)
+
+    async def push_all(round_: int) -> list[ApnsResult]:
+        return await asyncio.gather(
+            *(
+                client.send(apns_request(fake_apns, token=f"{round_:04x}{i:060x}"), credential, timeout=10)
+                for i in range(300)
+            )
+        )
+
+    results = [result for round_ in range(3) for result in asyncio.run(push_all(round_))]
+
+    assert [r.outcome for r in results] == [Outcome.SENT] * 900
+    assert len({r.apns_id for r in results}) == 900
+    assert len(fake_apns.connections) == 1
+    [conn] = client._connections.values()
+    assert conn.transport._current is not None
+    # h2's table of streams is purged as they close: it does not grow with the number of pushes.
+    assert len(conn.transport._current.h2.streams) <= 2 * 300 + 64
+
+
+def test_lost_connection_fails_every_stream_in_flight(
+    fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert
+) -> None:
+    fake_apns.set_default(Answer.ok(delay=2.0))
+    fake_apns.enqueue(Answer.reset(delay=0.2))
+    credential = cert_credential(voip_cert)
+
+    async def push_all() -> list[ApnsResult]:
+        first = asyncio.ensure_future(client.send(apns_request(fake_apns), credential, timeout=5))
+        await asyncio.sleep(0.05)  # the reset is scripted for the first request to arrive
+        others = [client.send(apns_request(fake_apns), credential, timeout=5) for _ in range(3)]
+        return await asyncio.gather(first, *others)
+
+    results = asyncio.run(push_all())
+
+    assert [(r.outcome, r.reason) for r in results] == [(Outcome.RETRY, "ConnectionLost")] * 4
+    assert max(r.latency_s for r in results) < 1.5
+
+
+def test_idle_connection_is_closed_and_reopened(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    client = ApnsClient(ca_file=fake_apns.ca_file, idle_timeout=0.2)
+    credential = cert_credential(voip_cert)
+    try:
+        assert client.send_sync(apns_request(fake_apns), credential, timeout=5).outcome is Outcome.SENT
+        time.sleep(0.6)
+        assert fake_apns.connections[0].closed_at is not None
+        assert client.send_sync(apns_request(fake_apns), credential, timeout=5).outcome is Outcome.SENT
+    finally:
+        client.close()
+
+    first, second = fake_apns.requests
+    assert first.connection_id != second.connection_id
+
+
+def test_connect_timeout_and_refused_connection(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    credential = cert_credential(voip_cert)
+    with socket.socket() as silent, socket.socket() as closed:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes TCP handshakes; TLS never gets an answer
+        closed.bind(("127.0.0.1", 0))
+        refused_port = closed.getsockname()[1]
+        closed.close()
+        client = ApnsClient(ca_file=fake_apns.ca_file, connect_timeout=0.3)
+        try:
+            hangs = client.send_sync(apns_request(fake_apns, port=silent.getsockname()[1]), credential, timeout=5)
+            refused = client.send_sync(apns_request(fake_apns, port=refused_port), credential, timeout=5)
+        finally:
+            client.close()
+
+    assert (hangs.outcome, hangs.reason) == (Outcome.RETRY, "ConnectTimeout")
+    assert hangs.latency_s < 2
+    assert (refused.outcome, refused.reason) == (Outcome.RETRY, "ConnectError")
+
+
+def test_transport_works_under_httpx_async_client(fake_apns: FakeApns) -> None:
+    async def scenario() -> httpx.Response:
+        context = ssl.create_default_context(cafile=fake_apns.ca_file)
+        async with httpx.AsyncClient(transport=H2Transport(ssl_context=context, connect_timeout=5)) as http:
+            return await http.post(f"https://{fake_apns.address}/3/device/{TOKEN}", content=b'{"aps":{}}')
+
+    response = asyncio.run(scenario())
+
+    # No certificate and no provider token: a real HTTP/2 answer all the same.
+    assert (response.status_code, response.json()["reason"]) == (403, "MissingProviderToken")
+    assert response.http_version == "HTTP/2"
+    assert response.headers["apns-id"]
