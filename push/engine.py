@@ -115,7 +115,7 @@ class PushEngine:
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
-        apns.get_client()._ensure_loop().call_soon_threadsafe(self._wake)
+        apns.get_client().loop().call_soon_threadsafe(self._wake)
 
     def close(self) -> None:
         """After the consumer stopped taking messages and saw the last one completed: the

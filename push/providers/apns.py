@@ -554,6 +554,11 @@ class ApnsClient:
 
     # ---- loop management --------------------------------------------------------------------
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The client's event loop (started if need be). Code running on it calls `send` without
+        a thread hop; the consumer's push engine runs there for that reason."""
+        return self._ensure_loop()
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is not None and self._pid == os.getpid() and not self._closed:
