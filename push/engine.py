@@ -289,12 +289,12 @@ class PushEngine:
         for item in batch:
             delivery = item.delivery
             assert delivery is not None
-            if item.app is not None and item.result is not None:
-                try:
+            try:
+                if item.app is not None and item.result is not None:
                     push_followup(delivery=delivery, app=item.app, result=item.result)
-                except Exception:
-                    log.exception("after delivery #%s: handling the provider's answer failed", delivery.pk)
-            delivery_finished(delivery)
+                delivery_finished(delivery)
+            except Exception:  # the delivery is recorded: its message is acked whatever happens here
+                log.exception("after delivery #%s: handling the provider's answer failed", delivery.pk)
             completed.append((item.ticket, item.message, push_req_logged(item.job.msg_id, delivery)))
         self._complete(completed)
 
