@@ -3,36 +3,57 @@
 One pika BlockingConnection owned by the main thread; messages are handled on worker threads
 and acknowledged on the connection thread (pika is not thread-safe) only after their work is
 committed. reg_success messages for one device go to the same single-thread lane so they stay
-in order; push_req messages go to a wider pool because each waits on a provider.
+in order; a lane takes every message waiting for it and handles them as one batch (one digest
+query, bulk writes, one hand-back to the connection thread). push_req messages go to a wider
+pool because each waits on a provider.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pika
 import pika.exceptions
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, reset_queries
+from django.db import connection as db_connection
 from django.utils import timezone
 
 from pusher_site import bus, metrics
 from pusher_site.errors import BadMessage
 from pusher_site.events import event_publish
-from pusher_site.messages import Action, Handled, RawMessage, message_peek, message_process
+from pusher_site.messages import (
+    Action,
+    Handled,
+    RawMessage,
+    handled_bad,
+    message_peek,
+    message_process,
+    message_process_batch,
+)
+
+if TYPE_CHECKING:
+    from push.engine import PushEngine
 
 log = logging.getLogger("pusher.consumer")
+
+T = TypeVar("T")
+# Where a delivery is acked: (channel generation, channel, delivery tag).
+Ticket = tuple[int, Any, int]
+# A registration lane takes every message waiting for it, up to this many, as one batch.
+LANE_BATCH_MAX = 100
 
 # Kazoo declares these non-durable and not auto-delete; a mismatch makes RabbitMQ close the channel.
 KAZOO_EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
@@ -53,22 +74,90 @@ class WorkerConfig:
     dead_letter_queue: str
     prefetch: int
     push_workers: int
-    registration_lanes: int = 8
+    registration_lanes: int = 1
+    # push_req through the concurrent push engine (push.engine); off, each goes through `handler`
+    # on a thread of its own, as every other message does.
+    push_engine: bool = True
+
+
+class _Lane:
+    """One thread handling the batches of its devices' reg_success messages in arrival order."""
+
+    def __init__(self, name: str, handle: Callable[[list[tuple[Ticket, RawMessage]]], None]) -> None:
+        self._queue: queue.SimpleQueue[list[tuple[Ticket, RawMessage]] | None] = queue.SimpleQueue()
+        self._handle = handle
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def put(self, deliveries: list[tuple[Ticket, RawMessage]]) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+        self._queue.put(deliveries)
+
+    def close(self) -> None:
+        """Handle what was put, then stop."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        held: list[tuple[Ticket, RawMessage]] = []
+        taking = True
+        while taking or held:
+            if not held:
+                first = self._queue.get()
+                if first is None:
+                    break
+                held.extend(first)
+            while taking and len(held) < LANE_BATCH_MAX:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    taking = False
+                else:
+                    held.extend(more)
+            batch, held = held[:LANE_BATCH_MAX], held[LANE_BATCH_MAX:]
+            try:
+                self._handle(batch)
+            except Exception:  # the lane must live on; these messages come back after a reconnect
+                log.exception("registration lane failed on a batch of %d; left unacked", len(batch))
+        db_connection.close()  # this thread's
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, handler: Callable[[RawMessage], Handled] = message_process) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        handler: Callable[[RawMessage], Handled] = message_process,
+        batch_handler: Callable[[Sequence[RawMessage]], list[Handled]] | None = None,
+    ) -> None:
+        """`handler` handles one message (push_req, and a batch's messages one at a time when the
+        batch fails); `batch_handler` a registration lane's batch. A custom `handler` without a
+        `batch_handler` (tests, benchmarks) handles the lanes' messages one at a time too."""
         self.config = config
         self.handler = handler
+        if batch_handler is None and handler is message_process:
+            batch_handler = message_process_batch
+        self.batch_handler = batch_handler
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self._generation = 0
-        self._inflight = 0
-        self._lanes = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reg-lane-{i}")
-            for i in range(config.registration_lanes)
-        ]
+        # Delivery tags of the current channel not yet acked or nacked (connection thread only).
+        self._unsettled: set[int] = set()
+        self._lanes = [_Lane(f"reg-lane-{i}", self._lane_handle) for i in range(config.registration_lanes)]
+        # Deliveries for each lane, handed over once pika has dispatched all it read (one wake-up
+        # per lane per read instead of one per message).
+        self._lane_pending: list[list[tuple[Ticket, RawMessage]]] = [[] for _ in self._lanes]
         self._pushes = ThreadPoolExecutor(max_workers=config.push_workers, thread_name_prefix="push")
+        self._push_engine: PushEngine | None = None
+        if config.push_engine:
+            from push.engine import PushEngine  # the push app's models: imported once Django is set up
+
+            self._push_engine = PushEngine(
+                complete=self._complete, fallback=self._handle, fallback_executor=self._pushes,
+                db_check=_connections_check, stopping=self.stopping,
+            )
         self.messages_total = 0
         self.dead_lettered = 0
         self.last_message_at: float | None = None
@@ -107,8 +196,11 @@ class Worker:
                     announced_wait = True
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-        for executor in (*self._lanes, self._pushes):
-            executor.shutdown(wait=True)
+        for lane in self._lanes:
+            lane.close()
+        self._pushes.shutdown(wait=True)
+        if self._push_engine is not None:
+            self._push_engine.close()
         log.info("consumer stopped cleanly")
         return 0
 
@@ -117,7 +209,8 @@ class Worker:
         metrics.CONSUMER_CONNECTED.set(0)
         bus.publisher_set(None)
         self._generation += 1  # acks for deliveries of the old channel are void: they will be redelivered
-        self._inflight = 0
+        self._unsettled = set()
+        self._lane_pending = [[] for _ in self._lanes]
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
             try:
@@ -146,11 +239,14 @@ class Worker:
         event_publish("consumer.connected", outcome=self.config.queue)
         while not self.stopping.is_set():
             connection.process_data_events(time_limit=0.2)
+            self._lanes_feed()
         # Graceful stop: no new deliveries, finish and ack what is in hand, then close.
         channel.basic_cancel(consumer_tag)
+        self._lanes_feed()
         deadline = time.monotonic() + 30
-        while self._inflight > 0 and time.monotonic() < deadline:
+        while self._unsettled and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.1)
+            self._lanes_feed()
         bus.publisher_set(None)
         connection.close()
         self.connected.clear()
@@ -181,37 +277,71 @@ class Worker:
             received_at=time.time(),
             headers=dict(properties.headers or {}),
         )
+        self._unsettled.add(method.delivery_tag)
+        ticket = (generation, channel, method.delivery_tag)
+        if method.exchange == "pushes" and self._push_engine is not None:
+            self._push_engine.submit(ticket, message)
+            return
         if method.exchange == "pushes":
-            executor = self._pushes
+            future = self._pushes.submit(self._handle, message)
+
+            def done(f: Future) -> None:
+                self._complete([(ticket, message, f.result())])
+
+            future.add_done_callback(done)
         else:
-            executor = self._lanes[zlib.crc32(method.routing_key.encode()) % len(self._lanes)]
-        self._inflight += 1
-        future = executor.submit(self._handle, message)
-        connection = self._connection
+            self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
 
-        def done(f: Future) -> None:
-            try:
-                connection.add_callback_threadsafe(
-                    partial(self._finish, generation, channel, method.delivery_tag, message, f)
-                )
-            except pika.exceptions.AMQPError:
-                pass  # connection gone: the broker redelivers the message to whoever consumes next
+    def _lanes_feed(self) -> None:
+        """On the connection thread, after pika dispatched what it read: each lane gets its share."""
+        for index, pending in enumerate(self._lane_pending):
+            if pending:
+                self._lanes[index].put(pending)
+                self._lane_pending[index] = []
 
-        future.add_done_callback(done)
+    def _lane_handle(self, deliveries: list[tuple[Ticket, RawMessage]]) -> None:
+        messages = [message for _, message in deliveries]
+        handled = self._handle_batch(messages)
+        self._complete([(ticket, message, h) for (ticket, message), h in zip(deliveries, handled, strict=True)])
+
+    def _handle_batch(self, messages: list[RawMessage]) -> list[Handled]:
+        """A lane's batch, through `batch_handler`. If the batch fails for anything but a database
+        outage, its messages are handled one at a time, so that one poison message is dead-lettered
+        alone instead of sinking the others (nothing of the failed batch was written)."""
+        if self.batch_handler is None:
+            return [self._handle(message) for message in messages]
+        batch_handler = self.batch_handler
+        try:
+            return self._database_patient(
+                lambda: batch_handler(messages),
+                lambda: [_requeue_stopping() for _ in messages],
+            )
+        except Exception:
+            log.exception("a batch of %d messages failed; handling them one at a time", len(messages))
+            return [self._handle(message) for message in messages]
 
     def _handle(self, message: RawMessage) -> Handled:
+        try:
+            return self._database_patient(lambda: self.handler(message), _requeue_stopping)
+        except BadMessage as exc:
+            return handled_bad(message, exc)
+        except Exception as exc:
+            event, msg_id = message_peek(message.body)
+            log.exception("unexpected error handling msg_id=%s event=%s", msg_id, event)
+            reason = f"internal error: {type(exc).__name__}"
+            return Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)
+
+    def _database_patient(self, work: Callable[[], T], stopped: Callable[[], T]) -> T:
+        """`work()`, retried while the database is unreachable: its messages stay unacked
+        meanwhile. `stopped()` instead when the consumer is asked to stop during the outage."""
         backoff = 0.5
         while True:
             try:
                 _connections_check()
-                return self.handler(message)
-            except BadMessage as exc:
-                event, msg_id = message_peek(message.body)
-                return Handled(Action.DEAD_LETTER, event, "dead_letter", exc.message, msg_id)
+                return work()
             except (OperationalError, InterfaceError) as exc:
-                # The database went away: wait and retry; the message stays unacked meanwhile.
                 if self.stopping.is_set():
-                    return Handled(Action.REQUEUE, "", "requeue", "stopping while the database is down")
+                    return stopped()
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
                 try:
                     close_old_connections()  # drops the broken connection; the retry opens a new one
@@ -219,19 +349,40 @@ class Worker:
                     pass
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-            except Exception as exc:
-                event, msg_id = message_peek(message.body)
-                log.exception("unexpected error handling msg_id=%s event=%s", msg_id, event)
-                reason = f"internal error: {type(exc).__name__}"
-                return Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)
 
-    def _finish(self, generation: int, channel: Any, tag: int, message: RawMessage, future: Future) -> None:
-        if generation != self._generation or not channel.is_open:
-            return  # the channel this delivery came on is gone; the broker redelivers it
-        self._inflight -= 1
+    def _complete(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
+        """From any thread (registration lanes, the push pool, the push engine): messages done
+        with, as (ticket, message, handled), acked (or dead-lettered, requeued) on the connection
+        thread in one wake-up for all of them."""
+        connection = self._connection
+        if connection is None:
+            return  # connection gone: the broker redelivers them to whoever consumes next
+        try:
+            connection.add_callback_threadsafe(partial(self._finish_many, items))
+        except pika.exceptions.AMQPError:
+            pass
+
+    def _finish_many(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
+        """On the connection thread: settle each message, then ack them all at once."""
+        acks: list[int] = []
+        channel: Any = None
+        for (generation, item_channel, tag), message, handled in items:
+            if generation != self._generation or not item_channel.is_open:
+                continue  # the channel this delivery came on is gone; the broker redelivers it
+            if self._settle(item_channel, tag, message, handled):
+                acks.append(tag)
+                channel = item_channel
+        if acks:
+            self._ack(channel, acks)
+
+    def _settle(self, channel: Any, tag: int, message: RawMessage, handled: Handled) -> bool:
+        """Count, dead-letter or requeue one message; True if it is to be acked."""
+        self._unsettled.discard(tag)
         self.messages_total += 1
         self.last_message_at = time.time()
-        handled: Handled = future.result()
+        if handled.action is Action.REQUEUE:
+            channel.basic_nack(tag, requeue=True)
+            return False
         if handled.action is Action.DEAD_LETTER:
             self.dead_lettered += 1
             metrics.DEAD_LETTERS.labels(event=handled.event or "unknown", reason=_reason_label(handled.reason)).inc()
@@ -258,11 +409,19 @@ class Worker:
                     },
                 ),
             )
-            channel.basic_ack(tag)
-        elif handled.action is Action.REQUEUE:
-            channel.basic_nack(tag, requeue=True)
-        else:
-            channel.basic_ack(tag)
+        return True
+
+    def _ack(self, channel: Any, tags: list[int]) -> None:
+        """Every tag below the lowest still unsettled one is settled (tags grow with each delivery),
+        so one `multiple` ack covers those; each basic_ack is a socket write and a poll."""
+        lowest_open = min(self._unsettled, default=None)
+        covered = [tag for tag in tags if lowest_open is None or tag < lowest_open]
+        if covered:
+            channel.basic_ack(max(covered), multiple=True)
+        if len(covered) < len(tags):
+            for tag in tags:
+                if lowest_open is not None and tag > lowest_open:
+                    channel.basic_ack(tag)
 
     def _publish_threadsafe(self, connection: Any, channel: Any, exchange: str, routing_key: str, body: bytes) -> None:
         properties = pika.BasicProperties(content_type="application/json")
@@ -288,6 +447,10 @@ def _connections_check() -> None:
         _thread_state.checked_at = now
     if settings.DEBUG:
         reset_queries()  # DEBUG keeps every query per connection: unbounded in a long-lived worker
+
+
+def _requeue_stopping() -> Handled:
+    return Handled(Action.REQUEUE, "", "requeue", "stopping while the database is down")
 
 
 def _reason_label(reason: str) -> str:

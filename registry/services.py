@@ -8,14 +8,18 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import reduce
+from operator import or_
 from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from pusher_site import metrics
@@ -24,7 +28,7 @@ from pusher_site.events import event_publish
 from registry import selectors
 from registry.kazoo import CrossbarClient, KazooSyncError
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import PushBuild, TokenInfo, push_object_build, push_object_equal
+from registry.pushobject import PushBuild, push_object_build, push_object_equal
 
 log = logging.getLogger(__name__)
 
@@ -73,126 +77,257 @@ def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
 
 
 def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
-    """Apply one reg_success. Idempotent: a redelivered or repeated registration changes nothing
-    (apart from a last-seen time refreshed at most once per PUSHER_LAST_SEEN_INTERVAL_S)."""
+    """Apply one reg_success (a batch of one). Idempotent: a redelivered or repeated registration
+    changes nothing (apart from a last-seen time refreshed at most once per
+    PUSHER_LAST_SEEN_INTERVAL_S). Raises BadMessage for a body that cannot be handled."""
+    result = registration_apply_batch(fields=[fields])[0]
+    if isinstance(result, BadMessage):
+        raise result
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    """A reg_success that carries a push object, ready to compare with the stored device."""
+
+    index: int
+    fields: Mapping[str, Any]
+    build: PushBuild
+    digest: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.build.account_id or "", self.build.device_id or "")
+
+
+def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[RegistrationResult | BadMessage]:
+    """Apply reg_success bodies with the effect of applying them one by one, in order.
+
+    Returns one entry per body: its RegistrationResult, or the BadMessage that refused it (the
+    others go on). One query reads the stored digest of every device; an unchanged registration
+    costs nothing more; the changed ones are written with bulk upserts in one transaction. Two
+    bodies for one device are applied in turn (round k holds each device's k-th body), so the
+    later one sees the earlier one's write. Database errors propagate and nothing of the batch is
+    written: the caller retries, or applies the bodies one at a time to isolate the one that fails."""
+    results: list[RegistrationResult | BadMessage | None] = [None] * len(fields)
+    rounds: list[list[_Registration]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, body in enumerate(fields):
+        try:
+            registration = _registration_prepare(index=index, fields=body)
+        except BadMessage as exc:
+            results[index] = exc
+            continue
+        if isinstance(registration, RegistrationResult):
+            results[index] = registration
+            continue
+        turn = seen.get(registration.key, 0)
+        seen[registration.key] = turn + 1
+        if turn == len(rounds):
+            rounds.append([])
+        rounds[turn].append(registration)
+
+    if rounds:
+        now = timezone.now()
+        unchanged, refresh, change = _registrations_compare(rounds[0], now=now)
+        written: dict[int, RegistrationResult] = {}
+        if refresh or change or len(rounds) > 1:
+            # Only a batch that writes pays for a transaction; the unchanged ones were told apart
+            # by the read above, in autocommit.
+            with transaction.atomic():
+                written.update(_registrations_write(refresh=refresh, change=change, now=now))
+                for later in rounds[1:]:
+                    more_unchanged, refresh, change = _registrations_compare(later, now=now)
+                    unchanged += more_unchanged
+                    written.update(_registrations_write(refresh=refresh, change=change, now=now))
+        for registration in unchanged:
+            results[registration.index] = RegistrationResult(
+                outcome="unchanged", reason="same push object and tokens", build=registration.build
+            )
+        for index, result in written.items():
+            results[index] = result
+
+    outcomes = Counter(r.outcome for r in results if isinstance(r, RegistrationResult))
+    for outcome, count in outcomes.items():
+        metrics.REGISTRATIONS.labels(outcome=outcome).inc(count)
+    return [r for r in results if r is not None]
+
+
+def _registration_prepare(*, index: int, fields: Mapping[str, Any]) -> _Registration | RegistrationResult:
+    """Match and check one body (no write): an "ignored" result, or what to compare and store."""
     build = registration_match(fields=fields)
     if settings.PUSHER_LEGACY_PUSH_RESP and build.tokens:
         from push.services import push_resp_send
 
         push_resp_send(tokens=[t.token for t in build.tokens])
     if build.push is None or not build.account_id or not build.device_id:
-        metrics.REGISTRATIONS.labels(outcome="ignored").inc()
         return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
     _sizes_check(build)
+    return _Registration(index=index, fields=fields, build=build, digest=_digest(build, fields))
 
-    now = timezone.now()
-    digest = _digest(build, fields)
+
+_Stored = tuple[_Registration, selectors.DeviceDigest | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    registration: _Registration
+    upsert: Device  # the row as sent to the upsert (its pk comes back)
+    device: Device  # what the caller gets: the stored row brought up to date, or `upsert` if new
+    created: bool
+    push_changed: bool
+
+
+def _registrations_compare(
+    registrations: list[_Registration], *, now: Any
+) -> tuple[list[_Registration], list[_Stored], list[_Stored]]:
+    """(unchanged, last-seen to refresh, changed) for registrations of distinct devices, from one
+    read of their stored digests."""
+    stored = selectors.device_digests_get(keys=[r.key for r in registrations])
     interval = timedelta(seconds=settings.PUSHER_LAST_SEEN_INTERVAL_S)
-    stored = selectors.device_digest_get(account_id=build.account_id, device_id=build.device_id)
-    if stored is not None and stored[0] == digest and stored[1] is not None and now - stored[1] < interval:
-        metrics.REGISTRATIONS.labels(outcome="unchanged").inc()
-        return RegistrationResult(outcome="unchanged", reason="same push object and tokens", build=build)
+    unchanged: list[_Registration] = []
+    refresh: list[_Stored] = []
+    change: list[_Stored] = []
+    for registration in registrations:
+        row = stored.get(registration.key)
+        if row is not None and row.digest == registration.digest:
+            if row.last_seen_at is not None and now - row.last_seen_at < interval:
+                unchanged.append(registration)
+            else:
+                refresh.append((registration, row))
+        else:
+            change.append((registration, row))
+    return unchanged, refresh, change
 
-    device = selectors.device_get(account_id=build.account_id, device_id=build.device_id) if stored else None
-    result = _registration_write(build=build, fields=fields, digest=digest, now=now, device=device)
-    metrics.REGISTRATIONS.labels(outcome=result.outcome).inc()
-    return result
+
+# What every changed registration rewrites (a changed push object adds push, push_changed_at and
+# the sync state).
+_DEVICE_FIELDS = ("username", "realm", "rule_name", "last_user_agent", "last_contact", "last_registration_at",
+                  "last_seen_at", "registration_digest")
+_TOKEN_FIELDS = ["token_type", "app", "kind", "sandbox", "proxy", "active", "deactivated_at", "deactivated_reason",
+                 "last_seen_at"]
 
 
-@transaction.atomic
-def _registration_write(
-    *, build: PushBuild, fields: Mapping[str, Any], digest: str, now: Any, device: Device | None
-) -> RegistrationResult:
-    """Write a registration with as few statements as the change needs. Messages of one device
-    are handled in order by one consumer lane; across processes the last writer wins, as in Kazoo."""
-    token_ids = [t.token for t in build.tokens]
-    if device is not None and device.registration_digest == digest:
-        Device.objects.filter(pk=device.pk).update(last_seen_at=now)
-        PushToken.objects.filter(device=device, token__in=token_ids).update(last_seen_at=now)
-        return RegistrationResult(outcome="refreshed", reason="last-seen refreshed", build=build, device=device)
+def _registrations_write(*, refresh: list[_Stored], change: list[_Stored], now: Any) -> dict[int, RegistrationResult]:
+    """Write registrations of distinct devices with a fixed number of statements whatever their
+    count: the full rows of the changed devices, one upsert per kind of device change, one token
+    upsert, one UPDATE retiring replaced tokens (and two UPDATEs for last-seen refreshes). Runs
+    inside the batch's transaction. Across processes the last writer wins, as in Kazoo."""
+    existing = selectors.devices_by_pk(pks=[row.pk for _, row in (*refresh, *change) if row is not None])
+    results: dict[int, RegistrationResult] = {}
 
-    values = {
+    if refresh:
+        Device.objects.filter(pk__in=[row.pk for _, row in refresh]).update(last_seen_at=now)
+        PushToken.objects.filter(
+            reduce(or_, (Q(device_id=row.pk, token__in=[t.token for t in r.build.tokens]) for r, row in refresh))
+        ).update(last_seen_at=now)
+        for registration, row in refresh:
+            device = existing.get(row.pk) if row is not None else None
+            if device is not None:
+                device.last_seen_at = now
+            results[registration.index] = RegistrationResult(
+                outcome="refreshed", reason="last-seen refreshed", build=registration.build, device=device
+            )
+    if not change:
+        return results
+
+    # Upsert rows: fresh objects (an INSERT .. ON CONFLICT (account_id, device_id) DO UPDATE of
+    # the listed fields), so that one statement creates the new devices and updates the others,
+    # and a device another consumer created a moment ago is simply updated.
+    push_rows: list[Device] = []
+    detail_rows: list[Device] = []
+    writes: list[_Write] = []
+    for registration, row in change:
+        build = registration.build
+        device = existing.get(row.pk) if row is not None else None
+        values = _device_values(registration=registration, device=device, now=now)
+        push_changed = device is None or not push_object_equal(device.push, build.push)
+        if push_changed:
+            values.update(push_changed_at=now, **_sync_fields(now))
+        upsert = Device(account_id=build.account_id, device_id=build.device_id, push=build.push, **values)
+        (push_rows if push_changed else detail_rows).append(upsert)
+        writes.append(_Write(registration, upsert, device or upsert, created=device is None, push_changed=push_changed))
+    push_fields = ("push", "push_changed_at", *_sync_fields(now))
+    for rows, fields in ((push_rows, (*_DEVICE_FIELDS, *push_fields)), (detail_rows, _DEVICE_FIELDS)):
+        if rows:
+            Device.objects.bulk_create(
+                rows, update_conflicts=True, unique_fields=["account_id", "device_id"], update_fields=list(fields)
+            )
+
+    tokens: dict[tuple[int, str], PushToken] = {}
+    retire: list[Q] = []
+    for write in writes:
+        build, pk = write.registration.build, write.upsert.pk
+        proxy = (build.push or {}).get("Token-Proxy", "")
+        for info in build.tokens:
+            # One row per (device, token): an ON CONFLICT upsert may not touch a row twice (a
+            # Linphone pn-prid can list one token for both VoIP and remote pushes).
+            tokens.setdefault((pk, info.token), PushToken(
+                device_id=pk, token=info.token, token_type=info.type, app=info.app, kind=info.kind,
+                sandbox=info.sandbox, proxy=proxy, active=True, deactivated_at=None, deactivated_reason="",
+                last_seen_at=now,
+            ))
+        if build.tokens:
+            # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
+            retire.append(Q(device_id=pk, kind__in={t.kind for t in build.tokens})
+                          & ~Q(token__in=[t.token for t in build.tokens]))
+    if tokens:
+        PushToken.objects.bulk_create(
+            list(tokens.values()), update_conflicts=True, unique_fields=["device", "token"],
+            update_fields=_TOKEN_FIELDS,
+        )
+    if retire:
+        PushToken.objects.filter(reduce(or_, retire), active=True).update(
+            active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration"
+        )
+
+    wake = False
+    for write in writes:
+        build, device = write.registration.build, write.device
+        if device is not write.upsert:
+            for name in (*_DEVICE_FIELDS, *(push_fields if write.push_changed else ())):
+                setattr(device, name, getattr(write.upsert, name))
+        outcome = "created" if write.created else "updated"
+        if write.push_changed:
+            event_publish(
+                "registration.updated",
+                account=device.account_id,
+                device=device.device_id,
+                app=build.push.get("Token-App") if build.push else None,
+                token=_mask(build.push.get("Token-ID", "") if build.push else ""),
+                rule=build.rule,
+                outcome=outcome,
+            )
+            wake = wake or device.sync_status == SyncStatus.PENDING
+        results[write.registration.index] = RegistrationResult(
+            outcome=outcome,
+            reason="push object changed" if write.push_changed else "tokens or device details changed",
+            build=build,
+            device=device,
+        )
+    if wake:
+        transaction.on_commit(sync_wake)
+    return results
+
+
+def _device_values(*, registration: _Registration, device: Device | None, now: Any) -> dict[str, Any]:
+    fields = registration.fields
+    return {
         "username": str(fields.get("Username") or (device.username if device else ""))[:255],
         "realm": str(fields.get("Realm") or (device.realm if device else ""))[:255],
-        "rule_name": build.rule or "",
+        "rule_name": registration.build.rule or "",
         "last_user_agent": str(fields.get("User-Agent") or "")[:500],
         "last_contact": str(fields.get("Contact") or ""),
         "last_registration_at": now,
         "last_seen_at": now,
-        "registration_digest": digest,
+        "registration_digest": registration.digest,
     }
-    push_changed = device is None or not push_object_equal(device.push, build.push)
-    if push_changed:
-        values.update(push=build.push, push_changed_at=now, **_sync_fields(now))
-    created = False
-    if device is None:
-        try:
-            with transaction.atomic():
-                device = Device.objects.create(account_id=build.account_id, device_id=build.device_id, **values)
-            created = True
-        except IntegrityError:  # another consumer created it a moment ago
-            device = Device.objects.get(account_id=build.account_id, device_id=build.device_id)
-            push_changed = not push_object_equal(device.push, build.push)
-            if not push_changed:
-                for key in ("push", "push_changed_at", *_sync_fields(now)):
-                    values.pop(key, None)
-    if not created:
-        Device.objects.filter(pk=device.pk).update(**values)
-        for key, value in values.items():
-            setattr(device, key, value)
-    _tokens_upsert(device=device, tokens=build.tokens, proxy=(build.push or {}).get("Token-Proxy", ""), now=now,
-                   retire=not created)
-
-    outcome = "created" if created else "updated"
-    if push_changed:
-        event_publish(
-            "registration.updated",
-            account=device.account_id,
-            device=device.device_id,
-            app=build.push.get("Token-App") if build.push else None,
-            token=_mask(build.push.get("Token-ID", "") if build.push else ""),
-            rule=build.rule,
-            outcome=outcome,
-        )
-        if device.sync_status == SyncStatus.PENDING:
-            transaction.on_commit(sync_wake)
-    return RegistrationResult(
-        outcome=outcome,
-        reason="push object changed" if push_changed else "tokens or device details changed",
-        build=build,
-        device=device,
-    )
 
 
 def _mask(token: str) -> str:
     from push.models import mask_token
 
     return mask_token(token)
-
-
-def _tokens_upsert(
-    *, device: Device, tokens: tuple[TokenInfo, ...], proxy: str, now: Any, retire: bool = True
-) -> None:
-    """One INSERT .. ON CONFLICT for the tokens seen, one UPDATE retiring the replaced ones."""
-    PushToken.objects.bulk_create(
-        [
-            PushToken(
-                device=device, token=info.token, token_type=info.type, app=info.app, kind=info.kind,
-                sandbox=info.sandbox, proxy=proxy, active=True, deactivated_at=None, deactivated_reason="",
-                last_seen_at=now,
-            )
-            for info in tokens
-        ],
-        update_conflicts=True,
-        unique_fields=["device", "token"],
-        update_fields=["token_type", "app", "kind", "sandbox", "proxy", "active", "deactivated_at",
-                       "deactivated_reason", "last_seen_at"],
-    )
-    if retire:
-        # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
-        PushToken.objects.filter(device=device, active=True, kind__in={t.kind for t in tokens}).exclude(
-            token__in=[t.token for t in tokens]
-        ).update(active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration")
 
 
 # --- Kazoo sync ---------------------------------------------------------------------

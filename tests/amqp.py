@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import pika
 from django.db import connection
 
-from pusher_site.messages import Handled, RawMessage, message_process
+from pusher_site.messages import Handled, RawMessage, message_process, message_process_batch
 from pusher_site.worker import Worker, WorkerConfig
 from registry.services import sync_loop
 
@@ -33,6 +33,13 @@ def _closing_handler(message: RawMessage) -> Handled:
     # test database can be flushed and dropped (pytest-django) without lingering sessions.
     try:
         return message_process(message)
+    finally:
+        connection.close()
+
+
+def _closing_batch_handler(messages: Sequence[RawMessage]) -> list[Handled]:
+    try:
+        return message_process_batch(messages)
     finally:
         connection.close()
 
@@ -57,8 +64,14 @@ class RunningConsumer:
 
 @contextmanager
 def consumer_running(
-    *, push_workers: int = 8, handler: Callable[[RawMessage], Handled] = _closing_handler
+    *,
+    push_workers: int = 8,
+    handler: Callable[[RawMessage], Handled] = _closing_handler,
+    batch_handler: Callable[[Sequence[RawMessage]], list[Handled]] | None = _closing_batch_handler,
+    registration_lanes: int = 4,
 ) -> Iterator[RunningConsumer]:
+    """A consumer on fresh queue names. The registration lanes take batches through
+    `batch_handler` (None: one message at a time through `handler`, as a custom handler does)."""
     suffix = uuid.uuid4().hex[:10]
     config = WorkerConfig(
         amqp_url=AMQP_URL,
@@ -68,9 +81,9 @@ def consumer_running(
         dead_letter_queue=f"pusher_test_dlq_{suffix}",
         prefetch=50,
         push_workers=push_workers,
-        registration_lanes=4,
+        registration_lanes=registration_lanes,
     )
-    worker = Worker(config, handler=handler)
+    worker = Worker(config, handler=handler, batch_handler=batch_handler)
     thread = threading.Thread(target=worker.run, name="test-consumer", daemon=True)
     thread.start()
     sync_thread = threading.Thread(target=sync_loop, args=(worker.stopping,), name="test-sync", daemon=True)
