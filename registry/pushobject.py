@@ -117,12 +117,15 @@ def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float 
         except RuleError as exc:
             logger.error("skipping User-Agent rule %r: %s", rule.name, exc)
             continue
-        found = None
+        found = False
         for attempt in (1, 2):
             # The timeout is wall-clock: on a loaded machine a plain rule can be descheduled past it.
             # A second try tells that apart from a rule that really backtracks (it times out again).
             try:
-                found = compiled.search(user_agent, timeout=timeout)
+                if len(user_agent) <= _FOUND_CACHE_MAX_UA:
+                    found = _rule_found(rule.regex, user_agent, timeout)
+                else:
+                    found = compiled.search(user_agent, timeout=timeout) is not None
                 break
             except TimeoutError:
                 if attempt == 2:
@@ -132,9 +135,23 @@ def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float 
                         rule.name,
                         timeout,
                     )
-        if found is not None:
+        if found:
             return rule
     return None
+
+
+# A fleet's User-Agents are a few hundred strings, each seen again at every re-REGISTER. The
+# regex module releases the GIL for every search on a str, and under load getting it back costs
+# more than the search: the consumer's registration lanes ask this cache first. Longer
+# User-Agents (none real) are searched every time, so the cache stays small.
+_FOUND_CACHE_MAX_UA = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_found(pattern: str, user_agent: str, timeout: float) -> bool:
+    """Whether `pattern` (already compiled once) is found in `user_agent`; a search that times out
+    raises TimeoutError, and is not cached (the next registration tries again)."""
+    return compile_rule_regex(pattern).search(user_agent, timeout=timeout) is not None
 
 
 def push_object_build(
