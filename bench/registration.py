@@ -8,9 +8,12 @@ publishes them. Three phases per repetition:
   unchanged (same again)   the same N messages again: recognised from the digest, no write
   changed (token rotated)  a new token for every device: rewrites the push object, retires the old token
 
-The handler is `message_process` wrapped in a timer: latency is the time inside it (decode,
-rule match, Contact parse, database), not queueing. The queue is filled before the consumer
-starts, so publisher and consumer never compete for the CPU; the figures say so.
+The consumer's registration lanes hand batches to `message_process_batch`, as in production,
+wrapped in a timer: a message's latency is the time inside the batch that held it (decode, rule
+match, Contact parse, database for the whole batch), not queueing. `--per-message` runs the lanes
+one message at a time through `message_process` instead (the path before batching). The queue is
+filled before the consumer starts, so publisher and consumer never compete for the CPU; the
+figures say so.
 
 Prints figures only; nothing is asserted.
 """
@@ -30,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,12 +85,14 @@ class PhaseResult:
 
 @dataclass
 class TimingHandler:
-    """message_process with a stopwatch around it. Messages of other publishers that reach the
-    bench queue through its bindings (a test run on the same broker) are acked untouched and
-    counted apart."""
+    """The consumer's handler with a stopwatch around it: `batch` (a lane's batch, through
+    `process_batch`) or, called, one message (through `process`). Messages of other publishers
+    that reach the bench queue through its bindings (a test run on the same broker) are acked
+    untouched and counted apart."""
 
     marker: bytes
     process: Callable[[Any], Any]
+    process_batch: Callable[[Sequence[Any]], list[Any]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     latencies: list[float] = field(default_factory=list)
     outcomes: Counter = field(default_factory=Counter)
@@ -118,6 +123,31 @@ class TimingHandler:
                 if self.last_end is None or ended > self.last_end:
                     self.last_end = ended
 
+    def batch(self, messages: Sequence[Any]) -> list[Any]:
+        from pusher_site.messages import Action, Handled
+
+        assert self.process_batch is not None
+        ours = [m for m in messages if self.marker in m.body]
+        started = time.perf_counter()
+        outcomes: list[str] = ["error"] * len(ours)
+        try:
+            handled = self.process_batch(ours) if ours else []
+            outcomes = [h.outcome for h in handled]
+        finally:
+            ended = time.perf_counter()
+            with self.lock:
+                self.foreign += len(messages) - len(ours)
+                if ours:
+                    self.latencies.extend([ended - started] * len(ours))
+                    self.outcomes.update(outcomes)
+                    if self.first_start is None or started < self.first_start:
+                        self.first_start = started
+                    if self.last_end is None or ended > self.last_end:
+                        self.last_end = ended
+        mine = iter(handled)
+        foreign = Handled(Action.ACK, "foreign", "ignored", "not published by this bench run")
+        return [next(mine) if self.marker in m.body else foreign for m in messages]
+
     @property
     def handled(self) -> int:
         with self.lock:
@@ -128,6 +158,10 @@ def _noop(message: Any) -> Any:
     from pusher_site.messages import Action, Handled
 
     return Handled(Action.ACK, "reg_success", "noop")
+
+
+def _noop_batch(messages: Sequence[Any]) -> list[Any]:
+    return [_noop(m) for m in messages]
 
 
 def reg_body(template: dict[str, Any], *, account_id: str, device: Device) -> dict[str, Any]:
@@ -190,17 +224,25 @@ def prefill(queue: str, exchange: str, messages: list[tuple[str, bytes]], *, tim
     return len(messages) / elapsed if elapsed > 0 else float("nan")
 
 
-def drain(config: Any, handler: TimingHandler, expected: int, *, timeout: float) -> None:
-    """Run one consumer until it handled `expected` bench messages (bounded by `timeout`)."""
+def drain(
+    config: Any, handler: TimingHandler, expected: int, *, timeout: float,
+    window: contextlib.AbstractContextManager[Any] | None = None,
+) -> None:
+    """Run one consumer until it handled `expected` bench messages (bounded by `timeout`).
+    `window` is entered once the consumer is connected and left as soon as the last message is
+    handled, before the consumer stops (its lanes close their PostgreSQL sessions on the way out,
+    and an exited backend's CPU can no longer be read)."""
     from pusher_site.worker import Worker
 
-    worker = Worker(config, handler=handler)
+    worker = Worker(config, handler=handler, batch_handler=handler.batch if handler.process_batch else None)
     thread = threading.Thread(target=worker.run, name="bench-consumer", daemon=True)
     thread.start()
     try:
         if not worker.connected.wait(30):
             raise SystemExit("the consumer did not connect to RabbitMQ within 30 s")
-        if not wait_until(lambda: handler.handled >= expected, timeout=timeout, interval=0.005):
+        with window or contextlib.nullcontext():
+            drained = wait_until(lambda: handler.handled >= expected, timeout=timeout, interval=0.005)
+        if not drained:
             say(f"  ! drain timed out after {timeout:.0f} s: {handler.handled} of {expected} handled")
     finally:
         worker.stop()
@@ -219,14 +261,19 @@ def run_phase(
     target: int,
     profile_dir: str | None = None,
     process: Callable[[Any], Any] | None = None,
+    process_batch: Callable[[Sequence[Any]], list[Any]] | None = None,
+    per_message: bool = False,
 ) -> PhaseResult:
-    from pusher_site.messages import message_process
+    from pusher_site.messages import message_process, message_process_batch
 
     messages = [
         (routing_key(realm, body["Username"]), json.dumps(body).encode()) for body in bodies
     ]
     publish_rate = prefill(config.queue, "registrar", messages, timeout=60)
-    handler = TimingHandler(marker=marker, process=process or message_process)
+    handler = TimingHandler(
+        marker=marker, process=process or message_process,
+        process_batch=None if per_message else (process_batch or message_process_batch),
+    )
     profile_path = ""
     profiler: Any = contextlib.nullcontext()
     if profile_dir:
@@ -234,10 +281,18 @@ def run_phase(
         profile_path = os.path.join(profile_dir, f"registration_{slug}.txt")
         profiler = Profiler(os.getpid(), profile_path)
     meter = CpuMeter({"consumer": os.getpid()})
-    with profiler, meter:
+    cpu_used = 0.0
+
+    @contextlib.contextmanager
+    def window() -> Any:
+        nonlocal cpu_used
         cpu_before = cpu_seconds()
-        drain(config, handler, len(messages), timeout=max(60.0, len(messages) / 20))
+        with meter:
+            yield
         cpu_used = cpu_seconds() - cpu_before
+
+    with profiler:
+        drain(config, handler, len(messages), timeout=max(60.0, len(messages) / 20), window=window())
     span = (handler.last_end or 0.0) - (handler.first_start or 0.0)
     result = PhaseResult(
         name=name, messages=handler.handled, outcomes=handler.outcomes, drain_s=span,
@@ -264,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", metavar="DIR", help="record a py-spy profile of every phase into DIR")
     parser.add_argument("--lanes", type=int, default=0,
                         help="registration lanes of the consumer (default: WorkerConfig's, as runconsumer uses)")
+    parser.add_argument("--per-message", action="store_true",
+                        help="lanes handle one message at a time (message_process), not batches")
     args = parser.parse_args(argv)
     if not 1 <= args.devices <= 200_000 or not 1 <= args.repeat <= 20:
         parser.error("--devices must be 1..200000 and --repeat 1..20")
@@ -294,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, registration_lanes=args.lanes)
     say(f"registration bench {run}: {args.devices} devices x {args.repeat}, database {database_label()}; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    say(f"  one consumer in this process (pusher_site.worker.Worker, {config.registration_lanes} registration lanes, "
-        f"prefetch {config.prefetch}); service log lines -> {log_path}")
+    mode = "one message at a time" if args.per_message else "batches"
+    say(f"  one consumer in this process (pusher_site.worker.Worker, {config.registration_lanes} registration lanes "
+        f"handling {mode}, prefetch {config.prefetch}); service log lines -> {log_path}")
     say("  each phase: the queue is pre-filled first, then drained: publisher and consumer never overlap")
 
     rule_ensure()
@@ -319,17 +377,20 @@ def main(argv: list[str] | None = None) -> None:
             if rep == 0:
                 # The consumer's own ceiling: the same messages, a handler that does nothing.
                 results.append(run_phase("plumbing only (no-op handler)", config=config, bodies=bodies, marker=marker,
-                                         realm=realm, target=0, process=_noop))
+                                         realm=realm, target=0, process=_noop, process_batch=_noop_batch,
+                                         per_message=args.per_message))
             results.append(run_phase(f"changed (new devices){suffix}", config=config, bodies=bodies, marker=marker,
-                                     realm=realm, target=TARGET_CHANGED_PER_S, profile_dir=args.profile))
+                                     realm=realm, target=TARGET_CHANGED_PER_S, profile_dir=args.profile,
+                                     per_message=args.per_message))
             results.append(run_phase(f"unchanged (same messages again){suffix}", config=config, bodies=bodies,
                                      marker=marker, realm=realm, target=TARGET_UNCHANGED_PER_S,
-                                     profile_dir=args.profile))
+                                     profile_dir=args.profile, per_message=args.per_message))
             for d in devices:
                 d.token = secrets.token_hex(32)
             bodies = [reg_body(template, account_id=account, device=d) for d in devices]
             results.append(run_phase(f"changed (token rotated){suffix}", config=config, bodies=bodies, marker=marker,
-                                     realm=realm, target=TARGET_CHANGED_PER_S, profile_dir=args.profile))
+                                     realm=realm, target=TARGET_CHANGED_PER_S, profile_dir=args.profile,
+                                     per_message=args.per_message))
     finally:
         broker_cleanup(queues=[config.queue, config.dead_letter_queue], exchanges=[config.dead_letter_exchange])
         if not args.keep and accounts:
@@ -354,8 +415,9 @@ def main(argv: list[str] | None = None) -> None:
         ],
     ))
     say()
-    say("msg/s = bench messages / (last handler end - first handler start); latency = time inside")
-    say("message_process (decode, rule match, Contact parse, database); CPU ms/msg = this process's CPU")
+    say("msg/s = bench messages / (last handler end - first handler start); latency = time inside the")
+    say("lane's batch that held the message (message_process_batch: decode, rule match, Contact parse,")
+    say("database; with --per-message, message_process for the one message); CPU ms/msg = this process's CPU")
     say("time over the drain per message (consumer threads + pika); 1-core ceiling = messages per CPU")
     say("second: the rate one consumer process could reach with a whole core to itself (its Python code")
     say("holds the GIL), whatever else runs on the machine; cores = CPU used over the drain by")
