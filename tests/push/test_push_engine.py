@@ -1,6 +1,5 @@
 """The consumer's concurrent push path (push.engine) over the real RabbitMQ, and its batch writes."""
 
-import copy
 import time
 
 import pytest
@@ -8,24 +7,13 @@ import pytest
 from push import services
 from push.models import Delivery, DeliveryStatus
 from registry.models import Device, PushToken, UserAgentRule
-from tests.amqp import broker_channel, consumer_running, publish, sample
+from tests.amqp import broker_channel, consumer_running, sample
 from tests.fakes.apns import Answer
+from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
-PUSH = sample("push_req_kamailio_master.json")
 REG = sample("reg_success_kamailio_master.json")
-TOKEN = PUSH["body"]["Token-ID"]
-
-
-def push_req(**changes):
-    body = copy.deepcopy(PUSH["body"])
-    body.update(changes)
-    return body
-
-
-def publish_push(channel, body):
-    publish(channel, "pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}", body)
 
 
 def queue_depth(channel, queue):

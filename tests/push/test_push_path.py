@@ -11,14 +11,13 @@ from push.models import Delivery, DeliveryStatus, PushApp
 from registry.models import Device, PushToken, UserAgentRule
 from tests.amqp import broker_channel, consumer_running, publish, sample
 from tests.fakes.apns import Answer
+from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
-PUSH = sample("push_req_kamailio_master.json")
 LEGACY = sample("push_req_kamailio_2015_legacy.json")
 APNS_EXPECTED = sample("apns_request_constructed.json")
 REG = sample("reg_success_kamailio_master.json")
-TOKEN = PUSH["body"]["Token-ID"]
 FCM_TOKEN = "dKx9Qm3ZRlO7pYc2wEo1aB:APA91bHq8v2Xz-4kLmN0pQrStUvWxYz_aBcDeFg.with.dots"
 
 
@@ -31,16 +30,6 @@ def registered_device(db):
     from registry.services import registration_apply
 
     return registration_apply(fields=REG["body"]).device
-
-
-def push_req(**changes):
-    body = copy.deepcopy(PUSH["body"])
-    body.update(changes)
-    return body
-
-
-def publish_push(channel, body):
-    publish(channel, "pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}", body)
 
 
 def test_kamailio_push_req_becomes_exactly_the_expected_apns_request(apple_app, apns_trusting_fake):
