@@ -51,7 +51,7 @@ from push.services import (
     retry_pause,
 )
 from pusher_site.errors import BadMessage
-from pusher_site.messages import Action, Handled, RawMessage, event_of, message_decode, message_peek, push_req_logged
+from pusher_site.messages import Action, Handled, RawMessage, event_of, message_decode, message_peek, push_reqs_logged
 
 log = logging.getLogger("pusher.messages")
 
@@ -277,7 +277,7 @@ class PushEngine:
         """On the record thread: write the outcomes, then ack. The pushes went out already, so a
         database outage is waited out (`_db_retry`); if it lasts, the messages go back to the queue
         and the redelivery finds its row still queued: closed as sender_died, never resent."""
-        deliveries = [item.delivery for item in batch if item.delivery is not None]
+        deliveries = [item.delivery for item in batch if item.delivery is not None]  # every recorded item has one
         try:
             self._db_check()
             _db_retry(lambda: deliveries_save_finished(deliveries), what=f"recording {len(deliveries)} deliveries")
@@ -285,18 +285,17 @@ class PushEngine:
             log.exception("recording %d deliveries failed; their push_req go back to the queue", len(deliveries))
             self._complete([(item.ticket, item.message, _requeue()) for item in batch])
             return
-        completed: list[Completed] = []
-        for item in batch:
-            delivery = item.delivery
-            assert delivery is not None
+        for item, delivery in zip(batch, deliveries, strict=True):
             try:
                 if item.app is not None and item.result is not None:
                     push_followup(delivery=delivery, app=item.app, result=item.result)
                 delivery_finished(delivery)
             except Exception:  # the delivery is recorded: its message is acked whatever happens here
                 log.exception("after delivery #%s: handling the provider's answer failed", delivery.pk)
-            completed.append((item.ticket, item.message, push_req_logged(item.job.msg_id, delivery)))
-        self._complete(completed)
+        handled = push_reqs_logged(
+            [(item.job.msg_id[:200], delivery) for item, delivery in zip(batch, deliveries, strict=True)]
+        )
+        self._complete([(item.ticket, item.message, h) for item, h in zip(batch, handled, strict=True)])
 
 
 def _requeue() -> Handled:
