@@ -135,7 +135,10 @@ PUSHER_QUEUE_NAME = env.str("PUSHER_QUEUE_NAME", default="pusher_shared_listener
 PUSHER_QUEUE_DURABLE = env.bool("PUSHER_QUEUE_DURABLE", default=False)
 PUSHER_DEAD_LETTER_EXCHANGE = env.str("PUSHER_DEAD_LETTER_EXCHANGE", default="pusher.dead_letter")
 PUSHER_DEAD_LETTER_QUEUE = env.str("PUSHER_DEAD_LETTER_QUEUE", default="pusher_dead_letters")
-PUSHER_PREFETCH = env.int("PUSHER_PREFETCH", default=200)
+# Unacked messages in hand. The push engine keeps them all in flight at once (coroutines, not
+# threads) and claims/records them in batches as big as what is in hand: bigger batches cost less
+# per push, and 1,000 in hand lets one process sustain ~1,000 pushes/s at 30 ms per push.
+PUSHER_PREFETCH = env.int("PUSHER_PREFETCH", default=1000)
 PUSHER_WORKERS = env.int("PUSHER_WORKERS", default=32)
 PUSHER_MAX_MESSAGE_BYTES = env.int("PUSHER_MAX_MESSAGE_BYTES", default=256 * 1024)
 # An unchanged re-REGISTER costs no write, except this refresh of last-seen times.
