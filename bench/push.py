@@ -2,7 +2,7 @@
 
 The fake APNs (HTTP/2 + TLS, tests/fakes/apns.py) runs in this process and answers every push
 after --delay-ms. The consumer runs as it does in production, as a separate process
-(`manage.py runconsumer --queue <bench queue> --workers N`) trusting the fake's CA, on the same
+(`manage.py runconsumer --queue <bench queue> --prefetch N`) trusting the fake's CA, on the same
 database; its RSS is sampled from /proc. Push_req messages are the Kamailio sample with a unique
 Msg-ID and Call-ID, published as Kamailio publishes them; `Payload` carries `bench_sent_ns`,
 which APNs receives at the top level of the body.
@@ -11,7 +11,9 @@ which APNs receives at the top level of the body.
   B (throughput)  --throughput push_req published as fast as possible; pushes/s received at the fake
                   (first to last receipt) and how many deliveries ended `sent` in the database
 
---workers takes a comma-separated list (e.g. 32,64,128): a fresh consumer per value.
+--prefetch takes a comma-separated list (e.g. 200,1000): a fresh consumer per value. The push engine
+keeps every unacked push_req in flight and batches its database writes by what is in hand, so
+the prefetch is the consumer's main throughput knob.
 Prints figures only; nothing is asserted.
 """
 
@@ -132,7 +134,7 @@ class Consumer:
 def consumer_start(
     *, run: str, workers: int, prefetch: int, ca_file: str, extra_env: dict[str, str] | None = None
 ) -> Consumer:
-    suffix = f"{run}_w{workers}"
+    suffix = f"{run}_p{prefetch}"
     queue = f"pusher_bench_{suffix}"
     dlx, dlq = f"pusher_bench_dlx_{suffix}", f"pusher_bench_dlq_{suffix}"
     log_path = f"/tmp/bench_push_{suffix}.consumer.log"
@@ -284,7 +286,7 @@ def deliveries(tag: str, expected: int, *, timeout: float) -> collections.Counte
 
 @dataclass
 class Round:
-    workers: int
+    prefetch: int
     latency: dict[str, float] = field(default_factory=dict)
     throughput: dict[str, Any] = field(default_factory=dict)
     rss_max_mb: float = 0.0
@@ -295,22 +297,22 @@ class Round:
     problems: tuple[int, list[str]] = (0, [])
 
 
-def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, template: dict[str, Any]) -> Round:
-    result = Round(workers=workers)
-    consumer = consumer_start(run=run, workers=workers, prefetch=args.prefetch, ca_file=fake.ca_file,
+def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, template: dict[str, Any]) -> Round:
+    result = Round(prefetch=prefetch)
+    consumer = consumer_start(run=run, workers=args.workers, prefetch=prefetch, ca_file=fake.ca_file,
                               extra_env=args.consumer_env_dict)
-    say(f"\n--workers {workers}: consumer pid {consumer.pid} consuming from {consumer.queue} "
-        f"(prefetch {args.prefetch}); its log: {consumer.log_path}")
+    say(f"\n--prefetch {prefetch}: consumer pid {consumer.pid} consuming from {consumer.queue} "
+        f"(--workers {args.workers}); its log: {consumer.log_path}")
     try:
         # Warm-up: the first push opens the TLS + HTTP/2 connection and fills the app cache.
-        tag = f"bench-{run}-w{workers}-warm"
+        tag = f"bench-{run}-p{prefetch}-warm"
         base = answered(fake)
         publish_burst(template, tag=tag, count=WARMUP_PUSHES)
         warm = wait_received(fake, tag, WARMUP_PUSHES, base=base, timeout=30)
         say(f"  warm-up: {len(warm)}/{WARMUP_PUSHES} pushes received (not counted)")
 
         if args.seconds > 0 and args.rate > 0:
-            tag = f"bench-{run}-w{workers}-A"
+            tag = f"bench-{run}-p{prefetch}-A"
             load = os.getloadavg()[0]
             base = answered(fake)
             with CpuMeter({"consumer": consumer.pid, "bench + fake APNs": os.getpid()}) as meter_a:
@@ -328,10 +330,10 @@ def run_round(args: argparse.Namespace, *, run: str, workers: int, fake: Any, te
             say(f"     CPU in cores: {meter_a.line()}")
 
         if args.throughput > 0:
-            tag = f"bench-{run}-w{workers}-B"
+            tag = f"bench-{run}-p{prefetch}-B"
             load = os.getloadavg()[0]
-            cpu_path = os.path.join(args.profile, f"push_w{workers}_cpu.txt") if args.profile else ""
-            wall_path = os.path.join(args.profile, f"push_w{workers}_wall.txt") if args.profile else ""
+            cpu_path = os.path.join(args.profile, f"push_p{prefetch}_cpu.txt") if args.profile else ""
+            wall_path = os.path.join(args.profile, f"push_p{prefetch}_wall.txt") if args.profile else ""
             meter_b = CpuMeter({"consumer": consumer.pid, "bench + fake APNs": os.getpid()})
             with contextlib.ExitStack() as profilers:
                 if args.profile:
@@ -405,8 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="scenario A: duration (0 skips A)")
     parser.add_argument("--throughput", type=int, default=5000, help="scenario B: push_req count (0 skips B)")
     parser.add_argument("--delay-ms", type=float, default=30.0, help="fake APNs answer delay")
-    parser.add_argument("--workers", default="", help="comma-separated push thread counts (default PUSHER_WORKERS)")
-    parser.add_argument("--prefetch", type=int, default=0, help="consumer prefetch (default PUSHER_PREFETCH)")
+    parser.add_argument("--prefetch", default="", help="comma-separated consumer prefetches (default PUSHER_PREFETCH)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="threads for push_req the engine hands back (default PUSHER_WORKERS)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy profile of the consumer during B into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
     parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
@@ -435,16 +438,16 @@ def main(argv: list[str] | None = None) -> None:
     from tests.amqp import sample
     from tests.fakes.apns import FakeApns
 
-    workers_list = [int(w) for w in (args.workers or str(settings.PUSHER_WORKERS)).split(",") if w.strip()]
-    if not workers_list or any(not 1 <= w <= 1024 for w in workers_list):
-        parser.error("--workers: 1..1024 each")
-    args.prefetch = args.prefetch or settings.PUSHER_PREFETCH
+    prefetch_list = [int(p) for p in (args.prefetch or str(settings.PUSHER_PREFETCH)).split(",") if p.strip()]
+    if not prefetch_list or any(not 1 <= p <= 65535 for p in prefetch_list):
+        parser.error("--prefetch: 1..65535 each")
+    args.workers = args.workers or settings.PUSHER_WORKERS
     template = sample("push_req_kamailio_master.json")["body"]
 
     fake = FakeApns.start(delay=args.delay_ms / 1000.0)
     say(f"push bench {run}: database {database_label()}; bench log {log_path}")
     say(f"  fake APNs (in this process) on {fake.address}, {args.delay_ms:g} ms per answer; consumer = "
-        f"`manage.py runconsumer` subprocess per --workers value; load average {os.getloadavg()[0]:.2f} "
+        f"`manage.py runconsumer` subprocess per --prefetch value; load average {os.getloadavg()[0]:.2f} "
         f"on {os.cpu_count()} CPUs")
     if args.consumer_env_dict:
         say(f"  consumer environment overrides: {args.consumer_env_dict}")
@@ -452,8 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     app = credential = None
     try:
         app, credential = apns_app_setup(fake, run)
-        for workers in workers_list:
-            rounds.append(run_round(args, run=run, workers=workers, fake=fake, template=template))
+        for prefetch in prefetch_list:
+            rounds.append(run_round(args, run=run, prefetch=prefetch, fake=fake, template=template))
     finally:
         fake_stats = fake.stats
         fake.stop()
@@ -468,10 +471,10 @@ def main(argv: list[str] | None = None) -> None:
     say(f"A: latency, {args.rate:g} push_req/s for {args.seconds:g} s; publish (time.time_ns in Payload) to "
         f"receipt at the fake. Target p99 < {TARGET_P99_MS:g} ms.")
     say(table(
-        ["workers", "published", "rate/s", "received", "sent", "p50 ms", "p90 ms", "p99 ms", "max ms", "meets",
+        ["prefetch", "published", "rate/s", "received", "sent", "p50 ms", "p90 ms", "p99 ms", "max ms", "meets",
          "consumer cores", "other cores", "load"],
         [
-            [r.workers, r.latency["published"], r.latency["rate"], r.latency["received"], r.latency["sent"],
+            [r.prefetch, r.latency["published"], r.latency["rate"], r.latency["received"], r.latency["sent"],
              r.latency["p50"], r.latency["p90"], r.latency["p99"], r.latency["max"],
              "yes" if r.latency["p99"] < TARGET_P99_MS else "NO", r.latency["cores"].get("consumer", 0.0),
              r.latency["cores"].get("other processes", 0.0), r.latency["load"]]
@@ -482,10 +485,10 @@ def main(argv: list[str] | None = None) -> None:
     say(f"B: throughput, {args.throughput} push_req published as fast as possible, fake answering after "
         f"{args.delay_ms:g} ms. Target >= {TARGET_PUSHES_PER_S:,} pushes/s.")
     say(table(
-        ["workers", "published", "publish s", "received", "pushes/s", "end-to-end/s", "sent", "other", "p50 ms",
+        ["prefetch", "published", "publish s", "received", "pushes/s", "end-to-end/s", "sent", "other", "p50 ms",
          "p99 ms", "consumer cores", "CPU ms/push", "1-core ceiling/s", "other cores", "meets", "load"],
         [
-            [r.workers, r.throughput["published"], r.throughput["publish_s"], r.throughput["received"],
+            [r.prefetch, r.throughput["published"], r.throughput["publish_s"], r.throughput["received"],
              r.throughput["rate"], r.throughput["end_to_end_rate"], r.throughput["sent"],
              " ".join(f"{k}={v}" for k, v in sorted(r.throughput["statuses"].items()) if k != "sent") or "-",
              r.throughput["p50"], r.throughput["p99"], r.throughput["cpu_cores"], r.throughput["cpu_ms_per_push"],
@@ -498,10 +501,10 @@ def main(argv: list[str] | None = None) -> None:
     say()
     say(f"Consumer process memory. Target RSS < {TARGET_RSS_MB:g} MB.")
     say(table(
-        ["workers", "RSS max MB (sampled)", "VmHWM MB", "meets", "PG conns max", "exit code", "stop s",
+        ["prefetch", "RSS max MB (sampled)", "VmHWM MB", "meets", "PG conns max", "exit code", "stop s",
          "WARN/ERR lines"],
         [
-            [r.workers, r.rss_max_mb, r.rss_hwm_mb, "yes" if max(r.rss_max_mb, r.rss_hwm_mb) < TARGET_RSS_MB else "NO",
+            [r.prefetch, r.rss_max_mb, r.rss_hwm_mb, "yes" if max(r.rss_max_mb, r.rss_hwm_mb) < TARGET_RSS_MB else "NO",
              r.db_connections_max, r.exit_code, r.stop_s, r.problems[0]]
             for r in rounds
         ],

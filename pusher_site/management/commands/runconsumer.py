@@ -28,7 +28,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--queue", default=settings.PUSHER_QUEUE_NAME)
-        parser.add_argument("--workers", type=int, default=settings.PUSHER_WORKERS, help="push_req threads")
+        parser.add_argument(
+            "--workers", type=int, default=settings.PUSHER_WORKERS, help="threads for redelivered push_req"
+        )
         parser.add_argument("--prefetch", type=int, default=settings.PUSHER_PREFETCH)
         parser.add_argument(
             "--metrics-port", type=int, default=0,
