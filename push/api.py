@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -23,8 +23,10 @@ from push.models import Credential, CredentialKind, Delivery, DeliverySource, De
 from pusher_site.api import (
     CanSendPush,
     ErrorSerializer,
+    FilteredListMixin,
     JSONObjectField,
     Pagination,
+    ServiceWriteMixin,
     StrictBooleanField,
     StrictCharField,
     StrictChoiceField,
@@ -32,8 +34,6 @@ from pusher_site.api import (
     StrictModelSerializer,
     api_schema,
     audit_log,
-    changed_fields,
-    filters_apply,
     json_text_validator,
     perms_required,
 )
@@ -73,26 +73,21 @@ class DeliveryFilterSerializer(serializers.Serializer):
     created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601)")
 
 
-@extend_schema_view(list=extend_schema(parameters=[DeliveryFilterSerializer]))
-class DeliveryViewSet(viewsets.ReadOnlyModelViewSet):
+class DeliveryViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
     """The delivery log, newest first: one row per push, with the provider's answer."""
 
     queryset = Delivery.objects.all()
     serializer_class = DeliverySerializer
+    filter_serializer_class = DeliveryFilterSerializer
+    filter_lookups = {
+        "status": "status", "provider": "provider", "source": "source", "app": "app_id",
+        "account": "account_id", "device": "device_id", "call_id": "call_id", "token": "token",
+        "created_after": "created_at__gte", "created_before": "created_at__lt",
+    }
     pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["created_at", "finished_at", "status", "provider", "app_id", "latency_ms", "attempts"]
     ordering = ["-created_at", "-id"]
-
-    def get_queryset(self) -> Any:
-        queryset = super().get_queryset()
-        if self.action != "list":
-            return queryset
-        return filters_apply(queryset, self.request, DeliveryFilterSerializer, {
-            "status": "status", "provider": "provider", "source": "source", "app": "app_id",
-            "account": "account_id", "device": "device_id", "call_id": "call_id", "token": "token",
-            "created_after": "created_at__gte", "created_before": "created_at__lt",
-        })
 
 
 # --- Credentials ---------------------------------------------------------------------------------
@@ -171,57 +166,32 @@ class CredentialFilterSerializer(serializers.Serializer):
     expires_before = serializers.DateTimeField(required=False, help_text="not_after before this time")
 
 
-@extend_schema_view(list=extend_schema(parameters=[CredentialFilterSerializer]))
-class CredentialViewSet(viewsets.ModelViewSet):
+class CredentialViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet):
     """APNs certificates and token keys, FCM service accounts. Upload as multipart (`file`) or JSON
     (`data`); the answer carries only what was parsed from the secret."""
 
     queryset = Credential.objects.prefetch_related("apps")
     serializer_class = CredentialSerializer
+    input_serializer_class = CredentialInputSerializer
+    filter_serializer_class = CredentialFilterSerializer
+    filter_lookups = {"kind": "kind", "usable": "usable", "expires_before": "not_after__lt"}
     parser_classes = [JSONParser, MultiPartParser, FormParser]
     pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["name", "kind", "not_after", "usable", "created_at", "updated_at"]
     ordering = ["name"]
 
-    def get_queryset(self) -> Any:
-        queryset = super().get_queryset()
-        if self.action != "list":
-            return queryset
-        return filters_apply(queryset, self.request, CredentialFilterSerializer, {
-            "kind": "kind", "usable": "usable", "expires_before": "not_after__lt",
-        })
+    def service_create(self, data: dict[str, Any]) -> Credential:
+        return services.credential_create(**data)
 
-    @extend_schema(request=CredentialInputSerializer, responses={201: CredentialSerializer})
-    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        params = CredentialInputSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        credential = services.credential_create(**params.validated_data)
-        audit_log(request=request, action="add", obj=credential, message=f"added {credential.kind}")
-        return Response(CredentialSerializer(credential).data, status=status.HTTP_201_CREATED)
+    def service_update(self, obj: Credential, data: dict[str, Any]) -> Credential:
+        return services.credential_update(credential=obj, **data)
 
-    @extend_schema(request=CredentialInputSerializer, responses={200: CredentialSerializer})
-    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        credential = self.get_object()
-        params = CredentialInputSerializer(credential, data=request.data, partial=kwargs.get("partial", False))
-        params.is_valid(raise_exception=True)
-        credential = services.credential_update(credential=credential, **params.validated_data)
-        audit_log(request=request, action="change", obj=credential, message=changed_fields(params.validated_data))
-        return Response(CredentialSerializer(credential).data)
+    def service_delete(self, obj: Credential) -> None:
+        services.credential_delete(credential=obj)
 
-    @extend_schema(request=CredentialInputSerializer, responses={200: CredentialSerializer})
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.update(request, *args, partial=True, **kwargs)
-
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        credential = self.get_object()
-        entry = audit_log(request=request, action="delete", obj=credential)
-        try:
-            services.credential_delete(credential=credential)
-        except PusherError:
-            entry.delete()  # nothing was deleted
-            raise
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def added_message(self, obj: Credential) -> str:
+        return f"added {obj.kind}"
 
 
 # --- Push apps -----------------------------------------------------------------------------------
@@ -301,57 +271,32 @@ def _flagged(queryset: Any, value: bool) -> Any:
     return queryset.exclude(flagged_reason="") if value else queryset.filter(flagged_reason="")
 
 
-@extend_schema_view(list=extend_schema(parameters=[PushAppFilterSerializer]))
-class PushAppViewSet(viewsets.ModelViewSet):
+class PushAppViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet):
     """Push apps, keyed as Kazoo keys them: (Token-App, provider)."""
 
     queryset = PushApp.objects.select_related("credential")
     serializer_class = PushAppSerializer
+    input_serializer_class = PushAppInputSerializer
+    update_serializer_class = PushAppUpdateSerializer
+    filter_serializer_class = PushAppFilterSerializer
+    filter_lookups = {
+        "provider": "provider", "enabled": "enabled", "app_id": "app_id", "credential": "credential_id",
+        "flagged": _flagged,
+    }
     parser_classes = [JSONParser]
     pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["app_id", "provider", "enabled", "created_at", "updated_at"]
     ordering = ["app_id", "provider"]
 
-    def get_queryset(self) -> Any:
-        queryset = super().get_queryset()
-        if self.action != "list":
-            return queryset
-        return filters_apply(queryset, self.request, PushAppFilterSerializer, {
-            "provider": "provider", "enabled": "enabled", "app_id": "app_id", "credential": "credential_id",
-            "flagged": _flagged,
-        })
+    def service_create(self, data: dict[str, Any]) -> PushApp:
+        return services.push_app_upsert(**data)
 
-    @extend_schema(request=PushAppInputSerializer, responses={201: PushAppSerializer})
-    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        params = PushAppInputSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        values = dict(params.validated_data)
-        app = services.push_app_upsert(
-            app_id=values.pop("app_id"), provider=values.pop("provider"), credential=values.pop("credential", None),
-            **values,
-        )
-        audit_log(request=request, action="add", obj=app, message="added")
-        return Response(PushAppSerializer(app).data, status=status.HTTP_201_CREATED)
+    def service_update(self, obj: PushApp, data: dict[str, Any]) -> PushApp:
+        return services.push_app_update(app=obj, **data)
 
-    @extend_schema(request=PushAppUpdateSerializer, responses={200: PushAppSerializer})
-    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        app = self.get_object()
-        params = PushAppUpdateSerializer(app, data=request.data, partial=kwargs.get("partial", False))
-        params.is_valid(raise_exception=True)
-        app = services.push_app_update(app=app, **params.validated_data)
-        audit_log(request=request, action="change", obj=app, message=changed_fields(params.validated_data))
-        return Response(PushAppSerializer(app).data)
-
-    @extend_schema(request=PushAppUpdateSerializer, responses={200: PushAppSerializer})
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.update(request, *args, partial=True, **kwargs)
-
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        app = self.get_object()
-        audit_log(request=request, action="delete", obj=app)
-        services.push_app_delete(app=app)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def service_delete(self, obj: PushApp) -> None:
+        services.push_app_delete(app=obj)
 
     @extend_schema(
         request=AppTestPushSerializer, responses={200: DeliverySerializer},
@@ -513,10 +458,12 @@ class SendViewSet(viewsets.ViewSet):
         params.is_valid(raise_exception=True)
         data = params.validated_data
         try:
-            deliveries = services.push_notify_aor(
-                aor=data["name"], kind=data["type"], payload=data.get("payload", {}), expiry=data.get("expiry"),
+            notification = services.Notification(
+                kind=data["type"], payload=data.get("payload", {}), expiry=data.get("expiry"),
                 sound=data.get("sound", ""), text=data.get("text", ""), mutable=data.get("mutable", False),
-                source=DeliverySource.HTTP_SEND,
+            )
+            deliveries = services.push_notify_aor(
+                aor=data["name"], notification=notification, source=DeliverySource.HTTP_SEND
             )
         except PusherError as exc:
             if exc.code in ("unknown_aor", "no_token"):

@@ -77,7 +77,9 @@ class _Item:
 class PushEngine:
     """push_req handled concurrently. `submit` from any thread; `complete` is called (from an
     engine thread) with batches of finished messages, to be acked; `fallback` handles one
-    message synchronously (on `fallback_executor`) the way the rest of the consumer does."""
+    message synchronously (on `fallback_executor`) the way the rest of the consumer does;
+    `patient(work, stopped)` runs `work` through database outages (`stopped()` if the consumer
+    stops meanwhile); `db_check` is the consumer's connection housekeeping."""
 
     def __init__(
         self,
@@ -85,14 +87,14 @@ class PushEngine:
         complete: Callable[[list[Completed]], None],
         fallback: Callable[[RawMessage], Handled],
         fallback_executor: Executor,
+        patient: Callable[[Callable[[], Any], Callable[[], Any]], Any],
         db_check: Callable[[], None],
-        stopping: threading.Event,
     ) -> None:
         self._complete = complete
         self._fallback = fallback
         self._fallback_executor = fallback_executor
+        self._patient = patient
         self._db_check = db_check
-        self._stopping = stopping
         self._incoming: collections.deque[tuple[Any, RawMessage]] = collections.deque()
         self._wake_lock = threading.Lock()
         self._wake_scheduled = False
@@ -195,24 +197,18 @@ class PushEngine:
 
     def _claim(self, batch: list[_Item]) -> list[tuple[PushApp | None, str, str]] | None:
         """On the claim thread: the rows, and each push's app (or why it cannot be sent). The
-        messages stay unacked while the database is down, as everywhere in the consumer."""
-        backoff = 0.5
-        while True:
-            try:
-                self._db_check()
-                deliveries = deliveries_claim([item.job for item in batch])
-                apps = []
-                for item, delivery in zip(batch, deliveries, strict=True):
-                    item.delivery = delivery
-                    apps.append(push_app_for(item.job, delivery) if delivery is not None else (None, "", ""))
-                return apps
-            except (OperationalError, InterfaceError) as exc:
-                if self._stopping.is_set():
-                    return None
-                log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
-                close_old_connections()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        messages stay unacked while the database is down, as everywhere in the consumer; None if
+        the consumer is stopping meanwhile."""
+
+        def claim() -> list[tuple[PushApp | None, str, str]]:
+            deliveries = deliveries_claim([item.job for item in batch])
+            apps = []
+            for item, delivery in zip(batch, deliveries, strict=True):
+                item.delivery = delivery
+                apps.append(push_app_for(item.job, delivery) if delivery is not None else (None, "", ""))
+            return apps
+
+        return self._patient(claim, lambda: None)
 
     async def _send(self, item: _Item) -> None:
         job, delivery, app = item.job, item.delivery, item.app

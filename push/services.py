@@ -126,6 +126,13 @@ def push_app_cache_clear() -> None:
         _app_cache.clear()
 
 
+def _push_apps_changed() -> None:
+    """This process sees an app or credential change now, the others within APP_CACHE_TTL_S;
+    cleared again at commit so that no push reads the old row back into the cache meanwhile."""
+    push_app_cache_clear()
+    transaction.on_commit(push_app_cache_clear)
+
+
 _fcm_sender: tuple[str, fcm.FcmSender] | None = None
 _fcm_lock = threading.Lock()
 
@@ -203,12 +210,12 @@ class PushJob:
 def push_job_prepare(
     *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
 ) -> PushJob:
-    """Validate a push_req and fix its deadline. Raises BadMessage for one that cannot be handled."""
+    """Validate a push_req and fix its deadline. Raises BadMessage for one that cannot be handled.
+    The text itself must have passed `fields_check` (bus messages do in `message_decode`)."""
     started = received_at or time.time()
     token = _required_str(fields, "Token-ID")
     token_type = _required_str(fields, "Token-Type").lower()
     app_id = _required_str(fields, "Token-App")
-    fields_check(fields)
     expires = int_or_none(fields.get("Expires"))
     # A call push is useless after the ring window; an absurd Expires is capped, not trusted.
     window = (
@@ -278,20 +285,17 @@ def _attempt_timeout(deadline: float) -> float:
 def apns_request_build(
     *, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None
 ) -> apns.ApnsRequest:
-    now_ms = int(time.time() * 1000)
+    now = time.time()
     topic = app.effective_topic
     if push_type and push_type != "voip":
         # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
         topic = topic.removesuffix(".voip")
     push_type = push_type or app.push_type or "voip"
+    # Seconds Apple keeps trying: the push_req's Expires (capped), else the app's setting. 0 (or
+    # less) is apns-expiration 0, "now or never"; None leaves Apple's default.
     expires = int_or_none(fields.get("Expires"))
-    expiration: int | None
-    if expires is not None:
-        expiration = int(time.time()) + min(expires, PUSH_WINDOW_MAX_S) if expires > 0 else 0
-    elif app.expiration is not None:
-        expiration = int(time.time()) + app.expiration if app.expiration > 0 else 0
-    else:
-        expiration = None
+    valid_s = min(expires, PUSH_WINDOW_MAX_S) if expires is not None else app.expiration
+    expiration = None if valid_s is None else (int(now) + valid_s if valid_s > 0 else 0)
     return apns.ApnsRequest(
         token=token,
         topic=apns_topic(topic, push_type),
@@ -300,7 +304,7 @@ def apns_request_build(
         expiration=expiration,
         collapse_id=app.collapse_id or None,
         extra_headers=apns_extra_headers(app.extra_headers),
-        body=apns_body(fields, now_ms=now_ms),
+        body=apns_body(fields, now_ms=int(now * 1000)),
         host=app.host,
         port=app.port,
     )
@@ -505,6 +509,7 @@ def push_request_handle(
     The consumer sends many push_req concurrently through `push.engine`, which claims and records
     them in batches with the same pieces; a redelivered one comes back here."""
     job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
+    fields_check(fields)  # the API, admin and commands; a bus message was checked when decoded
     delivery, claim = _claim(job)
     if claim == "orphaned":
         # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
@@ -714,8 +719,8 @@ def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = N
 
 # --- Apps, shared credentials and test pushes (commands, admin, Kazoo config import) --------
 
-APNS_PRODUCTION_HOST = "api.push.apple.com"
-APNS_SANDBOX_HOST = "api.sandbox.push.apple.com"
+APNS_PRODUCTION_HOST = apns.PRODUCTION_HOST
+APNS_SANDBOX_HOST = apns.SANDBOX_HOST
 PUSH_APP_SETTINGS = frozenset({
     "enabled", "description", "host", "port", "topic", "push_type", "priority", "expiration", "collapse_id",
     "extra_headers", "project_id", "android_priority", "ttl_s",
@@ -727,6 +732,21 @@ CREDENTIAL_KINDS_OF_PROVIDER = {
 # What Kazoo 4.3's `sup pusher_maintenance push` puts in its synthetic push_req.
 TEST_PUSH_CALLER_NUMBER = "15555555555"
 TEST_PUSH_CALLER_NAME = "this is a push test"
+
+
+def _credential_check(credential: Credential | None, provider: str) -> None:
+    """Raises CredentialError for a credential an app of `provider` cannot send with."""
+    if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(provider)]:
+        raise CredentialError(
+            f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
+            f"{Provider(provider).label} app"
+        )
+
+
+def _validation_message(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+    return " ".join(exc.messages)
 
 
 @dataclass(frozen=True)
@@ -803,11 +823,7 @@ def push_app_upsert(
     unknown = sorted(set(app_settings) - PUSH_APP_SETTINGS)
     if unknown:
         raise PusherError(f"unknown push app setting(s): {', '.join(unknown)}")
-    if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(provider)]:
-        raise CredentialError(
-            f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
-            f"{Provider(provider).label} app"
-        )
+    _credential_check(credential, provider)
 
     app = PushApp.objects.select_for_update().filter(app_id=app_id, provider=provider).first()
     changed = app is None
@@ -825,13 +841,10 @@ def push_app_upsert(
     try:
         app.full_clean()
     except ValidationError as exc:
-        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
-        raise PusherError(f"push app {app_id} ({provider}): {problems}") from None
+        raise PusherError(f"push app {app_id} ({provider}): {_validation_message(exc)}") from None
     app.save()
     log.info("push app %s saved (credential %s)", app, app.credential.name if app.credential else "none")
-    # This process sees the change now, the others within APP_CACHE_TTL_S.
-    push_app_cache_clear()
-    transaction.on_commit(push_app_cache_clear)
+    _push_apps_changed()
     return app
 
 
@@ -1011,12 +1024,6 @@ def credentials_reencrypt() -> int:
 PUSH_APP_EDITABLE = PUSH_APP_SETTINGS | {"app_id", "provider", "credential", "flagged_reason"}
 
 
-def _validation_message(exc: ValidationError) -> str:
-    if hasattr(exc, "error_dict"):
-        return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
-    return " ".join(exc.messages)
-
-
 @transaction.atomic
 def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
     """Change an app in place: its settings, its identity (app_id, provider), its credential (None =
@@ -1035,16 +1042,10 @@ def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
         app.full_clean()
     except ValidationError as exc:
         raise PusherError(f"push app {app.app_id} ({app.provider}): {_validation_message(exc)}") from None
-    credential = app.credential
-    if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(app.provider)]:
-        raise CredentialError(
-            f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
-            f"{Provider(app.provider).label} app"
-        )
+    _credential_check(app.credential, app.provider)
     app.save()
     log.info("push app %s updated (%s)", app, ", ".join(sorted(changes)))
-    push_app_cache_clear()
-    transaction.on_commit(push_app_cache_clear)
+    _push_apps_changed()
     return app
 
 
@@ -1054,8 +1055,7 @@ def push_app_delete(*, app: PushApp) -> None:
     label = str(app)
     app.delete()
     log.info("push app %s deleted", label)
-    push_app_cache_clear()
-    transaction.on_commit(push_app_cache_clear)
+    _push_apps_changed()
 
 
 @transaction.atomic
@@ -1117,8 +1117,7 @@ def credential_update(
             log.info("credential renamed to %r", new_name)
         return credential
     saved = credential_save(name=new_name, parsed=parsed, credential=credential)
-    push_app_cache_clear()
-    transaction.on_commit(push_app_cache_clear)
+    _push_apps_changed()
     return saved
 
 
@@ -1166,16 +1165,20 @@ def _notify_token(*, tokens: list[Any], provider: str, kind: str) -> Any | None:
     return None
 
 
+@dataclass(frozen=True)
+class Notification:
+    """What Kamailio's push-notifications-role asks for (POST /api/v1/send), whoever it goes to."""
+
+    kind: str  # NOTIFY_KINDS
+    payload: Mapping[str, Any]
+    expiry: int | None = None
+    sound: str = ""
+    text: str = ""
+    mutable: bool = False
+
+
 def push_notify(
-    *,
-    device: RegistryDevice,
-    kind: str,
-    payload: Mapping[str, Any],
-    expiry: int | None = None,
-    sound: str = "",
-    text: str = "",
-    mutable: bool = False,
-    source: str = DeliverySource.HTTP_SEND,
+    *, device: RegistryDevice, notification: Notification, source: str = DeliverySource.HTTP_SEND
 ) -> list[Delivery]:
     """Send a push-notifications-role notification to a device: one push per provider, to the
     token that suits it (see _notify_token), through the real push path (deadline, retries, delivery
@@ -1185,6 +1188,7 @@ def push_notify(
     The push carries the request's `payload` keys verbatim plus Kazoo's own names (call-id, proxy,
     caller-id-number, caller-id-name) so an app written for Kazoo's pusher understands it too.
     Raises PusherError (code no_token) when the device has no token the notification may go to."""
+    kind = notification.kind
     if kind not in NOTIFY_KINDS:
         raise PusherError(f"unknown notification type {kind!r} (expected {' or '.join(NOTIFY_KINDS)})")
     active = sorted(
@@ -1200,7 +1204,7 @@ def push_notify(
         what = "a remote (visible-notification) token" if kind == NOTIFY_MISSED_CALL else "an active push token"
         raise PusherError(f"device {device} has no {what}", code="no_token")
 
-    values = {str(k): v for k, v in payload.items()}
+    values = {str(k): v for k, v in notification.payload.items()}
     call_id = str(values.get("push_id") or uuid.uuid4())
     number = str(values.get("remote_number") or "")
     name = str(values.get("remote_name") or "")
@@ -1218,17 +1222,19 @@ def push_notify(
         if kind == NOTIFY_INCOMING_CALL:
             body["proxy"] = str(values.get("token_proxy") or token.proxy or (device.push or {}).get("Token-Proxy", ""))
             fields.update({
-                "Alert-Key": "IC_SIL", "Alert-Params": [f"{number} - {name}"], "Sound": sound or "ring.caf",
+                "Alert-Key": "IC_SIL", "Alert-Params": [f"{number} - {name}"],
+                "Sound": notification.sound or "ring.caf",
             })
         else:
             fields.update({
-                "Alert-Body": text or f"Missed call from {name or number}".strip(), "Sound": sound or "default",
+                "Alert-Body": notification.text or f"Missed call from {name or number}".strip(),
+                "Sound": notification.sound or "default",
             })
-            if mutable and provider == Provider.APPLE:
+            if notification.mutable and provider == Provider.APPLE:
                 body["aps"] = {"mutable-content": 1}  # merged into the aps the push path builds
         fields["Payload"] = body
-        if expiry is not None and expiry > 0:
-            fields["Expires"] = expiry
+        if notification.expiry is not None and notification.expiry > 0:
+            fields["Expires"] = notification.expiry
         deliveries.append(push_request_handle(
             fields=fields, source=source, push_type="alert" if kind == NOTIFY_MISSED_CALL else None,
         ))
@@ -1236,15 +1242,7 @@ def push_notify(
 
 
 def push_notify_aor(
-    *,
-    aor: str,
-    kind: str,
-    payload: Mapping[str, Any],
-    expiry: int | None = None,
-    sound: str = "",
-    text: str = "",
-    mutable: bool = False,
-    source: str = DeliverySource.HTTP_SEND,
+    *, aor: str, notification: Notification, source: str = DeliverySource.HTTP_SEND
 ) -> list[Delivery]:
     """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR).
     Raises PusherError: code aor_invalid, unknown_aor (no such device) or no_token (none of them has
@@ -1258,10 +1256,7 @@ def push_notify_aor(
     problems: list[str] = []
     for device in devices:
         try:
-            deliveries.extend(push_notify(
-                device=device, kind=kind, payload=payload, expiry=expiry, sound=sound, text=text, mutable=mutable,
-                source=source,
-            ))
+            deliveries.extend(push_notify(device=device, notification=notification, source=source))
         except PusherError as exc:
             if exc.code != "no_token":
                 raise

@@ -11,8 +11,9 @@ from typing import Any
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import DataError, models
+from django.db import DataError, models, transaction
 from django.db.models import Model, QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import permissions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -226,7 +227,6 @@ class StrictModelSerializer(serializers.ModelSerializer):
     serializer_choice_field = StrictChoiceField
 
 
-
 def _bad_text(text: str) -> str | None:
     if "\x00" in text:
         return "must not contain NUL characters"
@@ -310,3 +310,86 @@ def audit_log(
 def changed_fields(data: Mapping[str, Any]) -> str:
     """The change message of an update: the names of the fields given (a secret is named, never shown)."""
     return f"changed {', '.join(sorted(data))}" if data else "no change"
+
+
+# --- Viewset shapes ----------------------------------------------------------------------------
+
+# Mixins rather than ModelViewSet subclasses: DRF imports this module (DEFAULT_PERMISSION_CLASSES)
+# while rest_framework.views is still loading, so it cannot import the viewsets. Each mixin also
+# documents itself in the OpenAPI schema from the serializers its viewset names.
+
+
+class FilteredListMixin:
+    """A list filtered by query parameters: `filter_serializer_class` validates them and
+    `filter_lookups` applies them (see filters_apply). Other actions see the whole queryset."""
+
+    filter_serializer_class: type[serializers.Serializer]
+    filter_lookups: Mapping[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "filter_serializer_class" in cls.__dict__:
+            extend_schema_view(list=extend_schema(parameters=[cls.filter_serializer_class]))(cls)
+
+    def get_queryset(self) -> QuerySet:
+        queryset = super().get_queryset()
+        if self.action != "list":
+            return queryset
+        return filters_apply(queryset, self.request, self.filter_serializer_class, self.filter_lookups)
+
+
+class ServiceWriteMixin:
+    """Create, update and delete as STYLE rule 11 has them: `input_serializer_class` (or
+    `update_serializer_class` for an update, when it takes other fields) validates, one service
+    writes (`service_create`, `service_update`, `service_delete`), `serializer_class` answers, and
+    the audit log records the write with the acting user."""
+
+    serializer_class: type[serializers.Serializer]
+    input_serializer_class: type[serializers.Serializer]
+    update_serializer_class: type[serializers.Serializer] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "input_serializer_class" in cls.__dict__:
+            update = cls.update_serializer_class or cls.input_serializer_class
+            extend_schema_view(
+                create=extend_schema(request=cls.input_serializer_class, responses={201: cls.serializer_class}),
+                update=extend_schema(request=update, responses={200: cls.serializer_class}),
+                partial_update=extend_schema(request=update, responses={200: cls.serializer_class}),
+            )(cls)
+
+    def service_create(self, data: dict[str, Any]) -> Model:
+        raise NotImplementedError
+
+    def service_update(self, obj: Any, data: dict[str, Any]) -> Model:
+        raise NotImplementedError
+
+    def service_delete(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def added_message(self, obj: Any) -> str:
+        return "added"
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        params = self.input_serializer_class(data=request.data)
+        params.is_valid(raise_exception=True)
+        obj = self.service_create(dict(params.validated_data))
+        audit_log(request=request, action="add", obj=obj, message=self.added_message(obj))
+        return Response(self.serializer_class(obj).data, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()
+        input_class = self.update_serializer_class or self.input_serializer_class
+        params = input_class(obj, data=request.data, partial=kwargs.get("partial", False))
+        params.is_valid(raise_exception=True)
+        obj = self.service_update(obj, dict(params.validated_data))
+        audit_log(request=request, action="change", obj=obj, message=changed_fields(params.validated_data))
+        return Response(self.serializer_class(obj).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()
+        # Recorded before the row goes (it names its pk); a refused deletion takes the record with it.
+        with transaction.atomic():
+            audit_log(request=request, action="delete", obj=obj)
+            self.service_delete(obj)
+        return Response(status=status.HTTP_204_NO_CONTENT)

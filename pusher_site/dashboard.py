@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -247,6 +247,7 @@ def dashboard_summary(*, now: datetime | None = None) -> DashboardSummary:
     pushes, total = pushes_by_outcome(since=since)
     consumers = tuple(consumers_alive(now=now))
     waiting = devices_waiting_sync()
+    waiting_counts = waiting.aggregate(all=Count("pk"), failing=Count("pk", filter=Q(sync_status=SyncStatus.FAILED)))
     return DashboardSummary(
         now=now,
         since=since,
@@ -259,7 +260,7 @@ def dashboard_summary(*, now: datetime | None = None) -> DashboardSummary:
         consumers=consumers,
         consumer_last_seen=None if consumers else ConsumerStatus.objects.order_by("-updated_at").first(),
         devices_waiting=tuple(waiting[:20]),
-        devices_waiting_count=waiting.count(),
-        devices_failing_count=waiting.filter(sync_status=SyncStatus.FAILED).count(),
+        devices_waiting_count=waiting_counts["all"],
+        devices_failing_count=waiting_counts["failing"],
         messages_per_s=sum(c.messages_per_s for c in consumers if c.connected),
     )

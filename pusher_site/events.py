@@ -17,6 +17,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
+from push.models import mask_token
+
 log = logging.getLogger(__name__)
 
 GROUP = "pusher.events"
@@ -39,10 +41,8 @@ SEND_TIMEOUT_S = 5.0
 
 
 def _mask(token: str) -> str:
-    # Same shape as push.models.mask_token; a token that arrives here unmasked is masked anyway.
-    if "…" in token or len(token) <= 12:
-        return token if "…" in token or not token else "…"
-    return f"{token[:6]}…{token[-4:]}"
+    # Callers may hand a token over masked already; one that arrives unmasked is masked here.
+    return token if "…" in token else mask_token(token)
 
 
 class _RemoteSender:
@@ -131,10 +131,10 @@ def event_publish(event_type: str, **fields: Any) -> None:
     unknown = set(fields) - EVENT_FIELDS
     if unknown:
         raise ValueError(f"unknown event field(s) {', '.join(sorted(unknown))}")
+    if fields.get("token") is not None:  # masked before _clean cuts it: the tail shown is the token's own
+        fields["token"] = _mask(str(fields["token"]))
     event: dict[str, Any] = {"type": event_type, "time": round(time.time(), 3)}
     event.update({k: _clean(v) for k, v in fields.items() if v is not None})
-    if "token" in event:
-        event["token"] = _mask(str(event["token"]))
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: _send(event))
     else:

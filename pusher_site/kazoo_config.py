@@ -466,8 +466,8 @@ def kazoo_config_export() -> dict[str, Any]:
     left out; a non-443 `port` is written as `apple.port`, which Kazoo ignores.
     """
     rules = {
-        rule.name: {"regex": rule.regex, "properties": dict(rule.properties or {})}
-        for rule in UserAgentRule.objects.filter(enabled=True).order_by("position", "name")
+        rule.name: {"regex": rule.regex, "properties": dict(rule.properties)}
+        for rule in selectors.user_agent_rules_enabled(fresh=True)  # the consumer's rule set, in its order
     }
     document: dict[str, Any] = {"_id": KAZOO_DOC_ID, DEFAULT_SECTION: {USER_AGENTS: rules}}
     for app in PushApp.objects.order_by("app_id", "provider"):
@@ -546,6 +546,6 @@ def user_agent_test(*, user_agent: str, contact: str, fields: Mapping[str, Any] 
     reg[CCVS] = ccvs
     reg["User-Agent"] = user_agent
     reg["Contact"] = contact
-    selectors.rules_cache_clear()
-    build = registration_match(fields=reg)  # a bad Contact: ContactParseError, already saying so
+    # A bad Contact: ContactParseError, already saying so.
+    build = registration_match(fields=reg, rules=selectors.user_agent_rules_enabled(fresh=True))
     return UserAgentTest(rule=build.rule, push=build.push, tokens=build.tokens, reason=build.reason, fields=reg)

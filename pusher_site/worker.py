@@ -4,8 +4,8 @@ One pika BlockingConnection owned by the main thread; messages are handled on wo
 and acknowledged on the connection thread (pika is not thread-safe) only after their work is
 committed. reg_success messages for one device go to the same single-thread lane so they stay
 in order; a lane takes every message waiting for it and handles them as one batch (one digest
-query, bulk writes, one hand-back to the connection thread). push_req messages go to a wider
-pool because each waits on a provider.
+query, bulk writes, one hand-back to the connection thread). push_req messages go to the push
+engine (push/engine.py), which keeps them all in flight at once because each waits on a provider.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
@@ -43,9 +43,6 @@ from pusher_site.messages import (
     message_process,
     message_process_batch,
 )
-
-if TYPE_CHECKING:
-    from push.engine import PushEngine
 
 log = logging.getLogger("pusher.consumer")
 
@@ -75,9 +72,6 @@ class WorkerConfig:
     prefetch: int
     push_workers: int
     registration_lanes: int = 1
-    # push_req through the concurrent push engine (push.engine); off, each goes through `handler`
-    # on a thread of its own, as every other message does.
-    push_engine: bool = True
 
 
 class _Lane:
@@ -132,9 +126,10 @@ class Worker:
         handler: Callable[[RawMessage], Handled] = message_process,
         batch_handler: Callable[[Sequence[RawMessage]], list[Handled]] | None = None,
     ) -> None:
-        """`handler` handles one message (push_req, and a batch's messages one at a time when the
-        batch fails); `batch_handler` a registration lane's batch. A custom `handler` without a
-        `batch_handler` (tests, benchmarks) handles the lanes' messages one at a time too."""
+        """`handler` handles one message (a push_req the push engine hands back, and a batch's
+        messages one at a time when the batch fails); `batch_handler` a registration lane's
+        batch. A custom `handler` without a `batch_handler` (tests, benchmarks) handles the lanes'
+        messages one at a time too."""
         self.config = config
         self.handler = handler
         if batch_handler is None and handler is message_process:
@@ -150,14 +145,12 @@ class Worker:
         # per lane per read instead of one per message).
         self._lane_pending: list[list[tuple[Ticket, RawMessage]]] = [[] for _ in self._lanes]
         self._pushes = ThreadPoolExecutor(max_workers=config.push_workers, thread_name_prefix="push")
-        self._push_engine: PushEngine | None = None
-        if config.push_engine:
-            from push.engine import PushEngine  # the push app's models: imported once Django is set up
+        from push.engine import PushEngine  # the push app's models: imported once Django is set up
 
-            self._push_engine = PushEngine(
-                complete=self._complete, fallback=self._handle, fallback_executor=self._pushes,
-                db_check=_connections_check, stopping=self.stopping,
-            )
+        self._push_engine = PushEngine(
+            complete=self._complete, fallback=self._handle, fallback_executor=self._pushes,
+            patient=self._database_patient, db_check=_connections_check,
+        )
         self.messages_total = 0
         self.dead_lettered = 0
         self.last_message_at: float | None = None
@@ -199,8 +192,7 @@ class Worker:
         for lane in self._lanes:
             lane.close()
         self._pushes.shutdown(wait=True)
-        if self._push_engine is not None:
-            self._push_engine.close()
+        self._push_engine.close()
         log.info("consumer stopped cleanly")
         return 0
 
@@ -279,16 +271,8 @@ class Worker:
         )
         self._unsettled.add(method.delivery_tag)
         ticket = (generation, channel, method.delivery_tag)
-        if method.exchange == "pushes" and self._push_engine is not None:
-            self._push_engine.submit(ticket, message)
-            return
         if method.exchange == "pushes":
-            future = self._pushes.submit(self._handle, message)
-
-            def done(f: Future) -> None:
-                self._complete([(ticket, message, f.result())])
-
-            future.add_done_callback(done)
+            self._push_engine.submit(ticket, message)
         else:
             self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from django.db.models import Exists, OuterRef, Q
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import serializers, status, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -22,15 +22,15 @@ from push.api import DeliverySerializer
 from push.models import DeliverySource
 from pusher_site import kazoo_config
 from pusher_site.api import (
+    FilteredListMixin,
     JSONObjectField,
     Pagination,
+    ServiceWriteMixin,
     StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
     api_schema,
     audit_log,
-    changed_fields,
-    filters_apply,
     json_text_validator,
     perms_required,
 )
@@ -136,52 +136,28 @@ KAZOO_CONFIG_SCHEMA = {
 }
 
 
-@extend_schema_view(list=extend_schema(parameters=[UserAgentRuleFilterSerializer]))
-class UserAgentRuleViewSet(viewsets.ModelViewSet):
+class UserAgentRuleViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet):
     """Kazoo's `User-Agents` rules, in match order (position, then name): the first match wins."""
 
     queryset = UserAgentRule.objects.all()
     serializer_class = UserAgentRuleSerializer
+    input_serializer_class = UserAgentRuleInputSerializer
+    filter_serializer_class = UserAgentRuleFilterSerializer
+    filter_lookups = {"enabled": "enabled", "name": "name"}
     parser_classes = [JSONParser]
     pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["position", "name", "enabled", "created_at", "updated_at"]
     ordering = ["position", "name"]
 
-    def get_queryset(self) -> Any:
-        queryset = super().get_queryset()
-        if self.action != "list":
-            return queryset
-        return filters_apply(queryset, self.request, UserAgentRuleFilterSerializer, {
-            "enabled": "enabled", "name": "name",
-        })
+    def service_create(self, data: dict[str, Any]) -> UserAgentRule:
+        return services.user_agent_rule_create(**data)
 
-    @extend_schema(request=UserAgentRuleInputSerializer, responses={201: UserAgentRuleSerializer})
-    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        params = UserAgentRuleInputSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        rule = services.user_agent_rule_create(**params.validated_data)
-        audit_log(request=request, action="add", obj=rule, message="added")
-        return Response(UserAgentRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
+    def service_update(self, obj: UserAgentRule, data: dict[str, Any]) -> UserAgentRule:
+        return services.user_agent_rule_update(rule=obj, **data)
 
-    @extend_schema(request=UserAgentRuleInputSerializer, responses={200: UserAgentRuleSerializer})
-    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        rule = self.get_object()
-        params = UserAgentRuleInputSerializer(rule, data=request.data, partial=kwargs.get("partial", False))
-        params.is_valid(raise_exception=True)
-        rule = services.user_agent_rule_update(rule=rule, **params.validated_data)
-        audit_log(request=request, action="change", obj=rule, message=changed_fields(params.validated_data))
-        return Response(UserAgentRuleSerializer(rule).data)
-
-    @extend_schema(request=UserAgentRuleInputSerializer, responses={200: UserAgentRuleSerializer})
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.update(request, *args, partial=True, **kwargs)
-
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        rule = self.get_object()
-        audit_log(request=request, action="delete", obj=rule)
-        services.user_agent_rule_delete(rule=rule)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def service_delete(self, obj: UserAgentRule) -> None:
+        services.user_agent_rule_delete(rule=obj)
 
     @extend_schema(
         request=RuleMatchRequestSerializer, responses={200: RuleMatchSerializer},
@@ -218,14 +194,7 @@ class UserAgentRuleViewSet(viewsets.ModelViewSet):
         if summary.changed:
             audit_log(request=request, action="change", model=UserAgentRule,
                       repr_text="Kazoo system_config/pusher import", message="; ".join(summary.lines()))
-        answer = {
-            "rules_created": summary.rules_created, "rules_updated": summary.rules_updated,
-            "rules_unchanged": summary.rules_unchanged, "apps_created": summary.apps_created,
-            "apps_updated": summary.apps_updated, "apps_unchanged": summary.apps_unchanged,
-            "credentials_created": summary.credentials_created, "changed": summary.changed,
-            "warnings": summary.warnings,
-        }
-        return Response(ImportSummarySerializer(answer).data)
+        return Response(ImportSummarySerializer(summary).data)
 
     @extend_schema(
         responses={200: OpenApiTypes.OBJECT}, parameters=[],
@@ -299,28 +268,22 @@ def _in_sync(queryset: Any, value: bool) -> Any:
     return queryset.filter(_IN_SYNC) if value else queryset.exclude(_IN_SYNC)
 
 
-@extend_schema_view(list=extend_schema(parameters=[DeviceFilterSerializer]))
-class DeviceViewSet(viewsets.ReadOnlyModelViewSet):
+class DeviceViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
     """Kazoo devices seen registering with push parameters, their push object and tokens."""
 
     queryset = Device.objects.prefetch_related("tokens")
     serializer_class = DeviceSerializer
+    filter_serializer_class = DeviceFilterSerializer
+    filter_lookups = {
+        "account_id": "account_id", "device_id": "device_id", "username": "username", "realm": "realm__iexact",
+        "token": _token, "active": _active, "in_sync": _in_sync, "sync_status": "sync_status", "rule": "rule_name",
+    }
     parser_classes = [JSONParser]
     pagination_class = Pagination
     schema = api_schema()
     ordering_fields = ["account_id", "device_id", "username", "realm", "last_registration_at", "last_seen_at",
                        "created_at", "sync_status"]
     ordering = ["account_id", "device_id"]
-
-    def get_queryset(self) -> Any:
-        queryset = super().get_queryset()
-        if self.action != "list":
-            return queryset
-        return filters_apply(queryset, self.request, DeviceFilterSerializer, {
-            "account_id": "account_id", "device_id": "device_id", "username": "username", "realm": "realm__iexact",
-            "token": _token, "active": _active, "in_sync": _in_sync, "sync_status": "sync_status",
-            "rule": "rule_name",
-        })
 
     @extend_schema(
         request=None, responses={200: DeliverySerializer},

@@ -113,31 +113,30 @@ def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float 
         return None
     for rule in rules:
         try:
-            compiled = compile_rule_regex(rule.regex)
+            if _rule_search(rule, user_agent, timeout):
+                return rule
         except RuleError as exc:
             logger.error("skipping User-Agent rule %r: %s", rule.name, exc)
-            continue
-        found = False
-        for attempt in (1, 2):
-            # The timeout is wall-clock: on a loaded machine a plain rule can be descheduled past it.
-            # A second try tells that apart from a rule that really backtracks (it times out again).
-            try:
-                if len(user_agent) <= _FOUND_CACHE_MAX_UA:
-                    found = _rule_found(rule.regex, user_agent, timeout)
-                else:
-                    found = compiled.search(user_agent, timeout=timeout) is not None
-                break
-            except TimeoutError:
-                if attempt == 2:
-                    logger.warning(
-                        "User-Agent rule %r timed out twice after %.3fs (catastrophic backtracking?); "
-                        "treated as no match",
-                        rule.name,
-                        timeout,
-                    )
-        if found:
-            return rule
     return None
+
+
+def _rule_search(rule: Rule, user_agent: str, timeout: float) -> bool:
+    # The timeout is wall-clock: on a loaded machine a plain rule can be descheduled past it.
+    # A second try tells that apart from a rule that really backtracks (it times out again).
+    for attempt in (1, 2):
+        try:
+            if len(user_agent) <= _FOUND_CACHE_MAX_UA:
+                return _rule_found(rule.regex, user_agent, timeout)
+            return compile_rule_regex(rule.regex).search(user_agent, timeout=timeout) is not None
+        except TimeoutError:
+            if attempt == 2:
+                logger.warning(
+                    "User-Agent rule %r timed out twice after %.3fs (catastrophic backtracking?); "
+                    "treated as no match",
+                    rule.name,
+                    timeout,
+                )
+    return False
 
 
 # A fleet's User-Agents are a few hundred strings, each seen again at every re-REGISTER. The
@@ -149,8 +148,8 @@ _FOUND_CACHE_MAX_UA = 512
 
 @functools.lru_cache(maxsize=4096)
 def _rule_found(pattern: str, user_agent: str, timeout: float) -> bool:
-    """Whether `pattern` (already compiled once) is found in `user_agent`; a search that times out
-    raises TimeoutError, and is not cached (the next registration tries again)."""
+    """Whether `pattern` is found in `user_agent`; a search that times out raises TimeoutError and a
+    pattern that does not compile RuleError, neither cached (the next registration tries again)."""
     return compile_rule_regex(pattern).search(user_agent, timeout=timeout) is not None
 
 

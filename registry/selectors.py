@@ -85,5 +85,5 @@ def devices_by_pk(*, pks: Collection[int]) -> dict[int, Device]:
 
 
 def device_get(*, account_id: str, device_id: str) -> Device | None:
-    # order_by(): no ORDER BY for a unique lookup (on the hot path of every reg_success).
+    # order_by(): no ORDER BY for a unique lookup.
     return next(iter(Device.objects.filter(account_id=account_id, device_id=device_id).order_by()[:1]), None)

@@ -28,7 +28,7 @@ from pusher_site.events import event_publish
 from registry import selectors
 from registry.kazoo import CrossbarClient, KazooSyncError
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import PushBuild, push_object_build, push_object_equal
+from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,14 @@ class RegistrationResult:
     device: Device | None = None
 
 
-def registration_match(*, fields: Mapping[str, Any]) -> PushBuild:
-    """Match a reg_success (or a pasted User-Agent + Contact) against the enabled rules. Pure apart
-    from reading the rules; raises ContactParseError on a Contact that doesn't parse."""
+def registration_match(*, fields: Mapping[str, Any], rules: Sequence[Rule] | None = None) -> PushBuild:
+    """Match a reg_success (or a pasted User-Agent + Contact) against `rules` (default: the enabled
+    rules, cached). Pure apart from reading the rules; raises ContactParseError on a Contact that
+    doesn't parse."""
+    if rules is None:
+        rules = selectors.user_agent_rules_enabled()
     try:
-        return push_object_build(
-            rules=selectors.user_agent_rules_enabled(), fields=fields, regex_timeout=settings.PUSHER_REGEX_TIMEOUT_S
-        )
+        return push_object_build(rules=rules, fields=fields, regex_timeout=settings.PUSHER_REGEX_TIMEOUT_S)
     except ContactParseError as exc:
         raise ContactParseError(f"Contact does not parse: {exc.message}") from exc
 
@@ -112,9 +113,10 @@ def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[Reg
     results: list[RegistrationResult | BadMessage | None] = [None] * len(fields)
     rounds: list[list[_Registration]] = []
     seen: dict[tuple[str, str], int] = {}
+    rules = selectors.user_agent_rules_enabled()  # one rule set for the whole batch
     for index, body in enumerate(fields):
         try:
-            registration = _registration_prepare(index=index, fields=body)
+            registration = _registration_prepare(index=index, fields=body, rules=rules)
         except BadMessage as exc:
             results[index] = exc
             continue
@@ -153,9 +155,11 @@ def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[Reg
     return [r for r in results if r is not None]
 
 
-def _registration_prepare(*, index: int, fields: Mapping[str, Any]) -> _Registration | RegistrationResult:
+def _registration_prepare(
+    *, index: int, fields: Mapping[str, Any], rules: Sequence[Rule]
+) -> _Registration | RegistrationResult:
     """Match and check one body (no write): an "ignored" result, or what to compare and store."""
-    build = registration_match(fields=fields)
+    build = registration_match(fields=fields, rules=rules)
     if settings.PUSHER_LEGACY_PUSH_RESP and build.tokens:
         from push.services import push_resp_send
 
@@ -294,7 +298,7 @@ def _registrations_write(*, refresh: list[_Stored], change: list[_Stored], now: 
                 account=device.account_id,
                 device=device.device_id,
                 app=build.push.get("Token-App") if build.push else None,
-                token=_mask(build.push.get("Token-ID", "") if build.push else ""),
+                token=build.push.get("Token-ID", "") if build.push else "",  # event_publish masks it
                 rule=build.rule,
                 outcome=outcome,
             )
@@ -322,12 +326,6 @@ def _device_values(*, registration: _Registration, device: Device | None, now: A
         "last_seen_at": now,
         "registration_digest": registration.digest,
     }
-
-
-def _mask(token: str) -> str:
-    from push.models import mask_token
-
-    return mask_token(token)
 
 
 # --- Kazoo sync ---------------------------------------------------------------------

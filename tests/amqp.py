@@ -103,6 +103,17 @@ def consumer_running(
             channel.exchange_delete(config.dead_letter_exchange)
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes: the consumer's writes and Kazoo syncs land
+    in its own threads, after `wait_handled` has returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @contextmanager
 def broker_channel() -> Iterator[Any]:
     conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))

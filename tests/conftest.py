@@ -39,17 +39,41 @@ def _fresh_caches():
     clear()
 
 
+# --- the registration side: Kazoo's legacy User-Agent rule and the Kamailio sample's device -----------
+
+
+@pytest.fixture
+def acme_rule(db):
+    """Kazoo's documented legacy mapping (system_config/pusher User-Agents) for the AcmePhone samples."""
+    from registry.models import UserAgentRule
+
+    return UserAgentRule.objects.create(
+        name="AcmePhone", position=10, regex="^AcmePhone",
+        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
+    )
+
+
+@pytest.fixture
+def registered_device(acme_rule):
+    """The device of the Kamailio reg_success sample, registered through the service."""
+    from registry.services import registration_apply
+    from tests.amqp import sample
+
+    return registration_apply(fields=sample("reg_success_kamailio_master.json")["body"]).device
+
+
 # --- push apps pointed at the fakes (the push path, the API, reliability) ----------------------------
 
 
 @pytest.fixture
-def apns_trusting_fake(fake_apns):
-    """The fake APNs, with the process's APNs client trusting its test CA (restored afterwards)."""
+def apns_trusting_fake(fake_apns, settings):
+    """The fake APNs, with the process's APNs client trusting its test CA; afterwards the client is
+    configured back from the settings, as push.apps configures it at startup."""
     from push.providers import apns
 
-    apns.configure(ca_file=fake_apns.ca_file)
+    apns.configure(ca_file=fake_apns.ca_file, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
     yield fake_apns
-    apns.configure(ca_file=None)
+    apns.configure(ca_file=settings.PUSHER_APNS_CA_FILE, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
 
 
 @pytest.fixture

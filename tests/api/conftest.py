@@ -58,7 +58,7 @@ def _nothing_real(settings):
 
 
 @pytest.fixture
-def seed(db) -> Seed:
+def seed(db, acme_rule) -> Seed:
     cert_pem, cert_key = make_apns_certificate("com.acme.phone", voip=True)
     p8 = make_p8("api-tests")
     account = make_service_account("acme-phone", "https://127.0.0.1:9/token")
@@ -76,10 +76,7 @@ def seed(db) -> Seed:
                                        host="127.0.0.1", port=9, enabled=False)
     firebase_app = PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=sa,
                                           enabled=False)
-    rule = UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
+    rule = acme_rule
     device = registration_apply(fields=REG).device
     PushToken.objects.create(device=device, token=REMOTE_TOKEN, token_type="apple", app="com.acme.phone",
                              kind="remote", last_seen_at=timezone.now())
@@ -91,6 +88,19 @@ def seed(db) -> Seed:
                "PRIVATE KEY"]
     return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
                 firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, secrets=secrets)
+
+
+@pytest.fixture
+def seed_on_fake_apns(seed, apns_trusting_fake):
+    """The seed's VoIP app enabled and pointed at the fake APNs, with a certificate the fake trusts."""
+    fake = apns_trusting_fake
+    cert = fake.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
+    credential = push_services.credential_save(
+        name="fake", parsed=push_services.credential_parse(kind="apns_certificate", data=cert.pem)
+    )
+    PushApp.objects.filter(pk=seed.apple_app.pk).update(enabled=True, credential=credential, host=fake.host,
+                                                       port=fake.port)
+    return fake
 
 
 def _user(django_user_model, name: str, perms: list[str], *, superuser: bool = False):

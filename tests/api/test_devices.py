@@ -4,7 +4,6 @@ import pytest
 from django.utils import timezone
 
 from push.models import Delivery, PushApp
-from push.providers import apns
 from registry.models import Device, PushToken, SyncStatus
 from tests.api.conftest import REMOTE_TOKEN, VOIP_TOKEN
 
@@ -39,17 +38,13 @@ def test_filters(seed, admin_api) -> None:
     assert admin_api.get(URL, {"in_sync": "maybe"}).status_code == 400
 
 
-def test_test_push_through_the_real_path(seed, admin_api, fake_apns) -> None:
-    apns.configure(ca_file=fake_apns.ca_file)
-    try:
-        cert = fake_apns.ca.issue_client_cert("com.acme.phone", voip=True,
-                                              topics=["com.acme.phone", "com.acme.phone.voip"])
-        response = admin_api.patch(f"/api/v1/credentials/{seed.cert.pk}/", {"data": cert.pem}, format="json")
-        assert response.status_code == 200
-        PushApp.objects.filter(pk=seed.apple_app.pk).update(enabled=True, host=fake_apns.host, port=fake_apns.port)
-        response = admin_api.post(f"{URL}{seed.device.pk}/push/")
-    finally:
-        apns.configure(ca_file=None)
+def test_test_push_through_the_real_path(seed, admin_api, apns_trusting_fake) -> None:
+    fake_apns = apns_trusting_fake
+    cert = fake_apns.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
+    response = admin_api.patch(f"/api/v1/credentials/{seed.cert.pk}/", {"data": cert.pem}, format="json")
+    assert response.status_code == 200
+    PushApp.objects.filter(pk=seed.apple_app.pk).update(enabled=True, host=fake_apns.host, port=fake_apns.port)
+    response = admin_api.post(f"{URL}{seed.device.pk}/push/")
     assert response.status_code == 200
     assert response.json()["status"] == "sent" and response.json()["http_status"] == 200
     (request,) = fake_apns.requests

@@ -4,9 +4,7 @@ import copy
 
 import pytest
 
-from push.models import Delivery, Provider, PushApp
-from push.providers import apns
-from push.services import credential_parse, credential_save
+from push.models import Delivery, Provider
 from tests.amqp import sample
 
 pytestmark = pytest.mark.django_db
@@ -15,30 +13,19 @@ URL = "/api/v1/push/"
 PUSH = sample("push_req_kamailio_master.json")["body"]
 
 
-@pytest.fixture
-def fake_app(seed, fake_apns):
-    apns.configure(ca_file=fake_apns.ca_file)
-    cert = fake_apns.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
-    credential = credential_save(name="fake", parsed=credential_parse(kind="apns_certificate", data=cert.pem))
-    PushApp.objects.filter(pk=seed.apple_app.pk).update(enabled=True, credential=credential, host=fake_apns.host,
-                                                       port=fake_apns.port)
-    yield fake_apns
-    apns.configure(ca_file=None)
-
-
-def test_kamailio_push_req_is_sent(fake_app, admin_api) -> None:
+def test_kamailio_push_req_is_sent(seed_on_fake_apns, admin_api) -> None:
     body = copy.deepcopy(PUSH)
     response = admin_api.post(URL, body, format="json")
     assert response.status_code == 200, response.json()
     delivery = response.json()
     assert delivery["status"] == "sent" and delivery["source"] == "api" and delivery["push_type"] == "voip"
     assert delivery["msg_id"] == PUSH["Msg-ID"] and delivery["call_id"] == PUSH["Call-ID"]
-    (request,) = fake_app.requests
+    (request,) = seed_on_fake_apns.requests
     assert request.path == f"/3/device/{PUSH['Token-ID']}"
     assert request.body["caller-id-number"] == PUSH["Payload"]["caller-id-number"]
     # A redelivery (same Msg-ID) is not sent twice.
     again = admin_api.post(URL, body, format="json").json()
-    assert again["status"] == "duplicate" and len(fake_app.requests) == 1
+    assert again["status"] == "duplicate" and len(seed_on_fake_apns.requests) == 1
     assert Delivery.objects.filter(msg_id=PUSH["Msg-ID"]).count() == 1
 
 

@@ -11,7 +11,6 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from push.models import Delivery, Provider, PushApp
-from push.providers import apns
 from push.services import credential_parse, credential_save
 from registry.models import Device, PushToken
 from tests.api.conftest import AOR, REMOTE_TOKEN, VOIP_TOKEN
@@ -42,17 +41,13 @@ def post(api, body: str):
 
 
 @pytest.fixture
-def apple_apps(seed, fake_apns):
+def apple_apps(seed, seed_on_fake_apns):
     """The VoIP app (Kazoo-style app id) and the bundle's own app, both on the fake APNs."""
-    apns.configure(ca_file=fake_apns.ca_file)
-    cert = fake_apns.ca.issue_client_cert("com.acme.phone", voip=True, topics=["com.acme.phone", "com.acme.phone.voip"])
-    credential = credential_save(name="fake", parsed=credential_parse(kind="apns_certificate", data=cert.pem))
-    PushApp.objects.filter(pk=seed.apple_app.pk).update(enabled=True, credential=credential, host=fake_apns.host,
-                                                       port=fake_apns.port)
-    PushApp.objects.create(app_id="com.acme.phone", provider=Provider.APPLE, credential=credential,
-                           host=fake_apns.host, port=fake_apns.port)
-    yield fake_apns
-    apns.configure(ca_file=None)
+    fake = seed_on_fake_apns
+    PushApp.objects.create(app_id="com.acme.phone", provider=Provider.APPLE,
+                           credential=PushApp.objects.get(pk=seed.apple_app.pk).credential, host=fake.host,
+                           port=fake.port)
+    return fake
 
 
 def test_incoming_call_is_a_voip_push_to_the_voip_token(apple_apps, admin_api) -> None:

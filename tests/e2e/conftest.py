@@ -26,7 +26,6 @@ from django.db import OperationalError
 
 from push import services
 from push.models import Delivery, Provider, PushApp
-from push.providers import apns
 from pusher_site.worker import KAZOO_EXCHANGES
 from registry.models import Device
 from tests import amqp
@@ -254,13 +253,6 @@ def pusher_consumer() -> Iterator[amqp.RunningConsumer]:
         yield consumer
 
 
-@pytest.fixture
-def apns_fake(fake_apns):
-    apns.configure(ca_file=fake_apns.ca_file)
-    yield fake_apns
-    apns.configure(ca_file=None)
-
-
 def apple_app(fake, app_id: str, bundle_id: str) -> PushApp:
     cert = fake.ca.issue_client_cert(bundle_id, voip=True, topics=[bundle_id, f"{bundle_id}.voip"])
     parsed = services.credential_parse(kind="apns_certificate", data=cert.pem)
@@ -269,15 +261,6 @@ def apple_app(fake, app_id: str, bundle_id: str) -> PushApp:
         app_id=app_id, provider=Provider.APPLE, credential=credential, host=fake.host, port=fake.port,
         priority=10, push_type="voip",
     )
-
-
-@pytest.fixture
-def firebase_app(settings, fake_fcm) -> PushApp:
-    settings.PUSHER_FCM_ENDPOINT = fake_fcm.endpoint
-    info = fake_fcm.service_account("acme-phone")
-    parsed = services.credential_parse(kind="fcm_service_account", data=json.dumps(info))
-    credential = services.credential_save(name="acme fcm", parsed=parsed)
-    return PushApp.objects.create(app_id="com.acme.phone", provider=Provider.FIREBASE, credential=credential)
 
 
 _timings: dict[str, dict[str, float]] = {}

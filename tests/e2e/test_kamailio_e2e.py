@@ -30,15 +30,6 @@ CALLER_NUMBER, CALLER_NAME = "+15551234567", "John Doe"
 
 
 @pytest.fixture
-def acme_rule(db) -> UserAgentRule:
-    # Kazoo's documented legacy mapping (system_config/pusher User-Agents).
-    return UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
-
-
-@pytest.fixture
 def linphone_rule(db) -> UserAgentRule:
     # RFC 8599 parameters, as Linphone sends them.
     return UserAgentRule.objects.create(
@@ -114,9 +105,9 @@ def answered(run: E2E, call: Call, wake: Sipp, timings: dict, name: str, push_re
 
 
 def test_apns_phone_registers_is_pushed_wakes_and_takes_the_call(
-    e2e, pusher_consumer, apns_fake, acme_rule, timings
+    e2e, pusher_consumer, apns_trusting_fake, acme_rule, timings
 ):
-    apple_app(apns_fake, "com.acme.phone.voip.prod", "com.acme.phone")
+    apple_app(apns_trusting_fake, "com.acme.phone.voip.prod", "com.acme.phone")
     phone = acme_ios()
 
     e2e.register(phone)
@@ -130,9 +121,9 @@ def test_apns_phone_registers_is_pushed_wakes_and_takes_the_call(
     # Twice: the first push opens pusher's HTTP/2 connection to APNs, the second reuses it (the
     # steady state), so both ring delays are measured.
     for round_ in ("cold", "warm"):
-        seen = len(apns_fake.requests)
+        seen = len(apns_trusting_fake.requests)
         call = e2e.call(device, phone)
-        request = apns_fake.wait_for_requests(seen + 1, timeout=15)[seen]
+        request = apns_trusting_fake.wait_for_requests(seen + 1, timeout=15)[seen]
         assert request.path == f"/3/device/{APNS_TOKEN}"
         assert request.headers["apns-topic"] == "com.acme.phone.voip" and request.headers["apns-push-type"] == "voip"
         alert = {"loc-key": "IC_SIL", "loc-args": [f"{CALLER_NUMBER} - {CALLER_NAME}"]}
@@ -142,7 +133,7 @@ def test_apns_phone_registers_is_pushed_wakes_and_takes_the_call(
 
         wake = e2e.wake(phone, call, token, style="header")
         answered(e2e, call, wake, timings, f"apns_acmephone_{round_}", request.received_at)
-    assert len(apns_fake.requests) == 2
+    assert len(apns_trusting_fake.requests) == 2
 
     # The woken phone's REGISTERs published reg_success without CCVs (the token stands in for
     # auth): pusher handled them (1 REGISTER + 2 x (push_req + token REGISTER)) and, like Kazoo,
@@ -152,14 +143,16 @@ def test_apns_phone_registers_is_pushed_wakes_and_takes_the_call(
     assert poll(lambda: Device.objects.count() or None, 5) == 1
 
 
-def test_no_wake_within_the_push_window_fails_the_call_with_408(e2e, pusher_consumer, apns_fake, acme_rule, timings):
-    apple_app(apns_fake, "com.acme.phone.voip.prod", "com.acme.phone")
+def test_no_wake_within_the_push_window_fails_the_call_with_408(
+    e2e, pusher_consumer, apns_trusting_fake, acme_rule, timings
+):
+    apple_app(apns_trusting_fake, "com.acme.phone.voip.prod", "com.acme.phone")
     phone = acme_ios()
     e2e.register(phone)
     device = e2e.device(phone)
 
     call = e2e.call(device, phone, scenario="media_server_no_wake.xml", push_timeout_ms=2000, timeout_s=15)
-    (request,) = apns_fake.wait_for_requests(1, timeout=15)
+    (request,) = apns_trusting_fake.wait_for_requests(1, timeout=15)
     check_push_payload(request.body, call, device.push["Token-Proxy"])
     # The phone sleeps on: the held INVITE ends with Kamailio's 408 when the 2 s push window closes.
     rc = call.media_server.wait()
@@ -203,9 +196,9 @@ def test_android_fcm_phone_registers_is_pushed_wakes_and_takes_the_call(
 
 
 def test_linphone_rfc8599_phone_registers_is_pushed_wakes_and_takes_the_call(
-    e2e, pusher_consumer, apns_fake, linphone_rule, timings
+    e2e, pusher_consumer, apns_trusting_fake, linphone_rule, timings
 ):
-    apple_app(apns_fake, "org.linphone.phone", "org.linphone.phone")
+    apple_app(apns_trusting_fake, "org.linphone.phone", "org.linphone.phone")
     phone = Phone(
         user="user_3003", user_agent="LinphoneiOS/5.2.5 (iPhone) LinphoneSDK/5.3.70",
         contact_params=(
@@ -222,7 +215,7 @@ def test_linphone_rfc8599_phone_registers_is_pushed_wakes_and_takes_the_call(
     }
 
     call = e2e.call(device, phone)
-    (request,) = apns_fake.wait_for_requests(1, timeout=15)
+    (request,) = apns_trusting_fake.wait_for_requests(1, timeout=15)
     assert request.path == f"/3/device/{LINPHONE_VOIP}"
     assert request.headers["apns-topic"] == "org.linphone.phone.voip"
     token = check_push_payload(request.body, call, device.push["Token-Proxy"])

@@ -242,7 +242,12 @@ class FakeCA:
             .sign(self._key, hashes.SHA256())
         )
 
-    def issue_server_cert(self, hosts: Iterable[str] = ("127.0.0.1", "::1", "localhost")) -> tuple[str, str]:
+    def issue_server_cert(
+        self,
+        hosts: Iterable[str] = ("127.0.0.1", "::1", "localhost"),
+        *,
+        common_name: str = "api.push.apple.com (fake)",
+    ) -> tuple[str, str]:
         """Write a server certificate and key for `hosts`; returns (cert_file, key_file)."""
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = []
@@ -253,7 +258,7 @@ class FakeCA:
                 names.append(x509.DNSName(host))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.push.apple.com (fake)")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         )

@@ -20,28 +20,15 @@ import copy
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.http_server import FakeHandler, FakeServer, RecordedRequest, record, reply_json, serve, shutdown
 
 _DEVICE_PATH = re.compile(r"/v2/accounts/([^/]+)/devices/([^/]+)")
 _KAZOO_VERSION = "4.3.142"
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any  # parsed JSON, or None
-    time: float
-
-    def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
 
 
 @dataclass
@@ -91,21 +78,17 @@ class FakeCrossbar:
         self.devices: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._state = _State()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: FakeServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> FakeCrossbar:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="fake-crossbar", daemon=True).start()
+        self._server = serve(self, _Handler, name="fake-crossbar")
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            shutdown(self._server)
             self._server = None
 
     def reset(self) -> None:
@@ -168,18 +151,16 @@ class FakeCrossbar:
         path = handler.path.split("?", 1)[0]
         token = handler.headers.get("X-Auth-Token") or ""
         with self._lock:
-            self._state.requests.append(
-                RecordedRequest(handler.command, path, dict(handler.headers.items()), body, time.time())
-            )
+            self._state.requests.append(record(handler, body, raw, path=path))
             delay = self._state.delay_s
             failure = self._take_failure(path)
         if delay:
             time.sleep(delay)
         if failure is not None:
-            _reply(handler, failure.status, _error(failure.status, failure.message, token))
+            reply_json(handler, failure.status, _error(failure.status, failure.message, token))
             return
         if raw and body is None:
-            _reply(handler, 400, _error(400, "malformed request body", token))
+            reply_json(handler, 400, _error(400, "malformed request body", token))
             return
 
         if path == "/v2/api_auth" and handler.command == "PUT":
@@ -187,12 +168,12 @@ class FakeCrossbar:
             return
         match = _DEVICE_PATH.fullmatch(path)
         if match is None:
-            _reply(handler, 404, _error(404, None, token))
+            reply_json(handler, 404, _error(404, None, token))
             return
         with self._lock:
             authorized = token in self._state.tokens
         if not authorized:
-            _reply(handler, 401, _error(401, None, token))
+            reply_json(handler, 401, _error(401, None, token))
             return
         key = (match.group(1), match.group(2))
         if handler.command == "PATCH":
@@ -200,7 +181,7 @@ class FakeCrossbar:
         elif handler.command == "GET":
             self._device_get(handler, key, token)
         else:
-            _reply(handler, 405, _error(405, None, token))
+            reply_json(handler, 405, _error(405, None, token))
 
     def _take_failure(self, path: str) -> _Failure | None:
         for index, failure in enumerate(self._state.failures):
@@ -211,7 +192,7 @@ class FakeCrossbar:
     def _api_auth(self, handler: _Handler, body: Any) -> None:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or data.get("api_key") != self.api_key:
-            _reply(handler, 401, _error(401, None, ""))
+            reply_json(handler, 401, _error(401, None, ""))
             return
         token = secrets.token_hex(16)
         with self._lock:
@@ -223,12 +204,12 @@ class FakeCrossbar:
             "language": "en-us",
             "reseller_id": self.account_id,
         }
-        _reply(handler, 201, _envelope(data, token, "automatic"))
+        reply_json(handler, 201, _envelope(data, token, "automatic"))
 
     def _device_patch(self, handler: _Handler, key: tuple[str, str], body: Any, token: str) -> None:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
-            _reply(handler, 400, _error(400, "invalid request: data must be an object", token))
+            reply_json(handler, 400, _error(400, "invalid request: data must be an object", token))
             return
         public = {k: v for k, v in data.items() if not k.startswith(("_", "pvt_"))}
         with self._lock:
@@ -244,47 +225,22 @@ class FakeCrossbar:
                 self._state.revisions[key] = revision
                 saved = copy.deepcopy(doc)
         if missing:
-            _reply(handler, 404, _error(404, None, token))
+            reply_json(handler, 404, _error(404, None, token))
             return
-        _reply(handler, 200, _envelope(saved, token, f"{revision}-{secrets.token_hex(16)}"))
+        reply_json(handler, 200, _envelope(saved, token, f"{revision}-{secrets.token_hex(16)}"))
 
     def _device_get(self, handler: _Handler, key: tuple[str, str], token: str) -> None:
         with self._lock:
             doc = copy.deepcopy(self.devices.get(key))
             revision = self._state.revisions.get(key, 0)
         if doc is None:
-            _reply(handler, 404, _error(404, None, token))
+            reply_json(handler, 404, _error(404, None, token))
             return
-        _reply(handler, 200, _envelope(doc, token, f"{revision}-{secrets.token_hex(16)}"))
+        reply_json(handler, 200, _envelope(doc, token, f"{revision}-{secrets.token_hex(16)}"))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout tests) leaves a broken pipe behind: expected, not worth a traceback.
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_PUT(self) -> None:  # http.server dispatches on these names
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def do_PATCH(self) -> None:
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # silence per-request stderr lines
-        pass
+class _Handler(FakeHandler):
+    do_PUT = do_PATCH = do_GET = do_POST = FakeHandler.dispatch  # http.server dispatches on these names
 
 
 _DEFAULT_MESSAGES = {
@@ -324,12 +280,3 @@ def _error(status: int, message: str | None, token: str) -> dict[str, Any]:
         "request_id": secrets.token_hex(16),
         "auth_token": token,
     }
-
-
-def _reply(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-    data = json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)

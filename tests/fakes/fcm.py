@@ -19,29 +19,25 @@ throwaway CA written to `ca_file`, to exercise the sender's `ca_file` and its re
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import re
 import secrets
 import shutil
 import ssl
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fakes.apns import FakeCA
+from tests.fakes.http_server import FakeHandler, FakeServer, RecordedRequest, record, reply_json, serve, shutdown
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -143,20 +139,6 @@ _ERRORS: dict[FcmAnswer, tuple[int, str, str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]  # as received; use header() for a case-insensitive lookup
-    body: Any  # parsed JSON (send), form fields (token), or None when unparsable
-    raw: bytes
-    time: float
-
-    def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
-
-
 @dataclass
 class _Issued:
     client_email: str
@@ -212,31 +194,27 @@ class FakeFcm:
         self._lock = threading.Lock()
         self._state = _State()
         self._accounts: dict[str, dict[str, Any]] = {}  # client_email -> {"kid", "public_key", "project_id"}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: FakeServer | None = None
         self._tmpdir: str | None = None
         self.ca_file: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> FakeFcm:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
+        context = None
         if self._tls:
             self._tmpdir = tempfile.mkdtemp(prefix="fake-fcm-tls-")
-            cert, key, self.ca_file = _make_tls_material(Path(self._tmpdir))
+            ca = FakeCA("pusher test CA", directory=self._tmpdir)
+            cert, key = ca.issue_server_cert(("127.0.0.1", "localhost"), common_name="127.0.0.1")
+            self.ca_file = ca.ca_file
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-fcm", daemon=True)
-        self._thread.start()
+        self._server = serve(self, _Handler, name="fake-fcm", tls=context)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            shutdown(self._server)
             self._server = None
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
@@ -353,7 +331,7 @@ class FakeFcm:
     def _token(self, handler: _Handler, raw: bytes) -> None:
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
         with self._lock:
-            self._state.token_requests.append(_record(handler, form, raw))
+            self._state.token_requests.append(record(handler, form, raw))
             down, delay = self._state.token_down, self._state.token_delay_s
             lifetime = self._state.token_lifetime_s
         if delay:
@@ -422,7 +400,7 @@ class FakeFcm:
         except ValueError:
             body = None
         with self._lock:
-            self._state.requests.append(_record(handler, body, raw))
+            self._state.requests.append(record(handler, body, raw))
             delay = self._state.delay_s
         if delay:
             time.sleep(delay)
@@ -496,51 +474,14 @@ class FakeFcm:
         return FcmAnswer.SUCCESS
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout tests) leaves a broken pipe behind: expected, not worth a traceback.
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as Google does; every reply carries Content-Length
-
-    def do_POST(self) -> None:  # http.server dispatches on this name
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self)  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # silence per-request stderr lines
-        pass
-
-
-def _record(handler: BaseHTTPRequestHandler, body: Any, raw: bytes) -> RecordedRequest:
-    return RecordedRequest(
-        method=handler.command,
-        path=handler.path,
-        headers=dict(handler.headers.items()),
-        body=body,
-        raw=raw,
-        time=time.time(),
-    )
+class _Handler(FakeHandler):
+    do_POST = do_GET = FakeHandler.dispatch  # http.server dispatches on these names
 
 
 def _reply(
-    handler: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None
+    handler: FakeHandler, status: int, payload: Any, headers: dict[str, str] | None = None
 ) -> None:
-    data = json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json; charset=UTF-8")
-    handler.send_header("Content-Length", str(len(data)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(data)
+    reply_json(handler, status, payload, headers, content_type="application/json; charset=UTF-8")
 
 
 def _google_error(
@@ -630,67 +571,3 @@ def _message_problem(body: Any) -> tuple[str, str] | None:
     ):
         return "message.notification", "Invalid value at 'message.notification'"
     return None
-
-
-def _make_tls_material(directory: Path) -> tuple[str, str, str]:
-    """(server cert, server key, CA cert) paths: a throwaway CA and a 127.0.0.1/localhost server cert."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pusher test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "server.pem", directory / "server.key", directory / "ca.pem"
-    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return str(paths[0]), str(paths[1]), str(paths[2])

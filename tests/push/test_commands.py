@@ -13,9 +13,7 @@ from django.core.management.base import CommandError
 
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
-from push.providers import apns
-from registry.models import PushToken, UserAgentRule
-from registry.services import registration_apply
+from registry.models import PushToken
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_p12, make_service_account
 from tests.fakes.apns import Answer
 
@@ -33,25 +31,6 @@ def run(*args: str) -> str:
     out = io.StringIO()
     call_command(*args, stdout=out, stderr=io.StringIO())
     return out.getvalue()
-
-
-@pytest.fixture
-def apns_trusting_fake(fake_apns, settings):
-    """The process's APNs client trusts the fake's CA for the test, then goes back to the settings'."""
-    original = settings.PUSHER_APNS_CA_FILE
-    settings.PUSHER_APNS_CA_FILE = fake_apns.ca_file
-    apns.configure(ca_file=fake_apns.ca_file, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
-    yield fake_apns
-    apns.configure(ca_file=original, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
-
-
-@pytest.fixture
-def registered_device(db):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
-    return registration_apply(fields=REG).device
 
 
 @pytest.fixture

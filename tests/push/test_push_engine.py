@@ -6,7 +6,7 @@ import pytest
 
 from push import services
 from push.models import Delivery, DeliveryStatus
-from registry.models import Device, PushToken, UserAgentRule
+from registry.models import Device, PushToken
 from tests.amqp import broker_channel, consumer_running, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
@@ -89,14 +89,10 @@ def test_consumer_retries_then_records_each_outcome(apple_app, apns_trusting_fak
     assert all(r.received_at <= two.deadline_at.timestamp() for r in attempts_of_two)
 
 
-def test_consumer_410_deactivates_the_token_and_clears_the_push_object(apple_app, apns_trusting_fake):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
-    from registry.services import registration_apply
-
-    device = registration_apply(fields=REG["body"]).device
+def test_consumer_410_deactivates_the_token_and_clears_the_push_object(
+    apple_app, apns_trusting_fake, registered_device
+):
+    device = registered_device
     apns_trusting_fake.set_token_answer(TOKEN, Answer.unregistered(timestamp_ms=int(time.time() * 1000) + 1000))
     with consumer_running() as consumer, broker_channel() as channel:
         publish_push(channel, push_req())

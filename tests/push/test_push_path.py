@@ -8,7 +8,7 @@ import pytest
 
 from push import services
 from push.models import Delivery, DeliveryStatus, PushApp
-from registry.models import Device, PushToken, UserAgentRule
+from registry.models import Device, PushToken
 from tests.amqp import broker_channel, consumer_running, publish, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
@@ -19,17 +19,6 @@ LEGACY = sample("push_req_kamailio_2015_legacy.json")
 APNS_EXPECTED = sample("apns_request_constructed.json")
 REG = sample("reg_success_kamailio_master.json")
 FCM_TOKEN = "dKx9Qm3ZRlO7pYc2wEo1aB:APA91bHq8v2Xz-4kLmN0pQrStUvWxYz_aBcDeFg.with.dots"
-
-
-@pytest.fixture
-def registered_device(db):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
-    from registry.services import registration_apply
-
-    return registration_apply(fields=REG["body"]).device
 
 
 def test_kamailio_push_req_becomes_exactly_the_expected_apns_request(apple_app, apns_trusting_fake):

@@ -7,21 +7,12 @@ import uuid
 
 import pytest
 
-from registry.models import UserAgentRule
 from tests.amqp import broker_channel, consumer_running, publish, sample
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
 LEGACY = sample("push_req_kamailio_2015_legacy.json")
 REG = sample("reg_success_kamailio_master.json")
-
-
-@pytest.fixture
-def rule(db):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
 
 
 def get_one(channel, queue, timeout=10.0):
@@ -35,7 +26,7 @@ def get_one(channel, queue, timeout=10.0):
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_push_resp_echoes_msg_id_to_server_id_when_the_device_registers(settings, rule, apple_app, enabled):
+def test_push_resp_echoes_msg_id_to_server_id_when_the_device_registers(settings, acme_rule, apple_app, enabled):
     settings.PUSHER_LEGACY_PUSH_RESP = enabled
     server_id = f"kamailio@kam1.example.com-<{uuid.uuid4().hex[:6]}>-script-17"
     push = copy.deepcopy(LEGACY["body"])

@@ -12,7 +12,6 @@ from django.urls import reverse
 
 from push import services
 from push.models import Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
-from push.providers import apns
 from pusher_site.kazoo_config import kazoo_config_import
 from registry.models import Device, SyncStatus, UserAgentRule
 from registry.services import registration_apply
@@ -43,15 +42,6 @@ def kazoo_rules(db):
 @pytest.fixture
 def device(kazoo_rules) -> Device:
     return registration_apply(fields=REG).device
-
-
-@pytest.fixture
-def apns_trusting_fake(fake_apns, settings):
-    original = settings.PUSHER_APNS_CA_FILE
-    settings.PUSHER_APNS_CA_FILE = fake_apns.ca_file
-    apns.configure(ca_file=fake_apns.ca_file, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
-    yield fake_apns
-    apns.configure(ca_file=original, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
 
 
 @pytest.fixture

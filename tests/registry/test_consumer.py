@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from tests.amqp import broker_channel, consumer_running, dead_letters, publish, sample
+from registry.models import Device, PushToken, SyncStatus
+from tests.amqp import broker_channel, consumer_running, dead_letters, publish, sample, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
@@ -17,14 +17,6 @@ REG = sample("reg_success_kamailio_master.json")
 DEVICE_PUSH = sample("device_push_object.json")["doc"]["push"]
 ACCOUNT = REG["body"]["Custom-Channel-Vars"]["Account-ID"]
 DEVICE = REG["body"]["Custom-Channel-Vars"]["Authorizing-ID"]
-
-
-@pytest.fixture
-def rules(db):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
 
 
 @pytest.fixture
@@ -40,20 +32,11 @@ def publish_reg(channel, body=None, **kwargs):
     publish(channel, REG["amqp"]["exchange"], REG["amqp"]["routing_key"], body or REG["body"], **kwargs)
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def patches(fake):
     return [r for r in fake.requests if r.method == "PATCH"]
 
 
-def test_sample_reg_success_stores_push_object_and_reaches_kazoo(rules, kazoo):
+def test_sample_reg_success_stores_push_object_and_reaches_kazoo(acme_rule, kazoo):
     with consumer_running() as consumer, broker_channel() as channel:
         publish_reg(channel)
         consumer.wait_handled(1)
@@ -69,7 +52,7 @@ def test_sample_reg_success_stores_push_object_and_reaches_kazoo(rules, kazoo):
     assert len(patches(kazoo)) == 1
 
 
-def test_redelivered_registration_changes_nothing(rules, kazoo):
+def test_redelivered_registration_changes_nothing(acme_rule, kazoo):
     with consumer_running() as consumer, broker_channel() as channel:
         publish_reg(channel)
         consumer.wait_handled(1)
@@ -84,7 +67,7 @@ def test_redelivered_registration_changes_nothing(rules, kazoo):
     assert len(patches(kazoo)) == 1
 
 
-def test_changed_token_rewrites_push_object_and_retires_old_token(rules):
+def test_changed_token_rewrites_push_object_and_retires_old_token(acme_rule):
     body = copy.deepcopy(REG["body"])
     body["Contact"] = body["Contact"].replace(DEVICE_PUSH["Token-ID"], "ab" * 32)
     with consumer_running() as consumer, broker_channel() as channel:
@@ -98,7 +81,7 @@ def test_changed_token_rewrites_push_object_and_retires_old_token(rules):
     assert not old.active and old.deactivated_reason
 
 
-def test_unregister_never_creates_a_push_object(rules):
+def test_unregister_never_creates_a_push_object(acme_rule):
     body = copy.deepcopy(REG["body"])
     body.update({"Status": "Unregistered", "Expires": 0})
     with consumer_running() as consumer, broker_channel() as channel:
@@ -107,7 +90,7 @@ def test_unregister_never_creates_a_push_object(rules):
     assert not Device.objects.exists()
 
 
-def test_gzip_body_and_string_numbers_accepted(rules):
+def test_gzip_body_and_string_numbers_accepted(acme_rule):
     body = copy.deepcopy(REG["body"])
     body.update({"Expires": "600", "Event-Timestamp": "1732700000"})
     with consumer_running() as consumer, broker_channel() as channel:
@@ -124,7 +107,7 @@ def test_gzip_body_and_string_numbers_accepted(rules):
         (json.dumps([1, 2, 3]).encode(), "not an object"),
     ],
 )
-def test_poison_message_is_dead_lettered_and_the_next_one_handled(rules, poison, reason):
+def test_poison_message_is_dead_lettered_and_the_next_one_handled(acme_rule, poison, reason):
     with consumer_running() as consumer, broker_channel() as channel:
         publish_reg(channel, poison)
         publish_reg(channel)
@@ -138,7 +121,7 @@ def test_poison_message_is_dead_lettered_and_the_next_one_handled(rules, poison,
     assert headers["x-original-exchange"] == "registrar"
 
 
-def test_wrong_content_type_is_dead_lettered(rules):
+def test_wrong_content_type_is_dead_lettered(acme_rule):
     with consumer_running() as consumer, broker_channel() as channel:
         publish_reg(channel, content_type="application/erlang")
         consumer.wait_handled(1)
@@ -146,7 +129,7 @@ def test_wrong_content_type_is_dead_lettered(rules):
     assert len(letters) == 1 and "application/erlang" in letters[0][0]["x-pusher-reason"]
 
 
-def test_consumer_reconnects_after_connections_are_force_closed(rules):
+def test_consumer_reconnects_after_connections_are_force_closed(acme_rule):
     body = copy.deepcopy(REG["body"])
     body["Contact"] = body["Contact"].replace(DEVICE_PUSH["Token-ID"], "cd" * 32)
     with consumer_running() as consumer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -20,19 +19,11 @@ from pusher_site.worker import Worker, WorkerConfig
 from registry.models import Device, PushToken, UserAgentRule
 from registry.selectors import user_agent_rules_enabled
 from registry.services import RegistrationResult, registration_apply_batch
-from tests.amqp import AMQP_URL, broker_channel, consumer_running, dead_letters, publish, sample
+from tests.amqp import AMQP_URL, broker_channel, consumer_running, dead_letters, publish, sample, wait_for
 
 REG = sample("reg_success_kamailio_master.json")
 SAMPLE_TOKEN = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
 ACCOUNT = uuid.uuid4().hex
-
-
-@pytest.fixture
-def rules(db):
-    UserAgentRule.objects.create(
-        name="AcmePhone", position=10, regex="^AcmePhone",
-        properties={"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"},
-    )
 
 
 def reg(device: int, token: str, **changes: Any) -> dict[str, Any]:
@@ -70,7 +61,7 @@ def state() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 @pytest.mark.django_db
-def test_two_registrations_of_one_device_in_a_batch_apply_in_order(rules):
+def test_two_registrations_of_one_device_in_a_batch_apply_in_order(acme_rule):
     batch = [reg(1, token(1)), reg(2, token(20)), reg(1, token(2)), reg(1, token(3)), reg(2, token(20))]
     results = registration_apply_batch(fields=batch)
     assert outcomes(results) == ["created", "created", "updated", "updated", "unchanged"]
@@ -82,7 +73,7 @@ def test_two_registrations_of_one_device_in_a_batch_apply_in_order(rules):
 
 
 @pytest.mark.django_db
-def test_a_device_going_back_to_its_first_token_within_a_batch_ends_on_it(rules):
+def test_a_device_going_back_to_its_first_token_within_a_batch_ends_on_it(acme_rule):
     registration_apply_batch(fields=[reg(1, token(1)), reg(1, token(2)), reg(1, token(1))])
     device = Device.objects.get(device_id="dev0001")
     assert device.push["Token-ID"] == token(1)
@@ -90,7 +81,7 @@ def test_a_device_going_back_to_its_first_token_within_a_batch_ends_on_it(rules)
 
 
 @pytest.mark.django_db
-def test_a_bad_body_is_refused_alone(rules):
+def test_a_bad_body_is_refused_alone(acme_rule):
     batch = [
         reg(1, token(1)),
         reg(2, token(2), Contact="<sip:broken"),
@@ -105,7 +96,7 @@ def test_a_bad_body_is_refused_alone(rules):
 
 
 @pytest.mark.django_db
-def test_unchanged_registrations_cost_one_query_whatever_their_number(rules):
+def test_unchanged_registrations_cost_one_query_whatever_their_number(acme_rule):
     batch = [reg(n, token(n)) for n in range(40)]
     registration_apply_batch(fields=batch)
     again = [{**body, "Msg-ID": uuid.uuid4().hex} for body in batch]  # the phones re-REGISTER
@@ -116,7 +107,7 @@ def test_unchanged_registrations_cost_one_query_whatever_their_number(rules):
 
 
 @pytest.mark.django_db
-def test_changed_registrations_cost_a_fixed_number_of_queries(rules):
+def test_changed_registrations_cost_a_fixed_number_of_queries(acme_rule):
     user_agent_rules_enabled()  # the rules are cached; their read is not the registrations' cost
     with CaptureQueriesContext(connection) as new:
         registration_apply_batch(fields=[reg(n, token(n)) for n in range(40)])
@@ -133,7 +124,7 @@ def test_changed_registrations_cost_a_fixed_number_of_queries(rules):
 
 
 @pytest.mark.django_db
-def test_a_redelivered_batch_changes_nothing(rules):
+def test_a_redelivered_batch_changes_nothing(acme_rule):
     batch = [reg(n, token(n)) for n in range(10)]
     registration_apply_batch(fields=batch)
     before = state()
@@ -142,7 +133,7 @@ def test_a_redelivered_batch_changes_nothing(rules):
 
 
 @pytest.mark.django_db
-def test_a_redelivered_batch_with_two_registrations_of_a_device_ends_where_it_was(rules):
+def test_a_redelivered_batch_with_two_registrations_of_a_device_ends_where_it_was(acme_rule):
     batch = [reg(n, token(n)) for n in range(4)] + [reg(3, token(33))]
     registration_apply_batch(fields=batch)
     before = state()
@@ -154,7 +145,7 @@ def test_a_redelivered_batch_with_two_registrations_of_a_device_ends_where_it_wa
 
 
 @pytest.mark.django_db
-def test_stale_last_seen_is_refreshed_without_rewriting(rules, settings):
+def test_stale_last_seen_is_refreshed_without_rewriting(acme_rule, settings):
     registration_apply_batch(fields=[reg(1, token(1)), reg(2, token(2))])
     Device.objects.filter(device_id="dev0001").update(last_seen_at="2020-01-01T00:00:00Z")
     with CaptureQueriesContext(connection) as queries:
@@ -166,7 +157,7 @@ def test_stale_last_seen_is_refreshed_without_rewriting(rules, settings):
 
 
 @pytest.mark.django_db
-def test_one_token_listed_twice_in_a_contact_is_stored_once(rules):
+def test_one_token_listed_twice_in_a_contact_is_stored_once(acme_rule):
     UserAgentRule.objects.create(
         name="Linphone", position=5, regex="^Linphone",
         properties={"Token-App": "pn-param", "Token-Type": "pn-provider", "Token-ID": "pn-prid"},
@@ -183,7 +174,7 @@ def test_one_token_listed_twice_in_a_contact_is_stored_once(rules):
 
 
 @pytest.mark.django_db
-def test_poison_messages_among_good_ones_are_dead_lettered_alone(rules, caplog):
+def test_poison_messages_among_good_ones_are_dead_lettered_alone(acme_rule, caplog):
     good = [RawMessage(body=json.dumps(reg(n, token(n))).encode(), exchange="registrar") for n in range(3)]
     batch = [
         good[0],
@@ -205,7 +196,7 @@ def test_poison_messages_among_good_ones_are_dead_lettered_alone(rules, caplog):
 
 
 @pytest.mark.django_db
-def test_batch_and_single_message_paths_agree(rules):
+def test_batch_and_single_message_paths_agree(acme_rule):
     first = RawMessage(body=json.dumps(reg(1, token(1))).encode())
     second = RawMessage(body=json.dumps(reg(1, token(2))).encode())
     assert message_process(first).outcome == "created"
@@ -228,7 +219,7 @@ def _config(**changes: Any) -> WorkerConfig:
 
 
 @pytest.mark.django_db
-def test_a_batch_waits_out_a_database_outage_and_requeues_when_stopping(rules):
+def test_a_batch_waits_out_a_database_outage_and_requeues_when_stopping(acme_rule):
     calls = []
 
     def flaky(messages):
@@ -249,22 +240,13 @@ def test_a_batch_waits_out_a_database_outage_and_requeues_when_stopping(rules):
     assert [h.action for h in worker._handle_batch(messages)] == [Action.REQUEUE] * 3
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def key(body: dict[str, Any]) -> str:
     return f"registration.success.acme%2Esip%2Eexample%2Ecom.{body['Username']}"
 
 
 @pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
-def test_lanes_keep_each_devices_order_and_ack_everything(rules):
+def test_lanes_keep_each_devices_order_and_ack_everything(acme_rule):
     # 6 devices x 5 registrations each, interleaved, published in one go: the lanes take them in
     # batches that hold several registrations of one device.
     bodies = [reg(device, token(100 * device + turn)) for turn in range(5) for device in range(6)]
@@ -285,7 +267,7 @@ def test_lanes_keep_each_devices_order_and_ack_everything(rules):
 
 @pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_that_fails_to_write_is_handled_one_message_at_a_time(rules):
+def test_a_batch_that_fails_to_write_is_handled_one_message_at_a_time(acme_rule):
     # A row the database refuses (simulated: nothing real in a reg_success passes the checks and
     # then fails to write) sinks the batch's transaction; the lane then handles each message
     # alone, so only that one is dead-lettered.

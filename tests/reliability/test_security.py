@@ -253,11 +253,9 @@ def reported_leak(name: str, where: str) -> bool:
 
 
 @pytest.fixture
-def seeded(db: Any, staff_user: Any, fake_apns: Any, fake_fcm: Any, settings: Any) -> Iterator[dict[str, Any]]:
+def seeded(db: Any, staff_user: Any, apns_trusting_fake: Any, fake_fcm: Any, settings: Any) -> dict[str, Any]:
     """Credentials and apps with known secret values, pushing to the fakes."""
-    from push.providers import apns
-
-    apns.configure(ca_file=fake_apns.ca_file)
+    fake_apns = apns_trusting_fake
     settings.PUSHER_FCM_ENDPOINT = fake_fcm.endpoint
     secret_values: dict[str, str] = {}
 
@@ -301,8 +299,7 @@ def seeded(db: Any, staff_user: Any, fake_apns: Any, fake_fcm: Any, settings: An
     }
     token = Token.objects.create(user=staff_user)
     secret_values["DRF API token"] = token.key
-    yield {"secrets": secret_values, "apps": apps, "token": token.key}
-    apns.configure(ca_file=None)
+    return {"secrets": secret_values, "apps": apps, "token": token.key}
 
 
 def api_paths(client: Client) -> list[str]:
