@@ -1,6 +1,6 @@
 """reg_success drain benchmark: `python -m bench.registration [--devices 5000] [--repeat 1]`.
 
-One consumer (pusher_site.worker.Worker, in this process, in a thread) drains a bench queue that
+One consumer (kazoo.worker.Worker, in this process, in a thread) drains a bench queue that
 was filled beforehand with N reg_success messages for N distinct devices, published as Kamailio
 publishes them. Three phases per repetition:
 
@@ -101,7 +101,7 @@ class TimingHandler:
     foreign: int = 0
 
     def __call__(self, message: Any) -> Any:
-        from pusher_site.messages import Action, Handled
+        from kazoo.wire import Action, Handled
 
         if self.marker not in message.body:
             with self.lock:
@@ -124,7 +124,7 @@ class TimingHandler:
                     self.last_end = ended
 
     def batch(self, messages: Sequence[Any]) -> list[Any]:
-        from pusher_site.messages import Action, Handled
+        from kazoo.wire import Action, Handled
 
         assert self.process_batch is not None
         ours = [m for m in messages if self.marker in m.body]
@@ -155,7 +155,7 @@ class TimingHandler:
 
 
 def _noop(message: Any) -> Any:
-    from pusher_site.messages import Action, Handled
+    from kazoo.wire import Action, Handled
 
     return Handled(Action.ACK, "reg_success", "noop")
 
@@ -232,7 +232,7 @@ def drain(
     `window` is entered once the consumer is connected and left as soon as the last message is
     handled, before the consumer stops (its lanes close their PostgreSQL sessions on the way out,
     and an exited backend's CPU can no longer be read)."""
-    from pusher_site.worker import Worker
+    from kazoo.worker import Worker
 
     worker = Worker(config, handler=handler, batch_handler=handler.batch if handler.process_batch else None)
     thread = threading.Thread(target=worker.run, name="bench-consumer", daemon=True)
@@ -264,7 +264,7 @@ def run_phase(
     process_batch: Callable[[Sequence[Any]], list[Any]] | None = None,
     per_message: bool = False,
 ) -> PhaseResult:
-    from pusher_site.messages import message_process, message_process_batch
+    from kazoo.wire import message_process, message_process_batch
 
     messages = [
         (routing_key(realm, body["Username"]), json.dumps(body).encode()) for body in bodies
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from django.conf import settings
 
-    from pusher_site.worker import WorkerConfig
+    from kazoo.worker import WorkerConfig
     from registry.models import Device as DeviceRow
     from tests.amqp import sample
 
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"registration bench {run}: {args.devices} devices x {args.repeat}, database {database_label()}; "
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     mode = "one message at a time" if args.per_message else "batches"
-    say(f"  one consumer in this process (pusher_site.worker.Worker, {config.registration_lanes} registration lanes "
+    say(f"  one consumer in this process (kazoo.worker.Worker, {config.registration_lanes} registration lanes "
         f"handling {mode}, prefetch {config.prefetch}); service log lines -> {log_path}")
     say("  each phase: the queue is pre-filled first, then drained: publisher and consumer never overlap")
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from pusher_site.errors import CredentialError
+from core.errors import CredentialError
 
 __all__ = [
     "MAX_CREDENTIAL_BYTES",

@@ -5,7 +5,8 @@ import re
 from django.db import models
 from django.utils import timezone
 
-from pusher_site.fields import EncryptedTextField
+from core.fields import EncryptedTextField
+from core.text import mask_token
 
 
 class Provider(models.TextChoices):
@@ -200,10 +201,4 @@ class Delivery(models.Model):
     def expired(self) -> bool:
         return self.deadline_at is not None and timezone.now() > self.deadline_at
 
-
-def mask_token(token: str) -> str:
-    """Enough of a token to recognise it, not enough to push to it."""
-    if len(token) <= 12:
-        return "…" if token else ""
-    return f"{token[:6]}…{token[-4:]}"
 

@@ -9,7 +9,7 @@ class PusherSiteConfig(AppConfig):
     def ready(self) -> None:
         from rest_framework.authtoken.models import Token
 
-        from push.models import mask_token
+        from core.text import mask_token
 
         # DRF's Token prints its key, and Django prints objects everywhere: change-page titles,
         # delete confirmations (a user's, listing the token), the admin log's object_repr.

@@ -5,7 +5,7 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from pusher_site.events import EVENT_TYPES, GROUP
+from core.events import EVENT_TYPES, GROUP
 
 # Close code for a refused handshake (before accept daphne answers the upgrade with HTTP 403).
 CLOSE_FORBIDDEN = 4403

@@ -12,13 +12,14 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from push.models import Credential, Delivery, DeliveryStatus, Provider, PushApp
-from pusher_site.models import ConsumerStatus
+from kazoo.models import ConsumerStatus
+from push.models import Credential, Delivery, DeliveryStatus, Provider
+from push.selectors import credentials_expiring
 from registry.models import Device, SyncStatus
 
 WINDOW = timedelta(hours=1)
 CONSUMER_FRESH = timedelta(seconds=30)
-EXPIRY_WARN_DAYS = 30
+
 # Latency percentiles read at most this many of the window's newest deliveries: plenty for a
 # median and a p95, and bounded memory on a busy hour.
 LATENCY_SAMPLE_MAX = 100_000
@@ -44,21 +45,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (position - low)
 
 
+
 # --- selectors -------------------------------------------------------------------------
-
-
-def push_apps_with_expiry() -> QuerySet[PushApp]:
-    """Apps whose credential has an end date (certificates), credential joined."""
-    return PushApp.objects.select_related("credential").filter(credential__not_after__isnull=False)
-
-
-def credentials_expiring(*, now: datetime, days: int = EXPIRY_WARN_DAYS) -> QuerySet[Credential]:
-    """Credentials ending within `days` (already expired ones first), their apps prefetched."""
-    return (
-        Credential.objects.filter(not_after__lte=now + timedelta(days=days))
-        .prefetch_related("apps")
-        .order_by("not_after")
-    )
 
 
 def consumers_alive(*, now: datetime) -> QuerySet[ConsumerStatus]:

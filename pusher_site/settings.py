@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "pusher_site",
     "registry",
     "push",
+    "kazoo",
 ]
 
 MIDDLEWARE = [
@@ -180,12 +181,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["pusher_site.api.ModelPermissions"],
+    "DEFAULT_PERMISSION_CLASSES": ["pusher_site.api.conventions.ModelPermissions"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["rest_framework.filters.OrderingFilter"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "pusher_site.api.exception_handler",
+    "EXCEPTION_HANDLER": "pusher_site.api.conventions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "pusher API",

@@ -11,7 +11,7 @@ urlpatterns = [
     # Before admin.site.urls, whose catch-all would answer 404 for it.
     path("admin/dashboard/", admin.site.admin_view(views.dashboard), name="pusher-dashboard"),
     path("admin/", admin.site.urls),
-    path("api/v1/", include("pusher_site.api_urls")),
+    path("api/v1/", include("pusher_site.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

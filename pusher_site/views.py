@@ -7,9 +7,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 from django.shortcuts import redirect, render
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pusher_site import metrics as pusher_metrics
-from pusher_site.dashboard import EXPIRY_WARN_DAYS, dashboard_summary
-from pusher_site.events import EVENT_TYPES
+from core.events import EVENT_TYPES
+from push.selectors import EXPIRY_WARN_DAYS
+from push.services.credentials import credential_expiry_refresh
+from pusher_site.dashboard import dashboard_summary
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.PUSHER_METRICS_PUBLIC and not request.user.is_staff:
         return HttpResponseForbidden("metrics are restricted to staff")
     try:
-        pusher_metrics.credential_expiry_refresh()
+        credential_expiry_refresh()
     except DatabaseError:  # a scrape still answers (with the last values) while the database is down
         log.warning("credential expiry gauge not refreshed: database unavailable", exc_info=True)
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

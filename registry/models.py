@@ -3,11 +3,11 @@
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from push.models import mask_token
+from core.text import mask_token
 
 
 def validate_rule_regex(value: str) -> None:
-    from pusher_site.errors import RuleError
+    from core.errors import RuleError
     from registry.pushobject import compile_rule_regex
 
     try:

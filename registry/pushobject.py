@@ -14,7 +14,7 @@ from typing import Any
 
 import regex
 
-from pusher_site.errors import ContactParseError, RuleError
+from core.errors import ContactParseError, RuleError
 from registry.sip import Contact, parse_contacts
 
 __all__ = [

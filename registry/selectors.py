@@ -9,7 +9,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from registry.models import Device, UserAgentRule
+from registry.models import Device, SyncStatus, UserAgentRule
 from registry.pushobject import Rule
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
@@ -87,3 +87,12 @@ def devices_by_pk(*, pks: Collection[int]) -> dict[int, Device]:
 def device_get(*, account_id: str, device_id: str) -> Device | None:
     # order_by(): no ORDER BY for a unique lookup.
     return next(iter(Device.objects.filter(account_id=account_id, device_id=device_id).order_by()[:1]), None)
+
+
+def devices_sync_due(*, limit: int) -> list[Device]:
+    """Devices whose push object waits to reach Kazoo and whose turn has come, oldest turn first."""
+    return list(
+        Device.objects.filter(
+            sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED], sync_next_at__lte=timezone.now()
+        ).order_by("sync_next_at")[:limit]
+    )

@@ -22,11 +22,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from pusher_site import metrics
-from pusher_site.errors import BadMessage, ContactParseError, RuleError
-from pusher_site.events import event_publish
+from core import metrics
+from core.errors import ContactParseError, InvalidInput, RuleError
+from core.events import event_publish
 from registry import selectors
-from registry.kazoo import CrossbarClient, KazooSyncError
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
 
@@ -56,13 +55,13 @@ def registration_match(*, fields: Mapping[str, Any], rules: Sequence[Rule] | Non
 def _sizes_check(build: PushBuild) -> None:
     """Values that cannot be stored are a bad message, refused before any write."""
     if len(build.account_id or "") > 64 or len(build.device_id or "") > 64:
-        raise BadMessage("Account-ID or Authorizing-ID is longer than 64 characters")
+        raise InvalidInput("Account-ID or Authorizing-ID is longer than 64 characters")
     proxy = (build.push or {}).get("Token-Proxy", "")
     if len(proxy) > 500:
-        raise BadMessage("Token-Proxy (Proxy-Path) is longer than 500 characters")
+        raise InvalidInput("Token-Proxy (Proxy-Path) is longer than 500 characters")
     for info in build.tokens:
         if len(info.token) > 1024 or len(info.type) > 32 or len(info.app) > 255:
-            raise BadMessage("a push token, its type or its app id is longer than can be stored (1024/32/255)")
+            raise InvalidInput("a push token, its type or its app id is longer than can be stored (1024/32/255)")
 
 
 def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
@@ -80,9 +79,9 @@ def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
 def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
     """Apply one reg_success (a batch of one). Idempotent: a redelivered or repeated registration
     changes nothing (apart from a last-seen time refreshed at most once per
-    PUSHER_LAST_SEEN_INTERVAL_S). Raises BadMessage for a body that cannot be handled."""
+    PUSHER_LAST_SEEN_INTERVAL_S). Raises InvalidInput for a body that cannot be handled."""
     result = registration_apply_batch(fields=[fields])[0]
-    if isinstance(result, BadMessage):
+    if isinstance(result, InvalidInput):
         raise result
     return result
 
@@ -101,23 +100,23 @@ class _Registration:
         return (self.build.account_id or "", self.build.device_id or "")
 
 
-def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[RegistrationResult | BadMessage]:
+def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[RegistrationResult | InvalidInput]:
     """Apply reg_success bodies with the effect of applying them one by one, in order.
 
-    Returns one entry per body: its RegistrationResult, or the BadMessage that refused it (the
+    Returns one entry per body: its RegistrationResult, or the InvalidInput that refused it (the
     others go on). One query reads the stored digest of every device; an unchanged registration
     costs nothing more; the changed ones are written with bulk upserts in one transaction. Two
     bodies for one device are applied in turn (round k holds each device's k-th body), so the
     later one sees the earlier one's write. Database errors propagate and nothing of the batch is
     written: the caller retries, or applies the bodies one at a time to isolate the one that fails."""
-    results: list[RegistrationResult | BadMessage | None] = [None] * len(fields)
+    results: list[RegistrationResult | InvalidInput | None] = [None] * len(fields)
     rounds: list[list[_Registration]] = []
     seen: dict[tuple[str, str], int] = {}
     rules = selectors.user_agent_rules_enabled()  # one rule set for the whole batch
     for index, body in enumerate(fields):
         try:
             registration = _registration_prepare(index=index, fields=body, rules=rules)
-        except BadMessage as exc:
+        except InvalidInput as exc:
             results[index] = exc
             continue
         if isinstance(registration, RegistrationResult):
@@ -160,10 +159,6 @@ def _registration_prepare(
 ) -> _Registration | RegistrationResult:
     """Match and check one body (no write): an "ignored" result, or what to compare and store."""
     build = registration_match(fields=fields, rules=rules)
-    if settings.PUSHER_LEGACY_PUSH_RESP and build.tokens:
-        from push.services import push_resp_send
-
-        push_resp_send(tokens=[t.token for t in build.tokens])
     if build.push is None or not build.account_id or not build.device_id:
         return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
     _sizes_check(build)
@@ -328,27 +323,13 @@ def _device_values(*, registration: _Registration, device: Device | None, now: A
     }
 
 
-# --- Kazoo sync ---------------------------------------------------------------------
+# --- Sync state of the push object in Kazoo (kazoo.sync talks to Crossbar) ----------------
 
-_client_lock = threading.Lock()
-_client: CrossbarClient | None = None
 _sync_event = threading.Event()
 
 
 def kazoo_configured() -> bool:
     return bool(settings.KAZOO_CROSSBAR_URL and settings.KAZOO_API_KEY)
-
-
-def kazoo_client() -> CrossbarClient | None:
-    global _client
-    if not kazoo_configured():
-        return None
-    with _client_lock:
-        if _client is None or _client.base_url != settings.KAZOO_CROSSBAR_URL.rstrip("/"):
-            _client = CrossbarClient(
-                settings.KAZOO_CROSSBAR_URL, settings.KAZOO_API_KEY, ca_file=settings.KAZOO_CA_FILE
-            )
-        return _client
 
 
 def _sync_fields(now: Any) -> dict[str, Any]:
@@ -373,72 +354,40 @@ def sync_wait(timeout: float) -> None:
     _sync_event.clear()
 
 
-def device_sync(*, device: Device) -> Device:
-    """Push the device's push object to Kazoo's device document now (outside any transaction:
-    a network call must not hold database locks)."""
-    client = kazoo_client()
-    if client is None:
-        Device.objects.filter(pk=device.pk).update(sync_status=SyncStatus.LOCAL)
-        device.sync_status = SyncStatus.LOCAL
-        return device
-    changed_at = device.push_changed_at
-    now = timezone.now()
-    try:
-        client.device_push_set(device.account_id, device.device_id, device.push or {})
-    except KazooSyncError as exc:
-        attempts = device.sync_attempts + 1
-        delay = min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
-        Device.objects.filter(pk=device.pk).update(
-            sync_status=SyncStatus.FAILED,
-            sync_attempts=attempts,
-            sync_error=exc.message[:500],
-            sync_next_at=now + timedelta(seconds=delay),
-        )
-        device.refresh_from_db()
-        metrics.KAZOO_SYNC_FAILURES.inc()
-        log.warning("kazoo sync failed for device %s/%s (attempt %d, next in %.0fs): %s",
-                    device.account_id, device.device_id, attempts, delay, exc.message)
-        event_publish("kazoo.sync_failed", account=device.account_id, device=device.device_id,
-                      outcome=exc.message[:200])
-        return device
-    # Mark synced only if the push object did not change while we were talking to Kazoo.
+def device_sync_local(*, device: Device) -> Device:
+    """No Kazoo to sync with: the push object is kept here only."""
+    Device.objects.filter(pk=device.pk).update(sync_status=SyncStatus.LOCAL)
+    device.sync_status = SyncStatus.LOCAL
+    return device
+
+
+def device_sync_failed(*, device: Device, error: str) -> Device:
+    """Kazoo refused or could not be reached: retry later, with backoff."""
+    attempts = device.sync_attempts + 1
+    delay = min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
+    Device.objects.filter(pk=device.pk).update(
+        sync_status=SyncStatus.FAILED,
+        sync_attempts=attempts,
+        sync_error=error[:500],
+        sync_next_at=timezone.now() + timedelta(seconds=delay),
+    )
+    device.refresh_from_db()
+    metrics.KAZOO_SYNC_FAILURES.inc()
+    log.warning("kazoo sync failed for device %s/%s (attempt %d, next in %.0fs): %s",
+                device.account_id, device.device_id, attempts, delay, error)
+    event_publish("kazoo.sync_failed", account=device.account_id, device=device.device_id, outcome=error[:200])
+    return device
+
+
+def device_sync_done(*, device: Device, changed_at: Any) -> Device:
+    """Kazoo took the push object as it was at `changed_at`: synced, unless it changed meanwhile."""
     Device.objects.filter(pk=device.pk, push_changed_at=changed_at).update(
-        sync_status=SyncStatus.SYNCED, push_synced_at=now, sync_attempts=0, sync_error="", sync_next_at=None
+        sync_status=SyncStatus.SYNCED, push_synced_at=timezone.now(), sync_attempts=0, sync_error="",
+        sync_next_at=None,
     )
     device.refresh_from_db()
     log.info("kazoo sync ok for device %s/%s", device.account_id, device.device_id)
     return device
-
-
-def sync_loop(stop: threading.Event) -> None:
-    """Retry pushing changed push objects to Kazoo with backoff, off the message path (the
-    consumer runs this in a thread; state lives in the database, so a restart resumes it)."""
-    from django.db import close_old_connections, connection
-
-    while not stop.is_set():
-        sync_wait(1.0)
-        if not kazoo_configured():
-            continue
-        try:
-            close_old_connections()
-            device_sync_due(limit=50)
-        except Exception:
-            log.warning("kazoo sync loop error", exc_info=True)
-    connection.close()
-
-
-def device_sync_due(*, limit: int = 50) -> int:
-    """Sync the devices whose turn has come; returns how many were tried."""
-    if not kazoo_configured():
-        return 0
-    due = list(
-        Device.objects.filter(
-            sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED], sync_next_at__lte=timezone.now()
-        ).order_by("sync_next_at")[:limit]
-    )
-    for device in due:
-        device_sync(device=device)
-    return len(due)
 
 
 @transaction.atomic
@@ -535,14 +484,14 @@ _SIP_SCHEME = re.compile(r"^sips?:", re.IGNORECASE)
 
 def aor_split(aor: str) -> tuple[str, str]:
     """`sip:user@realm` (Kamailio's X-KAZOO-AOR), `user@realm` or `<sip:user@realm;params>` ->
-    (user, realm). Raises BadMessage (code aor_invalid) for anything else."""
+    (user, realm). Raises InvalidInput (code aor_invalid) for anything else."""
     text = (aor or "").strip()
     if text.startswith("<") and ">" in text:
         text = text[1:text.index(">")]
     text = _SIP_SCHEME.sub("", text.split(";", 1)[0].strip(), count=1)
     user, at, realm = text.rpartition("@")
     if not at or not user or not realm:
-        raise BadMessage(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
+        raise InvalidInput(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
     return unquote(user), realm
 
 

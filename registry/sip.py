@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from pusher_site.errors import ContactParseError
+from core.errors import ContactParseError
 
 __all__ = ["Contact", "amqp_encode", "parse_contacts", "percent_decode"]
 

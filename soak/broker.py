@@ -25,7 +25,7 @@ import pika.exceptions
 
 from soak.env import executable
 
-# As pusher_site.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
+# As kazoo.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
 EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
 BINDINGS = (("registrar", "registration.success.*.*"), ("pushes", "notification.push.#"))
 RABBITMQCTL_TIMEOUT_S = 60

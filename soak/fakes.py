@@ -38,9 +38,9 @@ class Fakes:
 
     def seed(self) -> None:
         """Empty the soak database's pusher tables and add the rule and the two apps."""
+        from kazoo.models import ConsumerStatus
         from push import services
         from push.models import Credential, Delivery, Provider, PushApp
-        from pusher_site.models import ConsumerStatus
         from registry.models import Device, PushToken, UserAgentRule
 
         for model in (Delivery, PushApp, Credential, PushToken, Device, UserAgentRule, ConsumerStatus):

@@ -16,9 +16,9 @@ from typing import Any
 import pika
 from django.db import connection
 
-from pusher_site.messages import Handled, RawMessage, message_process, message_process_batch
-from pusher_site.worker import Worker, WorkerConfig
-from registry.services import sync_loop
+from kazoo.sync import sync_loop
+from kazoo.wire import Handled, RawMessage, message_process, message_process_batch
+from kazoo.worker import Worker, WorkerConfig
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kazoo" / "samples"

@@ -1,4 +1,4 @@
-"""Kazoo's system_config/pusher in and out: pusher_site.kazoo_config against the real database."""
+"""Kazoo's system_config/pusher in and out: kazoo.config against the real database."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from core.errors import PusherError, RuleError
+from kazoo.config import kazoo_config_export, kazoo_config_import
 from push.models import Credential, CredentialKind, Provider, PushApp
-from pusher_site.errors import PusherError, RuleError
-from pusher_site.kazoo_config import kazoo_config_export, kazoo_config_import
 from registry.models import UserAgentRule
 from tests.certs import make_apns_certificate, make_service_account
 

@@ -1,10 +1,10 @@
-"""The consumer's one line per message, written in batches (pusher_site.messages._log_many)."""
+"""The consumer's one line per message, written in batches (kazoo.wire._log_many)."""
 
 import io
 import logging
 from types import SimpleNamespace
 
-from pusher_site.messages import Action, push_reqs_logged
+from kazoo.wire import Action, push_reqs_logged
 
 
 def _delivery(n, status="sent", latency_ms=12.34):

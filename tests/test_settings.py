@@ -14,9 +14,9 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
 
+from core import fields
 from push import services
 from push.models import Credential, CredentialKind
-from pusher_site import fields
 from tests.certs import make_apns_certificate
 
 BASE_DIR = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import pusher_site.fields
+import core.fields
 from django.db import migrations, models
 
 
@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=200, unique=True)),
                 ('kind', models.CharField(choices=[('apns_certificate', 'APNs certificate (PEM or PKCS#12)'), ('apns_token', 'APNs token key (.p8)'), ('fcm_service_account', 'FCM service account (HTTP v1)'), ('fcm_legacy_key', 'FCM legacy server key (unusable)')], max_length=32)),
-                ('secret', pusher_site.fields.EncryptedTextField(editable=False)),
+                ('secret', core.fields.EncryptedTextField(editable=False)),
                 ('subject', models.CharField(blank=True, max_length=500)),
                 ('topics', models.JSONField(blank=True, default=list)),
                 ('environment', models.CharField(blank=True, max_length=20)),

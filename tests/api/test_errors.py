@@ -3,8 +3,8 @@
 import pytest
 from django.db import DataError
 
-from pusher_site.api import exception_handler
-from pusher_site.errors import CredentialError
+from core.errors import CredentialError
+from pusher_site.api.conventions import exception_handler
 
 pytestmark = pytest.mark.django_db
 

@@ -24,9 +24,9 @@ import pika
 import pytest
 from django.db import OperationalError
 
+from kazoo.worker import KAZOO_EXCHANGES
 from push import services
 from push.models import Delivery, Provider, PushApp
-from pusher_site.worker import KAZOO_EXCHANGES
 from registry.models import Device
 from tests import amqp
 from tests.e2e.harness import Kamailio, Sipp, free_udp_port, tools_missing

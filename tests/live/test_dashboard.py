@@ -6,9 +6,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from kazoo.models import ConsumerStatus
 from push.models import Credential, Delivery, DeliveryStatus, Provider, PushApp
 from pusher_site import dashboard
-from pusher_site.models import ConsumerStatus
 from registry.models import Device, SyncStatus
 
 NOW = timezone.now().replace(second=30, microsecond=0)
@@ -161,7 +161,7 @@ def test_healthz(db, client):
 
 
 def test_a_lone_surrogate_in_a_label_cannot_break_metrics(db, client):
-    from pusher_site import metrics
+    from core import metrics
 
     metrics.PUSHES.labels(provider="apple", app="bad\ud800app", status="failed", reason="app_unusable").inc()
     response = client.get("/metrics")

@@ -1,5 +1,5 @@
 """/ws/events/ through the real ASGI application (auth and origin checks included) with
-Channels' WebsocketCommunicator, fed by the one event helper, pusher_site.events.event_publish."""
+Channels' WebsocketCommunicator, fed by the one event helper, core.events.event_publish."""
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -7,9 +7,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import transaction
 
+from core.events import event_publish
 from pusher_site.asgi import application
 from pusher_site.consumers import CLOSE_FORBIDDEN
-from pusher_site.events import event_publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

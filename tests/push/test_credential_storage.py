@@ -13,9 +13,9 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
+from core import fields
 from push import services
 from push.models import Credential, CredentialKind
-from pusher_site import fields
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
 
 BUNDLE = "com.example.storage"

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from core.errors import CredentialError
 from push.credentials import (
     MAX_CREDENTIAL_BYTES,
     CredentialFacts,
@@ -30,7 +31,6 @@ from push.credentials import (
     parse_fcm_service_account,
     pem_cert_and_key,
 )
-from pusher_site.errors import CredentialError
 from tests.certs import (
     TEAM_ID,
     ec_key,

@@ -8,8 +8,9 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.text import mask_token
 from push import services
-from push.models import Credential, CredentialKind, Delivery, Provider, PushApp, mask_token
+from push.models import Credential, CredentialKind, Delivery, Provider, PushApp
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 
 # --- PushApp -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The consumer's concurrent push path (push.engine) over the real RabbitMQ, and its batch writes."""
+"""The consumer's concurrent push path (kazoo.pushlane) over the real RabbitMQ, and its batch writes."""
 
 import time
 
@@ -6,6 +6,8 @@ import pytest
 
 from push import services
 from push.models import Delivery, DeliveryStatus
+from push.services import deliveries as store
+from push.services import policy
 from registry.models import Device, PushToken
 from tests.amqp import broker_channel, consumer_running, sample
 from tests.fakes.apns import Answer
@@ -23,10 +25,10 @@ def queue_depth(channel, queue):
 def test_claim_batch_claims_each_msg_id_once(apple_app):
     existing = services.push_request_handle(fields=push_req(**{"Msg-ID": "seen-before"}), source="api")
     jobs = [
-        services.push_job_prepare(fields=push_req(**{"Msg-ID": msg_id}), source="amqp")
+        policy.push_job_prepare(fields=push_req(**{"Msg-ID": msg_id}), source="amqp")
         for msg_id in ("new-1", "seen-before", "new-2", "new-1", None)
     ]
-    claimed = services.deliveries_claim(jobs)
+    claimed = store.deliveries_claim(jobs)
     assert [d is not None for d in claimed] == [True, False, True, False, True]
     assert claimed[0].msg_id == "new-1" and claimed[2].msg_id == "new-2" and claimed[4].msg_id is None
     stored = {d.pk: d for d in Delivery.objects.exclude(pk=existing.pk)}
@@ -36,15 +38,15 @@ def test_claim_batch_claims_each_msg_id_once(apple_app):
 
 
 def test_finished_batch_is_recorded(apple_app):
-    jobs = [services.push_job_prepare(fields=push_req(**{"Msg-ID": f"r{i}"}), source="amqp") for i in range(3)]
-    deliveries = services.deliveries_claim(jobs)
+    jobs = [policy.push_job_prepare(fields=push_req(**{"Msg-ID": f"r{i}"}), source="amqp") for i in range(3)]
+    deliveries = store.deliveries_claim(jobs)
     result = services.SendResult(outcome="sent", status=200, reason="", description="", message_id="apns-1")
-    services.delivery_finish_apply(deliveries[0], services.finish_of_result(result, 1), started=time.time())
-    services.delivery_finish_apply(deliveries[1], services.Finish(DeliveryStatus.EXPIRED, "deadline", "late", 3),
+    store.delivery_finish_apply(deliveries[0], policy.finish_of_result(result, 1), started=time.time())
+    store.delivery_finish_apply(deliveries[1], policy.Finish(DeliveryStatus.EXPIRED, "deadline", "late", 3),
                                    started=time.time())
-    services.delivery_finish_apply(deliveries[2], services.Finish(DeliveryStatus.FAILED, "app_unusable", "no app"),
+    store.delivery_finish_apply(deliveries[2], policy.Finish(DeliveryStatus.FAILED, "app_unusable", "no app"),
                                    started=time.time())
-    services.deliveries_save_finished(deliveries)
+    store.deliveries_save_finished(deliveries)
     rows = {d.msg_id: d for d in Delivery.objects.all()}
     assert rows["r0"].status == DeliveryStatus.SENT and rows["r0"].http_status == 200
     assert rows["r0"].provider_message_id == "apns-1" and rows["r0"].latency_ms is not None

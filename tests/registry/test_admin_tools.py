@@ -10,9 +10,9 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
+from kazoo.config import kazoo_config_import
 from push import services
 from push.models import Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
-from pusher_site.kazoo_config import kazoo_config_import
 from registry.models import Device, SyncStatus, UserAgentRule
 from registry.services import registration_apply
 from tests.fakes.apns import Answer

@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from kazoo.config import PLACEHOLDER_ACCOUNT_ID, kazoo_config_import
+from kazoo.management.commands.match_user_agent import Command as MatchCommand
 from push.models import PushApp
-from pusher_site.kazoo_config import PLACEHOLDER_ACCOUNT_ID, kazoo_config_import
-from registry.management.commands.match_user_agent import Command as MatchCommand
 from registry.models import Device, UserAgentRule
 
 pytestmark = pytest.mark.django_db

@@ -22,7 +22,7 @@ DEVICE = REG["body"]["Custom-Channel-Vars"]["Authorizing-ID"]
 @pytest.fixture
 def kazoo(settings, fake_crossbar, monkeypatch):
     # A fresh client: the fake forgets the auth tokens of earlier tests.
-    monkeypatch.setattr("registry.services._client", None)
+    monkeypatch.setattr("kazoo.sync._client", None)
     settings.KAZOO_CROSSBAR_URL = fake_crossbar.url
     settings.KAZOO_API_KEY = fake_crossbar.api_key
     return fake_crossbar

@@ -1,4 +1,4 @@
-"""registry.kazoo.CrossbarClient against the fake Crossbar (Kazoo 4.3 envelopes and PATCH merge rules)."""
+"""kazoo.crossbar.CrossbarClient against the fake Crossbar (Kazoo 4.3 envelopes and PATCH merge rules)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pusher_site.errors import PusherError
-from registry.kazoo import CrossbarClient, KazooSyncError
+from core.errors import PusherError
+from kazoo.crossbar import CrossbarClient, KazooSyncError
 from tests.fakes.crossbar import FakeCrossbar
 
 pytest_plugins = ["tests.fakes.conftest_crossbar"]

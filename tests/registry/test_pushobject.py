@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pusher_site.errors import ContactParseError, RuleError
+from core.errors import ContactParseError, RuleError
 from registry.pushobject import (
     PushBuild,
     Rule,

@@ -13,9 +13,9 @@ import pytest
 from django.db import DataError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
-from pusher_site.errors import BadMessage
-from pusher_site.messages import Action, Handled, RawMessage, message_process, message_process_batch
-from pusher_site.worker import Worker, WorkerConfig
+from core.errors import InvalidInput
+from kazoo.wire import Action, Handled, RawMessage, message_process, message_process_batch
+from kazoo.worker import Worker, WorkerConfig
 from registry.models import Device, PushToken, UserAgentRule
 from registry.selectors import user_agent_rules_enabled
 from registry.services import RegistrationResult, registration_apply_batch
@@ -41,7 +41,7 @@ def token(n: int) -> str:
     return f"{n:064x}"
 
 
-def outcomes(results: list[RegistrationResult | BadMessage]) -> list[str]:
+def outcomes(results: list[RegistrationResult | InvalidInput]) -> list[str]:
     return [r.outcome if isinstance(r, RegistrationResult) else "bad" for r in results]
 
 

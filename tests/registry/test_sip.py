@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pusher_site.errors import ContactParseError
+from core.errors import ContactParseError
 from registry.sip import Contact, amqp_encode, parse_contacts, percent_decode
 
 APNS_HEX = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"

@@ -1,7 +1,7 @@
 """Property-based fuzzing of what the consumer does with a message, and of the Contact parser.
 
 The contract: `message_process` either handles a message (the consumer acks it) or raises
-BadMessage (the consumer dead-letters it with the reason). Any other exception is a bug: the
+InvalidInput (the consumer dead-letters it with the reason). Any other exception is a bug: the
 worker survives it, but dead-letters the message as "internal error: <type>" with no reason an
 operator can act on, logs a traceback per message, and may leave a half-written row behind.
 
@@ -29,9 +29,9 @@ from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import ContactParseError, InvalidInput
+from kazoo.wire import Handled, RawMessage, message_process
 from push.models import Delivery, DeliveryStatus
-from pusher_site.errors import BadMessage, ContactParseError
-from pusher_site.messages import Handled, RawMessage, message_process
 from registry.models import Device, PushToken, UserAgentRule
 from registry.sip import parse_contacts
 from tests.reliability import strategies as s
@@ -99,9 +99,9 @@ def row_counts() -> tuple[int, int, int]:
 
 def handle(body: bytes, content_type: str | None = "application/json", content_encoding: str | None = None,
            *, exchange: str = "", tolerate_reported: bool = True) -> Handled | None:
-    """message_process on one message; None when it was a BadMessage (dead-lettered).
+    """message_process on one message; None when it was a InvalidInput (dead-lettered).
 
-    Checks what the consumer relies on: a BadMessage carries a reason and wrote nothing; a handled
+    Checks what the consumer relies on: a InvalidInput carries a reason and wrote nothing; a handled
     push_req left no delivery `queued`. Runs in a savepoint so that a database error of one
     example does not abort the test's transaction for the next ones."""
     message = RawMessage(body=body, content_type=content_type, content_encoding=content_encoding,
@@ -110,9 +110,9 @@ def handle(body: bytes, content_type: str | None = "application/json", content_e
     savepoint = transaction.savepoint()
     try:
         handled = message_process(message)
-    except BadMessage as exc:
+    except InvalidInput as exc:
         assert exc.message, "a dead-lettered message needs a reason (x-pusher-reason)"
-        assert row_counts() == before, f"BadMessage ({exc.message}) after rows were written"
+        assert row_counts() == before, f"InvalidInput ({exc.message}) after rows were written"
         transaction.savepoint_rollback(savepoint)
         return None
     except Exception as exc:
@@ -196,7 +196,7 @@ def test_gzip_bomb_and_oversized_body_are_refused_with_their_reason(settings: An
         (bomb, None, "inflates beyond"),  # gzip magic without the header: still bounded
         (b" " * (limit + 1), None, "exceeds"),
     ):
-        with pytest.raises(BadMessage, match=words):
+        with pytest.raises(InvalidInput, match=words):
             message_process(RawMessage(body=body, content_encoding=encoding))
 
 
@@ -251,7 +251,7 @@ def test_lone_surrogates_are_dead_lettered_with_their_reason(rules: None, apple_
                                                              body: bytes) -> None:
     """JSON can carry a lone surrogate (\\ud800) that neither APNs, FCM nor PostgreSQL accepts (found
     by this fuzzing, fixed in message_decode): a reasoned dead letter, nothing written."""
-    with pytest.raises(BadMessage, match="surrogate"):
+    with pytest.raises(InvalidInput, match="surrogate"):
         message_process(RawMessage(body=body, received_at=time.time()))
     assert row_counts() == (0, 0, 0)
 

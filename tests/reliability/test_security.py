@@ -29,9 +29,9 @@ from django.test import Client
 from django.urls import Resolver404, get_resolver, resolve, reverse
 from rest_framework.authtoken.models import Token
 
+from kazoo.wire import RawMessage, message_process
 from push import services
 from push.models import Provider, PushApp
-from pusher_site.messages import RawMessage, message_process
 from tests import certs
 from tests.fakes.apns import TokenKey
 from tests.reliability import strategies as s
@@ -340,7 +340,7 @@ def test_secrets_never_come_back_out(seeded: dict[str, Any], staff_client: Clien
     caplog.set_level(logging.DEBUG)
     for name in list(logging.root.manager.loggerDict):
         caplog.set_level(logging.DEBUG, logger=name)
-    monkeypatch.setattr("pusher_site.events._send", lambda event: surfaces.add("event", json.dumps(event)))
+    monkeypatch.setattr("core.events._send", lambda event: surfaces.add("event", json.dumps(event)))
 
     outcomes: dict[str, str] = {}
     with django_capture_on_commit_callbacks(execute=True):

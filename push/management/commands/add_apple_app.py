@@ -4,10 +4,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.errors import PusherError
 from push.management.commands._output import app_added_write
 from push.models import CredentialKind, Provider
 from push.services import APNS_PRODUCTION_HOST, push_app_add
-from pusher_site.errors import PusherError
 
 
 class Command(BaseCommand):

@@ -4,9 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.errors import PusherError
 from push.models import DeliverySource, DeliveryStatus
 from push.services import TEST_PUSH_CALLER_NAME, TEST_PUSH_CALLER_NUMBER, delivery_outcome_text, push_test_send
-from pusher_site.errors import PusherError
 from registry.selectors import device_get
 
 

@@ -1,0 +1,551 @@
+"""Kazoo's `system_config/pusher` document in and out (PROTOCOL §5, §7), and the User-Agent tester.
+
+Import is how a Kazoo installation migrates: its `User-Agents` rules become UserAgentRule rows and
+its per-app sections (`<app-id>.apple` / `<app-id>.firebase`) become PushApp rows with their
+credentials. Export writes the same layout back, without secrets, for review or for Kazoo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from core.errors import CredentialError, PusherError, RuleError
+from push import services as push_services
+from push.models import CredentialKind, Provider, PushApp
+from registry import selectors
+from registry.models import UserAgentRule, validate_rule_properties, validate_rule_regex
+from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo
+from registry.services import registration_match
+
+log = logging.getLogger(__name__)
+
+KAZOO_DOC_ID = "pusher"
+RULE_POSITION_STEP = 10
+USER_AGENTS = "User-Agents"
+DEFAULT_SECTION = "default"
+# Crossbar's `GET /v2/system_configs/pusher` wraps the document in its envelope.
+_CROSSBAR_ENVELOPE = frozenset(
+    {"data", "auth_token", "status", "request_id", "revision", "node", "version", "timestamp", "tokens", "page_size"}
+)
+_APPLE_KEYS = frozenset({"certificate", "host", "port", "headers", "apns_topic", "enabled", "extra_headers"})
+_FIREBASE_KEYS = frozenset({"api_key", "service_account", "project_id", "headers", "enabled", "extra_headers"})
+# Non-secret settings a `default.<provider>` section lends to every app (Kazoo reads each key
+# in `<app-id>`, then the zone, then `default`).
+_INHERITED_KEYS = ("host", "headers", "enabled")
+_APNS_PRIORITIES = (1, 5, 10)
+_ANDROID_PRIORITIES = ("high", "normal")
+
+PLACEHOLDER_ACCOUNT_ID = "placeholder-account-id"
+PLACEHOLDER_AUTHORIZING_ID = "placeholder-authorizing-id"
+CCVS = "Custom-Channel-Vars"
+
+
+@dataclass
+class ImportSummary:
+    rules_created: int = 0
+    rules_updated: int = 0
+    rules_unchanged: int = 0
+    apps_created: int = 0
+    apps_updated: int = 0
+    apps_unchanged: int = 0
+    credentials_created: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.rules_created or self.rules_updated or self.apps_created or self.apps_updated
+            or self.credentials_created
+        )
+
+    def lines(self) -> list[str]:
+        """The summary as an operator reads it (command output, admin message)."""
+        lines = [
+            f"User-Agent rules: {self.rules_created} created, {self.rules_updated} updated, "
+            f"{self.rules_unchanged} unchanged",
+            f"push apps: {self.apps_created} created, {self.apps_updated} updated, {self.apps_unchanged} unchanged",
+            f"credentials: {self.credentials_created} created",
+        ]
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
+        return lines
+
+
+@dataclass(frozen=True)
+class _RulePlan:
+    name: str
+    regex: str
+    properties: dict[str, str]
+    position: int
+
+
+@dataclass(frozen=True)
+class _AppPlan:
+    app_id: str
+    provider: str
+    settings: dict[str, Any]
+    secret_kind: str = ""
+    secret: str = field(default="", repr=False)
+
+
+# --- Import -----------------------------------------------------------------------------------
+
+
+def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
+    """Import Kazoo's `system_config/pusher` document (as stored in CouchDB, as Crossbar returns it,
+    or a bare `{"User-Agents": {...}}`). Idempotent: importing the same document again changes nothing.
+
+    * `User-Agents` from `default` and from any node/zone section, merged into the one rule set,
+      in Kazoo's object order (positions 10, 20, 30...). A missing `regex` is Kazoo's `^$`, missing
+      `properties` is `{}`. A regex that does not compile fails the whole import (RuleError naming
+      the rule): Kazoo would have crashed on every registration instead.
+    * `<app-id>.apple` / `<app-id>.firebase` (3.x-era `<app-id>.google` too) become push apps.
+      Settings absent from the document leave the stored value alone.
+    * A certificate or key that does not parse (a placeholder, a truncated paste) does not fail the
+      import: the app is saved without it, keeps any credential it had, and a warning says so.
+    * `default.apple.certificate` (and a default FCM key) are skipped with a warning: Kazoo would
+      silently have used them for every app id (PROTOCOL §9.15).
+    """
+    document = _unwrap(document)
+    warnings: list[str] = []
+    rules = _rules_plan(document, warnings)
+    apps = _apps_plan(document, warnings)
+    if not rules and not apps:
+        raise PusherError(
+            "nothing to import: no User-Agents and no app sections (apple/firebase) found; "
+            "is this Kazoo's system_config/pusher document?"
+        )
+    summary = ImportSummary(warnings=warnings)
+    with transaction.atomic():
+        _rules_apply(rules, summary)
+        for plan in apps:
+            _app_apply(plan, summary)
+        transaction.on_commit(selectors.rules_cache_clear)
+    selectors.rules_cache_clear()
+    log.info(
+        "kazoo config imported: rules %d/%d/%d, apps %d/%d/%d, credentials %d, %d warning(s)",
+        summary.rules_created, summary.rules_updated, summary.rules_unchanged, summary.apps_created,
+        summary.apps_updated, summary.apps_unchanged, summary.credentials_created, len(summary.warnings),
+    )
+    return summary
+
+
+def _unwrap(document: Any) -> dict[str, Any]:
+    if not isinstance(document, Mapping):
+        raise PusherError("the Kazoo config must be a JSON object (the system_config/pusher document)")
+    if isinstance(document.get("data"), Mapping) and set(document) <= _CROSSBAR_ENVELOPE:
+        document = document["data"]
+    return dict(document)
+
+
+def _is_meta(name: str) -> bool:
+    # CouchDB's own keys (_id, _rev) and Kazoo's private ones (pvt_*).
+    return name.startswith("_") or name.startswith("pvt_")
+
+
+def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RulePlan]:
+    sections: list[tuple[str, Any]] = []
+    if USER_AGENTS in document:
+        sections.append(("(top level)", document[USER_AGENTS]))
+    default = document.get(DEFAULT_SECTION)
+    if isinstance(default, Mapping) and USER_AGENTS in default:
+        sections.append((DEFAULT_SECTION, default[USER_AGENTS]))
+    for name, section in document.items():
+        if name in (DEFAULT_SECTION, USER_AGENTS) or _is_meta(name) or not isinstance(section, Mapping):
+            continue
+        if USER_AGENTS in section:
+            warnings.append(
+                f"section {name!r} (a node or zone) has its own User-Agents; pusher has one rule set for "
+                "every node, so its rules were added after the default ones"
+            )
+            sections.append((name, section[USER_AGENTS]))
+
+    plans: dict[str, tuple[str, _RulePlan]] = {}
+    for section_name, user_agents in sections:
+        if not isinstance(user_agents, Mapping):
+            raise RuleError(f"User-Agents in section {section_name!r} must be an object of named rules")
+        for rule_name, entry in user_agents.items():
+            plan = _rule_plan(section_name, str(rule_name), entry, position=(len(plans) + 1) * RULE_POSITION_STEP)
+            seen = plans.get(plan.name)
+            if seen is None:
+                plans[plan.name] = (section_name, plan)
+            elif (seen[1].regex, seen[1].properties) != (plan.regex, plan.properties):
+                warnings.append(
+                    f"User-Agent rule {plan.name!r} in section {section_name!r} differs from the one in "
+                    f"{seen[0]!r}; kept the one from {seen[0]!r}"
+                )
+    return [plan for _, plan in plans.values()]
+
+
+def _rule_plan(section: str, name: str, entry: Any, *, position: int) -> _RulePlan:
+    where = f"User-Agent rule {name!r} (section {section!r})"
+    if not name.strip() or len(name) > 200:
+        raise RuleError(f"{where}: a rule name must be 1 to 200 characters")
+    if not isinstance(entry, Mapping):
+        raise RuleError(f"{where} must be an object with regex and properties")
+    regex = entry.get("regex")
+    if regex is None:
+        regex = DEFAULT_RULE_REGEX
+    if not isinstance(regex, str) or len(regex) > 1000:
+        raise RuleError(f"{where}: regex must be a string of at most 1000 characters")
+    properties = entry.get("properties")
+    if properties is None:
+        properties = {}
+    properties = dict(properties) if isinstance(properties, Mapping) else properties
+    try:  # the model's own validators: the same checks as a rule saved in the admin or the API
+        validate_rule_regex(regex)
+        validate_rule_properties(properties)
+    except ValidationError as exc:
+        raise RuleError(f"{where}: {' '.join(exc.messages)}") from None
+    return _RulePlan(name=name, regex=regex, properties=properties, position=position)
+
+
+def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
+    existing = {rule.name: rule for rule in UserAgentRule.objects.select_for_update()}
+    for plan in plans:
+        rule = existing.pop(plan.name, None)
+        if rule is None:
+            UserAgentRule.objects.create(
+                name=plan.name, regex=plan.regex, properties=plan.properties, position=plan.position
+            )
+            summary.rules_created += 1
+        elif (rule.regex, rule.properties, rule.position) != (plan.regex, plan.properties, plan.position):
+            rule.regex, rule.properties, rule.position = plan.regex, plan.properties, plan.position
+            rule.save(update_fields=["regex", "properties", "position", "updated_at"])
+            summary.rules_updated += 1
+        else:
+            summary.rules_unchanged += 1
+    if plans:
+        for rule in existing.values():
+            summary.warnings.append(
+                f"User-Agent rule {rule.name!r} is not in the document; left as it is (position {rule.position})"
+            )
+
+
+def _apps_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_AppPlan]:
+    inherited = _inherited_defaults(document.get(DEFAULT_SECTION), warnings)
+    plans: list[_AppPlan] = []
+    for app_id, section in document.items():
+        if app_id in (DEFAULT_SECTION, USER_AGENTS) or _is_meta(app_id):
+            continue
+        if not isinstance(section, Mapping):
+            warnings.append(f"top-level key {app_id!r} is not a section (an object); ignored")
+            continue
+        apple, firebase, google = section.get("apple"), section.get("firebase"), section.get("google")
+        if apple is None and firebase is None and google is None:
+            if USER_AGENTS not in section:
+                warnings.append(f"section {app_id!r} has no User-Agents, apple or firebase settings; ignored")
+            continue
+        if apple is not None:
+            if isinstance(apple, str):
+                # 3.x-4.1 stored the PEM itself as `<app>.apple` (binary APNs era).
+                warnings.append(f"{app_id}: apple is a bare certificate (Kazoo 3.x layout); imported as one")
+                apple = {"certificate": apple}
+            if isinstance(apple, Mapping):
+                plans.append(_apple_plan(app_id, {**inherited.get("apple", {}), **apple}, warnings))
+            else:
+                warnings.append(f"{app_id}: apple must be an object; ignored")
+        if google is not None:
+            if firebase is not None:
+                warnings.append(f"{app_id}: both firebase and google (pre-2019) settings; google ignored")
+            else:
+                warnings.append(f"{app_id}: google settings (Kazoo's pm_google, pre-2019) imported as firebase")
+                firebase = {"api_key": google} if isinstance(google, str) else google
+        if firebase is not None:
+            if isinstance(firebase, Mapping):
+                plans.append(_firebase_plan(app_id, {**inherited.get("firebase", {}), **firebase}, warnings))
+            else:
+                warnings.append(f"{app_id}: firebase must be an object; ignored")
+    return plans
+
+
+def _inherited_defaults(default: Any, warnings: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if not isinstance(default, Mapping):
+        return out
+    for provider, secrets in (("apple", ("certificate",)), ("firebase", ("api_key", "service_account"))):
+        section = default.get(provider)
+        if not isinstance(section, Mapping):
+            continue
+        for secret in secrets:
+            if section.get(secret):
+                warnings.append(
+                    f"default.{provider}.{secret} skipped: Kazoo would have used it for every app id without "
+                    f"its own (PROTOCOL §9.15); add it to the app(s) it belongs to"
+                )
+        out[provider] = {key: section[key] for key in _INHERITED_KEYS if key in section}
+    return out
+
+
+def _apple_plan(app_id: str, conf: Mapping[str, Any], warnings: list[str]) -> _AppPlan:
+    settings: dict[str, Any] = {}
+    _warn_unknown(app_id, "apple", conf, _APPLE_KEYS, warnings)
+    if isinstance(conf.get("host"), str) and conf["host"].strip():
+        settings["host"] = conf["host"].strip()
+    if "port" in conf:
+        port = _int(conf["port"])
+        if port is not None and 0 < port < 65536:
+            settings["port"] = port
+        else:
+            warnings.append(f"{app_id}: apple.port {conf['port']!r} is not a port number; ignored")
+    if "enabled" in conf:
+        settings["enabled"] = _bool(conf["enabled"])
+    if isinstance(conf.get("apns_topic"), str) and conf["apns_topic"].strip():
+        settings["topic"] = conf["apns_topic"].strip()
+    headers = conf.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        warnings.append(f"{app_id}: apple.headers must be an object; ignored")
+    elif headers is not None:
+        settings.update(_apple_headers(app_id, headers, warnings))
+    _note_extra_headers(app_id, "apple", conf, warnings)
+    certificate = conf.get("certificate")
+    if certificate is not None and not isinstance(certificate, str):
+        warnings.append(f"{app_id}: apple.certificate must be PEM text; not imported")
+        certificate = None
+    return _AppPlan(
+        app_id=app_id, provider=Provider.APPLE, settings=settings,
+        secret_kind=CredentialKind.APNS_CERTIFICATE if certificate else "", secret=certificate or "",
+    )
+
+
+def _apple_headers(app_id: str, headers: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """Kazoo's apns4erl header names to the app's typed fields; the rest stay extra headers (the
+    push path maps apns_* names). A typed field is the only source of its header, so a later edit
+    in the admin is not silently overridden by a copy left in the extra headers."""
+    settings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in headers.items():
+        key = str(name).lower().replace("-", "_")
+        if key == "apns_push_type" and isinstance(value, str) and value.strip():
+            settings["push_type"] = value.strip()
+        elif key == "apns_priority" and _int(value) in _APNS_PRIORITIES:
+            settings["priority"] = _int(value)
+        elif key == "apns_expiration" and _int(value) == 0:
+            # Kazoo sends this header verbatim: an absolute time, so only 0 ("now or never") means
+            # the same as the app's relative expiration; any other value stays a literal header.
+            settings["expiration"] = 0
+        elif key == "apns_topic" and isinstance(value, str) and value.strip():
+            settings["topic"] = value.strip()  # Kazoo's configured headers win over apns_topic
+        elif key == "apns_collapse_id" and isinstance(value, str):
+            settings["collapse_id"] = value
+        else:
+            if key == "apns_priority":
+                warnings.append(f"{app_id}: apns_priority {value!r} is not 1, 5 or 10; kept as a literal header")
+            extra[str(name)] = value
+    settings["extra_headers"] = extra
+    return settings
+
+
+def _firebase_plan(app_id: str, conf: Mapping[str, Any], warnings: list[str]) -> _AppPlan:
+    settings: dict[str, Any] = {}
+    _warn_unknown(app_id, "firebase", conf, _FIREBASE_KEYS, warnings)
+    if "enabled" in conf:
+        settings["enabled"] = _bool(conf["enabled"])
+    if isinstance(conf.get("project_id"), str):
+        settings["project_id"] = conf["project_id"].strip()
+    headers = conf.get("headers")
+    if headers is not None and not isinstance(headers, Mapping):
+        warnings.append(f"{app_id}: firebase.headers must be an object; ignored")
+    elif headers is not None:
+        for name, value in headers.items():
+            if name == "priority" and value in _ANDROID_PRIORITIES:
+                settings["android_priority"] = value
+            elif name == "time_to_live" and (_int(value) or 0) >= 0 and _int(value) is not None:
+                settings["ttl_s"] = _int(value)
+            elif name == "collapse_key" and isinstance(value, str):
+                settings["collapse_id"] = value
+            else:
+                warnings.append(
+                    f"{app_id}: firebase header {name}={value!r} has no FCM HTTP v1 equivalent here; ignored"
+                )
+    _note_extra_headers(app_id, "firebase", conf, warnings)
+    kind, secret = "", ""
+    service_account = conf.get("service_account")
+    if service_account:
+        kind = CredentialKind.FCM_SERVICE_ACCOUNT
+        secret = service_account if isinstance(service_account, str) else json.dumps(service_account)
+    elif isinstance(conf.get("api_key"), str) and conf["api_key"].strip():
+        kind, secret = CredentialKind.FCM_LEGACY_KEY, conf["api_key"]
+    return _AppPlan(app_id=app_id, provider=Provider.FIREBASE, settings=settings, secret_kind=kind, secret=secret)
+
+
+def _warn_unknown(
+    app_id: str, provider: str, conf: Mapping[str, Any], known: frozenset[str], warnings: list[str]
+) -> None:
+    for key in conf:
+        if key not in known:
+            warnings.append(f"{app_id}: unknown setting {provider}.{key}; ignored")
+
+
+def _note_extra_headers(app_id: str, provider: str, conf: Mapping[str, Any], warnings: list[str]) -> None:
+    if conf.get("extra_headers"):
+        warnings.append(
+            f"{app_id}: {provider}.extra_headers is read by Kazoo itself (kz_endpoint, e.g. Invite-Format) when "
+            "it builds the push endpoint, not by the pusher; it stays in Kazoo's system_config"
+        )
+
+
+def _app_apply(plan: _AppPlan, summary: ImportSummary) -> None:
+    before = _app_state(plan.app_id, plan.provider)
+    where = f"{plan.app_id} ({plan.provider})"
+    try:
+        if plan.secret:
+            try:
+                added = push_services.push_app_add(
+                    app_id=plan.app_id, provider=plan.provider, kind=plan.secret_kind, data=plan.secret,
+                    **plan.settings,
+                )
+            except CredentialError as exc:
+                app = push_services.push_app_upsert(app_id=plan.app_id, provider=plan.provider, **plan.settings)
+                had = "kept its current credential" if app.credential_id else "has no credential yet"
+                summary.warnings.append(f"{where}: credential not imported ({exc.message}); the app {had}")
+            else:
+                summary.credentials_created += int(added.credential_created)
+                if plan.secret_kind == CredentialKind.FCM_LEGACY_KEY:
+                    summary.warnings.append(
+                        f"{where}: legacy key imported but unusable: Google shut the FCM legacy API down; "
+                        "add a service-account JSON (add_firebase_app APP_ID FILE) to send"
+                    )
+                else:
+                    summary.warnings.extend(f"{where}: {warning}" for warning in added.warnings)
+        else:
+            push_services.push_app_upsert(app_id=plan.app_id, provider=plan.provider, **plan.settings)
+    except CredentialError as exc:
+        raise PusherError(f"{where}: {exc.message}") from None
+    after = _app_state(plan.app_id, plan.provider)
+    if before is None:
+        summary.apps_created += 1
+    elif before != after:
+        summary.apps_updated += 1
+    else:
+        summary.apps_unchanged += 1
+
+
+def _app_state(app_id: str, provider: str) -> dict[str, Any] | None:
+    return PushApp.objects.filter(app_id=app_id, provider=provider).values().first()
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _bool(value: Any) -> bool:
+    # Kazoo's kz_term:is_true/1 accepts the strings too.
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+# --- Export -----------------------------------------------------------------------------------
+
+
+def kazoo_config_export() -> dict[str, Any]:
+    """The rules and apps as Kazoo's `system_config/pusher` document.
+
+    Secrets are NEVER exported: no `apple.certificate`, no `firebase.api_key` or service account
+    (they are write-only here, STYLE rule 8); a Kazoo that must send again needs them re-added
+    (`sup pusher_maintenance add_apple_app ...`). Importing the export changes nothing.
+
+    Only enabled rules are exported (Kazoo has no disabled state). An app's relative `expiration`
+    other than 0 has no Kazoo equivalent (Kazoo's `apns_expiration` is an absolute time) and is
+    left out; a non-443 `port` is written as `apple.port`, which Kazoo ignores.
+    """
+    rules = {
+        rule.name: {"regex": rule.regex, "properties": dict(rule.properties)}
+        for rule in selectors.user_agent_rules_enabled(fresh=True)  # the consumer's rule set, in its order
+    }
+    document: dict[str, Any] = {"_id": KAZOO_DOC_ID, DEFAULT_SECTION: {USER_AGENTS: rules}}
+    for app in PushApp.objects.order_by("app_id", "provider"):
+        section = document.setdefault(app.app_id, {})
+        if app.provider == Provider.APPLE:
+            section["apple"] = _apple_export(app)
+        else:
+            section["firebase"] = _firebase_export(app)
+    return document
+
+
+def _apple_export(app: PushApp) -> dict[str, Any]:
+    headers: dict[str, Any] = {"apns_push_type": app.push_type, "apns_priority": str(app.priority)}
+    if app.expiration == 0:
+        headers["apns_expiration"] = "0"
+    if app.collapse_id:
+        headers["apns_collapse_id"] = app.collapse_id
+    # Extra headers win on the wire (as in Kazoo), so they win here too.
+    headers.update(app.extra_headers or {})
+    out: dict[str, Any] = {"host": app.host, "headers": headers}
+    if app.port != 443:
+        out["port"] = app.port
+    if app.topic:
+        out["apns_topic"] = app.topic
+    out["enabled"] = app.enabled
+    return out
+
+
+def _firebase_export(app: PushApp) -> dict[str, Any]:
+    headers: dict[str, Any] = {"priority": app.android_priority, "time_to_live": app.ttl_s}
+    if app.collapse_id:
+        headers["collapse_key"] = app.collapse_id
+    out: dict[str, Any] = {"headers": headers, "enabled": app.enabled}
+    if app.project_id:
+        out["project_id"] = app.project_id
+    return out
+
+
+# --- User-Agent tester ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserAgentTest:
+    """What a registration with this User-Agent and Contact would do (the consumer's own matcher)."""
+
+    rule: str | None
+    push: dict[str, str] | None
+    tokens: tuple[TokenInfo, ...]
+    reason: str
+    fields: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "push": self.push,
+            "tokens": [{"token": t.token, "type": t.type, "app": t.app, "kind": t.kind} for t in self.tokens],
+            "reason": self.reason,
+        }
+
+
+def user_agent_test(*, user_agent: str, contact: str, fields: Mapping[str, Any] | None = None) -> UserAgentTest:
+    """Run a User-Agent and Contact through the enabled rules exactly as a reg_success would be
+    (registry.services.registration_match, the consumer's matcher), with today's rules: an operator
+    testing the rule they just saved must not be served the cached set.
+
+    `fields` are more reg_success fields (e.g. `Proxy-Path`, the source of Token-Proxy, or
+    `Custom-Channel-Vars`). When Account-ID / Authorizing-ID are given neither in the CCVs nor at
+    the top level, placeholders are put in the CCVs: Kazoo needs both to write a push object, and
+    the tester should show the object the rule builds. Raises ContactParseError (a PusherError)
+    for a Contact that does not parse."""
+    reg: dict[str, Any] = dict(fields or {})
+    ccvs = dict(reg[CCVS]) if isinstance(reg.get(CCVS), Mapping) else {}
+    for name, placeholder in (("Account-ID", PLACEHOLDER_ACCOUNT_ID), ("Authorizing-ID", PLACEHOLDER_AUTHORIZING_ID)):
+        if not ccvs.get(name) and not reg.get(name):
+            ccvs[name] = placeholder
+    reg[CCVS] = ccvs
+    reg["User-Agent"] = user_agent
+    reg["Contact"] = contact
+    # A bad Contact: ContactParseError, already saying so.
+    build = registration_match(fields=reg, rules=selectors.user_agent_rules_enabled(fresh=True))
+    return UserAgentTest(rule=build.rule, push=build.push, tokens=build.tokens, reason=build.reason, fields=reg)

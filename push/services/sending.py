@@ -1,0 +1,178 @@
+"""Sending a push_req: the attempt loop every sender shares, and what an answer means afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.events import event_publish
+from core.text import mask_token, text_storable_check
+from push.models import (
+    Delivery,
+    DeliveryStatus,
+    PushApp,
+)
+from push.providers import apns
+from push.services.apps import _app_bad_device_token
+from push.services.clients import provider_send_async
+from push.services.deliveries import _claim, _finish, delivery_touch
+from push.services.policy import (
+    ATTEMPT_MIN_S,
+    Finish,
+    PushJob,
+    SendResult,
+    expired_text,
+    finish_of_result,
+    push_app_for,
+    push_job_prepare,
+    retry_pause,
+)
+
+log = logging.getLogger(__name__)
+
+# FCM's client (pyfcm) blocks: the synchronous callers' FCM sends wait on these threads, off the
+# APNs client's loop.
+_fcm_threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push-fcm-sync")
+
+
+def push_request_handle(
+    *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
+) -> Delivery:
+    """Handle one push_req (AMQP, API, admin or command): send it within its deadline, record the
+    outcome, deactivate dead tokens. Raises InvalidInput for a push_req that cannot be handled.
+
+    `push_type` overrides the app's push type for this one push: "alert" sends a visible
+    notification (APNs apns-push-type alert on the bundle topic, FCM with a `notification`), e.g.
+    a missed call to the device's remote token; None (the default) sends as the app is configured.
+
+    The consumer sends many push_req concurrently through `kazoo.pushlane`, which claims and records
+    them in batches with the same pieces; a redelivered one comes back here."""
+    job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
+    text_storable_check(fields)  # the API, admin and commands; a bus message was checked when decoded
+    delivery, claim = _claim(job)
+    if claim == "orphaned":
+        # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
+        return _finish(delivery, Finish(
+            DeliveryStatus.FAILED, "sender_died",
+            "the consumer sending this push died before recording the answer; not resent, "
+            "since it was most likely delivered already",
+        ), started=delivery.created_at.timestamp())
+    if claim == "duplicate":
+        delivery.status = DeliveryStatus.DUPLICATE
+        delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
+        return delivery
+
+    app, reason, problem = push_app_for(job, delivery)
+    if problem:
+        return _finish(delivery, Finish(DeliveryStatus.FAILED, reason, problem), started=job.started)
+    assert app is not None
+    finish = _attempts_blocking(job, app, delivery)
+    delivery = _finish(delivery, finish, started=job.started)
+    if finish.result is not None:
+        push_followup(delivery=delivery, app=app, result=finish.result)
+    return delivery
+
+
+async def push_attempts(
+    job: PushJob, app: PushApp, *, touch: Callable[[int], Awaitable[None]], fcm_executor: Executor | None = None
+) -> Finish:
+    """The attempt loop of every sender (the consumer's push lane, and through `push_request_handle`
+    the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause with
+    jittered backoff and send again, never starting an attempt that could not end before the
+    push_req's deadline. `touch(attempts_done)` renews the sender's lease before each further
+    attempt, so that a redelivery of the same push_req waits for this sender instead of taking
+    it over."""
+    attempts = 0
+    result: SendResult | None = None
+    while True:
+        if time.time() + ATTEMPT_MIN_S >= job.deadline:
+            return Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result), attempts, result)
+        attempts += 1
+        if attempts > 1:
+            await touch(attempts - 1)
+        result = await provider_send_async(
+            app=app, fields=job.fields, token=job.token, deadline=job.deadline, push_type=job.push_type,
+            fcm_executor=fcm_executor,
+        )
+        if result.outcome != "retry":
+            return finish_of_result(result, attempts)
+        pause = retry_pause(attempts)
+        if time.time() + pause >= job.deadline:
+            return Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result, retrying=True),
+                          attempts, result)
+        await asyncio.sleep(pause)
+
+
+def _attempts_blocking(job: PushJob, app: PushApp, delivery: Delivery) -> Finish:
+    """`push_attempts` for a synchronous caller: the loop runs on the APNs client's event loop
+    (where its connections live), and the lease renewals come back to this thread, which holds the
+    caller's database connection and transaction (the ORM is not for event loops)."""
+    renewals: queue.SimpleQueue[tuple[int, concurrent.futures.Future[None]] | None] = queue.SimpleQueue()
+
+    async def touch(attempts_done: int) -> None:
+        renewed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        renewals.put((attempts_done, renewed))
+        await asyncio.wrap_future(renewed)
+
+    future = asyncio.run_coroutine_threadsafe(
+        push_attempts(job, app, touch=touch, fcm_executor=_fcm_threads), apns.get_client().loop()
+    )
+    future.add_done_callback(lambda _: renewals.put(None))
+    while (renewal := renewals.get()) is not None:
+        attempts_done, renewed = renewal
+        try:
+            delivery_touch(delivery=delivery, attempts=attempts_done)
+            renewed.set_result(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the loop, which decides
+            renewed.set_exception(exc)
+    return future.result()
+
+
+
+
+def push_followup(*, delivery: Delivery, app: PushApp, result: SendResult) -> None:
+    """What a provider's answer means beyond this push: a dead token, a misconfigured app."""
+    if result.outcome == "token_invalid":
+        token_dead(token=delivery.token, reason=f"{delivery.provider} answered {result.status} {result.reason}",
+                   provider_timestamp_ms=result.timestamp_ms)
+    elif result.outcome == "bad_device_token":
+        _app_bad_device_token(app)
+
+
+def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = None) -> int:
+    """Deactivate a token the provider says is dead, and clear the push objects built on it so
+    Kazoo stops building push endpoints. APNs' 410 timestamp is honoured: a token registered
+    again after Apple declared it dead is kept. Returns how many tokens were deactivated."""
+    from registry.models import Device, PushToken
+    from registry.services import device_push_clear
+
+    now = timezone.now()
+    tokens = PushToken.objects.filter(token=token, active=True).select_related("device")
+    if provider_timestamp_ms is not None:
+        dead_since = datetime.fromtimestamp(provider_timestamp_ms / 1000, tz=UTC)
+        tokens = tokens.filter(last_seen_at__lt=dead_since)
+    count = 0
+    for push_token in tokens:
+        with transaction.atomic():
+            PushToken.objects.filter(pk=push_token.pk).update(
+                active=False, deactivated_at=now, deactivated_reason=reason[:300]
+            )
+            device: Device = push_token.device
+            if device.push and device.push.get("Token-ID") == token:
+                device_push_clear(device=device, reason=reason)
+            event_publish("token.deactivated", account=device.account_id, device=device.device_id,
+                          app=push_token.app, token=push_token.token_masked, outcome=reason[:200])
+        count += 1
+    if count:
+        log.info("deactivated %d token(s) %s: %s", count, mask_token(token), reason)
+    return count
