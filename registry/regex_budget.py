@@ -69,8 +69,11 @@ def regex_refusal(pattern: str, flags: int = RULE_FLAGS) -> str | None:
         return f"too deeply nested (limit {MAX_NESTING} levels)"
     except RecursionError:
         return "too deeply nested"
-    except (regex.error, ValueError, TypeError, OverflowError):
+    except (regex.error, ValueError, OverflowError):
         return None  # not a valid pattern: compiling it says why
+    except Exception:  # a corner of the private parser we do not know: let the child compile it
+        logger.exception("measuring User-Agent regex %r failed; compiling it in a child process", pattern)
+        return _child_refusal(pattern, flags)
     if size > MAX_EXPANDED_ELEMENTS:
         return (
             f"too complex: its repetition counts expand it to {size:,} elements "
@@ -132,7 +135,7 @@ def _parser_usable() -> bool:
     pattern, expected = _PROBE
     try:
         size = regex_size(pattern)
-    except Exception:  # noqa: BLE001 - any failure of the private API means "do not trust it"
+    except Exception:  # any failure of the private API means "do not trust it"
         logger.exception("regex's parser is not usable for the rule regex budget")
         size = None
     if size != expected:
@@ -150,8 +153,10 @@ pattern, flags, memory, cpu = sys.stdin.read(), int(sys.argv[1]), int(sys.argv[2
 import regex
 with open("/proc/self/statm") as statm:
     size = int(statm.read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (size + memory, size + memory))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+for kind, soft in ((resource.RLIMIT_AS, size + memory), (resource.RLIMIT_CPU, cpu)):
+    hard = resource.getrlimit(kind)[1]
+    soft = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+    resource.setrlimit(kind, (soft, hard))
 try:
     regex.compile(pattern, flags=flags, cache_pattern=False)
 except MemoryError:
@@ -163,7 +168,7 @@ sys.exit(0)
 
 
 def _child_refusal(pattern: str, flags: int) -> str | None:
-    limits = f"{CHILD_MEMORY_BYTES // (1024 * 1024)} MB and {CHILD_CPU_S} s of CPU"
+    limits = f"{CHILD_MEMORY_BYTES // (1024 * 1024)} MB or {CHILD_CPU_S} s of CPU"
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter, fixed code, the pattern on stdin
             [sys.executable, "-I", "-c", _CHILD, str(int(flags)), str(CHILD_MEMORY_BYTES), str(CHILD_CPU_S)],
@@ -172,9 +177,9 @@ def _child_refusal(pattern: str, flags: int) -> str | None:
     except subprocess.TimeoutExpired:
         return f"too complex: it did not compile within {CHILD_TIMEOUT_S:g} s"
     except OSError as exc:
-        return f"could not be checked ({exc})"
+        return f"not checkable here: no child process to compile it in ({exc})"
     if done.returncode == 0:
         return None
     if done.returncode == 3 or done.returncode < 0:
         return f"too complex: compiling it needs more than {limits}"
-    return f"could not be checked (exit status {done.returncode}: {done.stderr.strip()[-200:]})"
+    return f"not checkable here: its child process failed (exit status {done.returncode}: {done.stderr.strip()[-200:]})"
