@@ -12,7 +12,9 @@ counts like `{1 000}` included), and refused when
   class member or other leaf of the parse, times the counts of every repeat around it; `{m,n}`
   counts n, `{m,}` counts m, `*`, `+` and `?` count 1 - unbounded runs are cheap, only explicit
   counts are expanded), or
-* it nests deeper than MAX_NESTING (the `regex` module's parser and compiler recurse).
+* it nests deeper than MAX_NESTING levels of the parse (a capturing group or a branch takes two
+  levels, `(?:...)` none), or so deep that the parser runs out of Python stack: the `regex`
+  module's parser and compiler recurse.
 
 Measured with regex 2026.11.19: an element costs 200-400 bytes once compiled (`a{10000}`: 2.9 MB),
 up to ~1.3 KB for `\\X` or full case folding, so a rule within the limit takes at most ~13 MB;
@@ -66,7 +68,7 @@ def regex_refusal(pattern: str, flags: int = RULE_FLAGS) -> str | None:
     try:
         size = regex_size(pattern, flags)
     except _TooDeep:
-        return f"too deeply nested (limit {MAX_NESTING} levels)"
+        return f"too deeply nested (limit {MAX_NESTING} levels of its parse, about {MAX_NESTING // 2} nested groups)"
     except RecursionError:
         return "too deeply nested"
     except (regex.error, ValueError, OverflowError):
