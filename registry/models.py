@@ -8,10 +8,10 @@ from core.text import mask_token
 
 def validate_rule_regex(value: str) -> None:
     from core.errors import RuleError
-    from registry.pushobject import compile_rule_regex
+    from registry.pushobject import rule_regex_check
 
     try:
-        compile_rule_regex(value)
+        rule_regex_check(value)
     except RuleError as exc:
         raise ValidationError(exc.message) from exc
 

@@ -15,6 +15,7 @@ from typing import Any
 import regex
 
 from core.errors import ContactParseError, RuleError
+from registry.regex_budget import regex_refusal
 from registry.sip import Contact, parse_contacts
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "Rule",
     "TokenInfo",
     "compile_rule_regex",
+    "rule_regex_caches_clear",
+    "rule_regex_check",
     "push_object_build",
     "push_object_equal",
     "rule_match",
@@ -32,6 +35,7 @@ logger = logging.getLogger("registry.pushobject")
 # Kazoo's regex for a rule stored without one: matches only an empty User-Agent, i.e. never
 # (an empty UA never reaches matching).
 DEFAULT_RULE_REGEX = "^$"
+RULE_REGEX_FLAGS = regex.VERSION0 | regex.ASCII
 
 REASON_OK = "ok"
 REASON_NO_RULE = "no rule matched"
@@ -86,18 +90,44 @@ class PushBuild:
     device_id: str | None
 
 
-@functools.lru_cache(maxsize=512)
-def compile_rule_regex(pattern: str) -> regex.Pattern[str]:
-    """Compile a UA rule's regex, raising ``RuleError`` if it can't be compiled.
+# Compiled rule regexes, for matching. More entries than any real rule set has; a rule change clears
+# it (rule_regex_caches_clear), so a deleted rule's compiled regex does not stay behind.
+RULE_REGEX_CACHE_SIZE = 128
 
-    Kazoo runs Erlang ``re`` (PCRE) without the ``unicode``/``ucp`` options, so ``\\d``/``\\w``
+
+@functools.lru_cache(maxsize=RULE_REGEX_CACHE_SIZE)
+def compile_rule_regex(pattern: str) -> regex.Pattern[str]:
+    """Compile a UA rule's regex (cached, for matching), raising ``RuleError`` if it can't be
+    compiled or is over the budget of registry.regex_budget (checked before compiling)."""
+    return _rule_regex_compile(pattern)
+
+
+def rule_regex_check(pattern: str) -> None:
+    """What a rule's regex must pass to be saved: compile_rule_regex's checks, without caching
+    the compiled regex (a rule being validated may never be saved or matched)."""
+    _rule_regex_compile(pattern)
+
+
+def rule_regex_caches_clear() -> None:
+    """Forget every compiled rule regex and cached match result (the rules changed)."""
+    compile_rule_regex.cache_clear()
+    _rule_found.cache_clear()
+
+
+def _rule_regex_compile(pattern: str) -> regex.Pattern[str]:
+    """Kazoo runs Erlang ``re`` (PCRE) without the ``unicode``/``ucp`` options, so ``\\d``/``\\w``
     are ASCII-only there; ``regex.ASCII`` keeps a rule meaning the same after migration.
-    """
+    ``cache_pattern=False``: the regex module's own cache (500 patterns) would otherwise keep
+    every rule regex ever compiled, deleted rules' included."""
     if not isinstance(pattern, str):
         raise RuleError(f"User-Agent regex must be a string, got {type(pattern).__name__}")
+    refusal = regex_refusal(pattern or DEFAULT_RULE_REGEX, RULE_REGEX_FLAGS)
+    if refusal is not None:
+        shown = pattern if len(pattern) <= 80 else pattern[:60] + "..."
+        raise RuleError(f"User-Agent regex {shown!r} is {refusal}")
     try:
-        return regex.compile(pattern or DEFAULT_RULE_REGEX, flags=regex.VERSION0 | regex.ASCII)
-    except regex.error as exc:
+        return regex.compile(pattern or DEFAULT_RULE_REGEX, flags=RULE_REGEX_FLAGS, cache_pattern=False)
+    except (regex.error, ValueError, RecursionError) as exc:  # ValueError: e.g. (?V1) against VERSION0
         raise RuleError(f"invalid User-Agent regex {pattern!r}: {exc}") from exc
 
 

@@ -10,29 +10,39 @@ from django.db import connection
 from django.utils import timezone
 
 from registry.models import Device, SyncStatus, UserAgentRule
-from registry.pushobject import Rule
+from registry.pushobject import Rule, rule_regex_caches_clear
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
 # edit in the admin still applies within seconds in every process, without a restart.
 RULES_TTL_S = 2.0
 _rules_cache: tuple[float, tuple[Rule, ...]] | None = None
+# The regexes of the rule set last read: when they change (in any process, whoever changed them),
+# the compiled regexes and match results cached for the old ones are dropped.
+_rules_regexes: frozenset[str] | None = None
 
 
 def user_agent_rules_enabled(*, fresh: bool = False) -> tuple[Rule, ...]:
-    global _rules_cache
+    global _rules_cache, _rules_regexes
     now = time.monotonic()
     if fresh or _rules_cache is None or now - _rules_cache[0] > RULES_TTL_S:
         rules = tuple(
             Rule(name=r.name, regex=r.regex, properties=dict(r.properties or {}))
             for r in UserAgentRule.objects.filter(enabled=True).order_by("position", "name")
         )
+        regexes = frozenset(rule.regex for rule in rules)
+        if regexes != _rules_regexes:
+            rule_regex_caches_clear()
+            _rules_regexes = regexes
         _rules_cache = (now, rules)
     return _rules_cache[1]
 
 
 def rules_cache_clear() -> None:
+    """The rules changed (registry.services._rules_changed, the Kazoo config import): read them
+    again, and drop the compiled regexes cached for them at once."""
     global _rules_cache
     _rules_cache = None
+    rule_regex_caches_clear()
 
 
 @dataclass(frozen=True, slots=True)

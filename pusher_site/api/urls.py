@@ -5,7 +5,13 @@ from django.urls import Resolver404, path, re_path, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import permissions, routers
 
-from pusher_site.api.push_api import CredentialViewSet, DeliveryViewSet, PushAppViewSet, PushRequestViewSet, SendViewSet
+from pusher_site.api.push_api import (
+    CredentialViewSet,
+    DeliveryViewSet,
+    PushAppViewSet,
+    PushRequestViewSet,
+    SendViewSet,
+)
 from pusher_site.api.registry_api import DeviceViewSet, UserAgentRuleViewSet
 
 
