@@ -4,10 +4,11 @@ Dev defaults are obviously fake and only apply when DEBUG is on; in production t
 secrets have no default and a missing one stops the boot with a clear message.
 """
 
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -18,16 +19,21 @@ DEBUG = env.bool("DEBUG", default=False)
 DATA_DIR = Path(env.str("PUSHER_DATA_DIR", default=str(BASE_DIR / "data")))
 
 
+def _stop(message: str) -> NoReturn:
+    """A setting that makes the boot impossible: one line on stderr, no traceback, exit status 2
+    (from manage.py, daphne and bin/serve alike)."""
+    sys.stderr.write(f"pusher: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
 def _required_secret(name: str, dev_value: str) -> str:
     value = env.str(name, default="")
     if value:
         return value
     if DEBUG:
         return dev_value
-    raise ImproperlyConfigured(
-        f"{name} is not set. It is required when DEBUG is off; set it in the environment "
-        f"(or set DEBUG=true for a development run)."
-    )
+    _stop(f"{name} is required when DEBUG is off (set it in the environment or .env; DEBUG=1 for a development run)")
 
 
 SECRET_KEY = _required_secret("SECRET_KEY", "dev-insecure-not-a-secret-do-not-use-in-production")
@@ -42,13 +48,13 @@ FIELD_ENCRYPTION_KEY = [
 try:  # a malformed key must stop the boot, not the first credential save
     import base64 as _b64
 
+    if not FIELD_ENCRYPTION_KEY:
+        raise ValueError
     for _key in FIELD_ENCRYPTION_KEY:
         if len(_b64.urlsafe_b64decode(_key.encode())) != 32:
             raise ValueError
-except ValueError as _exc:
-    raise ImproperlyConfigured(
-        "FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)"
-    ) from _exc
+except ValueError:
+    _stop("FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -82,9 +82,22 @@ def test_a_missing_production_secret_stops_the_boot(tmp_path: Path, _no_dotenv, 
 
     result = manage(env, "check", "--deploy")
 
-    assert result.returncode != 0
-    assert "ImproperlyConfigured" in result.stderr
-    assert f"{name} is not set" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"pusher: {name} is required when DEBUG is off (set it in the environment or .env; "
+        f"DEBUG=1 for a development run)\n"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("key", ["not-a-fernet-key", "c2hvcnQ=", ","])
+def test_a_malformed_field_encryption_key_stops_the_boot_in_one_line(tmp_path: Path, _no_dotenv, key: str) -> None:
+    result = manage(production_env(tmp_path, FIELD_ENCRYPTION_KEY=key), "check")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pusher: FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)\n"
+    )
 
 
 def test_development_defaults_apply_only_with_debug_on(tmp_path: Path, _no_dotenv) -> None:
