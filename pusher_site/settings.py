@@ -203,13 +203,21 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Security (production) ------------------------------------------------------------
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# pusher serves plain HTTP; TLS is terminated by a proxy in front of it. Only when that proxy is
+# declared trusted (it sets X-Forwarded-Proto and overwrites whatever a client sent) does a request
+# carrying "X-Forwarded-Proto: https" count as secure; otherwise any client could claim it.
+PUSHER_TRUST_X_FORWARDED_PROTO = env.bool("PUSHER_TRUST_X_FORWARDED_PROTO", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PUSHER_TRUST_X_FORWARDED_PROTO else None
+# Off by default: on plain HTTP it would send every page to an https:// nothing answers.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Cookies are marked Secure when the site is reached over HTTPS, as the two settings above say;
+# a browser would not send them back over plain HTTP (the admin login would fail its CSRF check).
+SESSION_COOKIE_SECURE = PUSHER_TRUST_X_FORWARDED_PROTO or SECURE_SSL_REDIRECT
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Sent only on secure requests (Django never sends HSTS over plain HTTP).
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # The health and metrics endpoints must answer plain HTTP probes inside the cluster.

@@ -3,6 +3,7 @@ a bad encryption key fails clearly; the health and metrics endpoints answer prob
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -62,7 +63,10 @@ def _no_dotenv() -> None:
 
 
 def test_check_deploy_passes_with_a_complete_production_environment(tmp_path: Path, _no_dotenv) -> None:
-    result = manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
+    # The README's production set-up: TLS terminated by a proxy that sets X-Forwarded-Proto.
+    env = production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1", SECURE_SSL_REDIRECT="1")
+
+    result = manage(env, "check", "--deploy", "--fail-level", "WARNING")
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -98,6 +102,44 @@ def test_a_malformed_field_encryption_key_stops_the_boot_in_one_line(tmp_path: P
     assert result.stderr == (
         "pusher: FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)\n"
     )
+
+
+def settings_values(env: dict[str, str], *names: str) -> dict:
+    script = (
+        "import json; from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
+    )
+    env = {**env, "DJANGO_SETTINGS_MODULE": "pusher_site.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_TLS_SETTINGS = ("SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE")
+
+
+def test_production_defaults_serve_plain_http_and_trust_no_forwarded_proto(tmp_path: Path, _no_dotenv) -> None:
+    values = settings_values(production_env(tmp_path), *_TLS_SETTINGS)
+
+    assert values == {
+        "SECURE_PROXY_SSL_HEADER": None, "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False, "CSRF_COOKIE_SECURE": False,
+    }
+
+
+def test_a_trusted_tls_proxy_is_declared_explicitly(tmp_path: Path, _no_dotenv) -> None:
+    trusted = settings_values(production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1"), *_TLS_SETTINGS)
+    redirected = settings_values(
+        production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1", SECURE_SSL_REDIRECT="1"), *_TLS_SETTINGS
+    )
+
+    assert trusted == {
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"], "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+    }
+    assert redirected == {**trusted, "SECURE_SSL_REDIRECT": True}
 
 
 def test_development_defaults_apply_only_with_debug_on(tmp_path: Path, _no_dotenv) -> None:
