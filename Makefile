@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint superuser bench-registration bench-push soak audit clean
+.PHONY: run serve test lint superuser bench-registration bench-push soak audit clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
 ## web (admin, API, websocket) on 127.0.0.1:8000 and the AMQP consumer.
 run: $(VENV)/.run-installed
 	bin/run
+
+## Production (DEBUG off, settings from the environment or .env; README, "Production"): migrate,
+## collect static files, then daphne on HOST:PORT (default 127.0.0.1:8000) and the consumer.
+serve: $(VENV)/.run-installed
+	bin/serve
 
 ## Set up and run the whole test suite (ruff, then pytest).
 test: $(VENV)/.test-installed
