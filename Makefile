@@ -19,6 +19,7 @@ $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
 
 ## Set up and run the service on the embedded defaults (SQLite, in-memory live feed):
 ## web (admin, API, websocket) on 127.0.0.1:8000 and the AMQP consumer.
+## Another address: `make run PORT=8001` (or HOST=..., PORT=... in the environment).
 run: $(VENV)/.run-installed
 	bin/run
 

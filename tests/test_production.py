@@ -245,7 +245,7 @@ def test_serve_without_a_secret_says_so_in_one_line(tmp_path: Path) -> None:
 # --- A taken port -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("script", "hint"), [("bin/serve", "make serve PORT=8001")])
+@pytest.mark.parametrize(("script", "hint"), [("bin/run", "make run PORT=8001"), ("bin/serve", "make serve PORT=8001")])
 def test_a_taken_port_fails_loudly(tmp_path: Path, script: str, hint: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
