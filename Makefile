@@ -35,9 +35,9 @@ test: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
+## An admin user: asks on the terminal, or takes DJANGO_SUPERUSER_USERNAME/EMAIL/PASSWORD.
 superuser: $(VENV)/.run-installed
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py createsuperuser
+	bin/superuser
 
 bench-registration: $(VENV)/.test-installed
 	$(BIN)/python -m bench.registration

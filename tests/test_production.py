@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -265,3 +266,46 @@ def test_a_taken_port_fails_loudly(tmp_path: Path, script: str, hint: str) -> No
     )
     assert time.monotonic() - started < 10  # refused before migrating or starting anything
     assert not (tmp_path / "pusher.sqlite3").exists()
+
+
+# --- bin/superuser ----------------------------------------------------------------------------------
+
+
+def superuser(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bin/superuser"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+
+def test_superuser_is_made_from_the_environment_without_a_terminal(tmp_path: Path) -> None:
+    env = command_env(
+        tmp_path, DJANGO_SUPERUSER_USERNAME="admin", DJANGO_SUPERUSER_EMAIL="admin@example.com",
+        DJANGO_SUPERUSER_PASSWORD="a-long-admin-password-42",
+    )
+
+    made = superuser(env)
+    again = superuser(env)
+
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "Superuser created successfully." in made.stdout
+    with sqlite3.connect(tmp_path / "pusher.sqlite3") as db:
+        rows = db.execute("SELECT username, email, is_superuser, is_staff, password FROM auth_user").fetchall()
+    assert [row[:4] for row in rows] == [("admin", "admin@example.com", 1, 1)]
+    assert rows[0][4].startswith("pbkdf2_sha256$")  # a usable password, hashed
+    assert again.returncode != 0
+    assert "That username is already taken" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{}, {"DJANGO_SUPERUSER_USERNAME": "admin"}, {"DJANGO_SUPERUSER_PASSWORD": "a-long-admin-password-42"}],
+    ids=["nothing", "no password", "no username"],
+)
+def test_superuser_without_a_terminal_or_the_environment_fails(tmp_path: Path, given: dict[str, str]) -> None:
+    result = superuser(command_env(tmp_path, **given))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("pusher: ")
+    assert "DJANGO_SUPERUSER_USERNAME" in result.stderr
+    assert not (tmp_path / "pusher.sqlite3").exists()  # refused before touching the database
