@@ -1,10 +1,13 @@
-"""Production settings: a complete environment passes `check --deploy`, a missing secret stops the boot,
-a bad encryption key fails clearly; the health and metrics endpoints answer probes."""
+"""Production settings: a complete environment passes `check --deploy`, a missing secret stops the boot
+in one line, a bad encryption key fails clearly, X-Forwarded-Proto is trusted only when declared; the
+health and metrics endpoints answer probes; every environment variable read is in the README's table."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -212,3 +215,77 @@ def test_metrics_can_be_restricted_to_staff(client, staff_client, settings) -> N
     assert staff_client.get("/metrics").status_code == 200
     client.logout()
     assert client.get("/metrics").status_code == 403
+
+
+# --- Every variable read is in the README's configuration table ------------------------------------------
+
+# Not product code: their own harnesses, with their own environments.
+_NOT_PRODUCT = {"tests", "bench", "soak", "data", "docs", "templates", "migrations"}
+# Read by Django itself (createsuperuser --noinput), documented with the ones bin/superuser reads.
+_READ_BY_DJANGO = {"DJANGO_SUPERUSER_EMAIL"}
+
+
+def _env_name(node: ast.AST) -> str | None:
+    """NAME when `node` reads the environment variable NAME: env.str("NAME", ...), env("NAME"),
+    _required_secret("NAME", ...), os.environ.get("NAME"), os.getenv("NAME"), os.environ["NAME"]."""
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) == "os.environ":
+        key = node.slice
+    elif isinstance(node, ast.Call) and node.args:
+        func = ast.unparse(node.func)
+        reads = func in ("env", "_required_secret", "os.getenv", "os.environ.get", "os.environ.pop")
+        if not reads and not (isinstance(node.func, ast.Attribute) and ast.unparse(node.func.value) == "env"):
+            return None
+        key = node.args[0]
+    else:
+        return None
+    return key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+
+
+def variables_read() -> dict[str, set[str]]:
+    """Every environment variable the product reads -> the files reading it: Python modules outside
+    the tests and harnesses (settings.py first of all), and the bin/ scripts' ${NAME:-default}."""
+    found: dict[str, set[str]] = {}
+    for directory, subdirectories, files in os.walk(BASE_DIR):
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".") and d not in _NOT_PRODUCT]
+        for file in files:
+            if file.endswith(".py"):
+                path = Path(directory, file)
+                for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                    if name := _env_name(node):
+                        found.setdefault(name, set()).add(str(path.relative_to(BASE_DIR)))
+    for script in sorted((BASE_DIR / "bin").iterdir()):
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text()):
+            found.setdefault(name, set()).add(f"bin/{script.name}")
+    return found
+
+
+def readme_configuration_table() -> dict[str, list[str]]:
+    """`NAME` -> [meaning, default] for every name in the first column of the README's
+    configuration table."""
+    readme = (BASE_DIR / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("|") or line.startswith(("| variable", "|---")):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0]):
+            rows[name] = cells[1:]
+    return rows
+
+
+def test_every_environment_variable_read_is_in_the_readme_table() -> None:
+    read = variables_read()
+    documented = readme_configuration_table()
+
+    # The parser still finds what settings.py reads (a parser finding nothing would pass below).
+    in_settings = {name for name, files in read.items() if "pusher_site/settings.py" in files}
+    assert {"DEBUG", "SECRET_KEY", "FIELD_ENCRYPTION_KEY", "DATABASE_URL", "PUSHER_TRUST_X_FORWARDED_PROTO",
+            "SECURE_SSL_REDIRECT", "LOG_LEVEL"} <= in_settings
+    assert {"HOST", "PORT", "PUSHER_PYTHON", "DJANGO_SUPERUSER_USERNAME"} <= read.keys()
+    missing = {name: sorted(files) for name, files in read.items() if name not in documented}
+    assert not missing, f"read but not in the README's configuration table: {missing}"
+    for name, cells in documented.items():
+        assert len(cells) == 2 and all(cells), f"README row of {name}: needs a meaning and a default"
+    stale = documented.keys() - read.keys() - _READ_BY_DJANGO
+    assert not stale, f"in the README's configuration table but read nowhere: {sorted(stale)}"
