@@ -227,12 +227,19 @@ def test_serve_fails_when_the_consumer_dies(data_dir: Path) -> None:
         assert not served.web_answers()
 
 
-def test_serve_without_a_secret_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["bin/serve"], [sys.executable, "-m", "daphne", "pusher_site.asgi:application"]],
+    ids=["bin/serve", "daphne"],
+)
+def test_serving_without_a_secret_says_so_in_one_line(tmp_path: Path, command: list[str]) -> None:
     # Empty, not absent: a developer's .env cannot fill it in.
     env = command_env(tmp_path, SECRET_KEY="")
+    if command[0] != "bin/serve":
+        command = [*command, "--port", env["PORT"]]
 
     result = subprocess.run(
-        ["bin/serve"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
         check=False,
     )
 
