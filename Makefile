@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint superuser bench-registration bench-push soak audit clean
+.PHONY: run serve test lint superuser bench-registration bench-push soak audit clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,14 @@ $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
 
 ## Set up and run the service on the embedded defaults (SQLite, in-memory live feed):
 ## web (admin, API, websocket) on 127.0.0.1:8000 and the AMQP consumer.
+## Another address: `make run PORT=8001` (or HOST=..., PORT=... in the environment).
 run: $(VENV)/.run-installed
 	bin/run
+
+## Production (DEBUG off, settings from the environment or .env; README, "Production"): migrate,
+## collect static files, then daphne on HOST:PORT (default 127.0.0.1:8000) and the consumer.
+serve: $(VENV)/.run-installed
+	bin/serve
 
 ## Set up and run the whole test suite (ruff, then pytest).
 test: $(VENV)/.test-installed
@@ -29,9 +35,9 @@ test: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
+## An admin user: asks on the terminal, or takes DJANGO_SUPERUSER_USERNAME/EMAIL/PASSWORD.
 superuser: $(VENV)/.run-installed
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py createsuperuser
+	bin/superuser
 
 bench-registration: $(VENV)/.test-installed
 	$(BIN)/python -m bench.registration

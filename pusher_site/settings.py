@@ -4,18 +4,28 @@ Dev defaults are obviously fake and only apply when DEBUG is on; in production t
 secrets have no default and a missing one stops the boot with a clear message.
 """
 
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():  # (django-environ logs "not found" otherwise, under daphne at INFO)
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 DATA_DIR = Path(env.str("PUSHER_DATA_DIR", default=str(BASE_DIR / "data")))
+
+
+def _stop(message: str) -> NoReturn:
+    """A setting that makes the boot impossible: one line on stderr, no traceback, exit status 2
+    (from manage.py, daphne and bin/serve alike)."""
+    sys.stderr.write(f"pusher: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
 
 
 def _required_secret(name: str, dev_value: str) -> str:
@@ -24,10 +34,7 @@ def _required_secret(name: str, dev_value: str) -> str:
         return value
     if DEBUG:
         return dev_value
-    raise ImproperlyConfigured(
-        f"{name} is not set. It is required when DEBUG is off; set it in the environment "
-        f"(or set DEBUG=true for a development run)."
-    )
+    _stop(f"{name} is required when DEBUG is off (set it in the environment or .env; DEBUG=1 for a development run)")
 
 
 SECRET_KEY = _required_secret("SECRET_KEY", "dev-insecure-not-a-secret-do-not-use-in-production")
@@ -42,13 +49,13 @@ FIELD_ENCRYPTION_KEY = [
 try:  # a malformed key must stop the boot, not the first credential save
     import base64 as _b64
 
+    if not FIELD_ENCRYPTION_KEY:
+        raise ValueError
     for _key in FIELD_ENCRYPTION_KEY:
         if len(_b64.urlsafe_b64decode(_key.encode())) != 32:
             raise ValueError
-except ValueError as _exc:
-    raise ImproperlyConfigured(
-        "FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)"
-    ) from _exc
+except ValueError:
+    _stop("FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -73,6 +80,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (collected into STATIC_ROOT by `manage.py collectstatic`, bin/serve does it)
+    # served by the app itself, under daphne too; with DEBUG on, straight from the apps' folders.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -198,13 +208,21 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Security (production) ------------------------------------------------------------
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# pusher serves plain HTTP; TLS is terminated by a proxy in front of it. Only when that proxy is
+# declared trusted (it sets X-Forwarded-Proto and overwrites whatever a client sent) does a request
+# carrying "X-Forwarded-Proto: https" count as secure; otherwise any client could claim it.
+PUSHER_TRUST_X_FORWARDED_PROTO = env.bool("PUSHER_TRUST_X_FORWARDED_PROTO", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PUSHER_TRUST_X_FORWARDED_PROTO else None
+# Off by default: on plain HTTP it would send every page to an https:// nothing answers.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Cookies are marked Secure when the site is reached over HTTPS, as the two settings above say;
+# a browser would not send them back over plain HTTP (the admin login would fail its CSRF check).
+SESSION_COOKIE_SECURE = PUSHER_TRUST_X_FORWARDED_PROTO or SECURE_SSL_REDIRECT
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Sent only on secure requests (Django never sends HSTS over plain HTTP).
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # The health and metrics endpoints must answer plain HTTP probes inside the cluster.

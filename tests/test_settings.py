@@ -1,9 +1,13 @@
-"""Production settings: a complete environment passes `check --deploy`, a missing secret stops the boot,
-a bad encryption key fails clearly; the health and metrics endpoints answer probes."""
+"""Production settings: a complete environment passes `check --deploy`, a missing secret stops the boot
+in one line, a bad encryption key fails clearly, X-Forwarded-Proto is trusted only when declared; the
+health and metrics endpoints answer probes; every environment variable read is in the README's table."""
 
 from __future__ import annotations
 
+import ast
+import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -62,7 +66,10 @@ def _no_dotenv() -> None:
 
 
 def test_check_deploy_passes_with_a_complete_production_environment(tmp_path: Path, _no_dotenv) -> None:
-    result = manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
+    # The README's production set-up: TLS terminated by a proxy that sets X-Forwarded-Proto.
+    env = production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1", SECURE_SSL_REDIRECT="1")
+
+    result = manage(env, "check", "--deploy", "--fail-level", "WARNING")
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -82,9 +89,60 @@ def test_a_missing_production_secret_stops_the_boot(tmp_path: Path, _no_dotenv, 
 
     result = manage(env, "check", "--deploy")
 
-    assert result.returncode != 0
-    assert "ImproperlyConfigured" in result.stderr
-    assert f"{name} is not set" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"pusher: {name} is required when DEBUG is off (set it in the environment or .env; "
+        f"DEBUG=1 for a development run)\n"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("key", ["not-a-fernet-key", "c2hvcnQ=", ","])
+def test_a_malformed_field_encryption_key_stops_the_boot_in_one_line(tmp_path: Path, _no_dotenv, key: str) -> None:
+    result = manage(production_env(tmp_path, FIELD_ENCRYPTION_KEY=key), "check")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pusher: FIELD_ENCRYPTION_KEY must be comma-separated Fernet keys (32 url-safe base64-encoded bytes each)\n"
+    )
+
+
+def settings_values(env: dict[str, str], *names: str) -> dict:
+    script = (
+        "import json; from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
+    )
+    env = {**env, "DJANGO_SETTINGS_MODULE": "pusher_site.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_TLS_SETTINGS = ("SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE")
+
+
+def test_production_defaults_serve_plain_http_and_trust_no_forwarded_proto(tmp_path: Path, _no_dotenv) -> None:
+    values = settings_values(production_env(tmp_path), *_TLS_SETTINGS)
+
+    assert values == {
+        "SECURE_PROXY_SSL_HEADER": None, "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False, "CSRF_COOKIE_SECURE": False,
+    }
+
+
+def test_a_trusted_tls_proxy_is_declared_explicitly(tmp_path: Path, _no_dotenv) -> None:
+    trusted = settings_values(production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1"), *_TLS_SETTINGS)
+    redirected = settings_values(
+        production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1", SECURE_SSL_REDIRECT="1"), *_TLS_SETTINGS
+    )
+
+    assert trusted == {
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"], "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+    }
+    assert redirected == {**trusted, "SECURE_SSL_REDIRECT": True}
 
 
 def test_development_defaults_apply_only_with_debug_on(tmp_path: Path, _no_dotenv) -> None:
@@ -157,3 +215,77 @@ def test_metrics_can_be_restricted_to_staff(client, staff_client, settings) -> N
     assert staff_client.get("/metrics").status_code == 200
     client.logout()
     assert client.get("/metrics").status_code == 403
+
+
+# --- Every variable read is in the README's configuration table ------------------------------------------
+
+# Not product code: their own harnesses, with their own environments.
+_NOT_PRODUCT = {"tests", "bench", "soak", "data", "docs", "templates", "migrations"}
+# Read by Django itself (createsuperuser --noinput), documented with the ones bin/superuser reads.
+_READ_BY_DJANGO = {"DJANGO_SUPERUSER_EMAIL"}
+
+
+def _env_name(node: ast.AST) -> str | None:
+    """NAME when `node` reads the environment variable NAME: env.str("NAME", ...), env("NAME"),
+    _required_secret("NAME", ...), os.environ.get("NAME"), os.getenv("NAME"), os.environ["NAME"]."""
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) == "os.environ":
+        key = node.slice
+    elif isinstance(node, ast.Call) and node.args:
+        func = ast.unparse(node.func)
+        reads = func in ("env", "_required_secret", "os.getenv", "os.environ.get", "os.environ.pop")
+        if not reads and not (isinstance(node.func, ast.Attribute) and ast.unparse(node.func.value) == "env"):
+            return None
+        key = node.args[0]
+    else:
+        return None
+    return key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+
+
+def variables_read() -> dict[str, set[str]]:
+    """Every environment variable the product reads -> the files reading it: Python modules outside
+    the tests and harnesses (settings.py first of all), and the bin/ scripts' ${NAME:-default}."""
+    found: dict[str, set[str]] = {}
+    for directory, subdirectories, files in os.walk(BASE_DIR):
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".") and d not in _NOT_PRODUCT]
+        for file in files:
+            if file.endswith(".py"):
+                path = Path(directory, file)
+                for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                    if name := _env_name(node):
+                        found.setdefault(name, set()).add(str(path.relative_to(BASE_DIR)))
+    for script in sorted((BASE_DIR / "bin").iterdir()):
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", script.read_text()):
+            found.setdefault(name, set()).add(f"bin/{script.name}")
+    return found
+
+
+def readme_configuration_table() -> dict[str, list[str]]:
+    """`NAME` -> [meaning, default] for every name in the first column of the README's
+    configuration table."""
+    readme = (BASE_DIR / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("|") or line.startswith(("| variable", "|---")):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0]):
+            rows[name] = cells[1:]
+    return rows
+
+
+def test_every_environment_variable_read_is_in_the_readme_table() -> None:
+    read = variables_read()
+    documented = readme_configuration_table()
+
+    # The parser still finds what settings.py reads (a parser finding nothing would pass below).
+    in_settings = {name for name, files in read.items() if "pusher_site/settings.py" in files}
+    assert {"DEBUG", "SECRET_KEY", "FIELD_ENCRYPTION_KEY", "DATABASE_URL", "PUSHER_TRUST_X_FORWARDED_PROTO",
+            "SECURE_SSL_REDIRECT", "LOG_LEVEL"} <= in_settings
+    assert {"HOST", "PORT", "PUSHER_PYTHON", "DJANGO_SUPERUSER_USERNAME"} <= read.keys()
+    missing = {name: sorted(files) for name, files in read.items() if name not in documented}
+    assert not missing, f"read but not in the README's configuration table: {missing}"
+    for name, cells in documented.items():
+        assert len(cells) == 2 and all(cells), f"README row of {name}: needs a meaning and a default"
+    stale = documented.keys() - read.keys() - _READ_BY_DJANGO
+    assert not stale, f"in the README's configuration table but read nowhere: {sorted(stale)}"

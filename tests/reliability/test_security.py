@@ -155,7 +155,9 @@ def test_production_settings_secure_cookies_and_hsts(tmp_path: Path) -> None:
            if not key.startswith(("PUSHER_", "SECURE_", "DJANGO_", "KAZOO_")) and key not in ("DEBUG", "DATABASE_URL")}
     env.update(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
                ALLOWED_HOSTS="pusher.example.com", PUSHER_DATA_DIR=str(tmp_path),
-               DJANGO_SETTINGS_MODULE="pusher_site.settings")
+               DJANGO_SETTINGS_MODULE="pusher_site.settings",
+               # Served over HTTPS, as the README documents it: a TLS proxy that sets X-Forwarded-Proto.
+               PUSHER_TRUST_X_FORWARDED_PROTO="1", SECURE_SSL_REDIRECT="1")
     script = ("import json; from django.conf import settings; "
               f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
