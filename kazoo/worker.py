@@ -33,6 +33,7 @@ from core import bus, metrics
 from core.dbwait import WaitStopped, connections_check, database_wait
 from core.errors import InvalidInput
 from core.events import event_publish
+from kazoo import topology
 from kazoo.wire import (
     Action,
     Handled,
@@ -50,16 +51,6 @@ T = TypeVar("T")
 Ticket = tuple[int, Any, int]
 # A registration lane takes every message waiting for it, up to this many, as one batch.
 LANE_BATCH_MAX = 100
-
-# Kazoo declares these non-durable and not auto-delete; a mismatch makes RabbitMQ close the channel.
-KAZOO_EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
-BINDINGS = (
-    ("registrar", "registration.success.*.*"),
-    # `#`, not Kazoo's `*.*`: Kamailio publishes the raw Token-ID, and a token with a dot
-    # would silently miss a `*.*` binding.
-    ("pushes", "notification.push.#"),
-)
-
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -245,16 +236,8 @@ class Worker:
         event_publish("consumer.disconnected", outcome="stopped")
 
     def _declare(self, channel: Any) -> None:
-        for name, kind in KAZOO_EXCHANGES:
-            channel.exchange_declare(name, exchange_type=kind, durable=False, auto_delete=False)
-        channel.exchange_declare(self.config.dead_letter_exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(self.config.dead_letter_queue, durable=True)
-        channel.queue_bind(self.config.dead_letter_queue, self.config.dead_letter_exchange, routing_key="#")
-        # Not auto-delete (Kazoo's was): messages published while no consumer runs must wait.
-        channel.queue_declare(self.config.queue, durable=self.config.queue_durable, auto_delete=False)
-        for exchange, key in BINDINGS:
-            channel.queue_bind(self.config.queue, exchange, routing_key=key)
-        channel.queue_bind(self.config.queue, "targeted", routing_key=self.config.queue)
+        topology.dead_letters_declare(channel, self.config.dead_letter_exchange, self.config.dead_letter_queue)
+        topology.queue_declare(channel, self.config.queue, durable=self.config.queue_durable)
 
     # --- messages -------------------------------------------------------------------
     def _on_message(self, generation: int, channel: Any, method: Any, properties: Any, body: bytes) -> None:

@@ -27,7 +27,6 @@ from soak.env import executable
 
 # As kazoo.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
 EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
-BINDINGS = (("registrar", "registration.success.*.*"), ("pushes", "notification.push.#"))
 RABBITMQCTL_TIMEOUT_S = 60
 
 
@@ -66,14 +65,11 @@ def channel_open(url: str) -> Iterator[Any]:
 
 def queue_declare(url: str, queue: str) -> None:
     """Declare and bind the queue before anything is published, exactly as the consumer will
-    (non-durable, not auto-delete), so messages published while no consumer runs wait in it."""
+    (kazoo.topology), so messages published while no consumer runs wait in it."""
+    from kazoo import topology
+
     with channel_open(url) as channel:
-        for name, kind in EXCHANGES:
-            channel.exchange_declare(name, exchange_type=kind, durable=False, auto_delete=False)
-        channel.queue_declare(queue, durable=False, auto_delete=False)
-        for exchange, key in BINDINGS:
-            channel.queue_bind(queue, exchange, routing_key=key)
-        channel.queue_bind(queue, "targeted", routing_key=queue)
+        topology.queue_declare(channel, queue)
 
 
 def queue_depth(url: str, queue: str) -> int:

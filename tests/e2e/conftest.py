@@ -24,7 +24,7 @@ import pika
 import pytest
 from django.db import OperationalError
 
-from kazoo.worker import KAZOO_EXCHANGES
+from kazoo.topology import exchanges_declare
 from push import services
 from push.models import Delivery, Provider, PushApp
 from registry.models import Device
@@ -92,8 +92,7 @@ def _vhost_open(url: str) -> bool:
         pika_log.setLevel(level)
     try:
         channel = connection.channel()
-        for name, kind in KAZOO_EXCHANGES:
-            channel.exchange_declare(name, exchange_type=kind, durable=False, auto_delete=False)
+        exchanges_declare(channel)
     finally:
         connection.close()
     return True
