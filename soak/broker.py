@@ -26,7 +26,6 @@ import pika.exceptions
 from soak.env import executable
 
 # As kazoo.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
-EXCHANGES = (("registrar", "topic"), ("pushes", "topic"), ("targeted", "direct"))
 RABBITMQCTL_TIMEOUT_S = 60
 
 
