@@ -14,7 +14,7 @@ from typing import Any
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -38,6 +38,7 @@ from pusher_site.api import (
     perms_required,
 )
 from pusher_site.errors import PusherError
+from pusher_site.parsers import JSONParser
 
 # --- Deliveries ----------------------------------------------------------------------------------
 
