@@ -5,6 +5,7 @@ import io
 import json
 
 import pytest
+from django.conf import settings
 from django.db import DataError
 
 from pusher_site.api import exception_handler
@@ -58,6 +59,7 @@ def test_method_not_allowed(seed, admin_api) -> None:
 # --- Every error is JSON: nesting depth, body size, unexpected exceptions (issue 13) -------------
 
 DEEP = "[" * 1000 + "]" * 1000
+TEN_MB = 10 * 1024 * 1024
 JSON_ENDPOINTS = ["/api/v1/push/", "/api/v1/send", "/api/v1/user-agent-rules/", "/api/v1/apps/", "/api/v1/credentials/"]
 
 
@@ -125,6 +127,18 @@ def test_json_depth_scan(text: str, deep: bool) -> None:
     assert json_depth_exceeds(text, 64) is deep
 
 
+def test_a_10_mb_body_is_a_413_in_json(seed, admin_api) -> None:
+    big = json.dumps({"name": "x" * TEN_MB, "regex": "^x"})
+    body = assert_json_error(admin_api.post("/api/v1/user-agent-rules/", big, content_type="application/json"),
+                             413, "body_too_large")
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in body["detail"]
+    assert_json_error(admin_api.post("/api/v1/send", big, content_type="application/json"), 413, "body_too_large")
+    # A form body (credentials/ takes forms too) is read by Django, which raises RequestDataTooBig.
+    form = "name=x&kind=fcm_legacy_key&data=" + "x" * TEN_MB
+    response = admin_api.post("/api/v1/credentials/", form, content_type="application/x-www-form-urlencoded")
+    assert_json_error(response, 413, "body_too_large")
+
+
 def test_the_parser_refuses_a_body_over_the_limit_itself(settings) -> None:
     """Without Django's own check (DRF reads request.body for its JSON parser today; a future DRF
     may hand the parser the stream), the parser still reads no more than the limit."""
@@ -137,3 +151,46 @@ def test_the_parser_refuses_a_body_over_the_limit_itself(settings) -> None:
     assert excinfo.value.status_code == 413
     assert stream.tell() == 101
     assert JSONParser().parse(io.BytesIO(b'{"a": [1, 2]}')) == {"a": [1, 2]}
+
+
+def test_an_unexpected_exception_is_a_json_500_without_the_traceback(seed, admin_api, monkeypatch, caplog) -> None:
+    from push import services
+
+    def fail(**kwargs):
+        raise RuntimeError("unexpected failure 0xC0FFEE in the service")
+
+    monkeypatch.setattr(services, "push_request_handle", fail)
+    admin_api.raise_request_exception = True  # DRF answers it: nothing reaches Django's handler
+    response = admin_api.post("/api/v1/push/", {"Token-ID": "t", "Token-Type": "apple", "Token-App": "x"},
+                              format="json")
+    assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
+    assert response.status_code == 500 and "0xC0FFEE" not in response.content.decode()
+    # The operator finds it in the log, traceback included.
+    logged = [r for r in caplog.records if r.name == "pusher_site.api_errors" and r.exc_info]
+    assert logged and "0xC0FFEE" in str(logged[0].exc_info[1]) and "POST /api/v1/push/" in logged[0].getMessage()
+
+
+@pytest.mark.urls("tests.api.urls_errors")
+def test_django_answers_json_under_api_and_html_elsewhere(db, client) -> None:
+    from tests.api.urls_errors import CANARY
+
+    client.raise_request_exception = False
+    response = client.get("/api/test-only/boom")
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
+    assert CANARY not in response.content.decode()
+
+    response = client.post("/api/test-only/body", "x" * TEN_MB, content_type="text/plain")
+    assert_json_error(response, 413, "body_too_large")
+
+    response = client.get("/test-only/boom")
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
+    assert CANARY not in response.content.decode()
+    response = client.post("/test-only/body", "x" * TEN_MB, content_type="text/plain")
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
+
+
+def test_non_api_pages_keep_html_errors(db, client) -> None:
+    response = client.post("/admin/login/", "username=x&password=" + "x" * TEN_MB,
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
