@@ -99,6 +99,9 @@ class CredentialSerializer(serializers.ModelSerializer):
 
     days_to_expiry = serializers.IntegerField(read_only=True, allow_null=True)
     apps = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Push apps using it")
+    # False, with the reason, also when the stored secret cannot be decrypted with FIELD_ENCRYPTION_KEY.
+    usable = serializers.BooleanField(source="effectively_usable", read_only=True)
+    unusable_reason = serializers.CharField(source="effective_unusable_reason", read_only=True)
 
     class Meta:
         model = Credential
@@ -199,6 +202,8 @@ class CredentialViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelView
 
 
 class CredentialSummarySerializer(serializers.ModelSerializer):
+    usable = serializers.BooleanField(source="effectively_usable", read_only=True)
+
     class Meta:
         model = Credential
         fields = ["id", "name", "kind", "usable", "not_after"]

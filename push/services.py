@@ -39,6 +39,7 @@ from push.providers import apns, fcm
 from pusher_site import metrics
 from pusher_site.errors import BadMessage, CredentialError, PusherError
 from pusher_site.events import event_publish
+from pusher_site.fields import is_undecryptable
 from pusher_site.messages import fields_check
 
 if TYPE_CHECKING:
@@ -152,14 +153,22 @@ def _cache_key(credential: Credential) -> str:
     return f"{credential.pk}:{credential.fingerprint_sha256}:{credential.updated_at.timestamp()}"
 
 
+def _secret(credential: Credential) -> str:
+    """The decrypted secret; CredentialError if no key decrypts it (push_app_for refuses such a
+    credential first: a provider builder never sees the placeholder)."""
+    if not credential.secret_readable:
+        raise CredentialError(f"credential {credential.name!r}: {credential.cannot_send_reason()}")
+    return credential.secret
+
+
 def _apns_credential(credential: Credential) -> apns.ApnsCredential:
     return _apns_credential_built(
-        _cache_key(credential), credential.kind, credential.secret, credential.key_id, credential.team_id
+        _cache_key(credential), credential.kind, _secret(credential), credential.key_id, credential.team_id
     )
 
 
 def _fcm_credential(credential: Credential, app: PushApp) -> fcm.FcmCredential:
-    return _fcm_credential_built(_cache_key(credential), credential.secret, app.project_id or credential.project_id)
+    return _fcm_credential_built(_cache_key(credential), _secret(credential), app.project_id or credential.project_id)
 
 
 # The provider credentials are built once per stored version (the cache key changes when the
@@ -1007,16 +1016,26 @@ def push_resp_send(*, tokens: list[str]) -> int:
     return sent
 
 
+@dataclass(frozen=True)
+class Reencrypted:
+    count: int
+    undecryptable: tuple[str, ...]  # names of credentials no key decrypts, left as they were
+
+
 @transaction.atomic
-def credentials_reencrypt() -> int:
+def credentials_reencrypt() -> Reencrypted:
     """Rewrite every secret with the first FIELD_ENCRYPTION_KEY (MultiFernet.rotate): the step that
-    lets an old key be removed from the list."""
-    count = 0
-    for pk, stored in Credential.objects.select_for_update().values_list("pk", "secret").iterator():
+    lets an old key be removed from the list. A secret no key decrypts is left as it is and named."""
+    count, undecryptable = 0, []
+    rows = Credential.objects.select_for_update().values_list("pk", "name", "secret").order_by("name")
+    for pk, name, stored in rows.iterator():
         # values_list decrypts through the field; re-saving encrypts with the first key.
+        if is_undecryptable(stored):
+            undecryptable.append(name)
+            continue
         Credential.objects.filter(pk=pk).update(secret=stored)
         count += 1
-    return count
+    return Reencrypted(count=count, undecryptable=tuple(undecryptable))
 
 
 # --- REST API operations (push/api.py calls these; so can the admin and commands) -----------------
@@ -1107,7 +1126,7 @@ def credential_update(
     elif new_kind != credential.kind:
         raise CredentialError("changing the kind of a credential needs its new secret")
     elif ids_changed and credential.kind == CredentialKind.APNS_TOKEN:
-        parsed = credential_parse(kind=new_kind, data=credential.secret, key_id=new_key_id, team_id=new_team_id)
+        parsed = credential_parse(kind=new_kind, data=_secret(credential), key_id=new_key_id, team_id=new_team_id)
     elif ids_changed:
         raise CredentialError("key id and team id belong to APNs token keys (.p8) only")
     else:
