@@ -5,7 +5,7 @@ import re
 from django.db import models
 from django.utils import timezone
 
-from core.fields import EncryptedTextField
+from core.fields import UNDECRYPTABLE_REASON, EncryptedTextField, is_undecryptable
 from core.text import mask_token
 
 
@@ -59,8 +59,25 @@ class Credential(models.Model):
             return None
         return (self.not_after - timezone.now()).days
 
+    @property
+    def secret_readable(self) -> bool:
+        """False when no key of FIELD_ENCRYPTION_KEY decrypts the stored secret (it loaded as
+        core.fields.UndecryptableSecret): the row is shown, it cannot send."""
+        return not is_undecryptable(self.secret)
+
+    @property
+    def effectively_usable(self) -> bool:
+        """`usable` (as parsed) and the secret readable: what the admin and the API show."""
+        return self.usable and self.secret_readable
+
+    @property
+    def effective_unusable_reason(self) -> str:
+        return self.unusable_reason if self.secret_readable else UNDECRYPTABLE_REASON
+
     def cannot_send_reason(self) -> str:
         """Why this credential cannot send right now, or "" if it can."""
+        if not self.secret_readable:
+            return UNDECRYPTABLE_REASON
         if not self.usable:
             return self.unusable_reason or "credential marked unusable"
         if self.not_after is not None and self.not_after <= timezone.now():

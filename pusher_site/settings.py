@@ -197,6 +197,13 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["rest_framework.filters.OrderingFilter"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "pusher_site.api.conventions.exception_handler",
+    # JSON with a body size (DATA_UPLOAD_MAX_MEMORY_SIZE) and nesting-depth limit; DRF's form parsers
+    # as before, for views that take no parser_classes of their own.
+    "DEFAULT_PARSER_CLASSES": [
+        "pusher_site.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "pusher API",

@@ -15,3 +15,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# JSON under /api/, Django's pages elsewhere (pusher_site.api.errors).
+handler400 = "pusher_site.api.errors.bad_request"
+handler500 = "pusher_site.api.errors.server_error"

@@ -23,6 +23,7 @@ from push.models import (
 )
 from push.payloads import apns_body, apns_extra_headers, apns_topic, fcm_data, int_or_none
 from push.providers import apns, fcm
+from push.services.credentials import credential_secret
 from push.services.policy import ATTEMPT_TIMEOUT_S, PUSH_WINDOW_MAX_S, SendResult
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,14 @@ def _cache_key(credential: Credential) -> str:
 
 def _apns_credential(credential: Credential) -> apns.ApnsCredential:
     return _apns_credential_built(
-        _cache_key(credential), credential.kind, credential.secret, credential.key_id, credential.team_id
+        _cache_key(credential), credential.kind, credential_secret(credential), credential.key_id, credential.team_id
     )
 
 
 def _fcm_credential(credential: Credential, app: PushApp) -> fcm.FcmCredential:
-    return _fcm_credential_built(_cache_key(credential), credential.secret, app.project_id or credential.project_id)
+    return _fcm_credential_built(
+        _cache_key(credential), credential_secret(credential), app.project_id or credential.project_id
+    )
 
 
 # The provider credentials are built once per stored version (the cache key changes when the

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
 
 from core import metrics
 from core.errors import CredentialError, PusherError
+from core.fields import is_undecryptable
 from push.credentials import ParsedCredential, parse_credential
 from push.models import (
     Credential,
@@ -170,7 +172,8 @@ def credential_update(
     elif new_kind != credential.kind:
         raise CredentialError("changing the kind of a credential needs its new secret")
     elif ids_changed and credential.kind == CredentialKind.APNS_TOKEN:
-        parsed = credential_parse(kind=new_kind, data=credential.secret, key_id=new_key_id, team_id=new_team_id)
+        parsed = credential_parse(kind=new_kind, data=credential_secret(credential), key_id=new_key_id,
+                                  team_id=new_team_id)
     elif ids_changed:
         raise CredentialError("key id and team id belong to APNs token keys (.p8) only")
     else:
@@ -198,16 +201,34 @@ def credential_delete(*, credential: Credential) -> None:
     log.info("credential %r deleted", label)
 
 
+@dataclass(frozen=True)
+class Reencrypted:
+    count: int
+    undecryptable: tuple[str, ...]  # names of credentials no key decrypts, left as they were
+
+
+def credential_secret(credential: Credential) -> str:
+    """The decrypted secret; CredentialError if no key decrypts it (push_app_for refuses such a
+    credential first: a provider builder never sees the placeholder)."""
+    if not credential.secret_readable:
+        raise CredentialError(f"credential {credential.name!r}: {credential.cannot_send_reason()}")
+    return credential.secret
+
+
 @transaction.atomic
-def credentials_reencrypt() -> int:
+def credentials_reencrypt() -> Reencrypted:
     """Rewrite every secret with the first FIELD_ENCRYPTION_KEY (MultiFernet.rotate): the step that
-    lets an old key be removed from the list."""
-    count = 0
-    for pk, stored in Credential.objects.select_for_update().values_list("pk", "secret").iterator():
+    lets an old key be removed from the list. A secret no key decrypts is left as it is and named."""
+    count, undecryptable = 0, []
+    rows = Credential.objects.select_for_update().values_list("pk", "name", "secret").order_by("name")
+    for pk, name, stored in rows.iterator():
         # values_list decrypts through the field; re-saving encrypts with the first key.
+        if is_undecryptable(stored):
+            undecryptable.append(name)
+            continue
         Credential.objects.filter(pk=pk).update(secret=stored)
         count += 1
-    return count
+    return Reencrypted(count=count, undecryptable=tuple(undecryptable))
 
 
 _expiry_lock = threading.Lock()

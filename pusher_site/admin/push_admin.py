@@ -65,12 +65,12 @@ class CredentialForm(forms.ModelForm):
 @admin.register(Credential)
 class CredentialAdmin(admin.ModelAdmin):
     form = CredentialForm
-    list_display = ["name", "kind", "subject_short", "expiry", "key_id", "team_id", "project_id", "usable"]
+    list_display = ["name", "kind", "subject_short", "expiry", "key_id", "team_id", "project_id", "usable_shown"]
     list_filter = ["kind", "usable", "environment"]
     search_fields = ["name", "subject", "key_id", "team_id", "project_id", "fingerprint_sha256"]
     readonly_fields = [
         "subject", "topics", "environment", "not_before", "not_after", "expiry", "fingerprint_sha256",
-        "project_id", "client_email", "usable", "unusable_reason", "warnings", "created_at", "updated_at",
+        "project_id", "client_email", "usable_shown", "unusable_reason_shown", "warnings", "created_at", "updated_at",
     ]
 
     def get_fieldsets(self, request, obj=None):
@@ -83,6 +83,15 @@ class CredentialAdmin(admin.ModelAdmin):
     @admin.display(description="subject")
     def subject_short(self, obj: Credential) -> str:
         return obj.subject[:60]
+
+    # Also false, with the reason, when the stored secret cannot be decrypted with FIELD_ENCRYPTION_KEY.
+    @admin.display(description="usable", boolean=True, ordering="usable")
+    def usable_shown(self, obj: Credential) -> bool:
+        return obj.effectively_usable
+
+    @admin.display(description="unusable reason")
+    def unusable_reason_shown(self, obj: Credential) -> str:
+        return obj.effective_unusable_reason
 
     @admin.display(description="expires", ordering="not_after")
     def expiry(self, obj: Credential) -> str:

@@ -64,11 +64,14 @@ def perms_required(*perms: str) -> type[permissions.BasePermission]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Domain errors -> 400 with a stable code; everything else as DRF does.
+    """Domain errors -> 400 with a stable code; DRF's errors as DRF answers them; anything else as
+    JSON too (pusher_site.api.errors: 413 for a body too large, else a 500 without the traceback).
 
     DataError is the database refusing a value no validator caught (a character PostgreSQL cannot
     store, a number out of range): bad input, so 400 rather than a 500."""
     from rest_framework.views import exception_handler as drf_exception_handler  # circular at import time
+
+    from pusher_site.api.errors import unhandled_response
 
     if isinstance(exc, PusherError):
         return Response({"code": exc.code, "message": exc.message}, status=status.HTTP_400_BAD_REQUEST)
@@ -78,7 +81,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             {"code": "invalid_data", "message": "a value cannot be stored (invalid characters or out of range)"},
             status=status.HTTP_400_BAD_REQUEST,
         )
-    return drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
+    return response if response is not None else unhandled_response(exc, context)
 
 
 class ErrorSerializer(serializers.Serializer):

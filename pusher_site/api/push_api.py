@@ -14,7 +14,7 @@ from typing import Any
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -38,6 +38,7 @@ from pusher_site.api.conventions import (
     json_text_validator,
     perms_required,
 )
+from pusher_site.api.parsers import JSONParser
 
 # --- Deliveries ----------------------------------------------------------------------------------
 
@@ -98,6 +99,9 @@ class CredentialSerializer(serializers.ModelSerializer):
 
     days_to_expiry = serializers.IntegerField(read_only=True, allow_null=True)
     apps = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Push apps using it")
+    # False, with the reason, also when the stored secret cannot be decrypted with FIELD_ENCRYPTION_KEY.
+    usable = serializers.BooleanField(source="effectively_usable", read_only=True)
+    unusable_reason = serializers.CharField(source="effective_unusable_reason", read_only=True)
 
     class Meta:
         model = Credential
@@ -198,6 +202,8 @@ class CredentialViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelView
 
 
 class CredentialSummarySerializer(serializers.ModelSerializer):
+    usable = serializers.BooleanField(source="effectively_usable", read_only=True)
+
     class Meta:
         model = Credential
         fields = ["id", "name", "kind", "usable", "not_after"]

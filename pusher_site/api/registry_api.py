@@ -13,7 +13,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -34,6 +33,7 @@ from pusher_site.api.conventions import (
     json_text_validator,
     perms_required,
 )
+from pusher_site.api.parsers import JSONParser
 from pusher_site.api.push_api import DeliverySerializer
 from registry import services
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule

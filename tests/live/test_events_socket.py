@@ -1,6 +1,9 @@
 """/ws/events/ through the real ASGI application (auth and origin checks included) with
 Channels' WebsocketCommunicator, fed by the one event helper, core.events.event_publish."""
 
+import json
+import logging
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -222,3 +225,38 @@ def test_events_cross_processes_through_redis(redis_layer, session_headers):
         await communicator.disconnect()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("frame", "detail"),
+    [
+        ({"text": "{not json"}, "not JSON"),
+        ({"text": ""}, "not JSON"),
+        ({"bytes": b'{"filter": {}}'}, "binary frames are not accepted"),
+        ({"text": "[1, 2]"}, "expected a JSON object, not an array"),
+        ({"text": "42"}, "expected a JSON object, not a number"),
+        ({"text": "[" * 5000 + "]" * 5000}, "nested deeper than 64"),
+        ({"text": json.dumps({"filter": {"app": "x" * 70_000}})}, "frame too large"),
+    ],
+)
+def test_a_bad_frame_is_answered_and_the_socket_stays_open(in_memory_layer, session_headers, caplog, frame, detail):
+    headers = session_headers("staff")
+
+    async def scenario():
+        communicator, ok, _ = await connected(headers)
+        assert ok
+        await communicator.send_input({"type": "websocket.receive", **frame})  # as daphne delivers a frame
+        answer = await communicator.receive_json_from()
+        assert answer["type"] == "error" and detail in answer["detail"] and "filter" in answer["detail"]
+        # Still open, still answering: a filter, then events.
+        await communicator.send_json_to({"filter": {"types": ["push.sent"]}})
+        assert await communicator.receive_json_from() == {"filter": {"types": ["push.sent"]}}
+        await sync_to_async(publish)(("push.sent", {"call_id": "after-bad-frame"}))
+        assert (await communicator.receive_json_from())["call_id"] == "after-bad-frame"
+        await communicator.disconnect()
+
+    with caplog.at_level(logging.WARNING, logger="pusher_site.consumers"):
+        run(scenario)
+    (record,) = [r for r in caplog.records if r.name == "pusher_site.consumers"]
+    assert "bad frame from staff-user refused" in record.getMessage() and detail in record.getMessage()
+    assert record.exc_info is None and "\n" not in record.getMessage()

@@ -5,12 +5,14 @@ The raw column is read with SQL, past the ORM, to see what a database dump would
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import connection
 
 from core import fields
@@ -166,17 +168,50 @@ def test_key_rotation(settings) -> None:
         fields.decrypt(written_with_old)
 
 
-def test_a_row_written_with_a_retired_key_fails_clearly(settings) -> None:
+def test_a_row_written_with_a_retired_key_loads_as_undecryptable(settings) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.FIELD_ENCRYPTION_KEY = [old]
-    credential, _, _ = save_certificate()
+    credential, _, key_pem = save_certificate()
+    written_with_old = raw_secret(credential)
 
     settings.FIELD_ENCRYPTION_KEY = [new]
     fields._fernet.cache_clear()
-    with pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEY"):
-        Credential.objects.get(pk=credential.pk)
+    loaded = Credential.objects.get(pk=credential.pk)
+    assert fields.is_undecryptable(loaded.secret) and not loaded.secret_readable
+    assert loaded.cannot_send_reason() == fields.UNDECRYPTABLE_REASON
+    assert written_with_old not in loaded.secret and str(loaded.secret) == f"<{fields.UNDECRYPTABLE_REASON}>"
     # The facts stay readable without the key (the admin list and the expiry metric need them).
-    assert Credential.objects.filter(pk=credential.pk).values_list("subject", flat=True).get()
+    assert loaded.subject and loaded.not_after
+    # Decrypting it directly still fails clearly.
+    with pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEY"):
+        fields.decrypt(written_with_old)
+
+    # Saving the row again writes the ciphertext back untouched, so the old key still recovers it.
+    loaded.name = "renamed"
+    loaded.save()
+    assert raw_secret(loaded) == written_with_old
+    settings.FIELD_ENCRYPTION_KEY = [new, old]
+    fields._fernet.cache_clear()
+    recovered = Credential.objects.get(pk=credential.pk)
+    assert recovered.secret_readable and recovered.secret.count("-----BEGIN PRIVATE KEY-----") == 1
+
+
+def test_reencrypt_names_the_secrets_no_key_decrypts(settings) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEY = [old]
+    lost, _, _ = save_certificate("lost cert")
+    lost_raw = raw_secret(lost)
+    settings.FIELD_ENCRYPTION_KEY = [new]
+    fields._fernet.cache_clear()
+    kept, _ = save_token_key("kept p8")
+    kept_raw = raw_secret(kept)
+
+    out, err = io.StringIO(), io.StringIO()
+    call_command("credentials_reencrypt", stdout=out, stderr=err)
+    assert "re-encrypted 1 credential(s)" in out.getvalue()
+    assert "1 credential(s) cannot be decrypted" in err.getvalue() and "lost cert" in err.getvalue()
+    assert raw_secret(lost) == lost_raw  # left as it was
+    assert raw_secret(kept) != kept_raw and Credential.objects.get(pk=kept.pk).secret_readable
 
 
 def test_a_value_not_written_by_the_field_is_refused() -> None:

@@ -5,7 +5,9 @@ import json
 import time
 
 import pytest
+from cryptography.fernet import Fernet
 
+from core import fields
 from push import services
 from push.models import Delivery, DeliveryStatus, PushApp
 from registry.models import Device, PushToken
@@ -152,6 +154,24 @@ def test_disabled_app_and_legacy_key_fail_with_a_reason(apple_app, firebase_app)
     delivery = services.push_request_handle(
         fields=push_req(**{"Token-Type": "android", "Token-App": "com.acme.phone", "Msg-ID": "m2"}), source="api")
     assert delivery.status == DeliveryStatus.FAILED and "legacy" in delivery.error
+
+
+def test_a_credential_no_key_decrypts_fails_the_push_as_app_unusable(apple_app, apns_trusting_fake, settings):
+    """FIELD_ENCRYPTION_KEY replaced without keeping the key the certificate was written with: the
+    consumer's push engine refuses the app with the reason, nothing reaches APNs, nothing crashes."""
+    settings.FIELD_ENCRYPTION_KEY = [Fernet.generate_key().decode()]
+    fields._fernet.cache_clear()
+    services.push_app_cache_clear()
+    try:
+        with consumer_running() as consumer, broker_channel() as channel:
+            publish_push(channel, PUSH["body"])
+            consumer.wait_handled(1)
+        delivery = Delivery.objects.get()
+    finally:
+        fields._fernet.cache_clear()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.reason == "app_unusable"
+    assert delivery.error == fields.UNDECRYPTABLE_REASON
+    assert apns_trusting_fake.requests == []
 
 
 @pytest.mark.parametrize(

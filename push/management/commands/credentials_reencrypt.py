@@ -12,5 +12,11 @@ class Command(BaseCommand):
     help = "Re-encrypt stored credentials with the first key of FIELD_ENCRYPTION_KEY (key rotation)."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count = credentials_reencrypt()
-        self.stdout.write(f"re-encrypted {count} credential(s) with the current key")
+        done = credentials_reencrypt()
+        self.stdout.write(f"re-encrypted {done.count} credential(s) with the current key")
+        if done.undecryptable:
+            self.stderr.write(
+                f"{len(done.undecryptable)} credential(s) cannot be decrypted with any key of FIELD_ENCRYPTION_KEY "
+                f"and were left as they are: {', '.join(done.undecryptable)}. Add the key they were written with "
+                "to the list and run this again, or upload them again."
+            )
