@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -19,13 +18,9 @@ from django.db import connection
 from pusher_site.messages import Handled, RawMessage, message_process, message_process_batch
 from pusher_site.worker import Worker, WorkerConfig
 from registry.services import sync_loop
+from tests.fixtures import sample  # noqa: F401 - re-exported: the broker tests take it from here
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kazoo" / "samples"
-
-
-def sample(name: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / name).read_text())
 
 
 def _closing_handler(message: RawMessage) -> Handled:
