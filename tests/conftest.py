@@ -57,7 +57,7 @@ def acme_rule(db):
 def registered_device(acme_rule):
     """The device of the Kamailio reg_success sample, registered through the service."""
     from registry.services import registration_apply
-    from tests.amqp import sample
+    from tests.fixtures import sample
 
     return registration_apply(fields=sample("reg_success_kamailio_master.json")["body"]).device
 
