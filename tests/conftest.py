@@ -1,7 +1,9 @@
 """Shared fixtures. The fakes (APNs, FCM, Crossbar) speak the real protocols and are started here."""
 
 import json
+import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,6 +39,61 @@ def _fresh_caches():
     clear()
     yield
     clear()
+
+
+# --- RabbitMQ: a vhost of the session's own ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    """The session's private RabbitMQ vhost `pusher_test_<random>`; its AMQP URL.
+
+    Kazoo's `registrar`/`pushes` exchanges are shared by every queue on a vhost: on "/" two test
+    runs at once (or a run and a benchmark) would each get the other's messages. Every AMQP user of
+    the session points here: tests.amqp (the test consumer and publisher), settings.AMQP_URL and
+    the AMQP_URL of processes started from the tests. Deleted at the end, with all it holds.
+    Never falls back to "/": when the vhost cannot be made, the tests that need it fail."""
+    from django.conf import settings
+
+    from tests import amqp
+    from tests.vhost import VhostError, vhost_create, vhost_delete
+
+    try:
+        name, url = vhost_create("pusher_test")
+    except VhostError as exc:
+        error = str(exc)
+    else:
+        error = ""
+    if error:
+        pytest.fail(f"cannot make the test session's private RabbitMQ vhost: {error}", pytrace=False)
+    saved = amqp.AMQP_URL, settings.AMQP_URL, os.environ.get("AMQP_URL")
+    amqp.AMQP_URL = settings.AMQP_URL = os.environ["AMQP_URL"] = url
+    try:
+        yield url
+    finally:
+        amqp.AMQP_URL, settings.AMQP_URL, environ = saved
+        if environ is None:
+            os.environ.pop("AMQP_URL", None)
+        else:
+            os.environ["AMQP_URL"] = environ
+        vhost_delete(name)
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq_when_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests marked `rabbitmq` get the session's vhost; in the others tests.amqp's helpers refuse
+    to reach the broker, so the mark says which tests use it."""
+    if request.node.get_closest_marker("rabbitmq"):
+        request.getfixturevalue("amqp_vhost")
+        yield
+        return
+    amqp = sys.modules.get("tests.amqp")  # not loaded: nothing to refuse (and pure tests stay light)
+    saved = amqp.AMQP_URL if amqp else ""
+    if amqp:
+        amqp.AMQP_URL = ""
+    yield
+    if amqp:
+        amqp.AMQP_URL = saved
 
 
 # --- the registration side: Kazoo's legacy User-Agent rule and the Kamailio sample's device -----------
