@@ -3,7 +3,9 @@
 import json
 import os
 import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,30 @@ pytest_plugins = [
     "tests.fakes.conftest_fcm",
     "tests.fakes.conftest_crossbar",
 ]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None,
+                                 request: pytest.FixtureRequest) -> None:
+    """A test database of the session's own: pytest-django calls it `test_<NAME>` on PostgreSQL
+    (and settings put SQLite's in data/test/test.sqlite3), so two runs at once would share, flush
+    and drop one database. The name gets a random suffix; pytest-django still drops it at the end.
+    Not with --reuse-db, whose point is finding the same database again next time."""
+    if request.config.getvalue("reuse_db"):
+        return
+    from django.conf import settings
+
+    token = uuid.uuid4().hex[:8]
+    for db in settings.DATABASES.values():
+        name = db.get("TEST", {}).get("NAME")
+        if db["ENGINE"] == "django.db.backends.sqlite3":
+            if not name or name == ":memory:" or name.startswith("file:"):
+                continue  # in memory: already the process's own
+            path = Path(name)
+            name = str(path.with_name(f"{path.stem}_{token}{path.suffix}"))
+        else:
+            name = f"{name or 'test_' + db['NAME']}_{token}"
+        db.setdefault("TEST", {})["NAME"] = name
 
 
 @pytest.fixture
