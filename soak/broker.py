@@ -4,52 +4,25 @@ fault it injects: closing the connections of one consumer process, found by its 
 
 Why a private vhost: the consumer binds to Kazoo's shared `registrar` and `pushes` exchanges, so
 on the default vhost the soak's 5,000 messages would also land in every other pusher queue on the
-machine (other people's test consumers), and theirs in ours.
+machine (other people's test consumers), and theirs in ours. The vhost is made and removed as the
+test suite makes its own (tests/vhost.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 
-from soak.env import executable
-
-# As kazoo.worker declares them: Kazoo's exchanges are non-durable and not auto-delete.
-RABBITMQCTL_TIMEOUT_S = 60
-
-
-def rabbitmqctl(*args: str) -> str:
-    result = subprocess.run([executable("rabbitmqctl"), "-q", *args],  # noqa: S603 - fixed argv, no shell
-                            capture_output=True, text=True, timeout=RABBITMQCTL_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()[:500]}")
-    return result.stdout
-
-
-def vhost_url(base_url: str, vhost: str) -> str:
-    parts = urlsplit(base_url)
-    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-
-
-def vhost_create(vhost: str, user: str = "guest") -> None:
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-
-
-def vhost_delete(vhost: str) -> None:
-    """Deletes the vhost and with it every queue and exchange the soak made there."""
-    rabbitmqctl("delete_vhost", vhost)
+from tests.vhost import rabbitmqctl, vhost_create, vhost_delete, vhost_url  # noqa: F401 - soak.main uses broker.vhost_*
 
 
 @contextmanager

@@ -59,8 +59,7 @@ def parent(scenarios: list[Scenario]) -> int:
     if database_create_if_missing(database_url):
         say("soak: created the database")
     migrate(database_url)
-    vhost = broker.unique_name("pusher_soak")
-    broker.vhost_create(vhost)
+    vhost, _ = broker.vhost_create("pusher_soak", os.environ["AMQP_URL"])
     say(f"soak: database {database_url}; RabbitMQ vhost {vhost} (private, removed at the end)")
     results: list[Figures] = []
     try:

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from registry.sip import amqp_encode
 from soak.fakes import APPLE_APP_ID, FIREBASE_APP_ID
+from tests.fixtures import sample
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kazoo" / "samples"
-REG = json.loads((SAMPLES / "reg_success_kamailio_master.json").read_text())["body"]
-PUSH = json.loads((SAMPLES / "push_req_kamailio_master.json").read_text())["body"]
+REG = sample("reg_success_kamailio_master.json")["body"]
+PUSH = sample("push_req_kamailio_master.json")["body"]
 SAMPLE_TOKEN = PUSH["Token-ID"]
 ACCOUNT_ID = REG["Custom-Channel-Vars"]["Account-ID"]
 

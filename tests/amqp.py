@@ -1,16 +1,17 @@
 """Helpers for tests that talk to the real RabbitMQ: a consumer running in a thread on its own
-queue names, and publishing exactly as Kamailio does (exchange, routing key, content type)."""
+queue names, and publishing exactly as Kamailio does (exchange, routing key, content type).
+
+They work in tests marked `rabbitmq` only, which get the session's private vhost (tests/conftest.py
+`amqp_vhost` sets AMQP_URL); elsewhere they refuse, so the mark says which tests use the broker."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -19,13 +20,17 @@ from django.db import connection
 from kazoo.sync import sync_loop
 from kazoo.wire import Handled, RawMessage, message_process, message_process_batch
 from kazoo.worker import Worker, WorkerConfig
+from tests.fixtures import sample  # noqa: F401 - re-exported: the broker tests take it from here
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kazoo" / "samples"
+# The session's private vhost, set by tests/conftest.py `amqp_vhost`; empty outside tests marked `rabbitmq`.
+AMQP_URL = ""
 
 
-def sample(name: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / name).read_text())
+def amqp_url() -> str:
+    if not AMQP_URL:
+        raise RuntimeError("this test talks to RabbitMQ but is not marked `rabbitmq`: mark it "
+                           "(@pytest.mark.rabbitmq) and it gets the session's private vhost")
+    return AMQP_URL
 
 
 def _closing_handler(message: RawMessage) -> Handled:
@@ -74,7 +79,7 @@ def consumer_running(
     `batch_handler` (None: one message at a time through `handler`, as a custom handler does)."""
     suffix = uuid.uuid4().hex[:10]
     config = WorkerConfig(
-        amqp_url=AMQP_URL,
+        amqp_url=amqp_url(),
         queue=f"pusher_test_{suffix}",
         queue_durable=False,
         dead_letter_exchange=f"pusher_test_dlx_{suffix}",
@@ -116,7 +121,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> bool:
 
 @contextmanager
 def broker_channel() -> Iterator[Any]:
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url()))
     try:
         yield conn.channel()
     finally:

@@ -1,7 +1,11 @@
 """Shared fixtures. The fakes (APNs, FCM, Crossbar) speak the real protocols and are started here."""
 
 import json
+import os
 import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,30 @@ pytest_plugins = [
     "tests.fakes.conftest_fcm",
     "tests.fakes.conftest_crossbar",
 ]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None,
+                                 request: pytest.FixtureRequest) -> None:
+    """A test database of the session's own: pytest-django calls it `test_<NAME>` on PostgreSQL
+    (and settings put SQLite's in data/test/test.sqlite3), so two runs at once would share, flush
+    and drop one database. The name gets a random suffix; pytest-django still drops it at the end.
+    Not with --reuse-db, whose point is finding the same database again next time."""
+    if request.config.getvalue("reuse_db"):
+        return
+    from django.conf import settings
+
+    token = uuid.uuid4().hex[:8]
+    for db in settings.DATABASES.values():
+        name = db.get("TEST", {}).get("NAME")
+        if db["ENGINE"] == "django.db.backends.sqlite3":
+            if not name or name == ":memory:" or name.startswith("file:"):
+                continue  # in memory: already the process's own
+            path = Path(name)
+            name = str(path.with_name(f"{path.stem}_{token}{path.suffix}"))
+        else:
+            name = f"{name or 'test_' + db['NAME']}_{token}"
+        db.setdefault("TEST", {})["NAME"] = name
 
 
 @pytest.fixture
@@ -39,6 +67,61 @@ def _fresh_caches():
     clear()
 
 
+# --- RabbitMQ: a vhost of the session's own ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    """The session's private RabbitMQ vhost `pusher_test_<random>`; its AMQP URL.
+
+    Kazoo's `registrar`/`pushes` exchanges are shared by every queue on a vhost: on "/" two test
+    runs at once (or a run and a benchmark) would each get the other's messages. Every AMQP user of
+    the session points here: tests.amqp (the test consumer and publisher), settings.AMQP_URL and
+    the AMQP_URL of processes started from the tests. Deleted at the end, with all it holds.
+    Never falls back to "/": when the vhost cannot be made, the tests that need it fail."""
+    from django.conf import settings
+
+    from tests import amqp
+    from tests.vhost import VhostError, vhost_create, vhost_delete
+
+    try:
+        name, url = vhost_create("pusher_test")
+    except VhostError as exc:
+        error = str(exc)
+    else:
+        error = ""
+    if error:
+        pytest.fail(f"cannot make the test session's private RabbitMQ vhost: {error}", pytrace=False)
+    saved = amqp.AMQP_URL, settings.AMQP_URL, os.environ.get("AMQP_URL")
+    amqp.AMQP_URL = settings.AMQP_URL = os.environ["AMQP_URL"] = url
+    try:
+        yield url
+    finally:
+        amqp.AMQP_URL, settings.AMQP_URL, environ = saved
+        if environ is None:
+            os.environ.pop("AMQP_URL", None)
+        else:
+            os.environ["AMQP_URL"] = environ
+        vhost_delete(name)
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq_when_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests marked `rabbitmq` get the session's vhost; in the others tests.amqp's helpers refuse
+    to reach the broker, so the mark says which tests use it."""
+    if request.node.get_closest_marker("rabbitmq"):
+        request.getfixturevalue("amqp_vhost")
+        yield
+        return
+    amqp = sys.modules.get("tests.amqp")  # not loaded: nothing to refuse (and pure tests stay light)
+    saved = amqp.AMQP_URL if amqp else ""
+    if amqp:
+        amqp.AMQP_URL = ""
+    yield
+    if amqp:
+        amqp.AMQP_URL = saved
+
+
 # --- the registration side: Kazoo's legacy User-Agent rule and the Kamailio sample's device -----------
 
 
@@ -57,7 +140,7 @@ def acme_rule(db):
 def registered_device(acme_rule):
     """The device of the Kamailio reg_success sample, registered through the service."""
     from registry.services import registration_apply
-    from tests.amqp import sample
+    from tests.fixtures import sample
 
     return registration_apply(fields=sample("reg_success_kamailio_master.json")["body"]).device
 

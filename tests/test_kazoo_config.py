@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,17 +13,17 @@ from kazoo.config import kazoo_config_export, kazoo_config_import
 from push.models import Credential, CredentialKind, Provider, PushApp
 from registry.models import UserAgentRule
 from tests.certs import make_apns_certificate, make_service_account
+from tests.fixtures import sample
 
 pytestmark = pytest.mark.django_db
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "kazoo" / "samples"
 PROD = "com.acme.phone.voip.prod"
 DEV = "com.acme.phone.voip.dev"
 ANDROID = "com.acme.phone"
 
 
 def system_config() -> dict[str, Any]:
-    return json.loads((SAMPLES / "system_config_pusher_constructed.json").read_text())
+    return sample("system_config_pusher_constructed.json")
 
 
 def with_real_certificate(document: dict[str, Any]) -> tuple[dict[str, Any], str]:

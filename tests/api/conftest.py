@@ -16,8 +16,8 @@ from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
 from registry.models import Device, PushToken, UserAgentRule
 from registry.services import registration_apply
-from tests.amqp import sample
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
+from tests.fixtures import sample
 
 REG = sample("reg_success_kamailio_master.json")["body"]
 AOR = f"sip:{REG['Username']}@{REG['Realm']}"

@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from push.models import Delivery, Provider
-from tests.amqp import sample
+from tests.fixtures import sample
 
 pytestmark = pytest.mark.django_db
 

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import shutil
 import subprocess
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import pytest
@@ -31,10 +26,6 @@ from registry.models import Device
 from tests import amqp
 from tests.e2e.harness import Kamailio, Sipp, free_udp_port, tools_missing
 
-# The e2e tests get a RabbitMQ vhost of their own: Kamailio publishes to every queue bound to
-# `registrar`/`pushes`, so on the shared "/" a concurrent test run's consumer would take this
-# run's registrations and pushes into its database (and this run would take theirs).
-E2E_VHOST = os.environ.get("PUSHER_E2E_AMQP_VHOST", "pusher_e2e")
 REALM = "acme.e2e.test"
 T = TypeVar("T")
 TIMINGS_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "e2e_timings.json"
@@ -73,51 +64,20 @@ def _e2e_tools() -> None:
         pytest.fail(f"end-to-end tests need {', '.join(missing)}: run bin/test-setup-e2e (bin/test does)")
 
 
-def _vhost_url(url: str, vhost: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-
-
-def _vhost_open(url: str) -> bool:
-    """Whether `url`'s vhost exists and lets us in; declares Kazoo's exchanges there (Kamailio
-    publishes to them and does not declare them)."""
-    pika_log = logging.getLogger("pika")
-    level = pika_log.level
-    pika_log.setLevel(logging.CRITICAL)  # a missing vhost is expected on a new broker, not an error
-    try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-    except pika.exceptions.AMQPError:
-        return False
-    finally:
-        pika_log.setLevel(level)
+@pytest.fixture(scope="session")
+def e2e_amqp_url(amqp_vhost: str) -> str:
+    """The session's private vhost (tests/conftest.py `amqp_vhost`), with Kazoo's exchanges declared
+    there: Kamailio publishes to them and does not declare them. A vhost of the session's own,
+    because Kamailio publishes to every queue bound to `registrar`/`pushes`: on a shared one a
+    concurrent test run's consumer would take this run's registrations and pushes (and the other
+    way round)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_vhost))
     try:
         channel = connection.channel()
         exchanges_declare(channel)
     finally:
         connection.close()
-    return True
-
-
-@pytest.fixture(scope="session")
-def e2e_amqp_url() -> str:
-    url = _vhost_url(amqp.AMQP_URL, E2E_VHOST)
-    if _vhost_open(url):
-        return url
-    # First run on this broker: create the vhost (a local broker; rabbitmqctl needs root or the cookie).
-    user = urlsplit(url).username or "guest"
-    if shutil.which("rabbitmqctl"):
-        for args in (["add_vhost", E2E_VHOST], ["set_permissions", "-p", E2E_VHOST, user, ".*", ".*", ".*"]):
-            subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
-        if _vhost_open(url):
-            return url
-    warnings.warn(f"RabbitMQ vhost {E2E_VHOST!r} unavailable; e2e tests share the default vhost", stacklevel=1)
-    return amqp.AMQP_URL
-
-
-@pytest.fixture(autouse=True)
-def _e2e_broker(e2e_amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pusher's test consumer (tests.amqp) on the e2e vhost, for the tests in this folder only."""
-    monkeypatch.setattr(amqp, "AMQP_URL", e2e_amqp_url)
+    return amqp_vhost
 
 
 def kamailio_amqp_url(url: str) -> str:

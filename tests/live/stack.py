@@ -6,16 +6,15 @@ The database is made for the stack (a file on SQLite, `pusher_live_<id>` on Post
 than pytest's: pytest-django's SQLite test database lives in memory, out of other processes'
 reach, and a database of its own works the same on both engines.
 
-RabbitMQ traffic goes through a virtual host of the stack's own (made with rabbitmqctl when it
-is at hand): Kazoo's exchanges are shared by every consumer on a vhost, and other suites or
-benchmarks publishing to them on the same broker would otherwise flood this consumer's queue.
+RabbitMQ traffic goes through the test session's private vhost (tests/conftest.py `amqp_vhost`),
+whose URL the caller passes: Kazoo's exchanges are shared by every consumer on a vhost, and other
+suites or benchmarks publishing to them on the same broker would otherwise flood this consumer's queue.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,12 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pika
 from django.conf import settings
 
-from tests.amqp import AMQP_URL
 from tests.live.conftest import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,27 +118,6 @@ def _database(suffix: str, directory: Path) -> tuple[str, Any]:
     return url, lambda: execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@contextmanager
-def _vhost(suffix: str) -> Iterator[str]:
-    """The AMQP URL of a new virtual host (deleted afterwards, with all it holds), or AMQP_URL
-    itself where rabbitmqctl is not at hand (a broker on another machine)."""
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    params = pika.URLParameters(AMQP_URL)
-    name = f"pusher_live_{suffix}"
-    if rabbitmqctl is None or params.host not in ("127.0.0.1", "localhost", "::1"):
-        yield AMQP_URL
-        return
-    user = params.credentials.username
-    subprocess.run([rabbitmqctl, "-q", "add_vhost", name], check=True, timeout=60, capture_output=True)
-    try:
-        subprocess.run([rabbitmqctl, "-q", "set_permissions", "-p", name, user, ".*", ".*", ".*"],
-                       check=True, timeout=60, capture_output=True)
-        password = params.credentials.password
-        yield f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{params.host}:{params.port}/{name}"
-    finally:
-        subprocess.run([rabbitmqctl, "-q", "delete_vhost", name], timeout=60, capture_output=True)
-
-
 def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
     if process.poll() is not None:
         return
@@ -168,10 +144,9 @@ def _wait(check, what: str, stack: LiveStack, timeout: float = 40.0) -> None:
 
 
 @contextmanager
-def live_stack(*, fake_apns: Any, directory: Path) -> Iterator[LiveStack]:
+def live_stack(*, fake_apns: Any, directory: Path, amqp_url: str) -> Iterator[LiveStack]:
     suffix = uuid.uuid4().hex[:10]
-    with _vhost(suffix) as amqp_url:
-        yield from _live_stack(fake_apns=fake_apns, directory=directory, suffix=suffix, amqp_url=amqp_url)
+    yield from _live_stack(fake_apns=fake_apns, directory=directory, suffix=suffix, amqp_url=amqp_url)
 
 
 def _live_stack(*, fake_apns: Any, directory: Path, suffix: str, amqp_url: str) -> Iterator[LiveStack]:

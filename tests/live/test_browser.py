@@ -55,8 +55,9 @@ def publish_activity(channel) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with live_stack(fake_apns=_session_server(), directory=tmp_path_factory.mktemp("live")) as running:
+def stack(tmp_path_factory, amqp_vhost):
+    with live_stack(fake_apns=_session_server(), directory=tmp_path_factory.mktemp("live"),
+                    amqp_url=amqp_vhost) as running:
         yield running
 
 

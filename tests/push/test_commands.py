@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +15,11 @@ from push.models import Credential, CredentialKind, Delivery, DeliverySource, De
 from registry.models import PushToken
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_p12, make_service_account
 from tests.fakes.apns import Answer
+from tests.fixtures import sample
 
 pytestmark = pytest.mark.django_db
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "kazoo" / "samples"
-REG = json.loads((SAMPLES / "reg_success_kamailio_master.json").read_text())["body"]
+REG = sample("reg_success_kamailio_master.json")["body"]
 ACCOUNT = REG["Custom-Channel-Vars"]["Account-ID"]
 DEVICE = REG["Custom-Channel-Vars"]["Authorizing-ID"]
 APP = "com.acme.phone.voip.prod"

@@ -13,7 +13,7 @@ from tests.amqp import broker_channel, consumer_running, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 REG = sample("reg_success_kamailio_master.json")
 
@@ -55,6 +55,7 @@ def test_finished_batch_is_recorded(apple_app):
     assert all(d.finished_at is not None for d in rows.values())
 
 
+@pytest.mark.rabbitmq
 def test_a_burst_is_sent_once_each_with_duplicates_acked(apple_app, apns_trusting_fake):
     apns_trusting_fake.set_default(Answer.ok(delay=0.05))  # many streams in flight at once
     bodies = [push_req(**{"Msg-ID": f"burst-{i}", "Call-ID": f"call-{i}"}) for i in range(80)]
@@ -72,6 +73,7 @@ def test_a_burst_is_sent_once_each_with_duplicates_acked(apple_app, apns_trustin
     assert consumer.worker.dead_lettered == 0
 
 
+@pytest.mark.rabbitmq
 def test_consumer_retries_then_records_each_outcome(apple_app, apns_trusting_fake):
     apns_trusting_fake.enqueue(Answer.error(503, "ServiceUnavailable"))  # the first request answered: one retry
     with consumer_running() as consumer, broker_channel() as channel:
@@ -91,6 +93,7 @@ def test_consumer_retries_then_records_each_outcome(apple_app, apns_trusting_fak
     assert all(r.received_at <= two.deadline_at.timestamp() for r in attempts_of_two)
 
 
+@pytest.mark.rabbitmq
 def test_consumer_410_deactivates_the_token_and_clears_the_push_object(
     apple_app, apns_trusting_fake, registered_device
 ):
@@ -104,6 +107,7 @@ def test_consumer_410_deactivates_the_token_and_clears_the_push_object(
     assert Device.objects.get(pk=device.pk).push is None
 
 
+@pytest.mark.rabbitmq
 def test_other_events_on_the_pushes_exchange_are_acked_as_ignored(apple_app, apns_trusting_fake):
     body = push_req(**{"Event-Name": "push_resp"})
     with consumer_running() as consumer, broker_channel() as channel:
@@ -115,6 +119,7 @@ def test_other_events_on_the_pushes_exchange_are_acked_as_ignored(apple_app, apn
     assert len(apns_trusting_fake.requests) == 1 and consumer.worker.dead_lettered == 0
 
 
+@pytest.mark.rabbitmq
 def test_a_bad_push_req_in_a_burst_is_dead_lettered_alone(apple_app, apns_trusting_fake):
     bad = push_req(**{"Msg-ID": "bad"})
     del bad["Token-App"]

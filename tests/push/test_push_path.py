@@ -15,7 +15,7 @@ from tests.amqp import broker_channel, consumer_running, publish, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 LEGACY = sample("push_req_kamailio_2015_legacy.json")
 APNS_EXPECTED = sample("apns_request_constructed.json")
@@ -23,6 +23,7 @@ REG = sample("reg_success_kamailio_master.json")
 FCM_TOKEN = "dKx9Qm3ZRlO7pYc2wEo1aB:APA91bHq8v2Xz-4kLmN0pQrStUvWxYz_aBcDeFg.with.dots"
 
 
+@pytest.mark.rabbitmq
 def test_kamailio_push_req_becomes_exactly_the_expected_apns_request(apple_app, apns_trusting_fake):
     with consumer_running() as consumer, broker_channel() as channel:
         before_ms = int(time.time() * 1000)
@@ -46,6 +47,7 @@ def test_kamailio_push_req_becomes_exactly_the_expected_apns_request(apple_app, 
     assert delivery.msg_id == PUSH["body"]["Msg-ID"] and delivery.call_id == PUSH["body"]["Call-ID"]
 
 
+@pytest.mark.rabbitmq
 def test_push_req_becomes_the_expected_fcm_v1_request(firebase_app, fake_fcm):
     body = push_req(**{"Token-Type": "firebase", "Token-App": "com.acme.phone", "Token-ID": FCM_TOKEN})
     with consumer_running() as consumer, broker_channel() as channel:
@@ -76,6 +78,7 @@ def test_legacy_alert_body_push_req(apple_app, apns_trusting_fake):
     assert request.body["aps"]["call-id"] == body["Call-ID"]
 
 
+@pytest.mark.rabbitmq
 def test_redelivered_push_req_is_sent_once(apple_app, apns_trusting_fake):
     with consumer_running() as consumer, broker_channel() as channel:
         for _ in range(3):
@@ -197,6 +200,7 @@ def test_fcm_token_endpoint_down_then_back(firebase_app, fake_fcm):
     assert delivery.status == DeliveryStatus.SENT
 
 
+@pytest.mark.rabbitmq
 def test_missing_token_id_is_dead_lettered(apple_app):
     body = push_req()
     del body["Token-ID"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -16,12 +15,12 @@ from push.models import Delivery, DeliverySource, DeliveryStatus, Provider, Push
 from registry.models import Device, SyncStatus, UserAgentRule
 from registry.services import registration_apply
 from tests.fakes.apns import Answer
+from tests.fixtures import sample
 
 pytestmark = pytest.mark.django_db
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "kazoo" / "samples"
-REG = json.loads((SAMPLES / "reg_success_kamailio_master.json").read_text())["body"]
-EXPECTED_PUSH = json.loads((SAMPLES / "device_push_object.json").read_text())["doc"]["push"]
+REG = sample("reg_success_kamailio_master.json")["body"]
+EXPECTED_PUSH = sample("device_push_object.json")["doc"]["push"]
 APP = "com.acme.phone.voip.prod"
 TEST_URL = "/admin/registry/useragentrule/test/"
 
@@ -36,7 +35,7 @@ def shown_messages(response) -> list[str]:
 
 @pytest.fixture
 def kazoo_rules(db):
-    kazoo_config_import(document=json.loads((SAMPLES / "system_config_pusher_constructed.json").read_text()))
+    kazoo_config_import(document=sample("system_config_pusher_constructed.json"))
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -15,15 +13,9 @@ from kazoo.config import PLACEHOLDER_ACCOUNT_ID, kazoo_config_import
 from kazoo.management.commands.match_user_agent import Command as MatchCommand
 from push.models import PushApp
 from registry.models import Device, UserAgentRule
+from tests.fixtures import sample
 
 pytestmark = pytest.mark.django_db
-
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "kazoo" / "samples"
-
-
-def sample(name: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / name).read_text())
-
 
 def run(*args: str) -> str:
     out = io.StringIO()

@@ -3,13 +3,13 @@
 import copy
 import gzip
 import json
-import subprocess
 import time
 
 import pytest
 
 from registry.models import Device, PushToken, SyncStatus
 from tests.amqp import broker_channel, consumer_running, dead_letters, publish, sample, wait_for
+from tests.vhost import rabbitmqctl, vhost_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
@@ -136,7 +136,8 @@ def test_consumer_reconnects_after_connections_are_force_closed(acme_rule):
         with broker_channel() as channel:
             publish_reg(channel)
             consumer.wait_handled(1)
-        subprocess.run(["rabbitmqctl", "close_all_connections", "pusher test"], check=True, capture_output=True)
+        # Only this session's vhost: without -p, close_all_connections closes every connection on "/".
+        rabbitmqctl("close_all_connections", "-p", vhost_of(consumer.config.amqp_url), "pusher test")
         assert wait_for(lambda: not consumer.worker.connected.is_set(), timeout=10)
         assert consumer.worker.connected.wait(20), "consumer did not reconnect"
         with broker_channel() as channel:

@@ -8,10 +8,8 @@ Bria, Yealink/Polycom/Cisco desk phones, PBX trunks). Tokens and ids are made up
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +24,7 @@ from registry.pushobject import (
     push_object_equal,
     rule_match,
 )
-
-SAMPLES = Path("/work/shared/kazoo/samples")
+from tests.fixtures import sample
 
 APNS_HEX = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
 APNS_VOIP = "b7e1c2d3a4f5061728394a5b6c7d8e9f00112233445566778899aabbccddeeff"
@@ -60,8 +57,8 @@ RULES: tuple[Rule, ...] = (
     Rule(name="Bria", regex=r"^Bria (iOS|Android)", properties=KAZOO_PROPS),
 )
 
-# reg_success body from samples/reg_success_kamailio_master.json (kept inline so the suite runs
-# without the shared spec directory; test_shared_sample_files cross-checks when it's present).
+# reg_success body from tests/fixtures/kazoo/reg_success_kamailio_master.json, spelt out here;
+# test_kazoo_sample_files checks that the two are the same.
 KAZOO_SAMPLE_BODY: dict[str, Any] = {
     "Event-Category": "directory",
     "Event-Name": "reg_success",
@@ -763,15 +760,12 @@ def test_unparsable_contact_propagates_when_rule_matched(body: dict[str, Any]) -
         _run(body)
 
 
-def test_shared_sample_files() -> None:
+def test_kazoo_sample_files() -> None:
     """The Kazoo sample reg_success must give exactly the sample device push object."""
-    if not SAMPLES.is_dir():
-        pytest.skip("shared Kazoo samples not available")
-    body = json.loads((SAMPLES / "reg_success_kamailio_master.json").read_text())["body"]
-    expected = json.loads((SAMPLES / "device_push_object.json").read_text())["doc"]["push"]
-    config = json.loads((SAMPLES / "system_config_pusher_constructed.json").read_text())["default"][
-        "User-Agents"
-    ]
+    body = sample("reg_success_kamailio_master.json")["body"]
+    assert body == KAZOO_SAMPLE_BODY
+    expected = sample("device_push_object.json")["doc"]["push"]
+    config = sample("system_config_pusher_constructed.json")["default"]["User-Agents"]
     rules = [
         Rule(name=name, regex=entry["regex"], properties=entry["properties"])
         for name, entry in config.items()

@@ -19,7 +19,7 @@ from kazoo.worker import Worker, WorkerConfig
 from registry.models import Device, PushToken, UserAgentRule
 from registry.selectors import user_agent_rules_enabled
 from registry.services import RegistrationResult, registration_apply_batch
-from tests.amqp import AMQP_URL, broker_channel, consumer_running, dead_letters, publish, sample, wait_for
+from tests.amqp import broker_channel, consumer_running, dead_letters, publish, sample, wait_for
 
 REG = sample("reg_success_kamailio_master.json")
 SAMPLE_TOKEN = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
@@ -208,9 +208,10 @@ def test_batch_and_single_message_paths_agree(acme_rule):
 
 
 def _config(**changes: Any) -> WorkerConfig:
+    """For a Worker whose batch handling is called directly: it never connects."""
     suffix = uuid.uuid4().hex[:10]
     values = {
-        "amqp_url": AMQP_URL, "queue": f"pusher_test_{suffix}", "queue_durable": False,
+        "amqp_url": "amqp://never-connected.invalid/", "queue": f"pusher_test_{suffix}", "queue_durable": False,
         "dead_letter_exchange": f"pusher_test_dlx_{suffix}", "dead_letter_queue": f"pusher_test_dlq_{suffix}",
         "prefetch": 50, "push_workers": 2, "registration_lanes": 1,
     }

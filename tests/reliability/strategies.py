@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.amqp import sample
+from tests.fixtures import sample
 
 REG = sample("reg_success_kamailio_master.json")["body"]
 PUSH = sample("push_req_kamailio_master.json")["body"]

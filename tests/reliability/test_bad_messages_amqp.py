@@ -5,46 +5,19 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
 
 from push.models import Delivery, DeliveryStatus
 from registry.models import Device
-from tests import amqp
 from tests.amqp import broker_channel, consumer_running, dead_letters, publish
 from tests.reliability import strategies as s
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
-
-@pytest.fixture
-def private_vhost(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A throwaway vhost: the consumer binds to the shared `registrar`/`pushes` exchanges, so on `/`
-    this test's messages would also reach every pusher queue of a test running at the same time
-    (and theirs ours, breaking the counts). Falls back to `/` where rabbitmqctl is not usable."""
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    vhost = f"pusher_reliability_{uuid.uuid4().hex[:8]}"
-
-    def ctl(*args: str) -> bool:
-        return rabbitmqctl is not None and subprocess.run(
-            [rabbitmqctl, "-q", *args], capture_output=True, timeout=60, check=False).returncode == 0
-
-    if not (ctl("add_vhost", vhost) and ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")):
-        yield "/"
-        return
-    parts = urlsplit(amqp.AMQP_URL)
-    monkeypatch.setattr(amqp, "AMQP_URL", urlunsplit(parts._replace(path="/" + quote(vhost, safe=""))))
-    try:
-        yield vhost
-    finally:
-        ctl("delete_vhost", vhost)
 
 REG_KEY = "registration.success.acme%2Esip%2Eexample%2Ecom.user_k3j4h5"
 PUSH_KEY = f"notification.push.apple.{s.APNS_TOKEN}"
@@ -82,7 +55,7 @@ def bad_messages() -> list[tuple[str, str, bytes, str, str | None, str]]:
 
 
 def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_still_flow(
-    private_vhost: str, rules: None, apple_app: Any, apns_trusting_fake: Any
+    rules: None, apple_app: Any, apns_trusting_fake: Any
 ) -> None:
     bad = bad_messages()
     good_pushes = [push() for _ in range(3)]
