@@ -22,6 +22,7 @@ from core.errors import PusherError
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
 from pusher_site.api.conventions import (
+    MAX_INT,
     CanSendPush,
     ErrorSerializer,
     FilteredListMixin,
@@ -264,7 +265,7 @@ class PushAppFilterSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(choices=Provider.choices, required=False)
     enabled = serializers.BooleanField(required=False)
     app_id = StrictCharField(required=False, max_length=255, help_text="Token-App, exact")
-    credential = serializers.IntegerField(required=False, min_value=1, help_text="Credential id")
+    credential = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT, help_text="Credential id")
     flagged = serializers.BooleanField(required=False,
                                        help_text="Flagged by repeated BadDeviceToken answers")
 
