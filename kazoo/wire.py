@@ -140,7 +140,8 @@ def message_process_batch(messages: Sequence[RawMessage]) -> list[Handled]:
             lines.append(_registration_line(msg_id, result))
             outcomes[result.outcome] += 1
             handled[index] = Handled(Action.ACK, "reg_success", result.outcome, result.reason, msg_id)
-        _log_many(log, logging.INFO, _REG_LINE, lines)
+        for line in lines:
+            log.info(_REG_LINE, *line)
         for outcome, count in outcomes.items():
             metrics.MESSAGES.labels(event="reg_success", outcome=outcome).inc(count)
     return [h for h in handled if h is not None]
@@ -212,46 +213,11 @@ def push_reqs_logged(done: Sequence[tuple[str, Any]]) -> list[Handled]:
                       delivery.status, delivery.reason, delivery.attempts, latency))
         outcomes[delivery.status] += 1
         handled.append(Handled(Action.ACK, "push_req", delivery.status, delivery.reason, msg_id))
-    _log_many(log, logging.INFO, _PUSH_LINE, lines)
+    for line in lines:
+        log.info(_PUSH_LINE, *line)
     for outcome, count in outcomes.items():
         metrics.MESSAGES.labels(event="push_req", outcome=outcome).inc(count)
     return handled
-
-
-def _log_many(logger: logging.Logger, level: int, msg: str, lines: Sequence[tuple[Any, ...]]) -> None:
-    """One record per line, as `logger.log` would emit them, but a plain stream or file handler
-    writes and flushes all of them at once: per-record locking, writing and flushing from several
-    threads was a seventh of a reg_success's CPU and a third of the push engine's recording.
-    Other handlers (tests' capture, syslog...) get the records one by one as usual."""
-    if not lines or logger.disabled or not logger.isEnabledFor(level):
-        return
-    records = [logger.makeRecord(logger.name, level, __file__, 0, msg, args, None) for args in lines]
-    records = [record for record in records if logger.filter(record)]
-    current: logging.Logger | None = logger
-    while current is not None and records:
-        for handler in current.handlers:
-            _emit_many(handler, records)
-        current = current.parent if current.propagate else None
-
-
-def _emit_many(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
-    records = [record for record in records if record.levelno >= handler.level and handler.filter(record)]
-    if not records:
-        return
-    if type(handler) not in (logging.StreamHandler, logging.FileHandler) or getattr(handler, "stream", None) is None:
-        for record in records:
-            handler.handle(record)
-        return
-    stream_handler: Any = handler
-    stream_handler.acquire()
-    try:
-        text = "".join(stream_handler.format(record) + stream_handler.terminator for record in records)
-        stream_handler.stream.write(text)
-        stream_handler.flush()
-    except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
-        stream_handler.handleError(records[0])
-    finally:
-        stream_handler.release()
 
 
 def message_peek(body: bytes) -> tuple[str, str]:

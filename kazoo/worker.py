@@ -5,7 +5,7 @@ and acknowledged on the connection thread (pika is not thread-safe) only after t
 committed. reg_success messages for one device go to the same single-thread lane so they stay
 in order; a lane takes every message waiting for it and handles them as one batch (one digest
 query, bulk writes, one hand-back to the connection thread). push_req messages go to the push
-engine (push/engine.py), which keeps them all in flight at once because each waits on a provider.
+lane (kazoo/pushlane.py), which keeps them all in flight at once because each waits on a provider.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Worker:
         handler: Callable[[RawMessage], Handled] = message_process,
         batch_handler: Callable[[Sequence[RawMessage]], list[Handled]] | None = None,
     ) -> None:
-        """`handler` handles one message (a push_req the push engine hands back, and a batch's
+        """`handler` handles one message (a push_req the push lane hands back, and a batch's
         messages one at a time when the batch fails); `batch_handler` a registration lane's
         batch. A custom `handler` without a `batch_handler` (tests, benchmarks) handles the lanes'
         messages one at a time too."""
@@ -307,7 +307,7 @@ class Worker:
             return stopped()
 
     def _complete(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
-        """From any thread (registration lanes, the push pool, the push engine): messages done
+        """From any thread (registration lanes, the push pool, the push lane): messages done
         with, as (ticket, message, handled), acked (or dead-lettered, requeued) on the connection
         thread in one wake-up for all of them."""
         connection = self._connection

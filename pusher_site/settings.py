@@ -166,7 +166,6 @@ PUSHER_APNS_CA_FILE = env.str("PUSHER_APNS_CA_FILE", default="") or None
 PUSHER_APNS_JWT_MAX_AGE_S = env.int("PUSHER_APNS_JWT_MAX_AGE_S", default=50 * 60)
 PUSHER_FCM_ENDPOINT = env.str("PUSHER_FCM_ENDPOINT", default="https://fcm.googleapis.com")
 PUSHER_FCM_CA_FILE = env.str("PUSHER_FCM_CA_FILE", default="") or None
-PUSHER_FCM_TTL_S = env.int("PUSHER_FCM_TTL_S", default=30)
 PUSHER_LEGACY_PUSH_RESP = env.bool("PUSHER_LEGACY_PUSH_RESP", default=False)
 PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = env.int("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", default=5)
 

@@ -1,9 +1,12 @@
-"""The consumer's one line per message, written in batches (kazoo.wire._log_many)."""
+"""The consumer's one line per message, written by one writer thread (core.logqueue)."""
 
 import io
 import logging
+import logging.handlers
+import threading
 from types import SimpleNamespace
 
+from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.wire import Action, push_reqs_logged
 
 
@@ -14,52 +17,54 @@ def _delivery(n, status="sent", latency_ms=12.34):
     )
 
 
-class _CountingStream(io.StringIO):
+class _ThreadRecordingStream(io.StringIO):
     def __init__(self):
         super().__init__()
-        self.writes = 0
+        self.writers = set()
 
     def write(self, text):
-        self.writes += 1
+        self.writers.add(threading.current_thread().name)
         return super().write(text)
 
 
-def test_a_batch_is_one_line_per_push_in_one_write(caplog):
-    stream = _CountingStream()
+def test_push_lines_are_written_by_the_log_writer_thread_in_order():
+    stream = _ThreadRecordingStream()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for h in saved:
+        root.removeHandler(h)
+    root.addHandler(handler)
     logger = logging.getLogger("pusher.messages")
-    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    listener = log_queue_start()
     try:
-        with caplog.at_level(logging.INFO, logger="pusher.messages"):
-            done = [("m1", _delivery(1)), ("m2", _delivery(2, "failed", None)), ("m3", _delivery(3))]
-            handled = push_reqs_logged(done)
+        done = [("m1", _delivery(1)), ("m2", _delivery(2, "failed", None)), ("m3", _delivery(3))]
+        handled = push_reqs_logged(done)
     finally:
-        logger.removeHandler(handler)
+        log_queue_stop(listener)
+        logger.setLevel(old_level)
+        root.removeHandler(handler)
+        for h in saved:
+            root.addHandler(h)
     lines = stream.getvalue().splitlines()
-    assert stream.writes == 1 and len(lines) == 3
+    assert len(lines) == 3
     assert lines[0] == (
         "INFO pusher.messages push_req msg_id=m1 call_id=call-1 app=com.acme.phone.voip.prod provider=apple "
         "token=5e0f4c…7081 status=sent reason= attempts=1 latency_ms=12.3"
     )
     assert "status=failed reason=BadDeviceToken" in lines[1] and lines[1].endswith("latency_ms=-")
-    # Other handlers (here pytest's capture) still get every record.
-    assert [r.getMessage().split()[1] for r in caplog.records if r.name == "pusher.messages"] == [
-        "msg_id=m1", "msg_id=m2", "msg_id=m3"]
+    assert "msg_id=m3" in lines[2]
+    assert threading.current_thread().name not in stream.writers  # the caller only queued them
     assert [h.action for h in handled] == [Action.ACK] * 3 and handled[1].outcome == "failed"
 
 
-def test_handler_level_is_respected():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("pusher.messages")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        push_reqs_logged([("m1", _delivery(1))])
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    assert stream.getvalue() == ""
+def test_stop_puts_the_handlers_back():
+    root = logging.getLogger()
+    before = list(root.handlers)
+    listener = log_queue_start()
+    assert all(isinstance(h, logging.handlers.QueueHandler) for h in root.handlers)
+    log_queue_stop(listener)
+    assert root.handlers == before

@@ -248,7 +248,7 @@ class ApnsClient:
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The client's event loop (started if need be). Code running on it calls `send` without
-        a thread hop; the consumer's push engine runs there for that reason."""
+        a thread hop; the consumer's push lane runs there for that reason."""
         return self._ensure_loop()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:

@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import h2.events
 import h2.exceptions
-import httpcore
 import httpx
 
 
@@ -244,7 +243,7 @@ def _classify_exception(exc: BaseException) -> tuple[Outcome, str, str]:
         )
     if any(isinstance(arg, h2.events.StreamReset) for item in chain for arg in getattr(item, "args", ())):
         return Outcome.RETRY, "StreamReset", "APNs reset the stream; retry."
-    if isinstance(exc, httpx.ProtocolError | h2.exceptions.ProtocolError | httpcore.ProtocolError):
+    if isinstance(exc, httpx.ProtocolError | h2.exceptions.ProtocolError):
         return Outcome.RETRY, "ProtocolError", f"HTTP/2 protocol error ({exc}); retry on a new connection."
     return Outcome.RETRY, "ConnectionError", f"The connection to APNs failed ({exc!r}); retry."
 
@@ -253,8 +252,6 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(
         exc,
         httpx.TransportError
-        | httpcore.NetworkError
-        | httpcore.ProtocolError
         | h2.exceptions.H2Error
         | OSError,
     )
@@ -283,14 +280,6 @@ class ApnsCredential:
             raise ValueError("certificate credentials need cert_pem and key_pem")
         if self.kind == "token" and not (self.key_pem and self.key_id and self.team_id):
             raise ValueError("token credentials need key_pem, key_id and team_id")
-
-    @classmethod
-    def certificate(cls, *, cert_pem: str, key_pem: str, cache_key: str) -> ApnsCredential:
-        return cls(kind="certificate", cert_pem=cert_pem, key_pem=key_pem, cache_key=cache_key)
-
-    @classmethod
-    def token(cls, *, key_pem: str, key_id: str, team_id: str, cache_key: str) -> ApnsCredential:
-        return cls(kind="token", key_pem=key_pem, key_id=key_id, team_id=team_id, cache_key=cache_key)
 
     def __repr__(self) -> str:
         # Spelled out (not the dataclass repr) so that a field added later cannot leak a secret.

@@ -64,11 +64,11 @@ def apns_request(fake: FakeApns, **overrides: Any) -> ApnsRequest:
 
 
 def cert_credential(cert: ClientCert, cache_key: str = "cert:1") -> ApnsCredential:
-    return ApnsCredential.certificate(cert_pem=cert.cert_pem, key_pem=cert.key_pem, cache_key=cache_key)
+    return ApnsCredential(kind="certificate", cert_pem=cert.cert_pem, key_pem=cert.key_pem, cache_key=cache_key)
 
 
 def token_credential(key: TokenKey, cache_key: str = "p8:1") -> ApnsCredential:
-    return ApnsCredential.token(
+    return ApnsCredential(kind="token",
         key_pem=key.key_pem, key_id=key.key_id, team_id=key.team_id, cache_key=cache_key
     )
 
@@ -491,8 +491,8 @@ def test_client_certificate_from_another_ca_is_refused(
 def test_unusable_credentials_fail_without_raising(fake_apns: FakeApns, client: ApnsClient) -> None:
     other_key = generate_token_key().key_pem
     cert = fake_apns.ca.issue_client_cert(BUNDLE, key_type="ec")
-    mismatched = ApnsCredential.certificate(cert_pem=cert.cert_pem, key_pem=other_key, cache_key="bad:1")
-    garbage = ApnsCredential.token(key_pem="not a key", key_id="ABC", team_id="TEAM", cache_key="bad:2")
+    mismatched = ApnsCredential(kind="certificate", cert_pem=cert.cert_pem, key_pem=other_key, cache_key="bad:1")
+    garbage = ApnsCredential(kind="token", key_pem="not a key", key_id="ABC", team_id="TEAM", cache_key="bad:2")
 
     for credential in (mismatched, garbage):
         result = client.send_sync(apns_request(fake_apns), credential, timeout=5)

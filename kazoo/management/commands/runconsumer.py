@@ -16,6 +16,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.sync import sync_loop
 from kazoo.worker import Worker, WorkerConfig
@@ -55,8 +56,12 @@ class Command(BaseCommand):
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
         if options["metrics_port"]:
             _serve_metrics(worker, options["metrics_host"], options["metrics_port"])
-        code = worker.run()
-        _heartbeat(worker, final=True)
+        logs = log_queue_start()  # the message threads hand their log lines to one writer
+        try:
+            code = worker.run()
+            _heartbeat(worker, final=True)
+        finally:
+            log_queue_stop(logs)
         raise SystemExit(code)
 
 
