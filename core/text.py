@@ -8,28 +8,42 @@ from typing import Any
 from core.errors import InvalidInput
 
 
-def text_storable_check(fields: dict[str, Any]) -> None:
-    """Text no peer accepts: lone surrogates (`\\ud800` in JSON: not UTF-8 for APNs, FCM or
-    PostgreSQL) and NUL characters (PostgreSQL text refuses them). Refused as a bad message rather
-    than failing half-way through the work."""
+def text_storable_problem(value: Any) -> str | None:
+    """What no store or peer accepts in a JSON value's strings (keys included), else None: lone
+    surrogates (`\\ud800` in JSON: not UTF-8 for APNs, FCM or PostgreSQL) and NUL characters
+    (PostgreSQL text and jsonb refuse them). The one check of every face: the consumer refuses such
+    a message, the API such a field."""
     try:
-        text = json.dumps(fields, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
         text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput("body holds a string that is not valid Unicode (a lone surrogate)") from exc
+    except UnicodeEncodeError:
+        return "holds a string that is not valid Unicode (a lone surrogate)"
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(f"body cannot be handled: {str(exc)[:120]}") from exc
-    if "\\u0000" in text and _has_nul(fields):  # the cheap test first; the walk tells escapes apart
-        raise InvalidInput("body holds a NUL character")
+        return f"cannot be handled: {str(exc)[:120]}"
+    if "\\u0000" in text and _has_nul(value):  # the cheap test first; the walk tells escapes apart
+        return "holds a NUL character"
+    return None
+
+
+def text_storable_check(fields: dict[str, Any]) -> None:
+    """Raises InvalidInput for a message whose text cannot be stored or sent (see above)."""
+    problem = text_storable_problem(fields)
+    if problem:
+        raise InvalidInput(f"body {problem}")
 
 
 def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

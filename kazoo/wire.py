@@ -40,6 +40,9 @@ class RawMessage:
     redelivered: bool = False
     received_at: float = 0.0  # time.time() when the consumer got it (push latency starts here)
     headers: dict[str, Any] = field(default_factory=dict)
+    # The decoded body, once `message_decode` has read it: a message the push lane hands back to
+    # the synchronous path is not decoded a second time.
+    decoded: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,16 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 
 def message_decode(message: RawMessage) -> dict[str, Any]:
+    """The message's JSON object, checked (content type, size, gzip bound, storable text); decoded
+    once per message. Raises InvalidInput."""
+    if message.decoded is not None:
+        return message.decoded
+    fields = _decode(message)
+    object.__setattr__(message, "decoded", fields)  # frozen for the callers; a cache, not state
+    return fields
+
+
+def _decode(message: RawMessage) -> dict[str, Any]:
     limit = settings.PUSHER_MAX_MESSAGE_BYTES
     content_type = (message.content_type or "").split(";")[0].strip().lower()
     if content_type not in ("application/json", ""):

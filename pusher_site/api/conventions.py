@@ -20,6 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.errors import PusherError
+from core.text import text_storable_problem
 
 log = logging.getLogger(__name__)
 
@@ -231,31 +232,11 @@ class StrictModelSerializer(serializers.ModelSerializer):
     serializer_choice_field = StrictChoiceField
 
 
-def _bad_text(text: str) -> str | None:
-    if "\x00" in text:
-        return "must not contain NUL characters"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must not contain unpaired surrogate characters"
-    return None
-
-
 def json_text_validator(value: Any) -> None:
-    """Every string (keys included) in a JSON value must be storable: PostgreSQL refuses NUL in text
-    and jsonb, and nothing can encode a lone surrogate."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            problem = _bad_text(item)
-            if problem:
-                raise serializers.ValidationError(f"strings {problem}")
-        elif isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
+    """Every string (keys included) in a JSON value must be storable (core.text's one rule)."""
+    problem = text_storable_problem(value)
+    if problem:
+        raise serializers.ValidationError(f"value {problem}")
 
 
 class JSONObjectField(serializers.JSONField):

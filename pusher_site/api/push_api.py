@@ -129,8 +129,7 @@ class SecretField(serializers.Field):
             return json.dumps(data)
         if not isinstance(data, str):
             self.fail("invalid")
-        if "\x00" in data:
-            raise serializers.ValidationError("must not contain NUL characters")
+        json_text_validator(data)
         return data
 
     def to_representation(self, value: Any) -> None:  # write-only: never rendered
