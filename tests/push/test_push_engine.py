@@ -134,3 +134,28 @@ def test_a_bad_push_req_in_a_burst_is_dead_lettered_alone(apple_app, apns_trusti
     assert method is not None and "Token-App" in properties.headers["x-pusher-reason"]
     assert properties.headers["x-pusher-msg-id"] == "bad"
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 10
+
+
+@pytest.mark.rabbitmq
+def test_a_lane_that_cannot_build_its_client_dead_letters_instead_of_holding(apple_app, monkeypatch):
+    # A missing PUSHER_APNS_CA_FILE made building the APNs client fail: every push_req then stayed
+    # unacked for good. Now each is dead-lettered with the reason, and the consumer keeps going.
+    from push.providers import apns
+
+    def broken() -> None:
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/ca.pem")
+
+    monkeypatch.setattr(apns, "get_client", broken)
+    with consumer_running() as consumer, broker_channel() as channel:
+        for i in range(3):
+            publish_push(channel, push_req(**{"Msg-ID": f"stuck-{i}"}))
+        consumer.wait_handled(3, timeout=15)
+        reasons = []
+        while True:
+            method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+            if method is None:
+                break
+            reasons.append(properties.headers["x-pusher-reason"])
+        assert queue_depth(channel, consumer.config.queue) == 0
+    assert len(reasons) == 3 and all("push lane unavailable: FileNotFoundError" in r for r in reasons)
+

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +20,7 @@ from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.sync import sync_loop
 from kazoo.worker import Worker, WorkerConfig
+from push.providers import apns
 
 log = logging.getLogger("pusher.consumer")
 
@@ -40,6 +41,12 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-host", default="127.0.0.1")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:  # a consumer that cannot build its APNs client would only dead-letter every push: say so now
+            apns.get_client()
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            raise CommandError(
+                f"cannot build the APNs client ({type(exc).__name__}: {exc}); check PUSHER_APNS_CA_FILE"
+            ) from None
         worker = Worker(
             WorkerConfig(
                 amqp_url=settings.AMQP_URL,
