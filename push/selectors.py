@@ -2,9 +2,10 @@
 
 from datetime import datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncMinute
 
-from push.models import Credential, PushApp
+from push.models import Credential, Delivery, PushApp
 
 EXPIRY_WARN_DAYS = 30
 
@@ -20,4 +21,34 @@ def credentials_expiring(*, now: datetime, days: int = EXPIRY_WARN_DAYS) -> Quer
         Credential.objects.filter(not_after__lte=now + timedelta(days=days))
         .prefetch_related("apps")
         .order_by("not_after")
+    )
+
+
+def delivery_counts(*, since: datetime) -> QuerySet:
+    """Deliveries created since `since`, counted per (provider, status): rows of provider, status, n."""
+    return (
+        Delivery.objects.filter(created_at__gte=since)
+        .values("provider", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+
+
+def delivery_latencies(*, since: datetime, limit: int) -> QuerySet:
+    """(provider, latency_ms) of the newest `limit` deliveries since `since` that have a latency."""
+    return (
+        Delivery.objects.filter(created_at__gte=since, latency_ms__isnull=False)
+        .order_by("-created_at")
+        .values_list("provider", "latency_ms")[:limit]
+    )
+
+
+def delivery_counts_per_minute(*, since: datetime) -> QuerySet:
+    """Deliveries created since `since`, counted per (minute, status): rows of minute, status, n."""
+    return (
+        Delivery.objects.filter(created_at__gte=since)
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute", "status")
+        .annotate(n=Count("id"))
+        .order_by()
     )

@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from kazoo.models import ConsumerStatus
-from push.models import Credential, Delivery, DeliveryStatus, Provider
-from push.selectors import credentials_expiring
+from kazoo.selectors import consumers_alive
+from push.models import Credential, DeliveryStatus, Provider
+from push.selectors import credentials_expiring, delivery_counts, delivery_counts_per_minute, delivery_latencies
 from registry.models import Device, SyncStatus
+from registry.selectors import devices_waiting_sync
 
 WINDOW = timedelta(hours=1)
-CONSUMER_FRESH = timedelta(seconds=30)
 
 # Latency percentiles read at most this many of the window's newest deliveries: plenty for a
 # median and a p95, and bounded memory on a busy hour.
@@ -44,21 +44,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     low, high = math.floor(position), math.ceil(position)
     return values[low] + (values[high] - values[low]) * (position - low)
 
-
-
-# --- selectors -------------------------------------------------------------------------
-
-
-def consumers_alive(*, now: datetime) -> QuerySet[ConsumerStatus]:
-    """Consumer processes whose heartbeat (every 5 s) is recent."""
-    return ConsumerStatus.objects.filter(updated_at__gte=now - CONSUMER_FRESH).order_by("name")
-
-
-def devices_waiting_sync() -> QuerySet[Device]:
-    """Devices whose push object has not reached Kazoo yet (pending or failing), oldest change first."""
-    return Device.objects.filter(sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED]).order_by(
-        "push_changed_at", "pk"
-    )
 
 
 # --- aggregations ------------------------------------------------------------------------
@@ -136,13 +121,7 @@ def pushes_by_outcome(*, since: datetime) -> tuple[tuple[OutcomeRow, ...], Outco
     """Deliveries created since `since`, counted by provider and outcome, and the totals."""
     names = [str(status) for status, _ in OUTCOMES]
     grid: dict[str, list[int]] = {}
-    rows = (
-        Delivery.objects.filter(created_at__gte=since)
-        .values("provider", "status")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for row in rows:
+    for row in delivery_counts(since=since):
         if row["status"] not in names:
             continue
         grid.setdefault(row["provider"], [0] * len(names))[names.index(row["status"])] += row["n"]
@@ -156,11 +135,7 @@ def pushes_by_outcome(*, since: datetime) -> tuple[tuple[OutcomeRow, ...], Outco
 
 def provider_latency(*, since: datetime) -> tuple[LatencyRow, ...]:
     """Median and p95 of the provider round trip (Delivery.latency_ms) per provider, then overall."""
-    samples = (
-        Delivery.objects.filter(created_at__gte=since, latency_ms__isnull=False)
-        .order_by("-created_at")
-        .values_list("provider", "latency_ms")[:LATENCY_SAMPLE_MAX]
-    )
+    samples = delivery_latencies(since=since, limit=LATENCY_SAMPLE_MAX)
     by_provider: dict[str, list[float]] = {}
     for provider, latency in samples:
         by_provider.setdefault(provider, []).append(latency)
@@ -182,14 +157,7 @@ def pushes_per_minute(*, now: datetime, minutes: int = 60) -> list[tuple[datetim
     end = now.replace(second=0, microsecond=0)
     start = end - timedelta(minutes=minutes - 1)
     buckets: dict[datetime, dict[str, int]] = {start + timedelta(minutes=i): {} for i in range(minutes)}
-    rows = (
-        Delivery.objects.filter(created_at__gte=start)
-        .annotate(minute=TruncMinute("created_at"))
-        .values("minute", "status")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for row in rows:
+    for row in delivery_counts_per_minute(since=start):
         minute = row["minute"]
         if minute in buckets:
             buckets[minute][row["status"]] = buckets[minute].get(row["status"], 0) + row["n"]

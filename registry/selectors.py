@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from registry.models import Device, SyncStatus, UserAgentRule
@@ -105,4 +106,11 @@ def devices_sync_due(*, limit: int) -> list[Device]:
         Device.objects.filter(
             sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED], sync_next_at__lte=timezone.now()
         ).order_by("sync_next_at")[:limit]
+    )
+
+
+def devices_waiting_sync() -> QuerySet[Device]:
+    """Devices whose push object has not reached Kazoo yet (pending or failing), oldest change first."""
+    return Device.objects.filter(sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED]).order_by(
+        "push_changed_at", "pk"
     )
