@@ -159,6 +159,7 @@ def test_disabled_app_and_legacy_key_fail_with_a_reason(apple_app, firebase_app)
     assert delivery.status == DeliveryStatus.FAILED and "legacy" in delivery.error
 
 
+@pytest.mark.rabbitmq
 def test_a_credential_no_key_decrypts_fails_the_push_as_app_unusable(apple_app, apns_trusting_fake, settings):
     """FIELD_ENCRYPTION_KEY replaced without keeping the key the certificate was written with: the
     consumer's push engine refuses the app with the reason, nothing reaches APNs, nothing crashes."""
