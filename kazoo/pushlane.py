@@ -106,7 +106,7 @@ class PushLane:
         self._to_claim: list[_Push] = []
         self._to_record: list[_Push] = []
         self._writing = False
-        self._refreshing: set[tuple[str, str]] = set()
+        self._reading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- from the consumer's thread -------------------------------------------------------
@@ -147,6 +147,7 @@ class PushLane:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or the APNs client was reconfigured
             self._loop, self._to_claim, self._to_record, self._writing = loop, [], [], False
+            self._reading = {}
         with self._wake_lock:
             self._wake_scheduled = False
         done: list[Completed] = []
@@ -212,8 +213,8 @@ class PushLane:
         self._record(push)
 
     async def _app_ready(self, job: PushJob) -> None:
-        """Make sure the cache holds the push's app: the first push of an app waits for the
-        reader thread; a stale entry is used as it is and refreshed meanwhile."""
+        """Make sure the cache holds the push's app: the first pushes of an app wait for one read
+        on the reader thread; a stale entry is used as it is and refreshed meanwhile."""
         provider = PROVIDER_OF_TOKEN_TYPE.get(job.token_type)
         if provider is None:
             return
@@ -221,13 +222,13 @@ class PushLane:
         if fresh:
             return
         key = (job.app_id, provider)
-        loop = asyncio.get_running_loop()
+        reading = self._reading.get(key)
+        if reading is None:  # one read per app however many pushes ask for it
+            reading = asyncio.get_running_loop().run_in_executor(self._reader, self._app_read, key)
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
         if app is None:
-            await loop.run_in_executor(self._reader, self._app_read, key)
-        elif key not in self._refreshing:
-            self._refreshing.add(key)
-            loop.run_in_executor(self._reader, self._app_read, key).add_done_callback(
-                lambda _: self._refreshing.discard(key))
+            await asyncio.shield(reading)
 
     def _app_read(self, key: tuple[str, str]) -> None:
         database_wait(lambda: push_app_get(app_id=key[0], provider=key[1]), what="reading a push app",
