@@ -36,7 +36,16 @@ from django.db import connections
 
 from core.dbwait import WaitStopped, connections_check, database_wait
 from core.errors import InvalidInput
-from kazoo.wire import Action, Handled, RawMessage, event_of, message_decode, message_peek, push_reqs_logged
+from kazoo.wire import (
+    Action,
+    Handled,
+    RawMessage,
+    dead_letter,
+    event_of,
+    handled_bad,
+    message_decode,
+    push_reqs_logged,
+)
 from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
 from push.providers import apns
 from push.services.appcache import push_app_cached, push_app_get
@@ -137,8 +146,7 @@ class PushLane:
         done = []
         while self._incoming:
             ticket, message = self._incoming.popleft()
-            event, msg_id = message_peek(message.body)
-            done.append((ticket, message, Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)))
+            done.append((ticket, message, dead_letter(message, reason)))
         self._complete(done)
 
     # --- on the loop ------------------------------------------------------------------------
@@ -162,8 +170,7 @@ class PushLane:
                     fields=fields, source=DeliverySource.AMQP, received_at=message.received_at or None
                 )
             except InvalidInput as exc:
-                event, msg_id = message_peek(message.body)
-                done.append((ticket, message, Handled(Action.DEAD_LETTER, event, "dead_letter", exc.message, msg_id)))
+                done.append((ticket, message, handled_bad(message, exc)))
                 continue
             if job.msg_id and self._seen(job.msg_id):
                 done.append((ticket, message, Handled(

@@ -169,10 +169,15 @@ def _push_resp_answer(results: Sequence[Any]) -> None:
         push_resp_send(tokens=tokens)
 
 
+def dead_letter(message: RawMessage, reason: str) -> Handled:
+    """The one dead-letter verdict: the message goes to pusher's dead-letter queue with `reason`."""
+    event, msg_id = message_peek(message.body)
+    return Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)
+
+
 def handled_bad(message: RawMessage, exc: InvalidInput) -> Handled:
     """The dead-letter verdict for a message refused with `exc`."""
-    event, msg_id = message_peek(message.body)
-    return Handled(Action.DEAD_LETTER, event, "dead_letter", exc.message, msg_id)
+    return dead_letter(message, exc.message)
 
 
 _REG_LINE = "reg_success msg_id=%s account=%s device=%s rule=%s outcome=%s reason=%s"

@@ -38,8 +38,8 @@ from kazoo.wire import (
     Action,
     Handled,
     RawMessage,
+    dead_letter,
     handled_bad,
-    message_peek,
     message_process,
     message_process_batch,
 )
@@ -292,10 +292,9 @@ class Worker:
         except InvalidInput as exc:
             return handled_bad(message, exc)
         except Exception as exc:
-            event, msg_id = message_peek(message.body)
-            log.exception("unexpected error handling msg_id=%s event=%s", msg_id, event)
-            reason = f"internal error: {type(exc).__name__}"
-            return Handled(Action.DEAD_LETTER, event, "dead_letter", reason, msg_id)
+            verdict = dead_letter(message, f"internal error: {type(exc).__name__}")
+            log.exception("unexpected error handling msg_id=%s event=%s", verdict.msg_id, verdict.event)
+            return verdict
 
     def _database_patient(self, work: Callable[[], T], stopped: Callable[[], T]) -> T:
         """`work()`, waiting out a database outage with its messages unacked; `stopped()` instead
