@@ -427,7 +427,7 @@ def _app_apply(plan: _AppPlan, summary: ImportSummary) -> None:
         summary.apps_unchanged += 1
 
 
-def _app_state(app_id: str, provider: str) -> dict[str, Any] | None:
+def _app_state(app_id: str, provider: str) -> Mapping[str, Any] | None:
     return PushApp.objects.filter(app_id=app_id, provider=provider).values().first()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -299,10 +300,10 @@ class PushLane:
         try:
             connections_check()
             for chunk in _chunks([p.delivery for p in claims]):
-                database_wait(lambda chunk=chunk: deliveries_insert(chunk),
+                database_wait(functools.partial(deliveries_insert, chunk),
                               what=f"claiming {len(chunk)} push_req", stopping=self._stopping)
             for chunk in _chunks([p.delivery for p in records if p.delivery.pk is not None]):
-                database_wait(lambda chunk=chunk: deliveries_save_finished(chunk),
+                database_wait(functools.partial(deliveries_save_finished, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
         except WaitStopped:
             return [(p.ticket, p.message, _requeue()) for p in records], False

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pika
 import pika.exceptions
@@ -299,9 +299,12 @@ class Worker:
     def _database_patient(self, work: Callable[[], T], stopped: Callable[[], T]) -> T:
         """`work()`, waiting out a database outage with its messages unacked; `stopped()` instead
         when the consumer is asked to stop during the outage."""
+        def checked_work() -> T:
+            connections_check()
+            return work()
+
         try:
-            return database_wait(lambda: (connections_check(), work())[1], what="handling messages",
-                                 stopping=self.stopping.is_set)
+            return database_wait(checked_work, what="handling messages", stopping=self.stopping.is_set)
         except WaitStopped:
             return stopped()
 
@@ -405,4 +408,5 @@ def _describe(exc: BaseException) -> str:
 def _safe_url(url: str) -> str:
     """The AMQP URL without its password."""
     params = pika.URLParameters(url)
-    return f"amqp://{params.credentials.username}@{params.host}:{params.port}{'/' + params.virtual_host}"
+    credentials = cast(pika.PlainCredentials, params.credentials)  # what URLParameters always makes
+    return f"amqp://{credentials.username}@{params.host}:{params.port}{'/' + params.virtual_host}"

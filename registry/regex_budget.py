@@ -91,8 +91,9 @@ def regex_size(pattern: str, flags: int = RULE_FLAGS) -> int:
 
 def _parse(pattern: str, flags: int) -> Any:
     """`regex`'s parse of `pattern`, as `regex.compile` does it (regex._main._compile)."""
-    from regex import _regex_core as core
+    from regex import _regex_core
 
+    core: Any = _regex_core  # regex's private parser, which types-regex does not describe
     global_flags = flags
     while True:
         source = core.Source(pattern)
@@ -106,7 +107,7 @@ def _parse(pattern: str, flags: int) -> Any:
 
 
 def _children(node: Any) -> list[Any]:
-    from regex._regex_core import RegexBase
+    from regex._regex_core import RegexBase  # type: ignore[attr-defined]  # private: not in types-regex
 
     found = []
     for value in vars(node).values():

@@ -166,6 +166,7 @@ def _registration_prepare(
 
 
 _Stored = tuple[_Registration, selectors.DeviceDigest | None]
+_Refresh = tuple[_Registration, selectors.DeviceDigest]  # a refresh always has its stored row
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +180,13 @@ class _Write:
 
 def _registrations_compare(
     registrations: list[_Registration], *, now: Any
-) -> tuple[list[_Registration], list[_Stored], list[_Stored]]:
+) -> tuple[list[_Registration], list[_Refresh], list[_Stored]]:
     """(unchanged, last-seen to refresh, changed) for registrations of distinct devices, from one
     read of their stored digests."""
     stored = selectors.device_digests_get(keys=[r.key for r in registrations])
     interval = timedelta(seconds=settings.PUSHER_LAST_SEEN_INTERVAL_S)
     unchanged: list[_Registration] = []
-    refresh: list[_Stored] = []
+    refresh: list[_Refresh] = []
     change: list[_Stored] = []
     for registration in registrations:
         row = stored.get(registration.key)
@@ -207,7 +208,7 @@ _TOKEN_FIELDS = ["token_type", "app", "kind", "sandbox", "proxy", "active", "dea
                  "last_seen_at"]
 
 
-def _registrations_write(*, refresh: list[_Stored], change: list[_Stored], now: Any) -> dict[int, RegistrationResult]:
+def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now: Any) -> dict[int, RegistrationResult]:
     """Write registrations of distinct devices with a fixed number of statements whatever their
     count: the full rows of the changed devices, one upsert per kind of device change, one token
     upsert, one UPDATE retiring replaced tokens (and two UPDATEs for last-seen refreshes). Runs
@@ -220,8 +221,8 @@ def _registrations_write(*, refresh: list[_Stored], change: list[_Stored], now: 
         PushToken.objects.filter(
             reduce(or_, (Q(device_id=row.pk, token__in=[t.token for t in r.build.tokens]) for r, row in refresh))
         ).update(last_seen_at=now)
-        for registration, row in refresh:
-            device = existing.get(row.pk) if row is not None else None
+        for registration, stored in refresh:
+            device = existing.get(stored.pk)
             if device is not None:
                 device.last_seen_at = now
             results[registration.index] = RegistrationResult(
@@ -243,7 +244,8 @@ def _registrations_write(*, refresh: list[_Stored], change: list[_Stored], now: 
         push_changed = device is None or not push_object_equal(device.push, build.push)
         if push_changed:
             values.update(push_changed_at=now, **_sync_fields(now))
-        upsert = Device(account_id=build.account_id, device_id=build.device_id, push=build.push, **values)
+        account_id, device_id = registration.key  # (both set: _registration_prepare ignores the others)
+        upsert = Device(account_id=account_id, device_id=device_id, push=build.push, **values)
         (push_rows if push_changed else detail_rows).append(upsert)
         writes.append(_Write(registration, upsert, device or upsert, created=device is None, push_changed=push_changed))
     push_fields = ("push", "push_changed_at", *_sync_fields(now))

@@ -420,6 +420,8 @@ class _H2Connection(asyncio.Protocol):
         self._maybe_close_drained()
 
     def _finish_stream(self, stream_id: int | None, error: httpx.TransportError, cause: BaseException | None) -> None:
+        if stream_id is None:  # (h2 types an event's stream id as optional: no stream of ours)
+            return
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return

@@ -241,6 +241,7 @@ def credential_expiry_refresh() -> None:
     rows = [
         (app.app_id, app.provider, (app.credential.not_after - now).total_seconds() / 86400)
         for app in push_apps_with_expiry()
+        if app.credential is not None and app.credential.not_after is not None  # (the query's own filter)
     ]
     with _expiry_lock:
         metrics.CREDENTIAL_EXPIRY_DAYS.clear()

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.models import Field, ForeignObjectRel
 from django.utils import timezone
 
 from core import metrics
@@ -88,9 +89,9 @@ def deliveries_insert(deliveries: list[Delivery]) -> None:
     meta = Delivery._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(_column(f)) for f in fields)
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    conflict = f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+    conflict = f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(_column(meta.pk))}"
     sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} {conflict}"  # noqa: S608
     # One result per row: empty where the Msg-ID already had a row.
     results = _rows_write(sql, [_row(d, fields) for d in keyed], returning=True)
@@ -156,11 +157,18 @@ def deliveries_save_finished(deliveries: list[Delivery]) -> None:
     `executemany`)."""
     meta = Delivery._meta
     fields = [meta.get_field(name) for name in FINISH_FIELDS]
-    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
+    assignments = ", ".join(f"{connection.ops.quote_name(_column(f))} = %s" for f in fields)
     sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608 - model identifiers
-           f"WHERE {connection.ops.quote_name(meta.pk.column)} = %s")
+           f"WHERE {connection.ops.quote_name(_column(meta.pk))} = %s")
     with transaction.atomic():
         _rows_write(sql, [[*_row(d, fields), d.pk] for d in deliveries])
+
+
+def _column(field: Field | ForeignObjectRel) -> str:
+    """The column of one of Delivery's concrete fields (the types also allow a reverse relation and
+    a field without a column, which these never are)."""
+    assert isinstance(field, Field) and field.column is not None
+    return field.column
 
 
 def _row(delivery: Delivery, fields: list[Any]) -> list[Any]:
@@ -202,9 +210,10 @@ def delivery_finished(delivery: Delivery) -> None:
     metrics.PUSHES.labels(**labels, status=delivery.status, reason=delivery.reason or "ok").inc()
     if delivery.latency_ms is not None:
         metrics.PROVIDER_LATENCY.labels(provider=labels["provider"]).observe(delivery.latency_ms / 1000)
-    event_type = {
+    event_types: dict[str, str] = {
         DeliveryStatus.SENT: "push.sent", DeliveryStatus.EXPIRED: "push.expired",
-    }.get(delivery.status, "push.failed")
+    }
+    event_type = event_types.get(delivery.status, "push.failed")
     event_publish(
         event_type,
         account=delivery.account_id or None,

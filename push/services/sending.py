@@ -58,7 +58,7 @@ def push_request_handle(
     The consumer sends many push_req concurrently through `kazoo.pushlane`, which claims and records
     them in batches with the same pieces; a redelivered one comes back here."""
     job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
-    text_storable_check(fields)  # the API, admin and commands; a bus message was checked when decoded
+    text_storable_check(dict(fields))  # the API, admin and commands; a bus message was checked when decoded
     delivery, claim = _claim(job)
     if claim == "orphaned":
         # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
