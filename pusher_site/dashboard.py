@@ -138,7 +138,8 @@ def provider_latency(*, since: datetime) -> tuple[LatencyRow, ...]:
     samples = delivery_latencies(since=since, limit=LATENCY_SAMPLE_MAX)
     by_provider: dict[str, list[float]] = {}
     for provider, latency in samples:
-        by_provider.setdefault(provider, []).append(latency)
+        if latency is not None:  # (the query's own filter)
+            by_provider.setdefault(provider, []).append(latency)
     rows = []
     everything: list[float] = []
     for provider, values in sorted(by_provider.items()):

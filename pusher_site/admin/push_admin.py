@@ -32,8 +32,9 @@ class CredentialForm(forms.ModelForm):
         fields = ["name", "kind", "key_id", "team_id"]
         help_texts = {"key_id": "APNs token key only (10 characters)", "team_id": "APNs token key only"}
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean returns (its type allows None)
         upload = cleaned.get("upload")
         data: bytes | str = upload.read() if upload else (cleaned.get("pasted") or "")
         self.parsed = None

@@ -1,5 +1,5 @@
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -90,7 +90,7 @@ class PushTokenInline(admin.TabularInline):
     extra = 0
     fields = ["token_masked", "token_type", "app", "kind", "sandbox", "proxy", "active", "deactivated_at",
               "deactivated_reason", "first_seen_at", "last_seen_at"]
-    readonly_fields = fields
+    readonly_fields = cast(list[str], fields)  # (typed by the base class as any field groups)
     can_delete = False
 
     def has_add_permission(self, request, obj=None) -> bool:

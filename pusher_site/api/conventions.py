@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -282,6 +282,7 @@ def audit_log(
     write over many rows (an import) give `model` and `repr_text` instead."""
     model = type(obj) if obj is not None else model
     assert model is not None
+    assert request.user.is_authenticated  # (every API write needs a login: see the permission classes)
     return LogEntry.objects.create(
         user_id=request.user.pk,
         content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
@@ -302,9 +303,15 @@ def changed_fields(data: Mapping[str, Any]) -> str:
 # Mixins rather than ModelViewSet subclasses: DRF imports this module (DEFAULT_PERMISSION_CLASSES)
 # while rest_framework.views is still loading, so it cannot import the viewsets. Each mixin also
 # documents itself in the OpenAPI schema from the serializers its viewset names.
+if TYPE_CHECKING:
+    from rest_framework.viewsets import GenericViewSet
+
+    _ViewSet = GenericViewSet[Any]  # what the mixins are mixed into, for the type checker only
+else:
+    _ViewSet = object
 
 
-class FilteredListMixin:
+class FilteredListMixin(_ViewSet):
     """A list filtered by query parameters: `filter_serializer_class` validates them and
     `filter_lookups` applies them (see filters_apply). Other actions see the whole queryset."""
 
@@ -323,7 +330,7 @@ class FilteredListMixin:
         return filters_apply(queryset, self.request, self.filter_serializer_class, self.filter_lookups)
 
 
-class ServiceWriteMixin:
+class ServiceWriteMixin(_ViewSet):
     """Create, update and delete as STYLE rule 11 has them: `input_serializer_class` (or
     `update_serializer_class` for an update, when it takes other fields) validates, one service
     writes (`service_create`, `service_update`, `service_delete`), `serializer_class` answers, and

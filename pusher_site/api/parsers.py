@@ -3,6 +3,7 @@ answered as JSON `{"detail": "...", "code": "..."}` instead of an HTML error pag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from core.jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds
 class CodedError(exceptions.APIException):
     """An API error answered as `{"detail": "...", "code": "<default_code>"}` (DRF's handler
     answers a dict detail as it is)."""
+
+    detail: dict[str, Any]  # always a dict: see __init__
 
     def __init__(self, detail: str) -> None:
         super().__init__({"detail": detail, "code": self.default_code})
@@ -47,7 +50,9 @@ class JSONParser(parsers.JSONParser):
 
     max_depth = MAX_JSON_DEPTH
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
         parser_context = parser_context or {}
         encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
         limit = body_limit()

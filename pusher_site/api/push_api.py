@@ -9,7 +9,7 @@ field that reads Credential.secret.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, serializers, status, viewsets
@@ -65,7 +65,8 @@ class DeliverySerializer(serializers.ModelSerializer):
 class DeliveryFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
     provider = serializers.ChoiceField(choices=Provider.choices, required=False)
-    source = serializers.ChoiceField(choices=DeliverySource.choices, required=False)
+    # DRF's metaclass takes declared fields out of the class, so none shadows Field.source or Serializer.data.
+    source = serializers.ChoiceField(choices=DeliverySource.choices, required=False)  # type: ignore[assignment]
     app = StrictCharField(required=False, max_length=255, help_text="Token-App (app id), exact")
     account = StrictCharField(required=False, max_length=64, help_text="Account-ID, exact")
     device = StrictCharField(required=False, max_length=64, help_text="Endpoint-ID (device id), exact")
@@ -99,7 +100,10 @@ class CredentialSerializer(serializers.ModelSerializer):
     """A credential's parsed, non-secret facts. The secret itself never comes back out."""
 
     days_to_expiry = serializers.IntegerField(read_only=True, allow_null=True)
-    apps = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Push apps using it")
+    apps = cast(  # many=True makes a ManyRelatedField, which the stubs cannot say
+        serializers.ManyRelatedField,
+        serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Push apps using it"),
+    )
     # False, with the reason, also when the stored secret cannot be decrypted with FIELD_ENCRYPTION_KEY.
     usable = serializers.BooleanField(source="effectively_usable", read_only=True)
     unusable_reason = serializers.CharField(source="effective_unusable_reason", read_only=True)
@@ -143,7 +147,7 @@ class CredentialInputSerializer(serializers.Serializer):
     name = StrictCharField(max_length=200)
     kind = StrictChoiceField(choices=CredentialKind.choices)
     file = serializers.FileField(required=False, write_only=True, help_text="The secret as an uploaded file")
-    data = SecretField(required=False, write_only=True)
+    data = SecretField(required=False, write_only=True)  # type: ignore[assignment]  # (as DeliveryFilterSerializer.source)
     password = StrictCharField(
         required=False, allow_blank=True, write_only=True, trim_whitespace=False, max_length=1000,
         help_text="PKCS#12 password, if any",

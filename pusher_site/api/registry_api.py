@@ -73,7 +73,8 @@ class RuleMatchRequestSerializer(serializers.Serializer):
     user_agent = StrictCharField(max_length=1000, trim_whitespace=False, help_text="The REGISTER's User-Agent")
     contact = StrictCharField(max_length=8000, trim_whitespace=False,
                                     help_text="The REGISTER's Contact header value")
-    fields = JSONObjectField(
+    # DRF's metaclass takes declared fields out of the class: this does not shadow Serializer.fields.
+    fields = JSONObjectField(  # type: ignore[assignment]
         required=False,
         help_text="More reg_success fields, e.g. Proxy-Path (the source of Token-Proxy) or Custom-Channel-Vars "
         "with Account-ID / Authorizing-ID (placeholders are used when they are not given)",
