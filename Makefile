@@ -28,12 +28,14 @@ run: $(VENV)/.run-installed
 serve: $(VENV)/.run-installed
 	bin/serve
 
-## Set up and run the whole test suite (ruff, then pytest).
+## Set up and run the whole test suite (ruff, lint-imports, mypy, then pytest).
 test: $(VENV)/.test-installed
 	bin/test
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	DEBUG=1 $(BIN)/mypy
 
 ## An admin user: asks on the terminal, or takes DJANGO_SUPERUSER_USERNAME/EMAIL/PASSWORD.
 superuser: $(VENV)/.run-installed
@@ -55,4 +57,4 @@ audit: $(VENV)/.test-installed
 	$(BIN)/pip install -q pip-audit && $(BIN)/pip-audit -r requirements.txt -r requirements-test.txt
 
 clean:
-	rm -rf $(VENV) data/test .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/test .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
