@@ -147,6 +147,17 @@ def publish(
     )
 
 
+def dead_letter_get(channel: Any, queue: str, timeout: float = 5.0) -> tuple[Any, Any, Any]:
+    """The next dead letter, waited for: the consumer counts a message handled as it publishes its
+    dead letter, and the broker routes it a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = channel.basic_get(queue, auto_ack=True)
+        if got[0] is not None or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
 def dead_letters(channel: Any, queue: str) -> list[tuple[dict[str, Any], bytes]]:
     out = []
     while True:

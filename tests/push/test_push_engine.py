@@ -9,7 +9,7 @@ from push.models import Delivery, DeliveryStatus
 from push.services import deliveries as store
 from push.services import policy
 from registry.models import Device, PushToken
-from tests.amqp import broker_channel, consumer_running, sample
+from tests.amqp import broker_channel, consumer_running, dead_letter_get, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
@@ -130,7 +130,7 @@ def test_a_bad_push_req_in_a_burst_is_dead_lettered_alone(apple_app, apns_trusti
         for i in range(5, 10):
             publish_push(channel, push_req(**{"Msg-ID": f"good-{i}"}))
         consumer.wait_handled(11, timeout=15)
-        method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+        method, properties, _ = dead_letter_get(channel, consumer.config.dead_letter_queue)
     assert method is not None and "Token-App" in properties.headers["x-pusher-reason"]
     assert properties.headers["x-pusher-msg-id"] == "bad"
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 10
@@ -150,12 +150,8 @@ def test_a_lane_that_cannot_build_its_client_dead_letters_instead_of_holding(app
         for i in range(3):
             publish_push(channel, push_req(**{"Msg-ID": f"stuck-{i}"}))
         consumer.wait_handled(3, timeout=15)
-        reasons = []
-        while True:
-            method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
-            if method is None:
-                break
-            reasons.append(properties.headers["x-pusher-reason"])
+        reasons = [dead_letter_get(channel, consumer.config.dead_letter_queue)[1].headers["x-pusher-reason"]
+                   for _ in range(3)]
         assert queue_depth(channel, consumer.config.queue) == 0
     assert len(reasons) == 3 and all("push lane unavailable: FileNotFoundError" in r for r in reasons)
 

@@ -11,7 +11,7 @@ from core import fields
 from push import services
 from push.models import Delivery, DeliveryStatus, PushApp
 from registry.models import Device, PushToken
-from tests.amqp import broker_channel, consumer_running, publish, sample
+from tests.amqp import broker_channel, consumer_running, dead_letter_get, publish, sample
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
@@ -208,7 +208,7 @@ def test_missing_token_id_is_dead_lettered(apple_app):
     with consumer_running() as consumer, broker_channel() as channel:
         publish(channel, "pushes", "notification.push.apple.x", body)
         consumer.wait_handled(1)
-        method, properties, _ = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+        method, properties, _ = dead_letter_get(channel, consumer.config.dead_letter_queue)
     assert method is not None and "Token-ID" in properties.headers["x-pusher-reason"]
 
 
