@@ -41,6 +41,7 @@ __all__ = [
     "compile_rule_regex",
     "family_properties",
     "rule_family",
+    "rule_positions_assign",
     "rule_regex_caches_clear",
     "rule_regex_check",
     "push_object_build",
@@ -180,6 +181,29 @@ def _rule_regex_compile(pattern: str) -> regex.Pattern[str]:
         return regex.compile(pattern or DEFAULT_RULE_REGEX, flags=RULE_REGEX_FLAGS, cache_pattern=False)
     except (regex.error, ValueError, RecursionError) as exc:  # ValueError: e.g. (?V1) against VERSION0
         raise RuleError(f"invalid User-Agent regex {pattern!r}: {exc}") from exc
+
+
+# Rules are numbered 10, 20, 30...: room to put one in between by hand.
+RULE_POSITION_STEP = 10
+
+
+def rule_positions_assign(
+    *, imported: Sequence[str], existing: Sequence[tuple[str, int]], step: int = RULE_POSITION_STEP
+) -> dict[str, int]:
+    """Positions for every rule after an import: unique, and the same for the same input.
+
+    The imported rules come first, in the document's order (``step``, ``2 * step``...): the document
+    being imported is the rule set the operator means now, so a rule it does not name (a stale
+    ``^Linphone`` from an earlier import, one added by hand) must not beat one it does. The other
+    ``existing`` rules (name, current position) follow in their current order, position then name,
+    numbered on. A name listed twice keeps its first place. Matching takes the first rule that
+    matches (rule_match), in position order: ties, which the name then broke, cannot happen."""
+    positions: dict[str, int] = {}
+    for name in imported:
+        positions.setdefault(name, (len(positions) + 1) * step)
+    for name, _ in sorted(existing, key=lambda pair: (pair[1], pair[0])):
+        positions.setdefault(name, (len(positions) + 1) * step)
+    return positions
 
 
 def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float = 0.1) -> Rule | None:

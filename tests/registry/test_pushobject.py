@@ -31,6 +31,7 @@ from registry.pushobject import (
     push_token_problem,
     rule_family,
     rule_match,
+    rule_positions_assign,
 )
 from tests.fixtures import sample
 
@@ -1435,3 +1436,39 @@ def test_no_token_with_whitespace_or_control_characters_is_ever_kept(
     if result.push is not None:
         assert _storable(result.push["Token-ID"])
         assert result.reason.startswith("ok")
+
+
+# Positions after an import: (id, imported names in document order, existing (name, position), expected)
+POSITION_CASES: list[tuple[str, list[str], list[tuple[str, int]], dict[str, int]]] = [
+    ("fresh", ["AcmePhone", "Linphone"], [], {"AcmePhone": 10, "Linphone": 20}),
+    (
+        "stale-rule-goes-after-the-document",
+        ["AcmePhone", "LinphoneSDK-RFC8599"],
+        [("AcmePhone", 10), ("Linphone", 20)],
+        {"AcmePhone": 10, "LinphoneSDK-RFC8599": 20, "Linphone": 30},
+    ),
+    (
+        "document-order-wins-over-stored-order",
+        ["B", "A"],
+        [("A", 10), ("B", 20)],
+        {"B": 10, "A": 20},
+    ),
+    (
+        "others-keep-their-order-ties-broken-by-name",
+        ["New"],
+        [("Zeta", 5), ("Alpha", 5), ("First", 1), ("Last", 900)],
+        {"New": 10, "First": 20, "Alpha": 30, "Zeta": 40, "Last": 50},
+    ),
+    ("name-twice-keeps-its-first-place", ["A", "B", "A"], [], {"A": 10, "B": 20}),
+    ("nothing-imported-renumbers-all", [], [("B", 7), ("A", 7)], {"A": 10, "B": 20}),
+]
+
+
+@pytest.mark.parametrize(
+    ("imported", "existing", "expected"), [c[1:] for c in POSITION_CASES], ids=[c[0] for c in POSITION_CASES]
+)
+def test_rule_positions_assign(imported: list[str], existing: list[tuple[str, int]], expected: dict[str, int]) -> None:
+    positions = rule_positions_assign(imported=imported, existing=existing)
+    assert positions == expected
+    assert len(set(positions.values())) == len(positions)
+    assert rule_positions_assign(imported=imported, existing=list(reversed(existing))) == expected
