@@ -21,13 +21,12 @@ from push import services as push_services
 from push.models import CredentialKind, Provider, PushApp
 from registry import selectors
 from registry.models import UserAgentRule, validate_rule_properties, validate_rule_regex
-from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo
+from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo, rule_positions_assign
 from registry.services import registration_match
 
 log = logging.getLogger(__name__)
 
 KAZOO_DOC_ID = "pusher"
-RULE_POSITION_STEP = 10
 USER_AGENTS = "User-Agents"
 DEFAULT_SECTION = "default"
 # Crossbar's `GET /v2/system_configs/pusher` wraps the document in its envelope.
@@ -47,21 +46,35 @@ PLACEHOLDER_AUTHORIZING_ID = "placeholder-authorizing-id"
 CCVS = "Custom-Channel-Vars"
 
 
+@dataclass(frozen=True)
+class RulePosition:
+    """Where a rule stands after an import; ``previous`` is None for a rule the import created."""
+
+    name: str
+    position: int
+    previous: int | None
+    in_document: bool
+
+
 @dataclass
 class ImportSummary:
     rules_created: int = 0
     rules_updated: int = 0
     rules_unchanged: int = 0
+    # Rules not in the document whose position the import changed (moved after the document's).
+    rules_moved: int = 0
     apps_created: int = 0
     apps_updated: int = 0
     apps_unchanged: int = 0
     credentials_created: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Every rule's position after the import, in matching order (empty when the document has no rules).
+    rule_positions: list[RulePosition] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(
-            self.rules_created or self.rules_updated or self.apps_created or self.apps_updated
+            self.rules_created or self.rules_updated or self.rules_moved or self.apps_created or self.apps_updated
             or self.credentials_created
         )
 
@@ -73,8 +86,24 @@ class ImportSummary:
             f"push apps: {self.apps_created} created, {self.apps_updated} updated, {self.apps_unchanged} unchanged",
             f"credentials: {self.credentials_created} created",
         ]
+        if self.rule_positions:
+            lines.append(
+                "rule positions (the document's rules in its order, then the others in their previous order): "
+                + ", ".join(_position_text(p) for p in self.rule_positions)
+            )
         lines.extend(f"warning: {warning}" for warning in self.warnings)
         return lines
+
+
+def _position_text(rule: RulePosition) -> str:
+    notes = []
+    if not rule.in_document:
+        notes.append("not in the document")
+    if rule.previous is None:
+        notes.append("new")
+    elif rule.previous != rule.position:
+        notes.append(f"was {rule.previous}")
+    return f"{rule.position} {rule.name}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 @dataclass(frozen=True)
@@ -82,7 +111,6 @@ class _RulePlan:
     name: str
     regex: str
     properties: dict[str, str]
-    position: int
 
 
 @dataclass(frozen=True)
@@ -102,7 +130,10 @@ def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
     or a bare `{"User-Agents": {...}}`). Idempotent: importing the same document again changes nothing.
 
     * `User-Agents` from `default` and from any node/zone section, merged into the one rule set,
-      in Kazoo's object order (positions 10, 20, 30...). A missing `regex` is Kazoo's `^$`, missing
+      in Kazoo's object order (positions 10, 20, 30...). Rules already stored but not in the
+      document are kept and numbered on after them, in their previous order: every position is
+      unique (registry.pushobject.rule_positions_assign), and the summary lists them all
+      (`rule_positions`). A missing `regex` is Kazoo's `^$`, missing
       `properties` is `{}`. A regex that does not compile fails the whole import (RuleError naming
       the rule): Kazoo would have crashed on every registration instead.
     * `<app-id>.apple` / `<app-id>.firebase` (3.x-era `<app-id>.google` too) become push apps.
@@ -171,7 +202,7 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
         if not isinstance(user_agents, Mapping):
             raise RuleError(f"User-Agents in section {section_name!r} must be an object of named rules")
         for rule_name, entry in user_agents.items():
-            plan = _rule_plan(section_name, str(rule_name), entry, position=(len(plans) + 1) * RULE_POSITION_STEP)
+            plan = _rule_plan(section_name, str(rule_name), entry)
             seen = plans.get(plan.name)
             if seen is None:
                 plans[plan.name] = (section_name, plan)
@@ -183,7 +214,7 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
     return [plan for _, plan in plans.values()]
 
 
-def _rule_plan(section: str, name: str, entry: Any, *, position: int) -> _RulePlan:
+def _rule_plan(section: str, name: str, entry: Any) -> _RulePlan:
     where = f"User-Agent rule {name!r} (section {section!r})"
     if not name.strip() or len(name) > 200:
         raise RuleError(f"{where}: a rule name must be 1 to 200 characters")
@@ -203,29 +234,43 @@ def _rule_plan(section: str, name: str, entry: Any, *, position: int) -> _RulePl
         validate_rule_properties(properties)
     except ValidationError as exc:
         raise RuleError(f"{where}: {' '.join(exc.messages)}") from None
-    return _RulePlan(name=name, regex=regex, properties=properties, position=position)
+    return _RulePlan(name=name, regex=regex, properties=properties)
 
 
 def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
+    if not plans:
+        return  # a document of push apps only leaves the rules, and their order, alone
     existing = {rule.name: rule for rule in UserAgentRule.objects.select_for_update()}
+    positions = rule_positions_assign(
+        imported=[plan.name for plan in plans], existing=[(rule.name, rule.position) for rule in existing.values()]
+    )
     for plan in plans:
+        position = positions[plan.name]
         rule = existing.pop(plan.name, None)
+        previous = rule.position if rule is not None else None
         if rule is None:
             UserAgentRule.objects.create(
-                name=plan.name, regex=plan.regex, properties=plan.properties, position=plan.position
+                name=plan.name, regex=plan.regex, properties=plan.properties, position=position
             )
             summary.rules_created += 1
-        elif (rule.regex, rule.properties, rule.position) != (plan.regex, plan.properties, plan.position):
-            rule.regex, rule.properties, rule.position = plan.regex, plan.properties, plan.position
+        elif (rule.regex, rule.properties, rule.position) != (plan.regex, plan.properties, position):
+            rule.regex, rule.properties, rule.position = plan.regex, plan.properties, position
             rule.save(update_fields=["regex", "properties", "position", "updated_at"])
             summary.rules_updated += 1
         else:
             summary.rules_unchanged += 1
-    if plans:
-        for rule in existing.values():
-            summary.warnings.append(
-                f"User-Agent rule {rule.name!r} is not in the document; left as it is (position {rule.position})"
-            )
+        summary.rule_positions.append(RulePosition(plan.name, position, previous, in_document=True))
+    for rule in sorted(existing.values(), key=lambda r: positions[r.name]):
+        previous, position = rule.position, positions[rule.name]
+        if position != previous:
+            rule.position = position
+            rule.save(update_fields=["position", "updated_at"])
+            summary.rules_moved += 1
+        summary.rule_positions.append(RulePosition(rule.name, position, previous, in_document=False))
+        summary.warnings.append(
+            f"User-Agent rule {rule.name!r} is not in the document; kept after the document's rules "
+            f"(position {position}" + (f", was {previous})" if position != previous else ")")
+        )
 
 
 def _apps_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_AppPlan]:

@@ -2,12 +2,25 @@
 
 Reproduces Kazoo's pusher registration path (PROTOCOL §5) with its known crashes and gaps
 fixed: several Contacts, RFC 8599 / Linphone parameters, un-REGISTER, hostile regexes.
+
+Three rules past Kazoo's (issue 14):
+
+* A Contact parameter the parser skipped as malformed (registry.sip) is harmless unless the
+  matched rule reads it; then the Contact is refused as unparsable, as before.
+* A rule names its parameters in one of two families, RFC 8599 (``pn-prid``/``pn-provider``/
+  ``pn-param``) or legacy (Kazoo's ``pn-tok``/``pn-type``/``app-id``, or any other name). When the
+  rule's own family yields no token, Token-ID (and Token-Type / Token-App, where the rule maps
+  them) are read from the other family's parameters (FAMILY_SOURCES); the reason says so.
+* A token is stored only if it looks like one for its provider (push_token_problem): never with
+  whitespace or control characters, APNs tokens hex, FCM tokens URL-safe. Otherwise the
+  registration is ignored with a reason naming the rule and the problem (acked, not dead-lettered).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +32,21 @@ from registry.regex_budget import regex_refusal
 from registry.sip import Contact, parse_contacts
 
 __all__ = [
+    "FAMILY_LEGACY",
+    "FAMILY_RFC8599",
+    "FAMILY_SOURCES",
     "PushBuild",
     "Rule",
     "TokenInfo",
     "compile_rule_regex",
+    "family_properties",
+    "rule_family",
+    "rule_positions_assign",
     "rule_regex_caches_clear",
     "rule_regex_check",
     "push_object_build",
     "push_object_equal",
+    "push_token_problem",
     "rule_match",
 ]
 
@@ -43,6 +63,7 @@ REASON_NO_TOKEN_PROPERTY = "rule maps no Token-ID"
 REASON_NO_TOKEN = "no token in Contact"
 REASON_NO_IDS = "missing Account-ID/Authorizing-ID"
 REASON_UNREGISTER = "unregister"
+REASON_TOKEN_REFUSED = "token refused"
 
 # RFC 8599 parameter names; a rule that maps one of them as a source opts into their decoding.
 PN_PROVIDER = "pn-provider"
@@ -51,6 +72,32 @@ PN_PARAM = "pn-param"
 
 KIND_VOIP = "voip"
 KIND_REMOTE = "remote"
+
+FAMILY_RFC8599 = "RFC 8599"
+FAMILY_LEGACY = "legacy"
+# The mapping between the two naming families: which Contact parameter holds each token key.
+# The legacy names are Kazoo's documented ones (PROTOCOL §5); a rule with its own legacy names
+# (e.g. Token-ID <- x-token) falls back to the RFC 8599 names, an RFC 8599 rule to these.
+FAMILY_SOURCES: dict[str, dict[str, str]] = {
+    FAMILY_RFC8599: {"Token-ID": PN_PRID, "Token-Type": PN_PROVIDER, "Token-App": PN_PARAM},
+    FAMILY_LEGACY: {"Token-ID": "pn-tok", "Token-Type": "pn-type", "Token-App": "app-id"},
+}
+
+# What a stored token may be. PushToken.token is 1024 characters: a longer token would be refused
+# by the store (and the message dead-lettered) instead of ignored with this reason.
+TOKEN_MAX_CHARS = 1024
+# APNs device tokens are 32 bytes (64 hex digits) today; Apple documents them as variable-length: up to 100 bytes.
+APNS_TOKEN_MIN_HEX = 64
+APNS_TOKEN_MAX_HEX = 200
+# Token-Type values (after pn-provider decoding) that name each provider; others are checked
+# only for what no token may hold.
+APNS_TOKEN_TYPES = frozenset({"apple", "apns", "apns.dev"})
+FCM_TOKEN_TYPES = frozenset({"firebase", "fcm", "google", "android", "gcm"})
+_HEX = regex.compile(r"[0-9A-Fa-f]+")
+# FCM registration tokens are `<instance id>:<base64url>` (letters, digits, '-', '_', ':');
+# '.', '~' and standard base64's '+', '/', '=' are let through as harmless in a URL path or JSON.
+FCM_TOKEN_CHARS = "-_:.~+/="
+_FCM_TOKEN = regex.compile(r"[A-Za-z0-9\-_:.~+/=]+")
 
 # RFC 8599 §9.2 APNs pn-param is "<Team ID>.<bundle id>.<service>"; Linphone ships the
 # placeholder team id ABCD1234 (8 chars) and some builds omit the team id entirely.
@@ -80,7 +127,8 @@ class TokenInfo:
 
 @dataclass(frozen=True)
 class PushBuild:
-    """Outcome of ``push_object_build``; ``push`` is None unless ``reason`` is "ok"."""
+    """Outcome of ``push_object_build``; ``push`` is None unless ``reason`` starts with "ok" (it
+    goes on to say so when the token was read by the other naming family's parameters)."""
 
     rule: str | None
     push: dict[str, str] | None
@@ -88,6 +136,10 @@ class PushBuild:
     reason: str
     account_id: str | None
     device_id: str | None
+    # The naming family the token was read by (FAMILY_*), "" when there was none.
+    family: str = ""
+    # Contact parameters skipped as malformed, as "name (problem)"; none the rule reads.
+    skipped_params: tuple[str, ...] = ()
 
 
 # Compiled rule regexes, for matching. More entries than any real rule set has; a rule change clears
@@ -129,6 +181,29 @@ def _rule_regex_compile(pattern: str) -> regex.Pattern[str]:
         return regex.compile(pattern or DEFAULT_RULE_REGEX, flags=RULE_REGEX_FLAGS, cache_pattern=False)
     except (regex.error, ValueError, RecursionError) as exc:  # ValueError: e.g. (?V1) against VERSION0
         raise RuleError(f"invalid User-Agent regex {pattern!r}: {exc}") from exc
+
+
+# Rules are numbered 10, 20, 30...: room to put one in between by hand.
+RULE_POSITION_STEP = 10
+
+
+def rule_positions_assign(
+    *, imported: Sequence[str], existing: Sequence[tuple[str, int]], step: int = RULE_POSITION_STEP
+) -> dict[str, int]:
+    """Positions for every rule after an import: unique, and the same for the same input.
+
+    The imported rules come first, in the document's order (``step``, ``2 * step``...): the document
+    being imported is the rule set the operator means now, so a rule it does not name (a stale
+    ``^Linphone`` from an earlier import, one added by hand) must not beat one it does. The other
+    ``existing`` rules (name, current position) follow in their current order, position then name,
+    numbered on. A name listed twice keeps its first place. Matching takes the first rule that
+    matches (rule_match), in position order: ties, which the name then broke, cannot happen."""
+    positions: dict[str, int] = {}
+    for name in imported:
+        positions.setdefault(name, (len(positions) + 1) * step)
+    for name, _ in sorted(existing, key=lambda pair: (pair[1], pair[0])):
+        positions.setdefault(name, (len(positions) + 1) * step)
+    return positions
 
 
 def rule_match(rules: Sequence[Rule], user_agent: str | None, *, timeout: float = 0.1) -> Rule | None:
@@ -189,14 +264,20 @@ def push_object_build(
     """Build the device ``push`` object Kazoo's ``kz_endpoint`` reads, from a reg_success body.
 
     ``ContactParseError`` from the Contact propagates: the consumer dead-letters the message.
+    That includes a parameter the rule reads that the parser skipped as malformed; other
+    malformed parameters are only listed in ``skipped_params`` (and logged).
     The Contact is parsed only once a rule matched, so trunks and desk phones with odd Contacts
     are ignored quietly, as in Kazoo. On un-REGISTER ``push`` is None but ``tokens`` still lists
     what the Contact carried, so the caller can retire those tokens (Kazoo never did, §9.2).
+    A token push_token_problem refuses gives no push and no tokens, and a "token refused" reason.
     """
     account_id = _id_field(fields, "Account-ID")
     device_id = _id_field(fields, "Authorizing-ID")
     user_agent = fields.get("User-Agent")
     rule = rule_match(rules, user_agent if isinstance(user_agent, str) else None, timeout=regex_timeout)
+
+    family = ""
+    skipped: tuple[str, ...] = ()
 
     def result(
         reason: str, push: dict[str, str] | None = None, tokens: tuple[TokenInfo, ...] = ()
@@ -208,6 +289,8 @@ def push_object_build(
             reason=reason,
             account_id=account_id,
             device_id=device_id,
+            family=family,
+            skipped_params=skipped,
         )
 
     if rule is None:
@@ -216,6 +299,7 @@ def push_object_build(
     if contact_value is None:
         raise ContactParseError("reg_success has no Contact")
     contacts = parse_contacts(contact_value)
+    skipped = tuple(f"{name} ({problem})" for contact in contacts for name, problem in contact.skipped)
 
     # A Kazoo entry stored without "properties" behaves as {}.
     properties = dict(rule.properties or {})
@@ -227,9 +311,68 @@ def push_object_build(
     if not isinstance(token_source, str) or not token_source:
         return result(REASON_UNREGISTER if unregister else REASON_NO_TOKEN_PROPERTY)
 
+    own = rule_family(properties)
+    other = FAMILY_LEGACY if own == FAMILY_RFC8599 else FAMILY_RFC8599
+    push, tokens = _build_from_contacts(rule.name, properties, contacts, fields)
+    if push is not None:
+        family = own
+    else:
+        push, tokens = _build_from_contacts(rule.name, family_properties(properties, other), contacts, fields)
+        family = other if push is not None else ""
+    if skipped:
+        logger.info("User-Agent rule %r: malformed Contact parameter(s) skipped: %s", rule.name, ", ".join(skipped))
+    # Which names gave the token, when they are not the ones the rule names.
+    note = "" if family in ("", own) else (
+        f" (token read by the {family} parameter names {'/'.join(FAMILY_SOURCES[family].values())}; "
+        f"the rule names {own} ones)"
+    )
+
+    if push is not None:
+        problem = _tokens_problem(tokens)
+        if problem is not None:
+            return result(f"{REASON_TOKEN_REFUSED}: rule {rule.name!r}: {problem}{note}")
+    if unregister:
+        return result(REASON_UNREGISTER + note, tokens=tuple(tokens))
+    if push is None:
+        return result(REASON_NO_TOKEN)
+    if account_id is None or device_id is None:
+        return result(REASON_NO_IDS + note, tokens=tuple(tokens))
+    return result(REASON_OK + note, push=push, tokens=tuple(tokens))
+
+
+def rule_family(properties: Mapping[str, Any]) -> str:
+    """The naming family a rule's properties are in: RFC 8599 when its Token-ID is ``pn-prid``,
+    legacy otherwise (Kazoo's ``pn-tok`` or any name of the operator's)."""
+    source = properties.get("Token-ID")
+    return FAMILY_RFC8599 if isinstance(source, str) and source.lower() == PN_PRID else FAMILY_LEGACY
+
+
+def family_properties(properties: Mapping[str, str], family: str) -> dict[str, str]:
+    """The rule's properties reading Token-ID, and Token-Type / Token-App where the rule maps
+    them, from ``family``'s parameters (FAMILY_SOURCES); every other key keeps its source."""
+    out = dict(properties)
+    for key, source in FAMILY_SOURCES[family].items():
+        if key == "Token-ID" or key in properties:
+            out[key] = source
+    return out
+
+
+def _build_from_contacts(
+    rule_name: str, properties: Mapping[str, str], contacts: Sequence[Contact], fields: Mapping[str, Any]
+) -> tuple[dict[str, str] | None, list[TokenInfo]]:
+    """The push object from the first Contact that carries a token (by ``properties``) and the
+    tokens of all of them. Raises ContactParseError if a parameter the rule reads was malformed."""
+    token_source = properties["Token-ID"]
+    sources = [source.lower() for source in properties.values() if isinstance(source, str)]
     push: dict[str, str] | None = None
     tokens: list[TokenInfo] = []
     for contact in contacts:
+        for source in sources:
+            problem = contact.skipped_problem(source)
+            if problem is not None:
+                raise ContactParseError(
+                    f"Contact parameter {source!r}, which User-Agent rule {rule_name!r} reads, is malformed ({problem})"
+                )
         # The gate reads the Contact only: a same-named top-level field must never pose as a token.
         if not contact.param(token_source):
             continue
@@ -243,14 +386,58 @@ def push_object_build(
         for token in contact_tokens:
             if token not in tokens:
                 tokens.append(token)
+    return push, tokens
 
-    if unregister:
-        return result(REASON_UNREGISTER, tokens=tuple(tokens))
-    if push is None:
-        return result(REASON_NO_TOKEN)
-    if account_id is None or device_id is None:
-        return result(REASON_NO_IDS, tokens=tuple(tokens))
-    return result(REASON_OK, push=push, tokens=tuple(tokens))
+
+def push_token_problem(token: str, token_type: str = "") -> str | None:
+    """What makes ``token`` unfit to store for a ``token_type`` provider, or None if it is fit.
+
+    Whatever the provider: no whitespace or control/format characters, 1 to TOKEN_MAX_CHARS
+    characters. APNs (APNS_TOKEN_TYPES): hex digits, an even count from 64 to 200. FCM
+    (FCM_TOKEN_TYPES): letters, digits and FCM_TOKEN_CHARS. The token itself is never quoted back:
+    the reason goes to logs and dead-letter headers."""
+    if not token:
+        return "token is empty"
+    if not (token.isascii() and token.isprintable() and " " not in token):
+        for offset, char in enumerate(token):
+            category = unicodedata.category(char)
+            if char.isspace() or category[0] == "Z":
+                return f"token holds whitespace (U+{ord(char):04X} at offset {offset})"
+            if category[0] == "C":
+                return f"token holds a control or format character (U+{ord(char):04X} at offset {offset})"
+    if len(token) > TOKEN_MAX_CHARS:
+        return f"token is {len(token)} characters, more than {TOKEN_MAX_CHARS}"
+    kind = token_type.lower()
+    if kind in APNS_TOKEN_TYPES:
+        what = f"APNs device token (Token-Type {token_type!r})"
+        if not _HEX.fullmatch(token):
+            offset = next(i for i, c in enumerate(token) if c not in "0123456789abcdefABCDEF")
+            return f"{what} must be hex digits: {_shown(token[offset])} at offset {offset}"
+        if not APNS_TOKEN_MIN_HEX <= len(token) <= APNS_TOKEN_MAX_HEX or len(token) % 2:
+            return (
+                f"{what} must be an even number of hex digits from {APNS_TOKEN_MIN_HEX} to {APNS_TOKEN_MAX_HEX}: "
+                f"it has {len(token)}"
+            )
+    elif kind in FCM_TOKEN_TYPES and not _FCM_TOKEN.fullmatch(token):
+        offset = next(i for i, c in enumerate(token) if not (c.isascii() and c.isalnum()) and c not in FCM_TOKEN_CHARS)
+        return (
+            f"FCM registration token (Token-Type {token_type!r}) must be letters, digits and {FCM_TOKEN_CHARS}: "
+            f"{_shown(token[offset])} at offset {offset}"
+        )
+    return None
+
+
+def _shown(char: str) -> str:
+    return repr(char) if char.isascii() else f"U+{ord(char):04X}"
+
+
+def _tokens_problem(tokens: Sequence[TokenInfo]) -> str | None:
+    """The first token of the registration that cannot be stored; which one, when there are several."""
+    for info in tokens:
+        problem = push_token_problem(info.token, info.type)
+        if problem is not None:
+            return f"{info.kind} {problem}" if info.kind and len(tokens) > 1 else problem
+    return None
 
 
 def push_object_equal(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:

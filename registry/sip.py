@@ -3,6 +3,12 @@
 Kazoo's pusher parsed the reg_success ``Contact`` with nklib and crashed on anything but a single
 name-addr. Here the whole header value is parsed (RFC 3261 §20.10 / §25.1, leniently where real
 clients are sloppy) and any failure is one ``ContactParseError`` the consumer can dead-letter.
+
+Liberal in what it accepts: one malformed *parameter* (a name that is not a token, an unbalanced
+or trailing-text quoted value, a value in bare angle brackets) does not sink the Contact. It is
+left out of the parameters and listed in ``Contact.skipped`` with the problem, and the caller
+decides whether it needed it (registry.pushobject refuses the Contact then). A URI that does not
+parse (scheme, user, host, port), or a header whose elements cannot be told apart, still raises.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ __all__ = ["Contact", "amqp_encode", "parse_contacts", "percent_decode"]
 MAX_CONTACT_BYTES = 8 * 1024
 
 Params = tuple[tuple[str, str | None], ...]
+# (parameter name as written, lower-cased when it is a token; what is wrong with it)
+Skipped = tuple[tuple[str, str], ...]
+# A skipped parameter is named in logs and reasons: a hostile one must not fill them.
+_SKIPPED_NAME_MAX = 40
 
 # RFC 3261 `token`; parameter names (including feature tags like `+sip.instance` and Cisco's
 # `+u.sip!devicename.ccm.cisco.com`) must be tokens, which is what tells a parameter from junk.
@@ -47,6 +57,7 @@ class Contact:
     uri_params: Params
     header_params: Params
     is_star: bool = False
+    skipped: Skipped = ()
 
     def param(self, name: str) -> str | None:
         """Value of parameter ``name``: URI params first, then header params, like Kazoo's lookup.
@@ -58,6 +69,14 @@ class Contact:
         for key, value in self.uri_params + self.header_params:
             if key == wanted:
                 return value
+        return None
+
+    def skipped_problem(self, name: str) -> str | None:
+        """Why a parameter called ``name`` was left out as malformed, or None if none was."""
+        wanted = name.lower()
+        for key, problem in self.skipped:
+            if key == wanted:
+                return problem
         return None
 
     def params(self) -> dict[str, str]:
@@ -179,7 +198,11 @@ def _stops_pattern(stops: str) -> re.Pattern[str]:
 
 
 def _scan_until(text: str, pos: int, stops: str) -> int:
-    """Index of the first char in ``stops`` outside quoted strings (``len(text)`` if none)."""
+    """Index of the first char in ``stops`` outside quoted strings (``len(text)`` if none).
+
+    A quote that is never closed is taken as a plain character: it can only belong to a malformed
+    parameter value, which the parameter parser then skips, instead of swallowing the rest of
+    the header (and the push parameters in it)."""
     pattern = _stops_pattern(stops)
     i = pos
     while True:
@@ -188,7 +211,8 @@ def _scan_until(text: str, pos: int, stops: str) -> int:
             return len(text)
         if found.group() != '"':
             return found.start()
-        _, i = _read_quoted(text, found.start())
+        closed = _QUOTED.match(text, found.start())
+        i = closed.end() if closed is not None else found.start() + 1
 
 
 def _parse_element(text: str, pos: int) -> tuple[Contact, int]:
@@ -219,8 +243,8 @@ def _parse_element(text: str, pos: int) -> tuple[Contact, int]:
     if close >= len(text) or text[close] != ">":
         raise ContactParseError(f"unbalanced '<' at offset {pos}")
     uri = text[pos + 1 : close].strip(_WS)
-    scheme, user, host, port, uri_params = _parse_uri(uri)
-    header_params, end = _parse_header_params(text, close + 1)
+    scheme, user, host, port, uri_params, uri_skipped = _parse_uri(uri)
+    header_params, header_skipped, end = _parse_header_params(text, close + 1)
     contact = Contact(
         display_name=display_name,
         uri=uri,
@@ -230,6 +254,7 @@ def _parse_element(text: str, pos: int) -> tuple[Contact, int]:
         port=port,
         uri_params=uri_params,
         header_params=header_params,
+        skipped=uri_skipped + header_skipped,
     )
     return contact, end
 
@@ -240,7 +265,7 @@ def _parse_addr_spec(text: str, pos: int) -> tuple[Contact, int]:
     # they stay URI params here (``param()`` searches both anyway; only ``uri_params`` differs).
     end = _scan_until(text, pos, ",")
     uri = text[pos:end].strip(_WS)
-    scheme, user, host, port, uri_params = _parse_uri(uri)
+    scheme, user, host, port, uri_params, skipped = _parse_uri(uri)
     contact = Contact(
         display_name=None,
         uri=uri,
@@ -250,22 +275,85 @@ def _parse_addr_spec(text: str, pos: int) -> tuple[Contact, int]:
         port=port,
         uri_params=uri_params,
         header_params=(),
+        skipped=skipped,
     )
     return contact, end
 
 
-def _parse_header_params(text: str, pos: int) -> tuple[Params, int]:
+# `name = <` at the end of a parameter's text so far: a value written in bare angle brackets
+# (e.g. `+sip.instance=<urn:uuid:...>` without the quotes RFC 5626 asks for).
+_ANGLE_VALUE_RE = re.compile(r"[^=<>]*=[ \t]*\Z")
+
+
+def _parse_header_params(text: str, pos: int) -> tuple[Params, Skipped, int]:
     params: list[tuple[str, str | None]] = []
+    skipped: list[tuple[str, str]] = []
     pos = _skip_ws(text, pos)
     while pos < len(text) and text[pos] == ";":
         end = _scan_until(text, pos + 1, ";,<>")
+        if end < len(text) and text[end] == "<" and _ANGLE_VALUE_RE.match(text, pos + 1, end):
+            close = text.find(">", end)
+            if close == -1:
+                raise ContactParseError(f"unbalanced '<' in Contact parameters at offset {end}")
+            name = text[pos + 1 : end].partition("=")[0]
+            skipped.append((_skipped_name(name), "value in angle brackets without quotes"))
+            pos = _scan_until(text, close + 1, ";,<>")
+            if pos < len(text) and text[pos] in "<>":
+                raise ContactParseError(f"unexpected {text[pos]!r} in Contact parameters at offset {pos}")
+            continue
+        if end < len(text) and text[end] == "," and _has_unclosed_quote(text, pos + 1, end):
+            # A quoted value cut short (a truncated `+org.linphone.specs="a,b`): its commas are
+            # the value's, not Contact separators; it runs to the next parameter.
+            end = _first_of_from(text, end, ";<>")
         if end < len(text) and text[end] in "<>":
+            # Not a parameter slip: a missing ',' between two Contacts, or worse.
             raise ContactParseError(f"unexpected {text[end]!r} in Contact parameters at offset {end}")
-        param = _parse_param(text[pos + 1 : end])
-        if param is not None:
-            params.append(param)
+        _param_add(text[pos + 1 : end], params, skipped)
         pos = end
-    return tuple(params), pos
+    return tuple(params), tuple(skipped), pos
+
+
+def _has_unclosed_quote(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` (a stretch _scan_until went through) holds a quote it took as a
+    plain character; a closed quoted string there is skipped whole, as _scan_until does."""
+    i = start
+    while True:
+        quote = text.find('"', i, end)
+        if quote == -1:
+            return False
+        closed = _QUOTED.match(text, quote, end)
+        if closed is None:
+            return True
+        i = closed.end()
+
+
+def _first_of_from(text: str, pos: int, chars: str) -> int:
+    return pos + _first_of(text[pos:], chars)
+
+
+class _MalformedParam(Exception):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(problem)
+        self.name = name
+        self.problem = problem
+
+
+def _skipped_name(name: str) -> str:
+    name = name.strip(_WS)
+    if _TOKEN_RE.fullmatch(name):
+        return name.lower()
+    return name if len(name) <= _SKIPPED_NAME_MAX else name[:_SKIPPED_NAME_MAX] + "..."
+
+
+def _param_add(raw: str, params: list[tuple[str, str | None]], skipped: list[tuple[str, str]]) -> None:
+    """Parse one parameter into ``params``, or note it in ``skipped`` if it is malformed."""
+    try:
+        param = _parse_param(raw)
+    except _MalformedParam as exc:
+        skipped.append((_skipped_name(exc.name), exc.problem))
+        return
+    if param is not None:
+        params.append(param)
 
 
 def _parse_param(raw: str) -> tuple[str, str | None] | None:
@@ -276,15 +364,17 @@ def _parse_param(raw: str) -> tuple[str, str | None] | None:
     name, sep, value = raw.partition("=")
     name = name.strip(_WS)
     if not _TOKEN_RE.fullmatch(name):
-        raise ContactParseError(f"invalid parameter name {name!r}")
+        raise _MalformedParam(name, "invalid parameter name")
     if not sep:
         return name.lower(), None
     value = value.strip(_WS)
     if value.startswith('"'):
-        unquoted, end = _read_quoted(value, 0)
-        if value[end:].strip(_WS):
-            raise ContactParseError(f"text after quoted value of parameter {name!r}")
-        value = unquoted
+        found = _QUOTED.match(value)
+        if found is None:
+            raise _MalformedParam(name, "unbalanced quote in value")
+        if value[found.end() :].strip(_WS):
+            raise _MalformedParam(name, "text after quoted value")
+        value = _ESCAPED.sub(r"\1", found.group(1))
     return name.lower(), percent_decode(value)
 
 
@@ -299,8 +389,9 @@ def _split_params(text: str) -> list[str]:
         pos = end + 1
 
 
-def _parse_uri(uri: str) -> tuple[str, str | None, str, int | None, Params]:
-    """Split a URI into (scheme, user, host, port, params); ``?headers`` are parsed past and dropped."""
+def _parse_uri(uri: str) -> tuple[str, str | None, str, int | None, Params, Skipped]:
+    """Split a URI into (scheme, user, host, port, params, skipped params); ``?headers`` are parsed
+    past and dropped."""
     if not uri:
         raise ContactParseError("empty URI in Contact")
     match = _SCHEME_RE.match(uri)
@@ -340,14 +431,13 @@ def _parse_uri(uri: str) -> tuple[str, str | None, str, int | None, Params]:
     param_text = rest[:headers_at]
     # Anything after '?' is URI headers (e.g. "?Subject=x"): meaningless for push, ignored.
     params: list[tuple[str, str | None]] = []
+    skipped: list[tuple[str, str]] = []
     if param_text:
         if not param_text.startswith(";"):
             raise ContactParseError(f"unexpected text {param_text[:20]!r} in URI {uri!r}")
         for piece in _split_params(param_text[1:]):
-            param = _parse_param(piece)
-            if param is not None:
-                params.append(param)
-    return scheme, user, host, port, tuple(params)
+            _param_add(piece, params, skipped)
+    return scheme, user, host, port, tuple(params), tuple(skipped)
 
 
 def _first_of(text: str, chars: str) -> int:

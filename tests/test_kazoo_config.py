@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.errors import PusherError, RuleError
-from kazoo.config import kazoo_config_export, kazoo_config_import
+from kazoo.config import kazoo_config_export, kazoo_config_import, user_agent_test
 from push.models import Credential, CredentialKind, Provider, PushApp
 from registry.models import UserAgentRule
 from tests.certs import make_apns_certificate, make_service_account
@@ -269,3 +269,68 @@ def test_import_of_the_export_is_a_no_op():
     assert snapshot() == before
     assert not summary.changed, summary
     assert (summary.rules_unchanged, summary.apps_unchanged) == (2, 3)
+
+
+# --- Rule order after imports (issue 14) ---------------------------------------------------------
+
+LINPHONE_5_UA = "LinphoneiOS/5.2.3 (iPhone de Alice) LinphoneSDK/5.3.30 (tags/5.3.30)"
+APNS_VOIP = "b7e1c2d3a4f5061728394a5b6c7d8e9f00112233445566778899aabbccddeeff"
+LINPHONE_5_CONTACT = (
+    f"<sip:alice@198.51.100.20:52000;transport=tls;pn-provider=apns;pn-prid={APNS_VOIP}:voip;"
+    "pn-param=ABCD1234.org.linphone.phone.voip>"
+)
+RFC8599_RULE = {
+    "regex": r"LinphoneSDK/[5-9]\.",
+    "properties": {"Token-App": "pn-param", "Token-Type": "pn-provider", "Token-ID": "pn-prid"},
+}
+
+
+def positions() -> list[tuple[str, int]]:
+    return list(UserAgentRule.objects.order_by("position", "name").values_list("name", "position"))
+
+
+def test_second_import_puts_its_rules_first_with_unique_positions():
+    kazoo_config_import(document=system_config())  # AcmePhone 10, Linphone (^Linphone) 20
+    second = {"default": {"User-Agents": {
+        "AcmePhone": system_config()["default"]["User-Agents"]["AcmePhone"],
+        "LinphoneSDK-RFC8599": RFC8599_RULE,
+    }}}
+
+    summary = kazoo_config_import(document=second)
+
+    # Before: LinphoneSDK-RFC8599 took position 20 next to the stale Linphone, whose name won the tie.
+    assert positions() == [("AcmePhone", 10), ("LinphoneSDK-RFC8599", 20), ("Linphone", 30)]
+    assert (summary.rules_created, summary.rules_unchanged, summary.rules_moved) == (1, 1, 1)
+    assert [(p.name, p.position, p.previous, p.in_document) for p in summary.rule_positions] == [
+        ("AcmePhone", 10, 10, True), ("LinphoneSDK-RFC8599", 20, None, True), ("Linphone", 30, 20, False),
+    ]
+    assert ("rule positions (the document's rules in its order, then the others in their previous order): "
+            "10 AcmePhone, 20 LinphoneSDK-RFC8599 (new), 30 Linphone (not in the document, was 20)") in summary.lines()
+    assert "position 30, was 20" in warning_about(summary, "'Linphone'", "not in the document")
+    tested = user_agent_test(user_agent=LINPHONE_5_UA, contact=LINPHONE_5_CONTACT)
+    assert (tested.rule, tested.reason) == ("LinphoneSDK-RFC8599", "ok")
+
+    again = kazoo_config_import(document=second)
+    assert not again.changed and positions() == [("AcmePhone", 10), ("LinphoneSDK-RFC8599", 20), ("Linphone", 30)]
+
+
+def test_rules_not_in_the_document_follow_in_their_previous_order_ties_by_name():
+    for name, position in (("Zeta", 5), ("Alpha", 5), ("Manual", 1), ("Beta", 100)):
+        UserAgentRule.objects.create(name=name, regex=f"^{name}", position=position)
+
+    summary = kazoo_config_import(document={"User-Agents": {"Zoiper": {"regex": "^Z ", "properties": {}},
+                                                             "Bria": {"regex": "^Bria"}}})
+
+    assert positions() == [("Zoiper", 10), ("Bria", 20), ("Manual", 30), ("Alpha", 40), ("Zeta", 50), ("Beta", 60)]
+    assert summary.rules_moved == 4 and summary.changed
+    assert len({p.position for p in summary.rule_positions}) == 6
+
+
+def test_a_document_without_rules_leaves_their_order_alone():
+    UserAgentRule.objects.create(name="Manual", regex="^M", position=7)
+    UserAgentRule.objects.create(name="Other", regex="^O", position=7)
+
+    summary = kazoo_config_import(document={ANDROID: {"firebase": {"api_key": "AAAA-key"}}})
+
+    assert positions() == [("Manual", 7), ("Other", 7)]
+    assert summary.rule_positions == [] and summary.rules_moved == 0

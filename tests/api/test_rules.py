@@ -15,7 +15,9 @@ pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/user-agent-rules/"
 PROPS = {"Token-ID": "pn-tok", "Token-App": "app-id", "Token-Type": "pn-type"}
-CONTACT = ("<sip:u@192.0.2.1:5060;app-id=com.acme.phone.voip.prod;pn-tok=abc123;pn-type=apple>;expires=600")
+# An APNs token is 64 hex digits: a shorter one is refused (registry.pushobject.push_token_problem).
+TOKEN = "abc123" * 10 + "abcd"
+CONTACT = f"<sip:u@192.0.2.1:5060;app-id=com.acme.phone.voip.prod;pn-tok={TOKEN};pn-type=apple>;expires=600"
 
 
 def test_list_in_match_order(seed, admin_api) -> None:
@@ -75,8 +77,8 @@ def test_match_answers_what_the_command_prints(seed, admin_api) -> None:
     assert response.json() == json.loads(out.getvalue())
     assert response.json()["rule"] == "AcmePhone"
     assert response.json()["push"] == {"Token-App": "com.acme.phone.voip.prod", "Token-Type": "apple",
-                                       "Token-ID": "abc123", "Token-Proxy": "sip:10.0.0.5"}
-    assert response.json()["tokens"] == [{"token": "abc123", "type": "apple", "app": "com.acme.phone.voip.prod",
+                                       "Token-ID": TOKEN, "Token-Proxy": "sip:10.0.0.5"}
+    assert response.json()["tokens"] == [{"token": TOKEN, "type": "apple", "app": "com.acme.phone.voip.prod",
                                           "kind": "voip"}]
 
 

@@ -10,19 +10,28 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from core.errors import ContactParseError, RuleError
 from registry.pushobject import (
+    FAMILY_LEGACY,
+    FAMILY_RFC8599,
     PushBuild,
     Rule,
     TokenInfo,
     compile_rule_regex,
+    family_properties,
     push_object_build,
     push_object_equal,
+    push_token_problem,
+    rule_family,
     rule_match,
+    rule_positions_assign,
 )
 from tests.fixtures import sample
 
@@ -55,6 +64,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(name="Zoiper", regex=r"^Z \d+\.\d+", properties=KAZOO_PROPS),
     Rule(name="Bria", regex=r"^Bria (iOS|Android)", properties=KAZOO_PROPS),
+    Rule(name="Sipnetic", regex=r"^Sipnetic", properties=RFC8599_PROPS),
 )
 
 # reg_success body from tests/fixtures/kazoo/reg_success_kamailio_master.json, spelt out here;
@@ -792,6 +802,7 @@ MATCH_CASES: list[tuple[str, str | None, str | None]] = [
     ("zoiper", "Z 5.6.6 v2.10.20.1", "Zoiper"),
     ("bria", "Bria Android release 6.19.3 stamp 117542", "Bria"),
     ("bria-desktop-not-mobile", "Bria 6 release 6.5.2 stamp 115011", None),
+    ("sipnetic", "Sipnetic/1.0.1.86 (Android 14; Pixel 8)", "Sipnetic"),
     ("anchored-rule-needs-prefix", "MyAcmePhone 1.0", None),
     ("yealink", "Yealink SIP-T46S 66.86.0.15", None),
     ("polycom", "PolycomVVX-VVX_411-UA/6.4.3.4232", None),
@@ -911,3 +922,553 @@ EQUAL_CASES: list[tuple[str, Any, Any, bool]] = [
 def test_push_object_equal(a: Any, b: Any, equal: bool) -> None:
     assert push_object_equal(a, b) is equal
     assert push_object_equal(b, a) is equal
+
+
+# --- Issue 14: real-client Contacts ---------------------------------------------------------------
+
+ZOIPER_UA = "Z 5.6.6 v2.10.20.1"
+BRIA_IOS_UA = "Bria iOS release 6.6.2 stamp 118534"
+BRIA_ANDROID_UA = "Bria Android release 6.19.3 stamp 117542"
+GROUNDWIRE_UA = "Groundwire/24.1.3 (build 1234; iOS 17.2; iPhone15,2)"
+SIPNETIC_UA = "Sipnetic/1.0.1.86 (Android 14; Pixel 8)"
+NOTE_LEGACY = " (token read by the legacy parameter names pn-tok/pn-type/app-id; the rule names RFC 8599 ones)"
+NOTE_RFC8599 = (
+    " (token read by the RFC 8599 parameter names pn-prid/pn-provider/pn-param; the rule names legacy ones)"
+)
+LINPHONE_LEGACY_IOS_CONTACT = (
+    "<sip:alice@198.51.100.20:5060;transport=tls;app-id=org.linphone.phone.voip.prod;pn-type=apple;"
+    f'pn-tok={APNS_VOIP};{LINPHONE_LEGACY_EXTRAS}>;+sip.instance="<urn:uuid:{UUID}>"'
+)
+ZOIPER_RFC8599_CONTACT = (
+    "<sip:1001@198.51.100.7:49152;transport=TCP;rinstance=a1b2c3d4e5f60718;pn-provider=apns;"
+    f"pn-prid={APNS_VOIP}:voip&{APNS_REMOTE}:remote;pn-param=Q7W4E2R9T1.com.example.zoiper.voip&remote>;"
+    f'+sip.instance="<urn:uuid:{UUID}>"'
+)
+
+
+# A rule names its token parameters in one family; a client sending the other family's names is
+# read by them (FAMILY_SOURCES), and the reason says so.
+# (id, reg_success body, expected reason, push (ordered) or None, tokens, family)
+FAMILY_CASES: list[tuple[str, dict[str, Any], str, dict[str, str] | None, list[TokenInfo], str]] = [
+    (
+        "linphone-rfc8599-rule-legacy-params-ios",
+        reg(LINPHONE_LEGACY_IOS_CONTACT, LINPHONE_IOS_UA),
+        "ok" + NOTE_LEGACY,
+        push(
+            Token_App="org.linphone.phone.voip.prod", Token_Type="apple", Token_ID=APNS_VOIP, Token_Proxy=PROXY_PATH
+        ),
+        [tok(APNS_VOIP, "apple", "org.linphone.phone.voip.prod", "voip")],
+        FAMILY_LEGACY,
+    ),
+    (
+        "linphone-rfc8599-rule-legacy-params-android-google",
+        reg(
+            f"<sip:bob@203.0.113.9:41234;transport=tcp;app-id=929724111839;pn-type=google;pn-tok={FCM_TOKEN}>",
+            LINPHONE_ANDROID_UA,
+        ),
+        "ok" + NOTE_LEGACY,
+        push(Token_App="929724111839", Token_Type="google", Token_ID=FCM_TOKEN, Token_Proxy=PROXY_PATH),
+        [tok(FCM_TOKEN, "google", "929724111839")],
+        FAMILY_LEGACY,
+    ),
+    (
+        "zoiper-legacy-rule-rfc8599-params-decoded",
+        reg(ZOIPER_RFC8599_CONTACT, ZOIPER_UA),
+        "ok" + NOTE_RFC8599,
+        push(Token_App="com.example.zoiper", Token_Type="apple", Token_ID=APNS_VOIP, Token_Proxy=PROXY_PATH),
+        [
+            tok(APNS_VOIP, "apple", "com.example.zoiper", "voip"),
+            tok(APNS_REMOTE, "apple", "com.example.zoiper", "remote"),
+        ],
+        FAMILY_RFC8599,
+    ),
+    (
+        "bria-legacy-rule-rfc8599-fcm-params",
+        reg(
+            f"<sip:1001@198.51.100.8:5060;rinstance=0f1e2d3c4b5a6978;transport=tls;pn-provider=fcm;"
+            f"pn-prid={FCM_TOKEN};pn-param=com.example.bria>",
+            BRIA_ANDROID_UA,
+        ),
+        "ok" + NOTE_RFC8599,
+        push(Token_App="com.example.bria", Token_Type="firebase", Token_ID=FCM_TOKEN, Token_Proxy=PROXY_PATH),
+        [tok(FCM_TOKEN, "firebase", "com.example.bria")],
+        FAMILY_RFC8599,
+    ),
+    (
+        "groundwire-rfc8599-params-rule-extras-kept",
+        reg(
+            f"<sip:1001@198.51.100.30:5060;transport=tls;pn-provider=apns.dev;pn-prid={APNS_VOIP}:voip;"
+            "pn-param=Q7W4E2R9T1.com.example.cloudsoftphone.voip;account-ref=ACME-1001>",
+            GROUNDWIRE_UA,
+        ),
+        "ok" + NOTE_RFC8599,
+        push(
+            Token_App="com.example.cloudsoftphone",
+            Token_Type="apple",
+            Token_ID=APNS_VOIP,
+            Token_Public_Proxy=PROXY_URI,
+            Account_Ref="ACME-1001",
+            Token_Proxy=PROXY_PATH,
+        ),
+        [tok(APNS_VOIP, "apple", "com.example.cloudsoftphone", "voip", sandbox=True)],
+        FAMILY_RFC8599,
+    ),
+    (
+        "own-family-wins-when-both-are-there",
+        reg(
+            linphone_rfc8599(f"{APNS_VOIP}:voip", "ABCD1234.org.linphone.phone.voip").replace(
+                ";pn-provider=", f";pn-tok={APNS_REMOTE};pn-type=apple;pn-provider="
+            ),
+            LINPHONE_IOS_UA,
+        ),
+        "ok",
+        push(Token_App="org.linphone.phone", Token_Type="apple", Token_ID=APNS_VOIP, Token_Proxy=PROXY_PATH),
+        [tok(APNS_VOIP, "apple", "org.linphone.phone", "voip")],
+        FAMILY_RFC8599,
+    ),
+    (
+        "own-family-without-a-usable-token-falls-back",
+        reg(
+            linphone_rfc8599("&:voip", "ABCD1234.org.linphone.phone.voip").replace(
+                ";pn-provider=", f";pn-tok={APNS_VOIP};pn-type=apple;app-id=org.linphone.phone.voip.prod;pn-provider="
+            ),
+            LINPHONE_IOS_UA,
+        ),
+        "ok" + NOTE_LEGACY,
+        push(
+            Token_App="org.linphone.phone.voip.prod", Token_Type="apple", Token_ID=APNS_VOIP, Token_Proxy=PROXY_PATH
+        ),
+        [tok(APNS_VOIP, "apple", "org.linphone.phone.voip.prod", "voip")],
+        FAMILY_LEGACY,
+    ),
+    (
+        "neither-family",
+        reg("<sip:1001@198.51.100.7:49152;transport=TCP;rinstance=a1b2c3d4e5f60718>", ZOIPER_UA),
+        "no token in Contact",
+        None,
+        [],
+        "",
+    ),
+    (
+        "fallback-on-unregister-still-lists-the-tokens",
+        reg(LINPHONE_LEGACY_IOS_CONTACT, LINPHONE_IOS_UA, Expires=0),
+        "unregister" + NOTE_LEGACY,
+        None,
+        [tok(APNS_VOIP, "apple", "org.linphone.phone.voip.prod", "voip")],
+        FAMILY_LEGACY,
+    ),
+    (
+        "fallback-without-ids",
+        reg(ZOIPER_RFC8599_CONTACT, ZOIPER_UA, Custom_Channel_Vars={}),
+        "missing Account-ID/Authorizing-ID" + NOTE_RFC8599,
+        None,
+        [
+            tok(APNS_VOIP, "apple", "com.example.zoiper", "voip"),
+            tok(APNS_REMOTE, "apple", "com.example.zoiper", "remote"),
+        ],
+        FAMILY_RFC8599,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "expected_push", "expected_tokens", "family"),
+    [c[1:] for c in FAMILY_CASES],
+    ids=[c[0] for c in FAMILY_CASES],
+)
+def test_the_other_naming_family_is_tried(
+    body: dict[str, Any],
+    reason: str,
+    expected_push: dict[str, str] | None,
+    expected_tokens: list[TokenInfo],
+    family: str,
+) -> None:
+    result = _run(body)
+    assert (result.reason, result.family) == (reason, family)
+    assert (list(result.push.items()) if result.push else None) == (
+        list(expected_push.items()) if expected_push else None
+    )
+    assert list(result.tokens) == expected_tokens
+
+
+# (id, properties, family, properties read when falling back to the other family)
+FAMILY_MAPPING_CASES: list[tuple[str, dict[str, str], str, dict[str, str]]] = [
+    ("kazoo-legacy", KAZOO_PROPS, FAMILY_LEGACY, RFC8599_PROPS),
+    ("rfc8599", RFC8599_PROPS, FAMILY_RFC8599, KAZOO_PROPS),
+    ("rfc8599-any-case", {"Token-ID": "PN-PRID"}, FAMILY_RFC8599, {"Token-ID": "pn-tok"}),
+    (
+        "own-legacy-names-only-mapped-keys-move",
+        {"Token-ID": "x-token", "Account-Ref": "account-ref"},
+        FAMILY_LEGACY,
+        {"Token-ID": "pn-prid", "Account-Ref": "account-ref"},
+    ),
+    (
+        "top-level-field-source-replaced-too",
+        {"Token-ID": "pn-tok", "Token-Type": "X-Type"},
+        FAMILY_LEGACY,
+        {"Token-ID": "pn-prid", "Token-Type": "pn-provider"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("properties", "family", "fallback"),
+    [c[1:] for c in FAMILY_MAPPING_CASES],
+    ids=[c[0] for c in FAMILY_MAPPING_CASES],
+)
+def test_family_mapping(properties: dict[str, str], family: str, fallback: dict[str, str]) -> None:
+    assert rule_family(properties) == family
+    other = FAMILY_LEGACY if family == FAMILY_RFC8599 else FAMILY_RFC8599
+    assert family_properties(properties, other) == fallback
+
+
+# One malformed Contact parameter the rule does not read is skipped (and reported); one it reads
+# refuses the Contact as before. (id, body, expected push Token-ID, expected skipped_params)
+SKIPPED_PARAM_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
+    (
+        "bria-style-instance-in-bare-angle-brackets",
+        reg(
+            "<sip:1001@198.51.100.8:5060;rinstance=0f1e2d3c4b5a6978;transport=tls;app-id=com.acme.phone.voip.prod;"
+            f"pn-type=apple;pn-tok={APNS_VOIP}>;+sip.instance=<urn:uuid:{UUID}>;reg-id=1",
+            BRIA_IOS_UA,
+        ),
+        APNS_VOIP,
+        ("+sip.instance (value in angle brackets without quotes)",),
+    ),
+    (
+        "linphone-rfc8599-specs-cut-short",
+        reg(linphone_rfc8599(f"{APNS_VOIP}:voip", "ABCD1234.org.linphone.phone.voip")[:-12], LINPHONE_IOS_UA),
+        APNS_VOIP,
+        ("+org.linphone.specs (unbalanced quote in value)",),
+    ),
+    (
+        "sipnetic-style-unclosed-quote-in-the-uri",
+        reg(
+            f'<sip:bob@203.0.113.9:41234;transport=tcp;x-label="work;pn-provider=fcm;pn-prid={FCM_TOKEN};'
+            "pn-param=929724111839>;expires=600",
+            SIPNETIC_UA,
+        ),
+        FCM_TOKEN,
+        ("x-label (unbalanced quote in value)",),
+    ),
+    (
+        "groundwire-style-bad-name",
+        reg(
+            f"<sip:1001@198.51.100.30:5060;transport=tls;pn-tok={APNS_VOIP};pn-type=apple;"
+            "app-id=com.example.cloudsoftphone.voip;acro[bits]=1;account-ref=ACME-1001>",
+            GROUNDWIRE_UA,
+        ),
+        APNS_VOIP,
+        ("acro[bits] (invalid parameter name)",),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "token", "skipped"), [c[1:] for c in SKIPPED_PARAM_CASES], ids=[c[0] for c in SKIPPED_PARAM_CASES]
+)
+def test_a_malformed_param_the_rule_does_not_read_is_skipped(
+    body: dict[str, Any], token: str, skipped: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="registry.pushobject"):
+        result = _run(body)
+    assert result.reason == "ok" and result.push is not None
+    assert result.push["Token-ID"] == token
+    assert result.skipped_params == skipped
+    assert any(skipped[0] in r.getMessage() and result.rule in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("body", "name"),
+    [
+        (reg(f'<sip:u@192.0.2.44;app-id=com.acme.phone.voip.prod;pn-type=apple;pn-tok="{APNS_HEX}>'), "pn-tok"),
+        (reg(f'<sip:u@192.0.2.44;pn-tok={APNS_HEX};pn-type=apple>;app-id="com.acme"phone'), "app-id"),
+        (reg(f"<sip:u@192.0.2.44;pn-tok={APNS_HEX};pn-type=apple>;pn type=apple;PN-Type=<x>"), "pn-type"),
+        # The other family's parameters are read too once the rule's own yield no token.
+        (reg(f'<sip:alice@198.51.100.20;pn-type=apple;pn-tok="{APNS_VOIP}>', LINPHONE_IOS_UA), "pn-tok"),
+        (
+            reg(
+                f"<sip:1001@198.51.100.30;pn-tok={APNS_VOIP};pn-type=apple;app-id=com.example.cloudsoftphone.voip>"
+                ';account-ref="ACME"1001',
+                GROUNDWIRE_UA,
+            ),
+            "account-ref",
+        ),
+    ],
+    ids=["token-unbalanced-quote", "app-text-after-quote", "type-in-angle-brackets", "fallback-token", "extra"],
+)
+def test_a_malformed_param_the_rule_reads_refuses_the_contact(body: dict[str, Any], name: str) -> None:
+    with pytest.raises(ContactParseError, match=f"'{name}'.*is malformed") as caught:
+        _run(body)
+    assert caught.value.code == "contact_unparsable"
+
+
+# What push_token_problem says of a token for a Token-Type: (id, token, type, problem or None)
+TOKEN_PROBLEM_CASES: list[tuple[str, str, str, str | None]] = [
+    ("apns-64-hex", APNS_HEX, "apple", None),
+    ("apns-upper-hex", APNS_HEX.upper(), "apple", None),
+    ("apns-66-hex", APNS_HEX + "ab", "apple", None),
+    ("apns-200-hex", "ab" * 100, "apns", None),
+    ("apns-dev-type", APNS_HEX, "apns.dev", None),
+    ("apns-type-any-case", APNS_HEX, "Apple", None),
+    (
+        "apns-63-hex",
+        APNS_HEX[:63],
+        "apple",
+        "APNs device token (Token-Type 'apple') must be an even number of hex digits from 64 to 200: it has 63",
+    ),
+    (
+        "apns-62-hex",
+        APNS_HEX[:62],
+        "apple",
+        "APNs device token (Token-Type 'apple') must be an even number of hex digits from 64 to 200: it has 62",
+    ),
+    (
+        "apns-202-hex",
+        "ab" * 101,
+        "apple",
+        "APNs device token (Token-Type 'apple') must be an even number of hex digits from 64 to 200: it has 202",
+    ),
+    (
+        "apns-not-hex",
+        APNS_HEX[:5] + "g" + APNS_HEX[6:],
+        "apple",
+        "APNs device token (Token-Type 'apple') must be hex digits: 'g' at offset 5",
+    ),
+    (
+        "apns-type-with-an-fcm-token",
+        FCM_TOKEN,
+        "apple",
+        "APNs device token (Token-Type 'apple') must be hex digits: 'H' at offset 1",
+    ),
+    ("fcm", FCM_TOKEN, "firebase", None),
+    ("fcm-base64-padding", "ab+cd/ef==", "fcm", None),
+    ("fcm-google-alias", FCM_TOKEN, "google", None),
+    ("fcm-android-alias", FCM_TOKEN, "android", None),
+    ("fcm-1024", "a" * 1024, "firebase", None),
+    ("fcm-1025", "a" * 1025, "firebase", "token is 1025 characters, more than 1024"),
+    (
+        "fcm-percent",
+        "abc%zz",
+        "firebase",
+        "FCM registration token (Token-Type 'firebase') must be letters, digits and -_:.~+/=: '%' at offset 3",
+    ),
+    (
+        "fcm-non-ascii-letter",
+        "abcé",
+        "firebase",
+        "FCM registration token (Token-Type 'firebase') must be letters, digits and -_:.~+/=: U+00E9 at offset 3",
+    ),
+    ("unknown-type-url", "https://push.example.com/v1/abc?x=1", "webpush", None),
+    ("no-type-non-ascii-letter", "jeton-é", "", None),
+    ("space", "abc def", "", "token holds whitespace (U+0020 at offset 3)"),
+    ("tab", "\tabc", "apple", "token holds whitespace (U+0009 at offset 0)"),
+    ("nbsp", "abc\u00a0", "firebase", "token holds whitespace (U+00A0 at offset 3)"),
+    ("line-separator", "a\u2028b", "", "token holds whitespace (U+2028 at offset 1)"),
+    ("nul", "a\x00b", "", "token holds a control or format character (U+0000 at offset 1)"),
+    ("del", "ab\x7f", "", "token holds a control or format character (U+007F at offset 2)"),
+    ("zero-width-space", "ab\u200bc", "firebase", "token holds a control or format character (U+200B at offset 2)"),
+    ("rtl-override", "\u202eabc", "", "token holds a control or format character (U+202E at offset 0)"),
+    ("bom", "\ufeffabc", "", "token holds a control or format character (U+FEFF at offset 0)"),
+    ("lone-surrogate", "ab\ud800", "", "token holds a control or format character (U+D800 at offset 2)"),
+    ("empty", "", "apple", "token is empty"),
+]
+
+
+@pytest.mark.parametrize(
+    ("token", "token_type", "problem"),
+    [c[1:] for c in TOKEN_PROBLEM_CASES],
+    ids=[c[0] for c in TOKEN_PROBLEM_CASES],
+)
+def test_push_token_problem(token: str, token_type: str, problem: str | None) -> None:
+    assert push_token_problem(token, token_type) == problem
+
+
+# A registration whose token cannot be stored is ignored with a reason naming the rule and the
+# problem: no push object, no tokens. (id, body, expected reason)
+TOKEN_REFUSED_CASES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "groundwire-quoted-token-with-a-space",
+        reg(
+            "<sip:1001@198.51.100.30:5060;transport=tls;pn-type=apple;app-id=com.example.cloudsoftphone.voip>"
+            f';pn-tok="{APNS_VOIP[:32]} {APNS_VOIP[32:]}"',
+            GROUNDWIRE_UA,
+        ),
+        "token refused: rule 'Acrobits': token holds whitespace (U+0020 at offset 32)",
+    ),
+    (
+        "acme-percent-encoded-space",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace(APNS_HEX, f"{APNS_HEX[:10]}%20{APNS_HEX[10:]}")),
+        "token refused: rule 'AcmePhone': token holds whitespace (U+0020 at offset 10)",
+    ),
+    (
+        "acme-trailing-space-inside-the-uri",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace(f"pn-tok={APNS_HEX}", f"pn-tok={APNS_HEX} x")),
+        "token refused: rule 'AcmePhone': token holds whitespace (U+0020 at offset 64)",
+    ),
+    (
+        "acme-tab-in-quoted-value",
+        reg(f'<sip:u@192.0.2.44;pn-type=apple;app-id=com.acme.phone.voip.prod>;pn-tok="{APNS_HEX}\t"'),
+        "token refused: rule 'AcmePhone': token holds whitespace (U+0009 at offset 64)",
+    ),
+    (
+        "acme-percent-encoded-zero-width-space",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace(APNS_HEX, f"%E2%80%8B{APNS_HEX}")),
+        "token refused: rule 'AcmePhone': token holds a control or format character (U+200B at offset 0)",
+    ),
+    (
+        "acme-apns-token-one-digit-short",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace(APNS_HEX, APNS_HEX[:-1])),
+        "token refused: rule 'AcmePhone': APNs device token (Token-Type 'apple') must be an even number of hex "
+        "digits from 64 to 200: it has 63",
+    ),
+    (
+        "linphone-remote-token-bad-voip-good",
+        reg(
+            linphone_rfc8599(f"{APNS_VOIP}:voip&{APNS_REMOTE[:40]}:remote", "ABCD1234.org.linphone.phone.voip&remote"),
+            LINPHONE_IOS_UA,
+        ),
+        "token refused: rule 'Linphone RFC 8599': remote APNs device token (Token-Type 'apple') must be an even "
+        "number of hex digits from 64 to 200: it has 40",
+    ),
+    (
+        "sipnetic-fcm-token-with-malformed-percent",
+        reg(
+            f"<sip:bob@203.0.113.9:41234;transport=tcp;pn-provider=fcm;pn-prid={FCM_TOKEN}%zz;pn-param=929724111839>",
+            SIPNETIC_UA,
+        ),
+        "token refused: rule 'Sipnetic': FCM registration token (Token-Type 'firebase') must be letters, digits "
+        f"and -_:.~+/=: '%' at offset {len(FCM_TOKEN)}",
+    ),
+    (
+        "zoiper-fallback-family-token-refused",
+        reg(ZOIPER_RFC8599_CONTACT.replace(f"{APNS_VOIP}:voip", f"{APNS_VOIP}%20:voip"), ZOIPER_UA),
+        "token refused: rule 'Zoiper': voip token holds whitespace (U+0020 at offset 64)" + NOTE_RFC8599,
+    ),
+    (
+        "unknown-provider-whitespace",
+        reg(linphone_rfc8599("endpoint%20123", "vapid-key", provider="webpush"), LINPHONE_IOS_UA),
+        "token refused: rule 'Linphone RFC 8599': token holds whitespace (U+0020 at offset 8)",
+    ),
+    (
+        "refused-on-unregister-too",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace(APNS_HEX, f"{APNS_HEX[:10]}%20{APNS_HEX[10:]}"), Expires=0),
+        "token refused: rule 'AcmePhone': token holds whitespace (U+0020 at offset 10)",
+    ),
+    (
+        "too-long-for-the-store",
+        reg(f"<sip:u@192.0.2.44;pn-tok={'a' * 1025};pn-type=firebase;app-id=com.acme.phone>"),
+        "token refused: rule 'AcmePhone': token is 1025 characters, more than 1024",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"), [c[1:] for c in TOKEN_REFUSED_CASES], ids=[c[0] for c in TOKEN_REFUSED_CASES]
+)
+def test_a_token_that_cannot_be_stored_is_refused(body: dict[str, Any], reason: str) -> None:
+    result = _run(body)
+    assert result.reason == reason
+    assert result.push is None and result.tokens == ()
+    assert (result.account_id, result.device_id) == (ACCOUNT_ID, DEVICE_ID)
+
+
+def _storable(text: str) -> bool:
+    return not any(c.isspace() or unicodedata.category(c)[0] in "CZ" for c in text)
+
+
+# Any character, and runs of the ones that matter here (whitespace, controls, format characters).
+TOKEN_TEXT = st.one_of(
+    st.text(st.characters(codec=None), max_size=80),
+    st.builds(
+        lambda head, bad, tail: head + bad + tail,
+        st.sampled_from([APNS_HEX, FCM_TOKEN, APNS_HEX[:40], ""]),
+        st.text(st.sampled_from(" \t\u00a0\u2028\u200b\u202e\ufeff\x00\x7f\x85\u3000"), min_size=1, max_size=3),
+        st.sampled_from(["", APNS_HEX[:24], ":voip", "&" + APNS_REMOTE + ":remote"]),
+    ),
+    st.sampled_from([APNS_HEX, FCM_TOKEN, f"{APNS_VOIP}:voip&{APNS_REMOTE}:remote"]),
+)
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~:&")
+
+
+def _percent_encode(text: str) -> str:
+    return "".join(
+        c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in text
+    )
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    token=TOKEN_TEXT,
+    token_type=st.sampled_from(["apple", "firebase", "google", "webpush", ""]),
+    family=st.sampled_from(["legacy", "rfc8599"]),
+    form=st.sampled_from(["percent-encoded-uri-param", "quoted-header-param", "raw-uri-param"]),
+    ua=st.sampled_from(["AcmePhone iOS 3.2.1", LINPHONE_IOS_UA, ZOIPER_UA]),
+    expires=st.sampled_from([600, 0]),
+)
+def test_no_token_with_whitespace_or_control_characters_is_ever_kept(
+    token: str, token_type: str, family: str, form: str, ua: str, expires: int
+) -> None:
+    """Whatever a client puts in its token parameter, in whatever form, with whichever rule and
+    naming family: every token a build hands over to be stored is free of whitespace and control
+    characters, and passes push_token_problem."""
+    names = ("pn-tok", "pn-type", "app-id") if family == "legacy" else ("pn-prid", "pn-provider", "pn-param")
+    provider = {"apple": "apns", "firebase": "fcm"}.get(token_type, token_type) if family == "rfc8599" else token_type
+    if form == "percent-encoded-uri-param":
+        contact = f"<sip:u@192.0.2.44;{names[0]}={_percent_encode(token)};{names[1]}={provider};{names[2]}=com.acme>"
+    elif form == "quoted-header-param":
+        contact = f"<sip:u@192.0.2.44;{names[1]}={provider};{names[2]}=com.acme>;{names[0]}={_quoted(token)}"
+    else:
+        contact = f"<sip:u@192.0.2.44;{names[0]}={token};{names[1]}={provider};{names[2]}=com.acme>"
+    try:
+        result = _run(reg(contact, ua, Expires=expires))
+    except ContactParseError:
+        event("Contact refused")
+        return
+    event(result.reason.split(":")[0].split(" (")[0])
+    for info in result.tokens:
+        assert _storable(info.token), (info.token, result.reason)
+        assert push_token_problem(info.token, info.type) is None
+    if result.push is not None:
+        assert _storable(result.push["Token-ID"])
+        assert result.reason.startswith("ok")
+
+
+# Positions after an import: (id, imported names in document order, existing (name, position), expected)
+POSITION_CASES: list[tuple[str, list[str], list[tuple[str, int]], dict[str, int]]] = [
+    ("fresh", ["AcmePhone", "Linphone"], [], {"AcmePhone": 10, "Linphone": 20}),
+    (
+        "stale-rule-goes-after-the-document",
+        ["AcmePhone", "LinphoneSDK-RFC8599"],
+        [("AcmePhone", 10), ("Linphone", 20)],
+        {"AcmePhone": 10, "LinphoneSDK-RFC8599": 20, "Linphone": 30},
+    ),
+    (
+        "document-order-wins-over-stored-order",
+        ["B", "A"],
+        [("A", 10), ("B", 20)],
+        {"B": 10, "A": 20},
+    ),
+    (
+        "others-keep-their-order-ties-broken-by-name",
+        ["New"],
+        [("Zeta", 5), ("Alpha", 5), ("First", 1), ("Last", 900)],
+        {"New": 10, "First": 20, "Alpha": 30, "Zeta": 40, "Last": 50},
+    ),
+    ("name-twice-keeps-its-first-place", ["A", "B", "A"], [], {"A": 10, "B": 20}),
+    ("nothing-imported-renumbers-all", [], [("B", 7), ("A", 7)], {"A": 10, "B": 20}),
+]
+
+
+@pytest.mark.parametrize(
+    ("imported", "existing", "expected"), [c[1:] for c in POSITION_CASES], ids=[c[0] for c in POSITION_CASES]
+)
+def test_rule_positions_assign(imported: list[str], existing: list[tuple[str, int]], expected: dict[str, int]) -> None:
+    positions = rule_positions_assign(imported=imported, existing=existing)
+    assert positions == expected
+    assert len(set(positions.values())) == len(positions)
+    assert rule_positions_assign(imported=imported, existing=list(reversed(existing))) == expected

@@ -380,7 +380,6 @@ GARBAGE_CASES: list[tuple[str, Any, str]] = [
     ("only-commas", " , ,", "empty"),
     ("none", None, "must be a string"),
     ("unbalanced-display-quote", '"Alice <sip:alice@example.com>', "unbalanced quote"),
-    ("unbalanced-param-quote", '<sip:a@example.com>;x="abc', "unbalanced quote"),
     ("unbalanced-angle", "<sip:alice@example.com;transport=udp", "unbalanced '<'"),
     ("nested-angle", "<<sip:alice@example.com>>", "unbalanced '<'"),
     ("missing-host-after-at", "<sip:alice@>", "no host"),
@@ -405,8 +404,11 @@ GARBAGE_CASES: list[tuple[str, Any, str]] = [
     ("unclosed-ipv6", "<sip:a@[2001:db8::1>", "invalid IPv6"),
     ("bad-host-chars", "<sip:a@exa$mple.com>", "invalid host"),
     ("space-in-user", "<sip:al ice@example.com>", "whitespace in user"),
-    ("bad-param-name", "<sip:a@example.com>;foo bar=1", "invalid parameter name"),
-    ("text-after-quoted-value", '<sip:a@example.com>;x="a"b', "text after quoted value"),
+    # Liberal with a bad parameter, not with a header whose elements cannot be told apart:
+    ("angle-value-never-closed", "<sip:a@example.com>;x=<urn:uuid:1", "unbalanced '<'"),
+    ("missing-comma-after-a-param", "<sip:a@example.com>;expires=60 <sip:b@example.com>", "unexpected '<'"),
+    ("unclosed-quote-runs-into-next-contact", '<sip:a@example.com>;x="abc, <sip:b@example.com>', "unexpected '<'"),
+    ("bad-param-but-uri-host-bad", "<sip:a@exa$mple.com;pn-tok=abc>;foo bar=1", "invalid host"),
     ("quoted-name-without-angle", '"Alice" sip:alice@example.com', "not followed by '<'"),
     ("quote-inside-bare-name", 'Alice "x" <sip:alice@example.com>', "unexpected quote"),
     ("tel-without-number", "<tel:;phone-context=x>", "no number"),
@@ -421,6 +423,126 @@ def test_parse_contacts_garbage_raises(header: Any, fragment: str) -> None:
         parse_contacts(header)
     assert fragment in str(excinfo.value)
     assert excinfo.value.code == "contact_unparsable"
+
+
+# Real-client Contacts with one malformed parameter: the parameter is left out and named in
+# `skipped` (with the problem), everything else is kept. Shapes after the clients' REGISTERs
+# (Linphone's feature tags, CounterPath's rinstance, Acrobits' custom params, RFC 8599 params);
+# the slips are the kinds seen in the wild (a cut quoted value, a bare-bracket instance id, a
+# stray character in a name). (id, header value, expected attributes of the one Contact)
+LENIENT_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "unbalanced-param-quote",
+        '<sip:a@example.com>;x="abc',
+        {"header_params": (), "skipped": (("x", "unbalanced quote in value"),)},
+    ),
+    (
+        "bad-param-name",
+        "<sip:a@example.com>;foo bar=1;expires=60",
+        {"header_params": (("expires", "60"),), "skipped": (("foo bar", "invalid parameter name"),)},
+    ),
+    (
+        "text-after-quoted-value",
+        '<sip:a@example.com>;x="a"b;expires=60',
+        {"header_params": (("expires", "60"),), "skipped": (("x", "text after quoted value"),)},
+    ),
+    (
+        "linphone-rfc8599-specs-cut-short-commas-stay-in-the-value",
+        (
+            f"<sip:alice@198.51.100.20:52000;transport=tls;pn-provider=apns;pn-prid={APNS_HEX}:voip;"
+            f'pn-param=ABCD1234.org.linphone.phone.voip>;+sip.instance="<urn:uuid:{UUID}>";'
+            '+org.linphone.specs="conference/1.0,ephemeral/1.1'
+        ),
+        {
+            "uri_params": (
+                ("transport", "tls"),
+                ("pn-provider", "apns"),
+                ("pn-prid", f"{APNS_HEX}:voip"),
+                ("pn-param", "ABCD1234.org.linphone.phone.voip"),
+            ),
+            "header_params": (("+sip.instance", f"<urn:uuid:{UUID}>"),),
+            "skipped": (("+org.linphone.specs", "unbalanced quote in value"),),
+        },
+    ),
+    (
+        "bria-style-instance-in-bare-angle-brackets",
+        (
+            "<sip:1001@198.51.100.8:5060;rinstance=0f1e2d3c4b5a6978;transport=tls;app-id=com.acme.phone.voip.prod;"
+            f"pn-type=apple;pn-tok={APNS_HEX}>;+sip.instance=<urn:uuid:{UUID}>;reg-id=1"
+        ),
+        {
+            "uri_params": (
+                ("rinstance", "0f1e2d3c4b5a6978"),
+                ("transport", "tls"),
+                ("app-id", "com.acme.phone.voip.prod"),
+                ("pn-type", "apple"),
+                ("pn-tok", APNS_HEX),
+            ),
+            "header_params": (("reg-id", "1"),),
+            "skipped": (("+sip.instance", "value in angle brackets without quotes"),),
+        },
+    ),
+    (
+        "groundwire-style-bad-name-inside-the-uri",
+        (
+            f"<sip:1001@198.51.100.30:5060;transport=tls;pn-tok={APNS_HEX};pn-type=apple;"
+            "app-id=com.example.cloudsoftphone.voip;acro[bits]=1;account-ref=ACME-1001>"
+        ),
+        {
+            "uri_params": (
+                ("transport", "tls"),
+                ("pn-tok", APNS_HEX),
+                ("pn-type", "apple"),
+                ("app-id", "com.example.cloudsoftphone.voip"),
+                ("account-ref", "ACME-1001"),
+            ),
+            "skipped": (("acro[bits]", "invalid parameter name"),),
+        },
+    ),
+    (
+        "sipnetic-style-unclosed-quote-inside-the-uri",
+        (
+            f'<sip:bob@203.0.113.9:41234;transport=tcp;x-label="work;pn-provider=fcm;pn-prid={FCM_TOKEN};'
+            "pn-param=929724111839>;expires=600"
+        ),
+        {
+            "uri_params": (
+                ("transport", "tcp"),
+                ("pn-provider", "fcm"),
+                ("pn-prid", FCM_TOKEN),
+                ("pn-param", "929724111839"),
+            ),
+            "header_params": (("expires", "600"),),
+            "skipped": (("x-label", "unbalanced quote in value"),),
+        },
+    ),
+    (
+        "zoiper-style-empty-name-addr-spec",
+        f"sip:1001@198.51.100.7:49152;transport=TCP;=1;pn-tok={APNS_HEX}",
+        {"uri_params": (("transport", "TCP"), ("pn-tok", APNS_HEX)), "skipped": (("", "invalid parameter name"),)},
+    ),
+    (
+        "hostile-bad-name-is-cut-in-skipped",
+        "<sip:a@example.com>;" + "b a" * 30 + "=1",
+        {"skipped": ((("b a" * 30)[:40] + "...", "invalid parameter name"),)},
+    ),
+]
+
+
+@pytest.mark.parametrize(("header", "expected"), [c[1:] for c in LENIENT_CASES], ids=[c[0] for c in LENIENT_CASES])
+def test_parse_contacts_skips_one_malformed_param(header: str, expected: dict[str, Any]) -> None:
+    (contact,) = parse_contacts(header)
+    assert summary(contact, set(expected) - {"skipped"}) == {k: v for k, v in expected.items() if k != "skipped"}
+    assert contact.skipped == expected["skipped"]
+    for name, problem in contact.skipped:
+        assert contact.skipped_problem(name.upper()) == problem
+        assert contact.param(name) is None
+
+
+def test_a_well_formed_contact_skips_nothing() -> None:
+    (contact,) = parse_contacts(KAZOO_SAMPLE_CONTACT)
+    assert contact.skipped == ()
+    assert contact.skipped_problem("pn-tok") is None
 
 
 LOOKUP_HEADER = (
