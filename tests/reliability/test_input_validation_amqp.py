@@ -1,0 +1,72 @@
+"""Input checks over the real consumer (issue 13): ids that are not Kazoo ids never reach a Crossbar
+URL, push_req fields of the wrong JSON type are refused at once as the API refuses them, and a dead
+letter keeps what its publisher put on the message."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from registry.models import Device, SyncStatus
+from tests.amqp import broker_channel, consumer_running, dead_letters, publish, wait_for
+from tests.reliability import strategies as s
+from tests.reliability.test_bad_messages_amqp import private_vhost  # noqa: F401 - a fixture
+
+# A vhost of their own: on "/" these messages would also reach the pusher queues of other runs.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq, pytest.mark.usefixtures("private_vhost")]
+
+REG_KEY = "registration.success.acme%2Esip%2Eexample%2Ecom.user_k3j4h5"
+PUSH_KEY = f"notification.push.apple.{s.APNS_TOKEN}"
+ACCOUNT = s.REG["Custom-Channel-Vars"]["Account-ID"]
+DEVICE = s.REG["Custom-Channel-Vars"]["Authorizing-ID"]
+
+
+@pytest.fixture
+def kazoo(settings: Any, fake_crossbar: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr("kazoo.sync._client", None)  # a fresh client: the fake forgot earlier tokens
+    settings.KAZOO_CROSSBAR_URL = fake_crossbar.url
+    settings.KAZOO_API_KEY = fake_crossbar.api_key
+    return fake_crossbar
+
+
+def letters(channel: Any, queue: str, count: int) -> list[tuple[dict[str, Any], bytes]]:
+    """The dead letters, once `count` are there: the consumer counts a message handled just before
+    it publishes its dead letter."""
+    wait_for(lambda: channel.queue_declare(queue, passive=True).method.message_count >= count)
+    return dead_letters(channel, queue)
+
+
+def reg(**ccvs: str) -> bytes:
+    body = copy.deepcopy(s.REG)
+    body["Msg-ID"] = uuid.uuid4().hex
+    body["Custom-Channel-Vars"].update(ccvs)
+    return json.dumps(body).encode()
+
+
+def push(**changes: Any) -> bytes:
+    body = copy.deepcopy(s.PUSH)
+    body.update({"Msg-ID": uuid.uuid4().hex, "Call-ID": uuid.uuid4().hex}, **changes)
+    return json.dumps(body).encode()
+
+
+def test_an_authorizing_id_of_dot_dot_is_dead_lettered_and_never_reaches_crossbar(
+    rules: None, kazoo: Any
+) -> None:
+    bad = reg(**{"Authorizing-ID": ".."})
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish(channel, "registrar", REG_KEY, bad)
+        publish(channel, "registrar", REG_KEY, reg())  # the good one after it still goes through
+        consumer.wait_handled(2)
+        assert wait_for(lambda: Device.objects.filter(sync_status=SyncStatus.SYNCED).exists())
+        got = letters(channel, consumer.config.dead_letter_queue, 1)
+
+    assert [(headers["x-pusher-reason"], body) for headers, body in got] == [
+        ("Authorizing-ID '..' is not a Kazoo id (1 to 64 letters, digits, '-' or '_')", bad)
+    ]
+    assert list(Device.objects.values_list("account_id", "device_id")) == [(ACCOUNT, DEVICE)]
+    paths = [r.path for r in kazoo.requests if r.method != "PUT"]
+    assert paths == [f"/v2/accounts/{ACCOUNT}/devices/{DEVICE}"]
