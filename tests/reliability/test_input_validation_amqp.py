@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import uuid
 from typing import Any
 
 import pytest
 
+from push.models import Delivery
 from registry.models import Device, SyncStatus
 from tests.amqp import broker_channel, consumer_running, dead_letters, publish, wait_for
 from tests.reliability import strategies as s
@@ -70,3 +72,32 @@ def test_an_authorizing_id_of_dot_dot_is_dead_lettered_and_never_reaches_crossba
     assert list(Device.objects.values_list("account_id", "device_id")) == [(ACCOUNT, DEVICE)]
     paths = [r.path for r in kazoo.requests if r.method != "PUT"]
     assert paths == [f"/v2/accounts/{ACCOUNT}/devices/{DEVICE}"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"Token-ID": 12345}, "push_req Token-ID must be a string, not a number"),
+        ({"Token-ID": 1.5e300}, "push_req Token-ID must be a string, not a number"),
+        ({"Token-ID": True}, "push_req Token-ID must be a string, not a boolean"),
+        ({"Token-ID": ["a" * 64]}, "push_req Token-ID must be a string, not a list"),
+        ({"Token-Type": 1}, "push_req Token-Type must be a string, not a number"),
+        ({"Token-App": 42}, "push_req Token-App must be a string, not a number"),
+        ({"Token-Type": "apple" + " " * 40}, "push_req Token-Type is longer than 32 characters"),
+        ({"Token-App": "a" * 256}, "push_req Token-App is longer than 255 characters"),
+    ],
+)
+def test_push_req_fields_of_the_wrong_type_are_dead_lettered_at_once(
+    apple_app: Any, apns_trusting_fake: Any, changes: dict[str, Any], reason: str
+) -> None:
+    bad = push(**changes)
+    with consumer_running() as consumer, broker_channel() as channel:
+        started = time.monotonic()
+        publish(channel, "pushes", PUSH_KEY, bad)
+        consumer.wait_handled(1)
+        took = time.monotonic() - started
+        got = letters(channel, consumer.config.dead_letter_queue, 1)
+
+    assert [(headers["x-pusher-reason"], body) for headers, body in got] == [(reason, bad)]
+    assert took < 5, "refused at once, not retried"
+    assert apns_trusting_fake.requests == [] and not Delivery.objects.exists()
