@@ -270,6 +270,11 @@ class Worker:
             redelivered=bool(method.redelivered),
             received_at=time.time(),
             headers=dict(properties.headers or {}),
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            timestamp=properties.timestamp,
+            app_id=properties.app_id,
         )
         self._unsettled.add(method.delivery_tag)
         ticket = (generation, channel, method.delivery_tag)
@@ -367,6 +372,22 @@ class Worker:
                 handled.msg_id or "-", handled.event or "unknown", message.exchange, message.routing_key[:200],
                 handled.reason,
             )
+            self._dead_letter_publish(channel, message, handled)
+        return True
+
+    def _dead_letter_publish(self, channel: Any, message: RawMessage, handled: Handled) -> None:
+        """The message as it came, to the dead-letter exchange: its body, the publisher's headers and
+        properties, and pusher's x- headers (which win over same-named ones) saying why."""
+        ours = {
+            "x-pusher-reason": handled.reason[:1000],
+            "x-pusher-event": handled.event,
+            "x-pusher-msg-id": handled.msg_id,
+            "x-original-exchange": message.exchange,
+            "x-original-routing-key": message.routing_key[:255],
+            "x-dead-lettered-at": timezone.now().isoformat(),
+        }
+
+        def publish(headers: dict[str, Any]) -> None:
             channel.basic_publish(
                 self.config.dead_letter_exchange,
                 message.routing_key[:255] or "unrouted",
@@ -375,17 +396,23 @@ class Worker:
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
                     delivery_mode=2,
-                    headers={
-                        "x-pusher-reason": handled.reason[:1000],
-                        "x-pusher-event": handled.event,
-                        "x-pusher-msg-id": handled.msg_id,
-                        "x-original-exchange": message.exchange,
-                        "x-original-routing-key": message.routing_key[:255],
-                        "x-dead-lettered-at": timezone.now().isoformat(),
-                    },
+                    headers=headers,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    reply_to=message.reply_to,
+                    timestamp=message.timestamp,
+                    app_id=message.app_id,
                 ),
             )
-        return True
+
+        try:
+            publish({**message.headers, **ours})
+        except (pika.exceptions.UnsupportedAMQPFieldException, TypeError, ValueError) as exc:
+            # pika encodes every frame before writing any, so nothing was sent: without the
+            # publisher's headers rather than not at all.
+            log.warning("dead letter msg_id=%s sent without its original headers (%s)", handled.msg_id or "-",
+                        _describe(exc))
+            publish(ours)
 
     def _ack(self, channel: Any, tags: list[int]) -> None:
         """Every tag below the lowest still unsettled one is settled (tags grow with each delivery),

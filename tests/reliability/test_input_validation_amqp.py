@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+import pika
 import pytest
 
 from push.models import Delivery
@@ -101,3 +102,29 @@ def test_push_req_fields_of_the_wrong_type_are_dead_lettered_at_once(
     assert [(headers["x-pusher-reason"], body) for headers, body in got] == [(reason, bad)]
     assert took < 5, "refused at once, not retried"
     assert apns_trusting_fake.requests == [] and not Delivery.objects.exists()
+
+
+def test_a_dead_letter_keeps_the_publishers_headers_and_properties() -> None:
+    original = {"x-trace-id": "abc-123", "hops": 3, "nested": {"a": "b"}, "x-pusher-reason": "forged"}
+    properties = pika.BasicProperties(
+        content_type="application/json", content_encoding="identity", headers=original,
+        message_id="m-1", correlation_id="c-1", reply_to="reply.queue", timestamp=1_700_000_000,
+        app_id="kamailio-test",
+    )
+    with consumer_running() as consumer, broker_channel() as channel:
+        channel.basic_publish("registrar", REG_KEY, b"{not json", properties)
+        consumer.wait_handled(1)
+        assert wait_for(lambda: channel.queue_declare(consumer.config.dead_letter_queue, passive=True)
+                        .method.message_count == 1)
+        method, got, body = channel.basic_get(consumer.config.dead_letter_queue, auto_ack=True)
+
+    assert method is not None and body == b"{not json"
+    headers = dict(got.headers)
+    assert {key: headers[key] for key in ("x-trace-id", "hops", "nested")} == {
+        "x-trace-id": "abc-123", "hops": 3, "nested": {"a": "b"}
+    }
+    assert headers["x-pusher-reason"].startswith("body is not valid JSON")  # pusher's own win
+    assert headers["x-original-exchange"] == "registrar" and headers["x-original-routing-key"] == REG_KEY
+    assert (got.content_type, got.content_encoding, got.message_id, got.correlation_id, got.reply_to,
+            got.timestamp, got.app_id, got.delivery_mode) == (
+        "application/json", "identity", "m-1", "c-1", "reply.queue", 1_700_000_000, "kamailio-test", 2)
