@@ -129,7 +129,7 @@ def _heartbeat_loop(worker: Worker) -> None:
             log.debug("heartbeat not written", exc_info=True)
 
 
-def _serve_metrics(worker: Worker, host: str, port: int) -> None:
+def _serve_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
@@ -156,3 +156,4 @@ def _serve_metrics(worker: Worker, host: str, port: int) -> None:
         raise CommandError(f"cannot serve metrics on {host}:{port}: {reason}") from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics and readiness on http://%s:%d/metrics and /ready", host, port)
+    return server
