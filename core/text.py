@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from core.errors import InvalidInput
@@ -52,3 +53,24 @@ def mask_token(token: str) -> str:
     if len(token) <= 12:
         return "…" if token else ""
     return f"{token[:6]}…{token[-4:]}"
+
+
+# What a pasted file's content looks like, as opposed to a path: a PEM block, JSON, a long run of
+# base64, several lines, or more than a path component may hold.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+
+
+def path_shown(value: str) -> str:
+    """A path given on a command line, as an error message may show it: quoted, unless it looks
+    like a file's content given in its place (`add_apple_app APP "$(cat voip.pem)"`). That content
+    may be a private key, so it is never echoed; the message says what the argument looks like."""
+    stripped = value.strip()
+    if (
+        len(value) > 255
+        or not value.isprintable()
+        or "-----BEGIN" in value
+        or stripped.startswith(("{", "["))
+        or _BASE64_RUN.fullmatch(stripped) is not None
+    ):
+        return f"the argument given as a path ({len(value)} characters that look like a file's content, not a path)"
+    return repr(value)

@@ -35,6 +35,7 @@ import certifi
 import httpx
 
 from core.errors import PusherError
+from registry.ids import kazoo_id_valid
 
 _MESSAGE_LIMIT = 300
 
@@ -110,7 +111,12 @@ class CrossbarClient:
     # -- internals -----------------------------------------------------------------------------------
 
     def _device_path(self, account_id: str, device_id: str) -> str:
-        # Quote the ids: they come from bus messages and must not be able to walk the URL path.
+        # The ids come from bus messages: checked (the registry refuses such messages already) and
+        # quoted, so that no id can walk the URL path ("..": the account document itself).
+        for name, value in (("account", account_id), ("device", device_id)):
+            if not kazoo_id_valid(value):
+                shown = repr(value[:70]) if isinstance(value, str) else type(value).__name__
+                raise KazooSyncError(f"refusing to build a Crossbar URL from {name} id {shown}: not a Kazoo id")
         return f"/v2/accounts/{quote(account_id, safe='')}/devices/{quote(device_id, safe='')}"
 
     def _device_patch(self, account_id: str, device_id: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,12 @@ class RawMessage:
     redelivered: bool = False
     received_at: float = 0.0  # time.time() when the consumer got it (push latency starts here)
     headers: dict[str, Any] = field(default_factory=dict)
+    # The publisher's other properties, kept on a dead letter (Kamailio sets none of them).
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    timestamp: int | None = None
+    app_id: str | None = None
     # The decoded body, once `message_decode` has read it: a message the push lane hands back to
     # the synchronous path is not decoded a second time.
     decoded: dict[str, Any] | None = field(default=None, compare=False, repr=False)

@@ -18,8 +18,9 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -51,6 +52,8 @@ T = TypeVar("T")
 Ticket = tuple[int, Any, int]
 # A registration lane takes every message waiting for it, up to this many, as one batch.
 LANE_BATCH_MAX = 100
+# Exit status when RabbitMQ refuses the login: EX_CONFIG (sysexits.h), a configuration error.
+EXIT_LOGIN_REFUSED = 78
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -159,32 +162,47 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> int:
+        """Consume until stopped; returns the process's exit status: 0, or EXIT_LOGIN_REFUSED when
+        RabbitMQ refuses the login (a wrong user or password does not fix itself)."""
         backoff = 1.0
         announced_wait = False
+        code = 0
         while not self.stopping.is_set():
             try:
                 self._session()
                 backoff = 1.0
+            except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
+                self._disconnected()
+                params = pika.URLParameters(self.config.amqp_url)
+                user = cast(pika.PlainCredentials, params.credentials).username  # what URLParameters always makes
+                log.error("RabbitMQ refused the login for user %s at %s:%d: check AMQP_URL",
+                          user, params.host, params.port)
+                event_publish("consumer.disconnected", outcome="login refused")
+                code = EXIT_LOGIN_REFUSED
+                self.stopping.set()
             except (pika.exceptions.AMQPError, OSError) as exc:
                 was_connected = self.connected.is_set()
                 self._disconnected()
                 if was_connected:
                     log.warning("lost the broker (%s); reconnecting", _describe(exc))
                     event_publish("consumer.disconnected", outcome=_describe(exc))
+                    announced_wait = False
                 elif not announced_wait:
                     log.warning(
                         "RabbitMQ is not reachable at %s (%s); waiting for it (retrying with backoff)",
                         _safe_url(self.config.amqp_url), _describe(exc),
                     )
                     announced_wait = True
+                else:
+                    log.warning("RabbitMQ still not reachable (%s); next try in %.0fs", _describe(exc), backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         for lane in self._lanes:
             lane.close()
         self._pushes.shutdown(wait=True)
         self._push_lane.close()
-        log.info("consumer stopped cleanly")
-        return 0
+        log.info("consumer stopped cleanly" if code == 0 else "consumer stopped")
+        return code
 
     def _disconnected(self) -> None:
         self.connected.clear()
@@ -205,7 +223,8 @@ class Worker:
         params.heartbeat = 30
         params.blocked_connection_timeout = 60
         params.client_properties = {"connection_name": f"pusher {socket.gethostname()}:{os.getpid()}"}
-        connection = pika.BlockingConnection(params)
+        with _pika_quiet():
+            connection = pika.BlockingConnection(params)
         channel = connection.channel()
         self._connection, self._channel = connection, channel
         self._declare(channel)
@@ -250,6 +269,11 @@ class Worker:
             redelivered=bool(method.redelivered),
             received_at=time.time(),
             headers=dict(properties.headers or {}),
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            timestamp=properties.timestamp,
+            app_id=properties.app_id,
         )
         self._unsettled.add(method.delivery_tag)
         ticket = (generation, channel, method.delivery_tag)
@@ -349,6 +373,22 @@ class Worker:
                 handled.msg_id or "-", handled.event or "unknown", message.exchange, message.routing_key[:200],
                 handled.reason,
             )
+            self._dead_letter_publish(channel, message, handled)
+        return True
+
+    def _dead_letter_publish(self, channel: Any, message: RawMessage, handled: Handled) -> None:
+        """The message as it came, to the dead-letter exchange: its body, the publisher's headers and
+        properties, and pusher's x- headers (which win over same-named ones) saying why."""
+        ours = {
+            "x-pusher-reason": handled.reason[:1000],
+            "x-pusher-event": handled.event,
+            "x-pusher-msg-id": handled.msg_id,
+            "x-original-exchange": message.exchange,
+            "x-original-routing-key": message.routing_key[:255],
+            "x-dead-lettered-at": timezone.now().isoformat(),
+        }
+
+        def publish(headers: dict[str, Any]) -> None:
             channel.basic_publish(
                 self.config.dead_letter_exchange,
                 message.routing_key[:255] or "unrouted",
@@ -357,17 +397,23 @@ class Worker:
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
                     delivery_mode=2,
-                    headers={
-                        "x-pusher-reason": handled.reason[:1000],
-                        "x-pusher-event": handled.event,
-                        "x-pusher-msg-id": handled.msg_id,
-                        "x-original-exchange": message.exchange,
-                        "x-original-routing-key": message.routing_key[:255],
-                        "x-dead-lettered-at": timezone.now().isoformat(),
-                    },
+                    headers=headers,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    reply_to=message.reply_to,
+                    timestamp=message.timestamp,
+                    app_id=message.app_id,
                 ),
             )
-        return True
+
+        try:
+            publish({**message.headers, **ours})
+        except (pika.exceptions.UnsupportedAMQPFieldException, TypeError, ValueError) as exc:
+            # pika encodes every frame before writing any, so nothing was sent: without the
+            # publisher's headers rather than not at all.
+            log.warning("dead letter msg_id=%s sent without its original headers (%s)", handled.msg_id or "-",
+                        _describe(exc))
+            publish(ours)
 
     def _ack(self, channel: Any, tags: list[int]) -> None:
         """Every tag below the lowest still unsettled one is settled (tags grow with each delivery),
@@ -389,6 +435,32 @@ class Worker:
                 channel.basic_publish(exchange, routing_key, body, properties)
 
         connection.add_callback_threadsafe(publish)
+
+
+_pika_log = logging.getLogger("pika")
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved_level = logging.NOTSET
+
+
+@contextmanager
+def _pika_quiet() -> Iterator[None]:
+    """pika logs one failed connection attempt as a dozen ERROR lines and a traceback (each layer
+    of its connection workflow reports it) before raising it; the consumer reports it itself, in
+    one line. Nested and concurrent uses (tests run several consumers) restore the level once."""
+    global _quiet_depth, _quiet_saved_level
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved_level = _pika_log.level
+            _pika_log.setLevel(logging.CRITICAL)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                _pika_log.setLevel(_quiet_saved_level)
 
 
 def _requeue_stopping() -> Handled:

@@ -73,6 +73,7 @@ _CN_ENVIRONMENTS: tuple[tuple[str, str], ...] = (
 
 _APPLE_ID = re.compile(r"[A-Z0-9]{10}")
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]*")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 _PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -409,8 +410,7 @@ def parse_fcm_service_account(data: bytes | str | Mapping[str, Any]) -> ParsedCr
     if kind is None:
         raise CredentialError("the service account JSON is missing 'type'")
     if kind != "service_account":
-        shown = str(kind)[:40]
-        raise CredentialError(f"expected \"type\": \"service_account\", got {shown!r}")
+        raise CredentialError(f"expected \"type\": \"service_account\", got {_word_shown(kind)}")
     for name in ("project_id", "private_key", "client_email", "token_uri"):
         value = info.get(name)
         if value is None:
@@ -510,8 +510,7 @@ def parse_credential(
         kind = CredentialKind(kind)
     except ValueError:
         choices = ", ".join(k.value for k in CredentialKind)
-        shown = str(kind)[:40]
-        raise CredentialError(f"unknown credential kind {shown!r} (expected one of {choices})") from None
+        raise CredentialError(f"unknown credential kind {_word_shown(kind)} (expected one of {choices})") from None
     if kind is CredentialKind.APNS_CERTIFICATE:
         return parse_apns_certificate(data, password=password)
     if kind is CredentialKind.APNS_TOKEN:
@@ -524,6 +523,15 @@ def parse_credential(
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def _word_shown(value: object) -> str:
+    """A value the input named (a `type`, a kind), as a message may show it: quoted when it is one
+    short word such as "authorized_user", else only its shape, since it may be a secret pasted
+    into the wrong field."""
+    if isinstance(value, str):
+        return repr(value) if _WORD.fullmatch(value) else f"a text of {len(value)} characters"
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 def _as_bytes(data: object, *, what: str) -> bytes:

@@ -26,6 +26,7 @@ from core import metrics
 from core.errors import ContactParseError, InvalidInput, RuleError
 from core.events import event_publish
 from registry import selectors
+from registry.ids import kazoo_id_check
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
 
@@ -56,6 +57,8 @@ def _sizes_check(build: PushBuild) -> None:
     """Values that cannot be stored are a bad message, refused before any write."""
     if len(build.account_id or "") > 64 or len(build.device_id or "") > 64:
         raise InvalidInput("Account-ID or Authorizing-ID is longer than 64 characters")
+    kazoo_id_check(build.account_id, name="Account-ID")
+    kazoo_id_check(build.device_id, name="Authorizing-ID")
     proxy = (build.push or {}).get("Token-Proxy", "")
     if len(proxy) > 500:
         raise InvalidInput("Token-Proxy (Proxy-Path) is longer than 500 characters")

@@ -99,15 +99,37 @@ def push_job_prepare(
     )
 
 
+# The fields every push_req needs, with the API's limits (PushRequestSerializer): the bus refuses
+# what the API refuses, so that no face sends what another would not.
+REQUIRED_TEXT_MAX = {"Token-ID": 1024, "Token-Type": 32, "Token-App": 255}
+
+
 def _required_str(fields: Mapping[str, Any], name: str) -> str:
+    """A required text field, stripped. Only a JSON string is one: a number is refused like the
+    API refuses it (a numeric Token-ID is no device's token; sending it only earns an error)."""
     value = fields.get(name)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
+    if value is None:
         raise InvalidInput(f"push_req without a usable {name}")
-    if len(value) > 1024:
-        raise InvalidInput(f"push_req {name} is longer than 1024 characters")
+    if not isinstance(value, str):
+        raise InvalidInput(f"push_req {name} must be a string, not {_json_kind(value)}")
+    limit = REQUIRED_TEXT_MAX[name]
+    if len(value) > limit:
+        raise InvalidInput(f"push_req {name} is longer than {limit} characters")
+    if not value.strip():
+        raise InvalidInput(f"push_req without a usable {name}")
     return value.strip()
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 def _str(fields: Mapping[str, Any], name: str, limit: int = 255) -> str:

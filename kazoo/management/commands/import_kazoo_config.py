@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
+from core.text import path_shown
 from kazoo.config import kazoo_config_import
 
 
@@ -32,9 +33,13 @@ class Command(BaseCommand):
                 with open(path, encoding="utf-8-sig") as handle:
                     document = json.load(handle)
         except OSError as exc:
-            raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise CommandError(f"cannot read {path_shown(path)}: {exc.strerror or type(exc).__name__}") from None
         except json.JSONDecodeError as exc:
-            raise CommandError(f"{path} is not JSON (line {exc.lineno}, column {exc.colno})") from None
+            raise CommandError(f"{path_shown(path)} is not JSON (line {exc.lineno}, column {exc.colno})") from None
+        except UnicodeDecodeError:
+            raise CommandError(f"{path_shown(path)} is not UTF-8 text (expected the JSON document)") from None
+        except ValueError:  # a NUL in the path
+            raise CommandError(f"cannot read {path_shown(path)}: not a usable path") from None
         try:
             summary = kazoo_config_import(document=document)
         except PusherError as exc:

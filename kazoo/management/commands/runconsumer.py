@@ -29,18 +29,23 @@ class Command(BaseCommand):
     help = "Consume reg_success and push_req from the Kazoo bus (RabbitMQ at AMQP_URL)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--queue", default=settings.PUSHER_QUEUE_NAME)
+        parser.add_argument("--queue", default=settings.PUSHER_QUEUE_NAME, help="default PUSHER_QUEUE_NAME")
         parser.add_argument(
-            "--workers", type=int, default=settings.PUSHER_WORKERS, help="threads for redelivered push_req"
+            "--workers", type=int, default=settings.PUSHER_WORKERS,
+            help="threads for redelivered push_req, at least 1 (default PUSHER_WORKERS)",
         )
-        parser.add_argument("--prefetch", type=int, default=settings.PUSHER_PREFETCH)
+        parser.add_argument(
+            "--prefetch", type=int, default=settings.PUSHER_PREFETCH,
+            help=f"unacked messages in hand, 1 to {PREFETCH_MAX} (default PUSHER_PREFETCH)",
+        )
         parser.add_argument(
             "--metrics-port", type=int, default=0,
-            help="serve /metrics and /ready (connected and consuming) on this port; 0 = off",
+            help="serve /metrics and /ready (connected and consuming) on this port (1-65535); 0 = off",
         )
         parser.add_argument("--metrics-host", default="127.0.0.1")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        queue = _options_check(options)
         try:  # a consumer that cannot build its APNs client would only dead-letter every push: say so now
             apns.get_client()
         except Exception as exc:  # noqa: BLE001 - reported as one line
@@ -50,7 +55,7 @@ class Command(BaseCommand):
         worker = Worker(
             WorkerConfig(
                 amqp_url=settings.AMQP_URL,
-                queue=options["queue"],
+                queue=queue,
                 queue_durable=settings.PUSHER_QUEUE_DURABLE,
                 dead_letter_exchange=settings.PUSHER_DEAD_LETTER_EXCHANGE,
                 dead_letter_queue=settings.PUSHER_DEAD_LETTER_QUEUE,
@@ -58,11 +63,12 @@ class Command(BaseCommand):
                 push_workers=options["workers"],
             )
         )
+        if options["metrics_port"]:
+            # Before anything starts: a port that is taken is a one-line error, not a half-started consumer.
+            _serve_metrics(worker, options["metrics_host"], options["metrics_port"])
         worker.install_signal_handlers()
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
-        if options["metrics_port"]:
-            _serve_metrics(worker, options["metrics_host"], options["metrics_port"])
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()
@@ -70,6 +76,34 @@ class Command(BaseCommand):
         finally:
             log_queue_stop(logs)
         raise SystemExit(code)
+
+
+# AMQP's basic.qos prefetch-count is a 16-bit number; 0 would mean "no limit".
+PREFETCH_MAX = 65535
+# The broker refuses queue names over 255 bytes, and declaring one starting with "amq." (reserved);
+# either would only show up as a channel error, retried forever.
+QUEUE_NAME_MAX_BYTES = 255
+
+
+def _options_check(options: dict[str, Any]) -> str:
+    """The options (or the settings they default to) that would crash or misbehave later, as one
+    CommandError each. Returns the queue name."""
+    queue = options["queue"]
+    if not isinstance(queue, str) or not queue.strip():
+        raise CommandError("--queue (PUSHER_QUEUE_NAME) must not be empty: an unnamed queue would fill up unread")
+    if queue != queue.strip() or not queue.isprintable():
+        raise CommandError(f"--queue (PUSHER_QUEUE_NAME) {queue!r} has leading/trailing spaces or control characters")
+    if len(queue.encode("utf-8", "surrogateescape")) > QUEUE_NAME_MAX_BYTES:
+        raise CommandError(f"--queue (PUSHER_QUEUE_NAME) is longer than {QUEUE_NAME_MAX_BYTES} bytes")
+    if queue.startswith("amq."):
+        raise CommandError(f"--queue (PUSHER_QUEUE_NAME) {queue!r}: names starting with 'amq.' are RabbitMQ's own")
+    if options["workers"] < 1:
+        raise CommandError(f"--workers (PUSHER_WORKERS) must be at least 1, not {options['workers']}")
+    if not 1 <= options["prefetch"] <= PREFETCH_MAX:
+        raise CommandError(f"--prefetch (PUSHER_PREFETCH) must be 1 to {PREFETCH_MAX}, not {options['prefetch']}")
+    if not 0 <= options["metrics_port"] <= 65535:
+        raise CommandError(f"--metrics-port must be 1 to 65535 (0 = off), not {options['metrics_port']}")
+    return queue
 
 
 _started = timezone.now()
@@ -107,7 +141,7 @@ def _heartbeat_loop(worker: Worker) -> None:
             log.debug("heartbeat not written", exc_info=True)
 
 
-def _serve_metrics(worker: Worker, host: str, port: int) -> None:
+def _serve_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
@@ -127,6 +161,11 @@ def _serve_metrics(worker: Worker, host: str, port: int) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except (OSError, OverflowError) as exc:  # in use, not an address of this host, no such host
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise CommandError(f"cannot serve metrics on {host}:{port}: {reason}") from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics and readiness on http://%s:%d/metrics and /ready", host, port)
+    return server

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
+from core.text import path_shown
 from push.management.commands._output import app_added_write
 from push.models import CredentialKind, Provider
 from push.services import APNS_PRODUCTION_HOST, push_app_add
@@ -37,8 +38,11 @@ class Command(BaseCommand):
 
 
 def read_file(path: str) -> bytes:
+    """The file's bytes; the error names the path unless the argument looks like a key or a
+    certificate given in its place, which is never echoed."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or "not a usable path"
+        raise CommandError(f"cannot read {path_shown(path)}: {reason}") from None

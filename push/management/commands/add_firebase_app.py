@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
+from core.text import path_shown
 from push.management.commands._output import app_added_write
 from push.management.commands.add_apple_app import read_file
 from push.models import CredentialKind, Provider
@@ -14,24 +15,31 @@ from push.services import push_app_add
 
 class Command(BaseCommand):
     help = (
-        "Add or update a Firebase (FCM) push app. SECRET is the path of a service-account JSON file (FCM HTTP v1). "
+        "Add or update a Firebase (FCM) push app. SECRET is the path of a service-account JSON file (FCM HTTP v1), "
+        "or its content. "
         "Kazoo took the legacy server key instead: such a string is stored for the record but cannot send "
         "(Google shut the legacy API down)."
     )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("app_id", help="the Token-App value, e.g. com.acme.phone")
-        parser.add_argument("secret", help="service-account JSON file (or, Kazoo-style, a legacy server key)")
+        parser.add_argument(
+            "secret", help="service-account JSON file or its content (or, Kazoo-style, a legacy server key)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         secret: str = options["secret"]
-        if os.path.isfile(secret):
+        if secret.lstrip().startswith("{"):
+            # The JSON itself (`add_firebase_app APP "$(cat sa.json)"`): parsed as a service account,
+            # whose errors say what is wrong without quoting the key.
+            kind, data = CredentialKind.FCM_SERVICE_ACCOUNT, secret.encode("utf-8", "surrogateescape")
+        elif os.path.isfile(secret):
             kind, data = CredentialKind.FCM_SERVICE_ACCOUNT, read_file(secret)
         elif os.sep in secret or secret.lower().endswith(".json"):
-            # A mistyped path must not end up stored as a "key".
-            raise CommandError(f"cannot read {secret}: no such file")
+            # A mistyped path must not end up stored as a "key"; nor be echoed if it is a secret.
+            raise CommandError(f"cannot read {path_shown(secret)}: no such file")
         else:
-            kind, data = CredentialKind.FCM_LEGACY_KEY, secret.encode()
+            kind, data = CredentialKind.FCM_LEGACY_KEY, secret.encode("utf-8", "surrogateescape")
         try:
             added = push_app_add(app_id=options["app_id"], provider=Provider.FIREBASE, kind=kind, data=data)
         except PusherError as exc:
