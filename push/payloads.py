@@ -30,17 +30,36 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+# A 2015-era push_req (wapi_pusher: `Alert-Body` instead of `Alert-Key` + `Alert-Params`). Old
+# Kazoo's pm_apple sent it as a localized alert, whatever else the push_req held: loc-key IC_MSG with
+# the Alert-Body as its one argument, sound ring.caf, and the call id at the top level of the
+# payload (apns4erl's `extra`), where the apps of that era read it. Its pm_google sent only
+# `data.Call-ID`.
+LEGACY_ALERT_LOC_KEY = "IC_MSG"
+LEGACY_APNS_SOUND = "ring.caf"
+
+
+def _legacy(fields: Mapping[str, Any]) -> bool:
+    """A push_req in the 2015 format: Alert-Body and neither Alert-Key nor Alert-Params."""
+    return (
+        fields.get("Alert-Body") is not None
+        and fields.get("Alert-Key") is None
+        and fields.get("Alert-Params") is None
+    )
+
+
 def _mapped(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The Kazoo field mapping shared by both providers: alert, sound, call id."""
     alert: Any = None
-    if fields.get("Alert-Key") is not None or fields.get("Alert-Params") is not None:
+    if _legacy(fields):
+        body = fields["Alert-Body"]
+        alert = {"loc-key": LEGACY_ALERT_LOC_KEY, "loc-args": [body if isinstance(body, str) else str(body)]}
+    elif fields.get("Alert-Key") is not None or fields.get("Alert-Params") is not None:
         alert = {}
         if fields.get("Alert-Key") is not None:
             alert["loc-key"] = fields["Alert-Key"]
         if fields.get("Alert-Params") is not None:
             alert["loc-args"] = fields["Alert-Params"]
-    elif fields.get("Alert-Body") is not None:  # 2015-era push_req
-        alert = fields["Alert-Body"]
     mapped: dict[str, Any] = {}
     if alert is not None:
         mapped["alert"] = alert
@@ -61,8 +80,15 @@ def _payload(fields: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
 
 def apns_body(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, Any]:
     """aps.alert.loc-key/loc-args, aps.sound, aps.call-id; Payload merged at the top level,
-    mapped values winning on clashes (as Kazoo's fold does)."""
+    mapped values winning on clashes (as Kazoo's fold does). A 2015-era push_req (Alert-Body)
+    is sent as old Kazoo sent it: aps.alert {loc-key IC_MSG, loc-args [Alert-Body]}, aps.sound
+    (ring.caf unless the push_req names one) and `call-id` at the top level."""
     mapped = _mapped(fields)
+    if _legacy(fields):
+        top: dict[str, Any] = {"aps": {"alert": mapped["alert"], "sound": mapped.get("sound", LEGACY_APNS_SOUND)}}
+        if "call-id" in mapped:
+            top["call-id"] = mapped["call-id"]
+        return _deep_merge(_payload(fields, now_ms), top)
     aps = {}
     if "alert" in mapped:
         aps["alert"] = mapped["alert"]
@@ -75,7 +101,9 @@ def apns_body(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, Any]:
 
 def fcm_data(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, str]:
     """FCM HTTP v1 `data`: the legacy keys (alert, sound, Call-ID, Payload keys), every value a
-    string because v1 allows nothing else; nested values are JSON-encoded."""
+    string because v1 allows nothing else; nested values are JSON-encoded. A 2015-era push_req
+    keeps old Kazoo's `Call-ID` and carries its Alert-Body in the same `alert` object as APNs
+    (loc-key IC_MSG); no sound unless the push_req names one (ring.caf is an iOS file)."""
     mapped = _mapped(fields)
     data: dict[str, Any] = _payload(fields, now_ms)
     if "alert" in mapped:
