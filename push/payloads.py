@@ -39,8 +39,8 @@ LEGACY_ALERT_LOC_KEY = "IC_MSG"
 LEGACY_APNS_SOUND = "ring.caf"
 
 
-def _legacy(fields: Mapping[str, Any]) -> bool:
-    """A push_req in the 2015 format: Alert-Body and neither Alert-Key nor Alert-Params."""
+def _alert_body_only(fields: Mapping[str, Any]) -> bool:
+    """An Alert-Body and neither Alert-Key nor Alert-Params."""
     return (
         fields.get("Alert-Body") is not None
         and fields.get("Alert-Key") is None
@@ -48,12 +48,16 @@ def _legacy(fields: Mapping[str, Any]) -> bool:
     )
 
 
-def _mapped(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The Kazoo field mapping shared by both providers: alert, sound, call id."""
+def _mapped(fields: Mapping[str, Any], *, visible: bool) -> dict[str, Any]:
+    """The Kazoo field mapping shared by both providers: alert, sound, call id. `visible`: a
+    visible push pusher itself asks for (a missed call), whose Alert-Body is the text shown."""
     alert: Any = None
-    if _legacy(fields):
+    if _alert_body_only(fields):
         body = fields["Alert-Body"]
-        alert = {"loc-key": LEGACY_ALERT_LOC_KEY, "loc-args": [body if isinstance(body, str) else str(body)]}
+        if visible:
+            alert = body
+        else:  # a 2015-era push_req
+            alert = {"loc-key": LEGACY_ALERT_LOC_KEY, "loc-args": [body if isinstance(body, str) else str(body)]}
     elif fields.get("Alert-Key") is not None or fields.get("Alert-Params") is not None:
         alert = {}
         if fields.get("Alert-Key") is not None:
@@ -78,13 +82,14 @@ def _payload(fields: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
     return payload
 
 
-def apns_body(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, Any]:
+def apns_body(fields: Mapping[str, Any], *, now_ms: int, visible: bool = False) -> dict[str, Any]:
     """aps.alert.loc-key/loc-args, aps.sound, aps.call-id; Payload merged at the top level,
     mapped values winning on clashes (as Kazoo's fold does). A 2015-era push_req (Alert-Body)
     is sent as old Kazoo sent it: aps.alert {loc-key IC_MSG, loc-args [Alert-Body]}, aps.sound
-    (ring.caf unless the push_req names one) and `call-id` at the top level."""
-    mapped = _mapped(fields)
-    if _legacy(fields):
+    (ring.caf unless the push_req names one) and `call-id` at the top level. `visible`: a visible
+    push pusher asks for itself (a missed call), whose Alert-Body is the alert text."""
+    mapped = _mapped(fields, visible=visible)
+    if _alert_body_only(fields) and not visible:
         top: dict[str, Any] = {"aps": {"alert": mapped["alert"], "sound": mapped.get("sound", LEGACY_APNS_SOUND)}}
         if "call-id" in mapped:
             top["call-id"] = mapped["call-id"]
@@ -99,12 +104,13 @@ def apns_body(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, Any]:
     return _deep_merge(_payload(fields, now_ms), {"aps": aps})
 
 
-def fcm_data(fields: Mapping[str, Any], *, now_ms: int) -> dict[str, str]:
+def fcm_data(fields: Mapping[str, Any], *, now_ms: int, visible: bool = False) -> dict[str, str]:
     """FCM HTTP v1 `data`: the legacy keys (alert, sound, Call-ID, Payload keys), every value a
     string because v1 allows nothing else; nested values are JSON-encoded. A 2015-era push_req
     keeps old Kazoo's `Call-ID` and carries its Alert-Body in the same `alert` object as APNs
-    (loc-key IC_MSG); no sound unless the push_req names one (ring.caf is an iOS file)."""
-    mapped = _mapped(fields)
+    (loc-key IC_MSG); no sound unless the push_req names one (ring.caf is an iOS file).
+    `visible`: as for `apns_body`."""
+    mapped = _mapped(fields, visible=visible)
     data: dict[str, Any] = _payload(fields, now_ms)
     if "alert" in mapped:
         data["alert"] = mapped["alert"]

@@ -86,6 +86,7 @@ def apns_request_build(
     *, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None
 ) -> apns.ApnsRequest:
     now = time.time()
+    visible = push_type == "alert"  # pusher's own visible push (a missed call): Alert-Body is its text
     topic = app.effective_topic
     if push_type and push_type != "voip":
         # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
@@ -104,7 +105,7 @@ def apns_request_build(
         expiration=expiration,
         collapse_id=app.collapse_id or None,
         extra_headers=apns_extra_headers(app.extra_headers),
-        body=apns_body(fields, now_ms=int(now * 1000)),
+        body=apns_body(fields, now_ms=int(now * 1000), visible=visible),
         host=app.host,
         port=app.port,
     )
@@ -115,7 +116,8 @@ def fcm_request_build(*, app: PushApp, fields: Mapping[str, Any], token: str, pu
     expires = int_or_none(fields.get("Expires"))
     ttl = min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires >= 0 else app.ttl_s
     return fcm.FcmRequest(
-        token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
+        token=token, data=fcm_data(fields, now_ms=now_ms, visible=push_type == "alert"),
+        android_priority=app.android_priority, ttl_s=ttl,
         collapse_key=app.collapse_id or None,
         notification=_fcm_notification(fields) if push_type == "alert" else None,
     )

@@ -136,3 +136,16 @@ def test_payloads(fields: dict[str, Any], apns: dict[str, Any], fcm: dict[str, A
     assert all(isinstance(value, str) for value in data.values())  # FCM HTTP v1
     decoded = {key: json.loads(value) if value[:1] in "{[" else value for key, value in data.items()}
     assert decoded == fcm
+
+
+def test_a_visible_push_shows_its_alert_body_as_text() -> None:
+    """pusher's own visible push (a missed call, requested as an alert) carries its text in
+    Alert-Body: shown as it is, not as a 2015 push_req's IC_MSG argument."""
+    fields = legacy(Sound="default")
+    assert apns_body(fields, now_ms=NOW_MS, visible=True) == {
+        "aps": {"alert": CALLER, "sound": "default", "call-id": CALL_ID}, "utc_unix_timestamp_ms": STAMP,
+    }
+    assert fcm_data(fields, now_ms=NOW_MS, visible=True) == {
+        "alert": CALLER, "sound": "default", "Call-ID": CALL_ID, "utc_unix_timestamp_ms": STAMP,
+    }
+
