@@ -128,6 +128,32 @@ def apns_topic(topic: str, push_type: str) -> str:
     return topic
 
 
+def apns_wire(
+    *, topic: str, push_type: str, headers: Mapping[str, str], requested: str | None = None
+) -> tuple[str, str]:
+    """(apns-push-type, apns-topic) of a push through an app whose topic (its own, else Kazoo's
+    rule: Token-App minus .dev/.prod) is `topic`, whose push type is `push_type` and whose extra
+    headers (as `apns_extra_headers` maps them) are `headers`:
+
+    * `requested`, one push's own type, first: an alert (e.g. a missed call) goes to the bundle's
+      own topic, `.voip` removed; voip to `<topic>.voip`;
+    * then the app's push type when it is set: voip to `<topic>.voip` (Apple's rule for PushKit);
+    * a blank push type is "as Kazoo": Kazoo sends no push type of its own, so the topic goes as
+      it is (a configured apns-topic header included) and the type is the configured
+      apns-push-type header, else voip when the topic ends in `.voip` (a VoIP certificate's
+      topic), else alert.
+    """
+    if requested:
+        if requested != "voip":
+            return requested, topic.removesuffix(".voip")
+        return "voip", apns_topic(topic, "voip")
+    if push_type:
+        return push_type, apns_topic(topic, push_type)
+    topic = headers.get("apns-topic") or topic
+    configured = headers.get("apns-push-type", "").strip()
+    return configured or ("voip" if topic.endswith(".voip") else "alert"), topic
+
+
 def apns_extra_headers(configured: Mapping[str, Any] | None) -> dict[str, str]:
     """The app's extra headers with Kazoo's apns_* names mapped to the real header names."""
     out: dict[str, str] = {}

@@ -21,7 +21,7 @@ from push.models import (
     Provider,
     PushApp,
 )
-from push.payloads import apns_body, apns_extra_headers, apns_topic, fcm_data, int_or_none
+from push.payloads import apns_body, apns_extra_headers, fcm_data, int_or_none
 from push.providers import apns, fcm
 from push.services.credentials import credential_secret
 from push.services.policy import ATTEMPT_TIMEOUT_S, PUSH_WINDOW_MAX_S, SendResult
@@ -87,11 +87,9 @@ def apns_request_build(
 ) -> apns.ApnsRequest:
     now = time.time()
     visible = push_type == "alert"  # pusher's own visible push (a missed call): Alert-Body is its text
-    topic = app.effective_topic
-    if push_type and push_type != "voip":
-        # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
-        topic = topic.removesuffix(".voip")
-    push_type = push_type or app.push_type or "voip"
+    # The push's own type (e.g. an alert for a missed call: the bundle's own topic, never its
+    # PushKit one), else the app's, else as Kazoo sent it (push.payloads.apns_wire).
+    push_type, topic = app.apns_wire(push_type)
     # Seconds Apple keeps trying: the push_req's Expires (capped), else the app's setting. 0 (or
     # less) is apns-expiration 0, "now or never"; None leaves Apple's default.
     expires = int_or_none(fields.get("Expires"))
@@ -99,7 +97,7 @@ def apns_request_build(
     expiration = None if valid_s is None else (int(now) + valid_s if valid_s > 0 else 0)
     return apns.ApnsRequest(
         token=token,
-        topic=apns_topic(topic, push_type),
+        topic=topic,
         push_type=push_type,
         priority=app.priority,
         expiration=expiration,

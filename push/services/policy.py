@@ -141,7 +141,7 @@ def push_app_for(
         return app, "app_unusable", problem
     assert app is not None
     if provider == Provider.APPLE:
-        delivery.push_type = job.push_type or app.push_type
+        delivery.push_type = app.apns_wire(job.push_type)[0]
     else:
         delivery.push_type = "notification" if job.push_type == "alert" else "data"
     return app, "", ""

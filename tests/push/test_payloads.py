@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from push.payloads import apns_body, fcm_data
+from push.payloads import apns_body, apns_wire, fcm_data
 from tests.fixtures import sample
 
 NOW_MS = 1732700012345
@@ -149,3 +149,26 @@ def test_a_visible_push_shows_its_alert_body_as_text() -> None:
         "alert": CALLER, "sound": "default", "Call-ID": CALL_ID, "utc_unix_timestamp_ms": STAMP,
     }
 
+
+# (topic, app push type, extra headers, one push's own type) -> (apns-push-type, apns-topic)
+WIRE_CASES = [
+    # As Kazoo (blank push type): the topic as it is, the type from the headers or the topic.
+    ("com.acme.alertonly", "", {}, None, ("alert", "com.acme.alertonly")),
+    ("com.acme.phone.voip", "", {}, None, ("voip", "com.acme.phone.voip")),
+    ("com.acme.phone", "", {"apns-push-type": "voip"}, None, ("voip", "com.acme.phone")),
+    ("com.acme.phone", "", {"apns-push-type": "background"}, None, ("background", "com.acme.phone")),
+    ("com.acme.phone", "", {"apns-topic": "com.acme.phone.voip"}, None, ("voip", "com.acme.phone.voip")),
+    # The app's own push type: Apple's .voip rule for voip.
+    ("com.acme.phone", "voip", {}, None, ("voip", "com.acme.phone.voip")),
+    ("com.acme.phone.voip", "voip", {}, None, ("voip", "com.acme.phone.voip")),
+    ("com.acme.phone", "alert", {}, None, ("alert", "com.acme.phone")),
+    # One push's own type first (a missed call's alert): the bundle topic.
+    ("com.acme.phone.voip", "", {}, "alert", ("alert", "com.acme.phone")),
+    ("com.acme.phone.voip", "voip", {}, "alert", ("alert", "com.acme.phone")),
+    ("com.acme.alertonly", "", {}, "voip", ("voip", "com.acme.alertonly.voip")),
+]
+
+
+@pytest.mark.parametrize("topic, push_type, headers, requested, expected", WIRE_CASES)
+def test_apns_wire(topic, push_type, headers, requested, expected) -> None:
+    assert apns_wire(topic=topic, push_type=push_type, headers=headers, requested=requested) == expected
