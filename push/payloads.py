@@ -154,6 +154,20 @@ def apns_wire(
     return configured or ("voip" if topic.endswith(".voip") else "alert"), topic
 
 
+def apns_sandbox_requested(fields: Mapping[str, Any]) -> bool:
+    """Whether a push_req names its token a development-build (APNs sandbox) one: Token-Type
+    `apns.dev` (RFC 8599's pn-provider for sandbox, when a push object carries it as it is), or
+    Kazoo's convention of a Token-App ending in `.dev` (Kazoo strips it from the topic with
+    `\\.(?:dev|prod)$` and expects that app configured with the development host). Tokens the
+    registry learnt from `pn-provider=apns.dev` reach the push_req as plain `apple` tokens; the push
+    path asks the registry for those (push.services.appcache.apns_token_sandbox)."""
+    token_type = fields.get("Token-Type")
+    app = fields.get("Token-App")
+    return (isinstance(token_type, str) and token_type.strip().lower() == "apns.dev") or (
+        isinstance(app, str) and app.strip().endswith(".dev")
+    )
+
+
 def apns_extra_headers(configured: Mapping[str, Any] | None) -> dict[str, str]:
     """The app's extra headers with Kazoo's apns_* names mapped to the real header names."""
     out: dict[str, str] = {}

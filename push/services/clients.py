@@ -21,8 +21,9 @@ from push.models import (
     Provider,
     PushApp,
 )
-from push.payloads import apns_body, apns_extra_headers, fcm_data, int_or_none
+from push.payloads import apns_body, apns_extra_headers, apns_sandbox_requested, fcm_data, int_or_none
 from push.providers import apns, fcm
+from push.services.appcache import apns_token_sandbox
 from push.services.credentials import credential_secret
 from push.services.policy import ATTEMPT_TIMEOUT_S, PUSH_WINDOW_MAX_S, SendResult
 
@@ -82,6 +83,21 @@ def _attempt_timeout(deadline: float) -> float:
     return max(0.01, min(ATTEMPT_TIMEOUT_S, deadline - time.time() - 0.05))
 
 
+# Where a sandbox (development build) token goes when its app is on Apple's production host:
+# Apple's development host, with the app's credential and port (an APNs certificate or key made
+# for both environments is accepted by both).
+APNS_SANDBOX_OF = {apns.PRODUCTION_HOST: apns.SANDBOX_HOST}
+
+
+def apns_host(app_host: str, *, sandbox: bool) -> str:
+    """The host a push goes to: the app's, but Apple's development host for a sandbox token of an
+    app on Apple's production host. Any other host stays (the app already on a development host,
+    a relay, a test server): it was configured on purpose."""
+    if not sandbox:
+        return app_host
+    return APNS_SANDBOX_OF.get(app_host.strip().lower().rstrip("."), app_host)
+
+
 def apns_request_build(
     *, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None
 ) -> apns.ApnsRequest:
@@ -104,7 +120,9 @@ def apns_request_build(
         collapse_id=app.collapse_id or None,
         extra_headers=apns_extra_headers(app.extra_headers),
         body=apns_body(fields, now_ms=int(now * 1000), visible=visible),
-        host=app.host,
+        host=apns_host(
+            app.host, sandbox=apns_sandbox_requested(fields) or apns_token_sandbox(app_id=app.app_id, token=token)
+        ),
         port=app.port,
     )
 

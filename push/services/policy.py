@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROVIDER_OF_TOKEN_TYPE = {
     "apple": Provider.APPLE,
     "apns": Provider.APPLE,
+    "apns.dev": Provider.APPLE,  # RFC 8599's sandbox provider: Apple's development host (push.payloads)
     "firebase": Provider.FIREBASE,
     "google": Provider.FIREBASE,
     "android": Provider.FIREBASE,
