@@ -18,7 +18,8 @@ from django.db import transaction
 
 from core.errors import CredentialError, PusherError, RuleError
 from push import services as push_services
-from push.models import CredentialKind, Provider, PushApp
+from push.models import TOPIC_SUFFIX, CredentialKind, Provider, PushApp
+from push.payloads import apns_wire
 from registry import selectors
 from registry.models import UserAgentRule, validate_rule_properties, validate_rule_regex
 from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo, rule_positions_assign
@@ -137,7 +138,10 @@ def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
       `properties` is `{}`. A regex that does not compile fails the whole import (RuleError naming
       the rule): Kazoo would have crashed on every registration instead.
     * `<app-id>.apple` / `<app-id>.firebase` (3.x-era `<app-id>.google` too) become push apps.
-      Settings absent from the document leave the stored value alone.
+      Settings absent from the document leave the stored value alone, but for the push type: Kazoo
+      sends none of its own, so an app without an `apns_push_type` header gets a blank one, "as
+      Kazoo" (voip on a `.voip` topic, else alert, the topic as Kazoo's rule makes it), and the
+      summary names every app that then pushes alerts.
     * A certificate or key that does not parse (a placeholder, a truncated paste) does not fail the
       import: the app is saved without it, keeps any credential it had, and a warning says so.
     * `default.apple.certificate` (and a default FCM key) are skipped with a warning: Kazoo would
@@ -348,6 +352,8 @@ def _apple_plan(app_id: str, conf: Mapping[str, Any], warnings: list[str]) -> _A
         warnings.append(f"{app_id}: apple.headers must be an object; ignored")
     elif headers is not None:
         settings.update(_apple_headers(app_id, headers, warnings))
+    if "push_type" not in settings:
+        _as_kazoo(app_id, settings, warnings)
     _note_extra_headers(app_id, "apple", conf, warnings)
     certificate = conf.get("certificate")
     if certificate is not None and not isinstance(certificate, str):
@@ -385,6 +391,21 @@ def _apple_headers(app_id: str, headers: Mapping[str, Any], warnings: list[str])
             extra[str(name)] = value
     settings["extra_headers"] = extra
     return settings
+
+
+def _as_kazoo(app_id: str, settings: dict[str, Any], warnings: list[str]) -> None:
+    """Kazoo sends no apns-push-type of its own and no `.voip` suffix: an app without an
+    apns_push_type header is imported with a blank push type, pushed as Kazoo pushed it
+    (push.payloads.apns_wire: voip on a `.voip` topic, else alert), and an alert-only app is named."""
+    settings["push_type"] = ""
+    topic = settings.get("topic") or TOPIC_SUFFIX.sub("", app_id)
+    push_type, topic = apns_wire(topic=topic, push_type="", headers={})
+    if push_type == "alert":
+        warnings.append(
+            f"{app_id}: no .voip topic and no apns-push-type header: alert pushes as Kazoo sent them "
+            f"(apns-topic {topic}, apns-push-type alert); for VoIP (PushKit) pushes add apns_push_type voip "
+            "to its apple.headers (a push type set on the app is replaced by the next import)"
+        )
 
 
 def _firebase_plan(app_id: str, conf: Mapping[str, Any], warnings: list[str]) -> _AppPlan:
@@ -525,7 +546,8 @@ def kazoo_config_export() -> dict[str, Any]:
 
 
 def _apple_export(app: PushApp) -> dict[str, Any]:
-    headers: dict[str, Any] = {"apns_push_type": app.push_type, "apns_priority": str(app.priority)}
+    headers: dict[str, Any] = {"apns_push_type": app.push_type} if app.push_type else {}  # blank: as Kazoo
+    headers["apns_priority"] = str(app.priority)
     if app.expiration == 0:
         headers["apns_expiration"] = "0"
     if app.collapse_id:

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from core.fields import UNDECRYPTABLE_REASON, EncryptedTextField, is_undecryptable
 from core.text import mask_token
+from push.payloads import apns_extra_headers, apns_wire
 
 
 class Provider(models.TextChoices):
@@ -111,7 +112,11 @@ class PushApp(models.Model):
     topic = models.CharField(
         max_length=255, blank=True, help_text="Blank = app id without a trailing .dev/.prod (Kazoo's rule)"
     )
-    push_type = models.CharField(max_length=32, default="voip")
+    push_type = models.CharField(
+        max_length=32, default="voip", blank=True,
+        help_text="voip, alert, ...; blank = as Kazoo sent it (apps imported from Kazoo without an "
+        "apns_push_type header): voip when the topic ends in .voip, else alert, on the topic as it is",
+    )
     priority = models.PositiveSmallIntegerField(default=10)
     expiration = models.PositiveIntegerField(
         null=True, blank=True, help_text="Seconds the push stays valid at Apple; 0 = deliver now or never"
@@ -146,6 +151,14 @@ class PushApp(models.Model):
     @property
     def effective_topic(self) -> str:
         return self.topic or TOPIC_SUFFIX.sub("", self.app_id)
+
+    def apns_wire(self, requested: str | None = None) -> tuple[str, str]:
+        """(apns-push-type, apns-topic) of this app's pushes (`requested`: one push's own type);
+        see push.payloads.apns_wire."""
+        return apns_wire(
+            topic=self.effective_topic, push_type=self.push_type, headers=apns_extra_headers(self.extra_headers),
+            requested=requested,
+        )
 
 
 class DeliveryStatus(models.TextChoices):

@@ -18,7 +18,6 @@ from push.models import (
     Provider,
     PushApp,
 )
-from push.payloads import apns_topic
 from push.providers import apns
 from push.services.appcache import _push_apps_changed
 from push.services.credentials import _credential_check, credential_get_or_save, credential_name_for, credential_parse
@@ -120,7 +119,7 @@ def push_app_add(
     if not credential.usable and credential.unusable_reason not in warnings:
         warnings.insert(0, f"this credential cannot send: {credential.unusable_reason}")
     if credential.kind == CredentialKind.APNS_CERTIFICATE and credential.topics:
-        wire_topic = apns_topic(app.effective_topic, app.push_type or "voip")
+        wire_topic = app.apns_wire()[1]
         if wire_topic not in credential.topics:
             warnings.append(
                 f"the certificate covers {', '.join(credential.topics)} but the app pushes to topic {wire_topic!r} "

@@ -21,8 +21,9 @@ from push.models import (
     Provider,
     PushApp,
 )
-from push.payloads import apns_body, apns_extra_headers, apns_topic, fcm_data, int_or_none
+from push.payloads import apns_body, apns_extra_headers, apns_sandbox_requested, fcm_data, int_or_none
 from push.providers import apns, fcm
+from push.services.appcache import apns_token_sandbox
 from push.services.credentials import credential_secret
 from push.services.policy import ATTEMPT_TIMEOUT_S, PUSH_WINDOW_MAX_S, SendResult
 
@@ -82,15 +83,29 @@ def _attempt_timeout(deadline: float) -> float:
     return max(0.01, min(ATTEMPT_TIMEOUT_S, deadline - time.time() - 0.05))
 
 
+# Where a sandbox (development build) token goes when its app is on Apple's production host:
+# Apple's development host, with the app's credential and port (an APNs certificate or key made
+# for both environments is accepted by both).
+APNS_SANDBOX_OF = {apns.PRODUCTION_HOST: apns.SANDBOX_HOST}
+
+
+def apns_host(app_host: str, *, sandbox: bool) -> str:
+    """The host a push goes to: the app's, but Apple's development host for a sandbox token of an
+    app on Apple's production host. Any other host stays (the app already on a development host,
+    a relay, a test server): it was configured on purpose."""
+    if not sandbox:
+        return app_host
+    return APNS_SANDBOX_OF.get(app_host.strip().lower().rstrip("."), app_host)
+
+
 def apns_request_build(
     *, app: PushApp, fields: Mapping[str, Any], token: str, push_type: str | None
 ) -> apns.ApnsRequest:
     now = time.time()
-    topic = app.effective_topic
-    if push_type and push_type != "voip":
-        # A visible (alert) push goes to the bundle's own topic, never to its PushKit one.
-        topic = topic.removesuffix(".voip")
-    push_type = push_type or app.push_type or "voip"
+    visible = push_type == "alert"  # pusher's own visible push (a missed call): Alert-Body is its text
+    # The push's own type (e.g. an alert for a missed call: the bundle's own topic, never its
+    # PushKit one), else the app's, else as Kazoo sent it (push.payloads.apns_wire).
+    push_type, topic = app.apns_wire(push_type)
     # Seconds Apple keeps trying: the push_req's Expires (capped), else the app's setting. 0 (or
     # less) is apns-expiration 0, "now or never"; None leaves Apple's default.
     expires = int_or_none(fields.get("Expires"))
@@ -98,14 +113,16 @@ def apns_request_build(
     expiration = None if valid_s is None else (int(now) + valid_s if valid_s > 0 else 0)
     return apns.ApnsRequest(
         token=token,
-        topic=apns_topic(topic, push_type),
+        topic=topic,
         push_type=push_type,
         priority=app.priority,
         expiration=expiration,
         collapse_id=app.collapse_id or None,
         extra_headers=apns_extra_headers(app.extra_headers),
-        body=apns_body(fields, now_ms=int(now * 1000)),
-        host=app.host,
+        body=apns_body(fields, now_ms=int(now * 1000), visible=visible),
+        host=apns_host(
+            app.host, sandbox=apns_sandbox_requested(fields) or apns_token_sandbox(app_id=app.app_id, token=token)
+        ),
         port=app.port,
     )
 
@@ -115,7 +132,8 @@ def fcm_request_build(*, app: PushApp, fields: Mapping[str, Any], token: str, pu
     expires = int_or_none(fields.get("Expires"))
     ttl = min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires >= 0 else app.ttl_s
     return fcm.FcmRequest(
-        token=token, data=fcm_data(fields, now_ms=now_ms), android_priority=app.android_priority, ttl_s=ttl,
+        token=token, data=fcm_data(fields, now_ms=now_ms, visible=push_type == "alert"),
+        android_priority=app.android_priority, ttl_s=ttl,
         collapse_key=app.collapse_id or None,
         notification=_fcm_notification(fields) if push_type == "alert" else None,
     )

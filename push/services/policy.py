@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROVIDER_OF_TOKEN_TYPE = {
     "apple": Provider.APPLE,
     "apns": Provider.APPLE,
+    "apns.dev": Provider.APPLE,  # RFC 8599's sandbox provider: Apple's development host (push.payloads)
     "firebase": Provider.FIREBASE,
     "google": Provider.FIREBASE,
     "android": Provider.FIREBASE,
@@ -163,7 +164,7 @@ def push_app_for(
         return app, "app_unusable", problem
     assert app is not None
     if provider == Provider.APPLE:
-        delivery.push_type = job.push_type or app.push_type
+        delivery.push_type = app.apns_wire(job.push_type)[0]
     else:
         delivery.push_type = "notification" if job.push_type == "alert" else "data"
     return app, "", ""

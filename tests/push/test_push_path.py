@@ -74,8 +74,10 @@ def test_legacy_alert_body_push_req(apple_app, apns_trusting_fake):
     delivery = services.push_request_handle(fields=body, source="api")
     assert delivery.status == DeliveryStatus.SENT
     (request,) = apns_trusting_fake.requests
-    assert request.body["aps"]["alert"] == body["Alert-Body"]
-    assert request.body["aps"]["call-id"] == body["Call-ID"]
+    # As old Kazoo's pm_apple sent it: a localized IC_MSG alert, ring.caf, call-id at the top level.
+    assert request.body["aps"] == {"alert": {"loc-key": "IC_MSG", "loc-args": [body["Alert-Body"]]},
+                                   "sound": "ring.caf"}
+    assert request.body["call-id"] == body["Call-ID"]
 
 
 @pytest.mark.rabbitmq

@@ -9,7 +9,9 @@ def app_added_write(command: BaseCommand, added: PushAppAdded) -> None:
     app, credential = added.app, added.credential
     command.stdout.write(f"push app {app.app_id} ({app.provider}) saved, {'enabled' if app.enabled else 'disabled'}")
     if app.provider == "apple":
-        command.stdout.write(f"  host {app.host}:{app.port}, topic {app.effective_topic}, push type {app.push_type}")
+        push_type, topic = app.apns_wire()
+        kind = push_type if app.push_type else f"{push_type} (as Kazoo: no push type set)"
+        command.stdout.write(f"  host {app.host}:{app.port}, topic {topic}, push type {kind}")
     state = "stored" if added.credential_created else "already stored, reused"
     command.stdout.write(f"  credential {credential.name!r} ({credential.get_kind_display()}, {state})")
     for label, value in (
