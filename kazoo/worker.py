@@ -56,12 +56,17 @@ LANE_BATCH_MAX = 100
 class WorkerConfig:
     amqp_url: str
     queue: str
-    queue_durable: bool
     dead_letter_exchange: str
     dead_letter_queue: str
     prefetch: int
     push_workers: int
     registration_lanes: int = 1
+    queue_declaration: topology.QueueDeclaration = topology.KAZOO_QUEUE
+
+
+# Exit status when the shared queue exists declared otherwise: a configuration problem, not a
+# broker outage, so no reconnect loop (EX_CONFIG, for systemd's RestartPreventExitStatus).
+EXIT_QUEUE_MISMATCH = 78
 
 
 class _Lane:
@@ -161,10 +166,16 @@ class Worker:
     def run(self) -> int:
         backoff = 1.0
         announced_wait = False
+        code = 0
         while not self.stopping.is_set():
             try:
                 self._session()
                 backoff = 1.0
+            except topology.QueueMismatch as exc:
+                log.error("%s", exc)
+                self._disconnected()
+                self.stopping.set()
+                code = EXIT_QUEUE_MISMATCH
             except (pika.exceptions.AMQPError, OSError) as exc:
                 was_connected = self.connected.is_set()
                 self._disconnected()
@@ -183,8 +194,9 @@ class Worker:
             lane.close()
         self._pushes.shutdown(wait=True)
         self._push_lane.close()
-        log.info("consumer stopped cleanly")
-        return 0
+        if code == 0:
+            log.info("consumer stopped cleanly")
+        return code
 
     def _disconnected(self) -> None:
         self.connected.clear()
@@ -237,7 +249,7 @@ class Worker:
 
     def _declare(self, channel: Any) -> None:
         topology.dead_letters_declare(channel, self.config.dead_letter_exchange, self.config.dead_letter_queue)
-        topology.queue_declare(channel, self.config.queue, durable=self.config.queue_durable)
+        topology.queue_declare(channel, self.config.queue, self.config.queue_declaration)
 
     # --- messages -------------------------------------------------------------------
     def _on_message(self, generation: int, channel: Any, method: Any, properties: Any, body: bytes) -> None:

@@ -47,6 +47,7 @@ class Context:
         env = {
             **os.environ, **self.fakes.consumer_env(),
             "AMQP_URL": self.amqp_url,
+            **broker.QUEUE_ENV,
             "PUSHER_DEAD_LETTER_EXCHANGE": self.dead_letter_exchange,
             "PUSHER_DEAD_LETTER_QUEUE": self.dead_letter_queue,
         }
