@@ -20,6 +20,7 @@ from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
+from kazoo.warmup import warm_loop
 from kazoo.worker import Worker, WorkerConfig
 from push.providers import apns
 
@@ -65,6 +66,8 @@ class Command(BaseCommand):
         worker.install_signal_handlers()
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
+        threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="provider-warm",
+                         daemon=True).start()
         if options["metrics_port"]:
             _serve_metrics(worker, options["metrics_host"], options["metrics_port"])
         logs = log_queue_start()  # the message threads hand their log lines to one writer
