@@ -143,6 +143,11 @@ def consumer_start(
         "PUSHER_APNS_CA_FILE": ca_file,
         "PUSHER_DEAD_LETTER_EXCHANGE": dlx,
         "PUSHER_DEAD_LETTER_QUEUE": dlq,
+        # pusher's own queue declaration (kazoo.topology.PUSHER_OWN_QUEUE): a burst leaves thousands
+        # of messages ready, which Kazoo's 100-message limit would drop.
+        "PUSHER_QUEUE_AUTO_DELETE": "0",
+        "PUSHER_QUEUE_MAX_LENGTH": "none",
+        "PUSHER_QUEUE_MESSAGE_TTL_MS": "none",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra_env or {})

@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from django.conf import settings
 
+    from kazoo import topology
     from kazoo.worker import WorkerConfig
     from registry.models import Device as DeviceRow
     from tests.amqp import sample
@@ -341,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     config = WorkerConfig(
         amqp_url=settings.AMQP_URL,
         queue=f"pusher_bench_{run}",
-        queue_durable=False,
+        # Pre-filled with thousands of messages while no consumer runs: Kazoo's auto-delete,
+        # 100-message queue would not hold them.
+        queue_declaration=topology.PUSHER_OWN_QUEUE,
         dead_letter_exchange=f"pusher_bench_dlx_{run}",
         dead_letter_queue=f"pusher_bench_dlq_{run}",
         prefetch=settings.PUSHER_PREFETCH,

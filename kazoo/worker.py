@@ -52,19 +52,21 @@ T = TypeVar("T")
 Ticket = tuple[int, Any, int]
 # A registration lane takes every message waiting for it, up to this many, as one batch.
 LANE_BATCH_MAX = 100
-# Exit status when RabbitMQ refuses the login: EX_CONFIG (sysexits.h), a configuration error.
-EXIT_LOGIN_REFUSED = 78
+# Exit status for what no reconnect fixes: RabbitMQ refuses the login, or the shared queue exists
+# declared otherwise. EX_CONFIG (sysexits.h), for systemd's RestartPreventExitStatus.
+EXIT_LOGIN_REFUSED = EXIT_QUEUE_MISMATCH = 78
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
     amqp_url: str
     queue: str
-    queue_durable: bool
     dead_letter_exchange: str
     dead_letter_queue: str
     prefetch: int
     push_workers: int
     registration_lanes: int = 1
+    queue_declaration: topology.QueueDeclaration = topology.KAZOO_QUEUE
 
 
 class _Lane:
@@ -180,6 +182,11 @@ class Worker:
                 event_publish("consumer.disconnected", outcome="login refused")
                 code = EXIT_LOGIN_REFUSED
                 self.stopping.set()
+            except topology.QueueMismatch as exc:
+                log.error("%s", exc)
+                self._disconnected()
+                self.stopping.set()
+                code = EXIT_QUEUE_MISMATCH
             except (pika.exceptions.AMQPError, OSError) as exc:
                 was_connected = self.connected.is_set()
                 self._disconnected()
@@ -256,7 +263,7 @@ class Worker:
 
     def _declare(self, channel: Any) -> None:
         topology.dead_letters_declare(channel, self.config.dead_letter_exchange, self.config.dead_letter_queue)
-        topology.queue_declare(channel, self.config.queue, durable=self.config.queue_durable)
+        topology.queue_declare(channel, self.config.queue, self.config.queue_declaration)
 
     # --- messages -------------------------------------------------------------------
     def _on_message(self, generation: int, channel: Any, method: Any, properties: Any, body: bytes) -> None:

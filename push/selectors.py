@@ -15,6 +15,12 @@ def push_apps_with_expiry() -> QuerySet[PushApp]:
     return PushApp.objects.select_related("credential").filter(credential__not_after__isnull=False)
 
 
+def push_apps_sendable() -> list[PushApp]:
+    """Enabled apps with a credential they can send with, credential joined (the warm-up's list)."""
+    apps = PushApp.objects.select_related("credential").filter(enabled=True, credential__isnull=False).order_by("pk")
+    return [app for app in apps if app.credential is not None and not app.credential.cannot_send_reason()]
+
+
 def credentials_expiring(*, now: datetime, days: int = EXPIRY_WARN_DAYS) -> QuerySet[Credential]:
     """Credentials ending within `days` (already expired ones first), their apps prefetched."""
     return (

@@ -147,7 +147,29 @@ STATIC_ROOT = DATA_DIR / "static"
 # --- Broker and the Kazoo bus ------------------------------------------------------
 AMQP_URL = env.str("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/%2F")
 PUSHER_QUEUE_NAME = env.str("PUSHER_QUEUE_NAME", default="pusher_shared_listener")
+# The shared queue is declared as Kazoo's pusher declares it (kazoo.topology.QueueDeclaration), so
+# both can run during a migration: non-durable, auto-delete, x-max-length 100, x-message-ttl 60 s.
 PUSHER_QUEUE_DURABLE = env.bool("PUSHER_QUEUE_DURABLE", default=False)
+PUSHER_QUEUE_AUTO_DELETE = env.bool("PUSHER_QUEUE_AUTO_DELETE", default=True)
+
+
+def _queue_limit(name: str, value: str, minimum: int) -> int | None:
+    """A queue argument: an integer, or `none` to leave the argument out."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if not minimum <= number <= 2**31 - 1:
+        _stop(f"{name} must be an integer from {minimum} to 2147483647, or none (no such argument); got {value!r}")
+    return number
+
+
+PUSHER_QUEUE_MAX_LENGTH = _queue_limit("PUSHER_QUEUE_MAX_LENGTH", env.str("PUSHER_QUEUE_MAX_LENGTH", default="100"), 1)
+PUSHER_QUEUE_MESSAGE_TTL_MS = _queue_limit(
+    "PUSHER_QUEUE_MESSAGE_TTL_MS", env.str("PUSHER_QUEUE_MESSAGE_TTL_MS", default="60000"), 0
+)
 PUSHER_DEAD_LETTER_EXCHANGE = env.str("PUSHER_DEAD_LETTER_EXCHANGE", default="pusher.dead_letter")
 PUSHER_DEAD_LETTER_QUEUE = env.str("PUSHER_DEAD_LETTER_QUEUE", default="pusher_dead_letters")
 # Unacked messages in hand. The push engine keeps them all in flight at once (coroutines, not

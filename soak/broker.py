@@ -35,13 +35,20 @@ def channel_open(url: str) -> Iterator[Any]:
             conn.close()
 
 
+# The soak's consumers declare pusher's own queue (not auto-delete, no length limit or TTL), not
+# Kazoo's default: the soak kills its only consumer and publishes 5,000 messages meanwhile, which
+# Kazoo's declaration would drop with the queue (auto-delete) or beyond 100 ready messages. What
+# the soak measures is what pusher loses, not what the queue's policy discards.
+QUEUE_ENV = {"PUSHER_QUEUE_AUTO_DELETE": "0", "PUSHER_QUEUE_MAX_LENGTH": "none", "PUSHER_QUEUE_MESSAGE_TTL_MS": "none"}
+
+
 def queue_declare(url: str, queue: str) -> None:
     """Declare and bind the queue before anything is published, exactly as the consumer will
-    (kazoo.topology), so messages published while no consumer runs wait in it."""
+    (kazoo.topology, with QUEUE_ENV), so messages published while no consumer runs wait in it."""
     from kazoo import topology
 
     with channel_open(url) as channel:
-        topology.queue_declare(channel, queue)
+        topology.queue_declare(channel, queue, topology.PUSHER_OWN_QUEUE)
 
 
 def queue_depth(url: str, queue: str) -> int:

@@ -11,6 +11,8 @@ their tokens), at the fakes (requests per Call-ID) and in the dead-letter queue.
   lost           the effect never happened: no device stored, or a push neither accepted by the
                  fake nor recorded as expired/failed
   stuck          deliveries left `queued` (half-written: nobody will finish them)
+  unsent         pushes no fake accepted that did not expire either (recorded failed, or lost): a
+                 missed call when the push was a VoIP one
   late           provider requests received after the delivery's deadline
 """
 
@@ -38,6 +40,7 @@ class Figures:
     lost: int = 0
     lost_registrations: int = 0
     stuck: int = 0
+    unsent: int = 0
     expired: int = 0
     late: int = 0
     seconds: float = 0.0
@@ -128,6 +131,7 @@ def count(name: str, sent: Sequence[Sent], fakes: Fakes, *, dead_lettered: int, 
         figures.pushes_sent += bool(accepted)
         figures.duplicates += max(0, len(accepted) - 1)
         figures.duplicates_after_reset += sum(1 for earlier in accepted[:-1] if earlier.answer_maybe_lost)
+        figures.unsent += not accepted and (delivery is None or delivery.status != "expired")
         if delivery is None:
             continue
         figures.stuck += delivery.status == "queued"

@@ -18,6 +18,8 @@ import pika
 from django.db import connection
 
 from kazoo.sync import sync_loop
+from kazoo.topology import PUSHER_OWN_QUEUE, QueueDeclaration
+from kazoo.warmup import warm_loop
 from kazoo.wire import Handled, RawMessage, message_process, message_process_batch
 from kazoo.worker import Worker, WorkerConfig
 from tests.fixtures import sample  # noqa: F401 - re-exported: the broker tests take it from here
@@ -74,14 +76,23 @@ def consumer_running(
     handler: Callable[[RawMessage], Handled] = _closing_handler,
     batch_handler: Callable[[Sequence[RawMessage]], list[Handled]] | None = _closing_batch_handler,
     registration_lanes: int = 4,
+    queue: str | None = None,
+    queue_declaration: QueueDeclaration = PUSHER_OWN_QUEUE,
+    warm: bool = False,
 ) -> Iterator[RunningConsumer]:
-    """A consumer on fresh queue names. The registration lanes take batches through
-    `batch_handler` (None: one message at a time through `handler`, as a custom handler does)."""
+    """A consumer on fresh queue names (or on `queue`, e.g. one Kazoo declared first). The
+    registration lanes take batches through `batch_handler` (None: one message at a time through
+    `handler`, as a custom handler does). `warm`: the provider warm-up runs beside it, as in
+    runconsumer (kazoo.warmup.warm_loop).
+
+    The queue is declared as `queue_declaration` says: by default pusher's own (not auto-delete,
+    no length limit or TTL), so that a test can look into it after the consumer stopped or lost its
+    connection; `kazoo.topology.KAZOO_QUEUE` for runconsumer's default, Kazoo's."""
     suffix = uuid.uuid4().hex[:10]
     config = WorkerConfig(
         amqp_url=amqp_url(),
-        queue=f"pusher_test_{suffix}",
-        queue_durable=False,
+        queue=queue or f"pusher_test_{suffix}",
+        queue_declaration=queue_declaration,
         dead_letter_exchange=f"pusher_test_dlx_{suffix}",
         dead_letter_queue=f"pusher_test_dlq_{suffix}",
         prefetch=50,
@@ -93,6 +104,10 @@ def consumer_running(
     thread.start()
     sync_thread = threading.Thread(target=sync_loop, args=(worker.stopping,), name="test-sync", daemon=True)
     sync_thread.start()
+    warm_thread = threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="test-warm",
+                                   daemon=True)
+    if warm:
+        warm_thread.start()
     running = RunningConsumer(worker, thread)
     try:
         running.wait_connected()
@@ -101,6 +116,8 @@ def consumer_running(
         worker.stop()
         thread.join(timeout=30)
         sync_thread.join(timeout=10)
+        if warm:
+            warm_thread.join(timeout=20)
         assert not thread.is_alive(), "consumer did not stop within 30 s"
         with broker_channel() as channel:
             channel.queue_delete(config.queue)

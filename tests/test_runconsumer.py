@@ -102,7 +102,7 @@ def _url(*, password: str | None = None, port: int | None = None) -> str:
 
 def _worker(url: str) -> Worker:
     return Worker(WorkerConfig(
-        amqp_url=url, queue="pusher_test_never_declared", queue_durable=False,
+        amqp_url=url, queue="pusher_test_never_declared",
         dead_letter_exchange="pusher_test_never_dlx", dead_letter_queue="pusher_test_never_dlq",
         prefetch=10, push_workers=1,
     ))

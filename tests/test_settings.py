@@ -132,6 +132,33 @@ def test_production_defaults_serve_plain_http_and_trust_no_forwarded_proto(tmp_p
     }
 
 
+_QUEUE_SETTINGS = ("PUSHER_QUEUE_DURABLE", "PUSHER_QUEUE_AUTO_DELETE", "PUSHER_QUEUE_MAX_LENGTH",
+                   "PUSHER_QUEUE_MESSAGE_TTL_MS")
+
+
+def test_the_queue_is_declared_as_kazoo_declares_it_unless_told_otherwise(tmp_path: Path, _no_dotenv) -> None:
+    assert settings_values(production_env(tmp_path), *_QUEUE_SETTINGS) == {
+        "PUSHER_QUEUE_DURABLE": False, "PUSHER_QUEUE_AUTO_DELETE": True,
+        "PUSHER_QUEUE_MAX_LENGTH": 100, "PUSHER_QUEUE_MESSAGE_TTL_MS": 60000,
+    }
+    own = production_env(tmp_path, PUSHER_QUEUE_DURABLE="1", PUSHER_QUEUE_AUTO_DELETE="0",
+                         PUSHER_QUEUE_MAX_LENGTH="none", PUSHER_QUEUE_MESSAGE_TTL_MS="None")
+    assert settings_values(own, *_QUEUE_SETTINGS) == {
+        "PUSHER_QUEUE_DURABLE": True, "PUSHER_QUEUE_AUTO_DELETE": False,
+        "PUSHER_QUEUE_MAX_LENGTH": None, "PUSHER_QUEUE_MESSAGE_TTL_MS": None,
+    }
+
+
+def test_a_malformed_queue_limit_stops_the_boot_in_one_line(tmp_path: Path, _no_dotenv) -> None:
+    result = manage(production_env(tmp_path, PUSHER_QUEUE_MAX_LENGTH="unlimited"), "check")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pusher: PUSHER_QUEUE_MAX_LENGTH must be an integer from 1 to 2147483647, or none (no such argument); "
+        "got 'unlimited'\n"
+    )
+
+
 def test_a_trusted_tls_proxy_is_declared_explicitly(tmp_path: Path, _no_dotenv) -> None:
     trusted = settings_values(production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1"), *_TLS_SETTINGS)
     redirected = settings_values(

@@ -95,6 +95,10 @@ class _CredentialProblem(Exception):
     """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""
 
 
+class WarmError(Exception):
+    """A warm-up could not open the connection or sign the provider token; the text says why."""
+
+
 # Why connections are keyed by credential: APNs binds a token-auth connection to the team and key of
 # its first push (another key on it gets 403 UnrelatedKeyIdInToken), and a certificate is a property
 # of the TLS session itself.
@@ -213,6 +217,14 @@ class ApnsClient:
             return ApnsResult(Outcome.RETRY, None, "Timeout", description, None, None, timeout)
         except concurrent.futures.CancelledError:
             return self._closed_result()
+
+    def warm(self, credential: ApnsCredential, *, host: str, port: int) -> concurrent.futures.Future[None]:
+        """Get ready for the first push with `credential` to host:port: open its connection (TCP, TLS
+        with the credential's certificate, HTTP/2 settings exchanged) and, for token auth, sign the
+        provider token, so that the first push pays for none of it. Non-blocking: the future holds
+        None once done, or WarmError saying why not (the first push will then try again)."""
+        loop = self._ensure_loop()
+        return asyncio.run_coroutine_threadsafe(self._warm(credential, host, port), loop)
 
     def invalidate(self, cache_key: str) -> None:
         """Drop the connections of a credential (changed or deleted in the admin).
@@ -377,6 +389,26 @@ class ApnsClient:
         for key, conn in list(self._connections.items()):
             if key[0] == cache_key:
                 self._retire(key, conn)
+
+    async def _warm(self, credential: ApnsCredential, host: str, port: int) -> None:
+        key: _ConnKey = (credential.cache_key, host, port)
+        try:
+            if credential.kind == "token":
+                self._provider_token(credential)
+            conn = self._connection_for(key, credential)
+        except _CredentialProblem as exc:
+            raise WarmError(f"APNs credential {credential.cache_key}: {exc}") from None
+        conn.inflight += 1  # as a request would: a retirement meanwhile closes it once we are done
+        try:
+            async with asyncio.timeout(self._connect_timeout + 1.0):
+                await conn.transport.connect(host, port)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is the warm-up's one line
+            self._retire(key, conn)
+            why = "timed out" if isinstance(exc, TimeoutError) else _classify_exception(exc)[2]
+            raise WarmError(f"cannot connect to APNs at {host}:{port}: {why}") from None
+        finally:
+            conn.inflight -= 1
+            self._maybe_close(conn)
 
     # ---- provider tokens --------------------------------------------------------------------
 

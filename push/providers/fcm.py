@@ -210,6 +210,20 @@ class FcmSender:
         outcome, reason, description, name = _classify(response)
         return done(outcome, response.status_code, reason, description, name, _retry_after(response))
 
+    def warm(self, credential: FcmCredential, *, timeout: float) -> None:
+        """Get ready for the first push with `credential`: fetch its OAuth2 access token now (one
+        round trip to the token endpoint), so that the first push does not wait for it. Blocking;
+        raises FcmWarmError saying why it could not (the first push will then try again)."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._client_for(credential).access_token(timeout=_remaining(deadline))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FcmWarmError(f"service account unusable: {_short(exc)}") from None
+        except _TokenEndpointError as exc:
+            raise FcmWarmError(exc.detail) from None
+        except (_DeadlineExceeded, requests.exceptions.RequestException) as exc:
+            raise FcmWarmError(f"no access token within {timeout:g} s: {_short(exc)}") from None
+
     def invalidate(self, cache_key: str) -> None:
         """Forget the client (and access token) for `cache_key`, e.g. after the credential changed."""
         with self._lock:
@@ -380,6 +394,10 @@ class _DeadlineExceeded(Exception):
     pass
 
 
+class FcmWarmError(Exception):
+    """A warm-up could not fetch the access token; the text says why."""
+
+
 class _TlsAdapter(HTTPAdapter):
     """HTTPAdapter that trusts certifi's bundle plus one extra CA file; verification stays on."""
 
@@ -501,6 +519,7 @@ __all__ = [
     "FcmRequest",
     "FcmResult",
     "FcmSender",
+    "FcmWarmError",
     "Outcome",
     "fcm_message_build",
 ]

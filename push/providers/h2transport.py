@@ -95,6 +95,19 @@ class H2Transport(httpx.AsyncBaseTransport):
                     unavailable.error.request = request
                     raise unavailable.error from None
 
+    async def connect(self, host: str, port: int) -> None:
+        """Open the connection to https://host:port now (TCP, TLS, HTTP/2 SETTINGS exchanged), ahead
+        of the first request: a warm-up. Nothing to do when one is open and takes requests. Raises
+        httpx.ConnectError / ConnectTimeout as a request would."""
+        origin = (host, port)
+        if self._origin is None:
+            self._origin = origin
+        elif origin != self._origin:
+            raise ValueError(f"H2Transport serves {self._origin}, not {origin}")
+        conn = self._current
+        if conn is None or not conn.accepting:
+            await self._connection()
+
     def _header_block(self, request: httpx.Request) -> list[tuple[bytes, bytes]]:
         url = request.url
         authority = url.netloc

@@ -2,7 +2,7 @@
 
 - `apps`: push apps; `credentials`: their secrets; `appcache`: the apps as the push path reads them;
 - `policy`: a push_req's validation, deadline, app choice and retry policy (pure decisions);
-- `clients`: provider credentials and requests, one send for callers on an event loop;
+- `clients`: provider credentials and requests, one send for callers on an event loop, the warm-up;
 - `deliveries`: the delivery log (claims, leases, outcomes, in batches);
 - `sending`: the attempt loop every sender shares, and what an answer means afterwards;
 - `notify`: test pushes and Kamailio's push-notifications-role.
@@ -22,6 +22,7 @@ from push.services.apps import (
     push_app_update,
     push_app_upsert,
 )
+from push.services.clients import WarmUp, provider_connections_warm
 from push.services.credentials import (
     CREDENTIAL_KINDS_OF_PROVIDER,
     credential_create,
@@ -53,8 +54,10 @@ __all__ = [
     "APNS_PRODUCTION_HOST", "APNS_SANDBOX_HOST", "CREDENTIAL_KINDS_OF_PROVIDER", "NOTIFY_INCOMING_CALL",
     "NOTIFY_KINDS", "NOTIFY_MISSED_CALL", "PROVIDER_OF_TOKEN_TYPE", "PUSH_APP_EDITABLE", "PUSH_APP_SETTINGS",
     "TEST_PUSH_CALLER_NAME", "TEST_PUSH_CALLER_NUMBER", "Notification", "PushAppAdded", "PushJob", "SendResult",
+    "WarmUp",
     "credential_create", "credential_delete", "credential_get_or_save", "credential_name_for", "credential_parse",
     "credential_save", "credential_update", "credentials_reencrypt", "delivery_outcome_text", "push_app_add",
     "push_app_cache_clear", "push_app_delete", "push_app_get", "push_app_test_send", "push_app_update",
-    "push_app_upsert", "push_notify", "push_notify_aor", "push_request_handle", "push_test_send", "token_dead",
+    "push_app_upsert", "push_notify", "push_notify_aor", "provider_connections_warm", "push_request_handle",
+    "push_test_send", "token_dead",
 ]

@@ -4,12 +4,15 @@ requests built from a push_req and an app, one send for callers on an event loop
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -50,16 +53,50 @@ def _cache_key(credential: Credential) -> str:
     return f"{credential.pk}:{credential.fingerprint_sha256}:{credential.updated_at.timestamp()}"
 
 
+# The version (updated_at, cache key) of each credential this process last sent or warmed with, per
+# provider. The provider clients key connections (APNs) and access tokens (FCM) by cache key, and a
+# changed credential has a new one, so the old version's connections would idle on until the idle
+# timeout: nothing calls `invalidate`, because the change is made by the web process (admin, API)
+# and this process only sees the new row, through the app cache, seconds later. So the change is
+# noticed here, when the new version is first used (a push or the warm-up), and the old version's
+# connections and token are dropped then. A row older than the known version (a stale app cache
+# entry read before the change) changes nothing.
+_versions: dict[tuple[str, int], tuple[float, str]] = {}
+
+
+def _version_current(provider: str, credential: Credential, cache_key: str) -> None:
+    key = (provider, credential.pk)
+    known = _versions.get(key)
+    if known is not None and known[1] == cache_key:
+        return
+    stamp = credential.updated_at.timestamp()
+    if known is not None and known[0] > stamp:
+        return
+    _versions[key] = (stamp, cache_key)
+    if known is None:
+        return
+    if provider == Provider.APPLE:
+        apns.get_client().invalidate(known[1])
+    else:
+        _fcm().invalidate(known[1])
+    with _warm_lock:
+        _warmed.difference_update({w for w in _warmed if w[0] == known[1]})
+    log.info("credential %r changed: %s of its previous version dropped", credential.name,
+             "the APNs connections" if provider == Provider.APPLE else "the FCM access token")
+
+
 def _apns_credential(credential: Credential) -> apns.ApnsCredential:
+    cache_key = _cache_key(credential)
+    _version_current(Provider.APPLE, credential, cache_key)
     return _apns_credential_built(
-        _cache_key(credential), credential.kind, credential_secret(credential), credential.key_id, credential.team_id
+        cache_key, credential.kind, credential_secret(credential), credential.key_id, credential.team_id
     )
 
 
 def _fcm_credential(credential: Credential, app: PushApp) -> fcm.FcmCredential:
-    return _fcm_credential_built(
-        _cache_key(credential), credential_secret(credential), app.project_id or credential.project_id
-    )
+    cache_key = _cache_key(credential)
+    _version_current(Provider.FIREBASE, credential, cache_key)
+    return _fcm_credential_built(cache_key, credential_secret(credential), app.project_id or credential.project_id)
 
 
 # The provider credentials are built once per stored version (the cache key changes when the
@@ -178,3 +215,99 @@ async def provider_send_async(
         fcm_executor, functools.partial(sender.send, request_fcm, fcm_credential, timeout=timeout)
     )
     return _fcm_result(result)
+
+
+# --- warm-up -----------------------------------------------------------------------------------------
+
+# What this process has warmed: (cache key, host, port) of APNs connections, (cache key, "", 0) of
+# FCM access tokens. A credential's new version has a new cache key, so it is warmed again.
+_warmed: set[tuple[str, str, int]] = set()
+_warm_lock = threading.Lock()
+WARM_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What `provider_connections_warm` did."""
+
+    apns_connections: int  # APNs connections opened (TLS + HTTP/2, the JWT signed for token auth)
+    fcm_tokens: int  # FCM access tokens fetched
+    failed: tuple[str, ...]  # one line each, logged
+
+
+def provider_connections_warm(*, timeout: float = WARM_TIMEOUT_S) -> WarmUp:
+    """Pay now what the first push of each enabled app would pay: its APNs connection (TCP, TLS,
+    HTTP/2, and for token auth the signed JWT) per credential, host and port, or its FCM OAuth2
+    access token per credential. 56-98 ms from INVITE to the provider for a first push, 5-8 ms
+    after. Only what this process has not warmed yet (a credential's new version counts as new),
+    so it can be called again to pick up apps and credentials changed since. Blocks up to
+    `timeout`; each failure is logged in one line and left to the first push to retry."""
+    from push.selectors import push_apps_sendable
+
+    started = time.monotonic()
+    apns_jobs: dict[tuple[str, str, int], tuple[list[str], Any]] = {}
+    fcm_jobs: dict[tuple[str, str, int], tuple[list[str], fcm.FcmCredential]] = {}
+    failed: list[str] = []
+    for app in push_apps_sendable():
+        credential = app.credential
+        assert credential is not None
+        try:
+            if app.provider == Provider.APPLE:
+                apns_credential = _apns_credential(credential)
+                key = (apns_credential.cache_key, app.host, app.port)
+                if key not in apns_jobs and key not in _warmed:
+                    apns_jobs[key] = ([], apns.get_client().warm(apns_credential, host=app.host, port=app.port))
+                if key in apns_jobs:
+                    apns_jobs[key][0].append(app.app_id)
+            else:
+                fcm_credential = _fcm_credential(credential, app)
+                key = (fcm_credential.cache_key, "", 0)
+                if key not in fcm_jobs and key not in _warmed:
+                    fcm_jobs[key] = ([], fcm_credential)
+                if key in fcm_jobs:
+                    fcm_jobs[key][0].append(app.app_id)
+        except Exception as exc:  # noqa: BLE001 - a credential that cannot be built: one line, go on
+            failed.append(f"{app.provider} app {app.app_id}: {type(exc).__name__}: {exc}")
+    deadline = started + timeout
+    done: dict[tuple[str, str, int], str | None] = {}
+    if fcm_jobs:
+        sender = _fcm()
+        with ThreadPoolExecutor(max_workers=min(8, len(fcm_jobs)), thread_name_prefix="fcm-warm") as pool:
+            futures = {key: pool.submit(sender.warm, cred, timeout=timeout) for key, (_, cred) in fcm_jobs.items()}
+            for key, future in futures.items():
+                done[key] = _warm_outcome(future, deadline)
+    for key, (_, future) in apns_jobs.items():
+        done[key] = _warm_outcome(future, deadline)
+    for key, problem in done.items():
+        app_ids, provider = (apns_jobs[key][0], "APNs") if key in apns_jobs else (fcm_jobs[key][0], "FCM")
+        where = f" at {key[1]}:{key[2]}" if key in apns_jobs else ""
+        if problem is None:
+            with _warm_lock:
+                _warmed.add(key)
+        else:
+            failed.append(f"{provider}{where} for {', '.join(app_ids)[:200]}: {problem}")
+    for line in failed:
+        log.warning("warm-up failed (the first push will try again): %s", line)
+    warm = WarmUp(
+        apns_connections=sum(1 for key in apns_jobs if done.get(key) is None),
+        fcm_tokens=sum(1 for key in fcm_jobs if done.get(key) is None),
+        failed=tuple(failed),
+    )
+    if warm.apns_connections or warm.fcm_tokens:
+        log.info("warm-up: %d APNs connection(s) open, %d FCM access token(s) fetched in %.0f ms",
+                 warm.apns_connections, warm.fcm_tokens, (time.monotonic() - started) * 1000)
+    return warm
+
+
+def _warm_outcome(future: Any, deadline: float) -> str | None:
+    """None when the warm-up in `future` succeeded, else why not."""
+    try:
+        future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except (apns.WarmError, fcm.FcmWarmError) as exc:
+        return str(exc)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        return "not done within the warm-up's time"
+    except Exception as exc:  # noqa: BLE001 - whatever it was, one line
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -104,10 +104,10 @@ def deliveries_insert(deliveries: list[Delivery]) -> None:
 def _claim_takeover(existing: Delivery) -> tuple[Delivery, str]:
     """A redelivered push_req whose row exists. Done (sent, failed...): a duplicate. Still queued:
     its sender is either alive (it refreshes the lease before every attempt, so wait: it will
-    finish) or dead (SIGKILL, crash): once the lease has run out, take the row over atomically and
-    close it as `failed`/`sender_died`, without sending. The dead sender claimed the push just
-    before sending it, so it was most likely delivered already; resending would ring the phone
-    twice."""
+    finish) or dead (SIGKILL, crash): once the lease has run out, take the row over atomically
+    ("orphaned"); `push_request_handle` then sends it again if its deadline allows. The dead sender
+    may well have delivered it already, but a second VoIP push for the same Call-ID is harmless
+    (CallKit keys calls by their id) where a missing one is a missed call."""
     waited_until = time.monotonic() + CLAIM_LEASE_S + PUSH_WINDOW_MAX_S
     while True:
         if existing.status != DeliveryStatus.QUEUED:

@@ -9,6 +9,7 @@ import queue
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,23 +61,30 @@ def push_request_handle(
     job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
     text_storable_check(dict(fields))  # the API, admin and commands; a bus message was checked when decoded
     delivery, claim = _claim(job)
-    if claim == "orphaned":
-        # Taken over from a sender that died mid-send (see _claim_takeover): record, don't resend.
-        return _finish(delivery, Finish(
-            DeliveryStatus.FAILED, "sender_died",
-            "the consumer sending this push died before recording the answer; not resent, "
-            "since it was most likely delivered already",
-        ), started=delivery.created_at.timestamp())
     if claim == "duplicate":
         delivery.status = DeliveryStatus.DUPLICATE
         delivery.reason = f"Msg-ID already handled by delivery #{delivery.pk}"
         return delivery
+    attempts_before = 0
+    if claim == "orphaned":
+        # Taken over from a sender that died before recording the answer (see _claim_takeover).
+        # Sent again if its deadline allows: a second VoIP push for the same Call-ID is harmless
+        # (CallKit keys calls by their id), a missing one is a missed call.
+        job, attempts_before = _job_taken_over(job, delivery)
+        if time.time() + ATTEMPT_MIN_S >= job.deadline:
+            return _finish(delivery, Finish(
+                DeliveryStatus.EXPIRED, "deadline",
+                f"its sender died after {attempts_before} attempt(s) and its {job.window:g}s window has passed; "
+                "not resent", attempts_before,
+            ), started=job.started)
+        log.info("msg_id=%s: its sender died after %d attempt(s); sending again within the %.1fs left",
+                 job.msg_id, attempts_before, job.deadline - time.time())
 
     app, reason, problem = push_app_for(job, delivery)
     if problem:
-        return _finish(delivery, Finish(DeliveryStatus.FAILED, reason, problem), started=job.started)
+        return _finish(delivery, Finish(DeliveryStatus.FAILED, reason, problem, attempts_before), started=job.started)
     assert app is not None
-    finish = _attempts_blocking(job, app, delivery)
+    finish = _attempts_blocking(job, app, delivery, attempts_before=attempts_before)
     delivery = _finish(delivery, finish, started=job.started)
     if finish.result is not None:
         push_followup(delivery=delivery, app=app, result=finish.result)
@@ -84,21 +92,23 @@ def push_request_handle(
 
 
 async def push_attempts(
-    job: PushJob, app: PushApp, *, touch: Callable[[int], Awaitable[None]], fcm_executor: Executor | None = None
+    job: PushJob, app: PushApp, *, touch: Callable[[int], Awaitable[None]], fcm_executor: Executor | None = None,
+    attempts_before: int = 0,
 ) -> Finish:
     """The attempt loop of every sender (the consumer's push lane, and through `push_request_handle`
     the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause with
     jittered backoff and send again, never starting an attempt that could not end before the
     push_req's deadline. `touch(attempts_done)` renews the sender's lease before each further
     attempt, so that a redelivery of the same push_req waits for this sender instead of taking
-    it over."""
-    attempts = 0
+    it over. `attempts_before` are the attempts of a dead sender this one took over from: the
+    count goes on from there."""
+    attempts = attempts_before
     result: SendResult | None = None
     while True:
         if time.time() + ATTEMPT_MIN_S >= job.deadline:
             return Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result), attempts, result)
         attempts += 1
-        if attempts > 1:
+        if attempts > attempts_before + 1:  # the claim (or the takeover) has just set the lease
             await touch(attempts - 1)
         result = await provider_send_async(
             app=app, fields=job.fields, token=job.token, deadline=job.deadline, push_type=job.push_type,
@@ -113,7 +123,19 @@ async def push_attempts(
         await asyncio.sleep(pause)
 
 
-def _attempts_blocking(job: PushJob, app: PushApp, delivery: Delivery) -> Finish:
+def _job_taken_over(job: PushJob, delivery: Delivery) -> tuple[PushJob, int]:
+    """The redelivered push_req's job as its first delivery fixed it (received then, due by the
+    same deadline: a redelivery does not buy a push more time), and the attempts its dead sender
+    made: those it recorded with its last lease renewal, plus the one it had under way (a sender
+    claims as it sends)."""
+    started = delivery.created_at.timestamp()
+    deadline = delivery.deadline_at.timestamp() if delivery.deadline_at is not None else job.deadline
+    return replace(job, started=started, deadline=min(deadline, job.deadline), window=deadline - started), (
+        delivery.attempts + 1
+    )
+
+
+def _attempts_blocking(job: PushJob, app: PushApp, delivery: Delivery, *, attempts_before: int = 0) -> Finish:
     """`push_attempts` for a synchronous caller: the loop runs on the APNs client's event loop
     (where its connections live), and the lease renewals come back to this thread, which holds the
     caller's database connection and transaction (the ORM is not for event loops)."""
@@ -125,7 +147,8 @@ def _attempts_blocking(job: PushJob, app: PushApp, delivery: Delivery) -> Finish
         await asyncio.wrap_future(renewed)
 
     future = asyncio.run_coroutine_threadsafe(
-        push_attempts(job, app, touch=touch, fcm_executor=_fcm_threads), apns.get_client().loop()
+        push_attempts(job, app, touch=touch, fcm_executor=_fcm_threads, attempts_before=attempts_before),
+        apns.get_client().loop(),
     )
     future.add_done_callback(lambda _: renewals.put(None))
     while (renewal := renewals.get()) is not None:

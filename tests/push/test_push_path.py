@@ -214,7 +214,7 @@ def test_missing_token_id_is_dead_lettered(apple_app):
     assert method is not None and "Token-ID" in properties.headers["x-pusher-reason"]
 
 
-def _queued_claim(msg_id, claimed_ago_s):
+def _queued_claim(msg_id, claimed_ago_s, *, attempts=0, deadline_in_s=20):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -223,18 +223,33 @@ def _queued_claim(msg_id, claimed_ago_s):
     return Delivery.objects.create(
         msg_id=msg_id, source="amqp", status=DeliveryStatus.QUEUED, token=TOKEN, app_id="com.acme.phone.voip.prod",
         created_at=now - timedelta(seconds=claimed_ago_s), claimed_at=now - timedelta(seconds=claimed_ago_s),
-        deadline_at=now + timedelta(seconds=20),
+        deadline_at=now + timedelta(seconds=deadline_in_s), attempts=attempts,
     )
 
 
-def test_push_of_a_dead_sender_is_closed_not_resent(apple_app, apns_trusting_fake):
-    """A redelivered push_req whose sender died mid-send (its lease ran out): recorded, not sent twice."""
-    orphan = _queued_claim("orphan-1", claimed_ago_s=60)
+def test_push_of_a_dead_sender_is_sent_again_within_its_deadline(apple_app, apns_trusting_fake):
+    """A redelivered push_req whose sender died mid-send (its lease ran out): taken over and sent
+    again, recorded normally, the attempt count going on from the dead sender's."""
+    orphan = _queued_claim("orphan-1", claimed_ago_s=10, attempts=1)
     delivery = services.push_request_handle(fields=push_req(**{"Msg-ID": "orphan-1"}), source="amqp")
     assert delivery.pk == orphan.pk
-    assert delivery.status == DeliveryStatus.FAILED and delivery.reason == "sender_died"
+    assert delivery.status == DeliveryStatus.SENT and delivery.reason == "" and delivery.http_status == 200
+    assert delivery.attempts == 3  # 1 recorded + the 1 it had under way when it died + this one
+    (request,) = apns_trusting_fake.requests
+    assert request.token == TOKEN
+    stored = Delivery.objects.get(pk=orphan.pk)
+    assert stored.status == DeliveryStatus.SENT and stored.attempts == 3
+    assert stored.latency_ms >= 10_000  # from when the push_req first arrived
+
+
+def test_push_of_a_dead_sender_past_its_deadline_is_recorded_expired(apple_app, apns_trusting_fake):
+    orphan = _queued_claim("orphan-2", claimed_ago_s=30, deadline_in_s=-5)
+    delivery = services.push_request_handle(fields=push_req(**{"Msg-ID": "orphan-2"}), source="amqp")
+    assert delivery.pk == orphan.pk
+    assert delivery.status == DeliveryStatus.EXPIRED and delivery.reason == "deadline"
+    assert "sender died" in delivery.error and delivery.attempts == 1
     assert apns_trusting_fake.requests == []
-    assert Delivery.objects.get(pk=orphan.pk).status == DeliveryStatus.FAILED
+    assert Delivery.objects.get(pk=orphan.pk).status == DeliveryStatus.EXPIRED
 
 
 def test_redelivery_waits_for_a_live_sender_then_acks_a_duplicate(apple_app, apns_trusting_fake):

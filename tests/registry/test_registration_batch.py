@@ -211,7 +211,7 @@ def _config(**changes: Any) -> WorkerConfig:
     """For a Worker whose batch handling is called directly: it never connects."""
     suffix = uuid.uuid4().hex[:10]
     values = {
-        "amqp_url": "amqp://never-connected.invalid/", "queue": f"pusher_test_{suffix}", "queue_durable": False,
+        "amqp_url": "amqp://never-connected.invalid/", "queue": f"pusher_test_{suffix}",
         "dead_letter_exchange": f"pusher_test_dlx_{suffix}", "dead_letter_queue": f"pusher_test_dlq_{suffix}",
         "prefetch": 50, "push_workers": 2, "registration_lanes": 1,
     }

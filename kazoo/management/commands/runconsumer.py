@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.sync import sync_loop
+from kazoo.topology import QueueDeclaration
+from kazoo.warmup import warm_loop
 from kazoo.worker import Worker, WorkerConfig
 from push.providers import apns
 
@@ -56,7 +58,10 @@ class Command(BaseCommand):
             WorkerConfig(
                 amqp_url=settings.AMQP_URL,
                 queue=queue,
-                queue_durable=settings.PUSHER_QUEUE_DURABLE,
+                queue_declaration=QueueDeclaration(
+                    durable=settings.PUSHER_QUEUE_DURABLE, auto_delete=settings.PUSHER_QUEUE_AUTO_DELETE,
+                    max_length=settings.PUSHER_QUEUE_MAX_LENGTH, message_ttl_ms=settings.PUSHER_QUEUE_MESSAGE_TTL_MS,
+                ),
                 dead_letter_exchange=settings.PUSHER_DEAD_LETTER_EXCHANGE,
                 dead_letter_queue=settings.PUSHER_DEAD_LETTER_QUEUE,
                 prefetch=options["prefetch"],
@@ -69,6 +74,8 @@ class Command(BaseCommand):
         worker.install_signal_handlers()
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
+        threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="provider-warm",
+                         daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()

@@ -1,0 +1,36 @@
+"""Provider connections warmed beside the consumer, never in front of it: once it is consuming, the
+APNs connection of every enabled Apple app (with its JWT signed) and the FCM access token of every
+enabled Firebase app are opened in the background (push.services.provider_connections_warm), then
+again every WARM_INTERVAL_S for what changed since: a new app, or a credential replaced in the
+admin or the API (its old connections are dropped, its new ones opened)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.db import close_old_connections, connection
+
+from push.services import provider_connections_warm
+
+log = logging.getLogger("pusher.consumer")
+
+WARM_INTERVAL_S = 30.0
+
+
+def warm_loop(connected: threading.Event, stopping: threading.Event, *, interval: float = WARM_INTERVAL_S) -> None:
+    """Until `stopping`: wait for the consumer to be `connected` (consuming first), then warm, and
+    warm again every `interval` seconds. A failure is logged and left for the next round."""
+    while not connected.wait(0.5):
+        if stopping.is_set():
+            return
+    try:
+        while not stopping.is_set():
+            try:
+                close_old_connections()
+                provider_connections_warm()
+            except Exception as exc:  # noqa: BLE001 - the warm-up must never take the consumer down
+                log.warning("provider warm-up failed (%s: %s); the first push will connect", type(exc).__name__, exc)
+            stopping.wait(interval)
+    finally:
+        connection.close()  # this thread's
