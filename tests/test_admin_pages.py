@@ -174,7 +174,7 @@ def test_changelist_search_and_filters_render(staff_client, one_of_each) -> None
     filters = {"status__exact": "sent", "provider__exact": "apple"}
     response = staff_client.get(admin_url(Delivery, "changelist"), filters)
     assert response.status_code == 200
-    assert "call-0001@acme" in page(response)
+    assert f"{BUNDLE}.prod (apple)" in page(response)
 
 
 def test_device_change_page_shows_masked_tokens(staff_client, one_of_each) -> None:
