@@ -147,6 +147,13 @@ class DeviceAdmin(admin.ModelAdmin):
         if changes:
             services.device_update(device=obj, **changes)
 
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A device's tokens go with it (device_delete), as through the API with delete_device alone;
+        # tokens are never deleted on their own, so their admin grants no delete permission to ask for.
+        perms_needed.discard(PushToken._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
     def delete_model(self, request, obj):
         services.device_delete(device=obj)
 
