@@ -10,7 +10,7 @@ from django.urls import URLPattern, path
 
 from core.errors import PusherError
 from kazoo import sync
-from kazoo.config import user_agent_test
+from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
 from registry import services

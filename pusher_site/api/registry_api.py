@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from kazoo import config as kazoo_config
 from kazoo import sync
+from kazoo.uatest import user_agent_test
 from push import services as push_services
 from push.models import DeliverySource
 from pusher_site.api.conventions import (
@@ -175,7 +176,7 @@ class UserAgentRuleViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelV
         params = RuleMatchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        result = kazoo_config.user_agent_test(
+        result = user_agent_test(
             user_agent=data["user_agent"], contact=data["contact"], fields=data.get("fields")
         )
         return Response(RuleMatchSerializer(result.as_dict()).data)
