@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import psycopg
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, reset_queries
+from django.db import InterfaceError, OperationalError, close_old_connections, connections, reset_queries
 
 T = TypeVar("T")
+# Django's wrapped errors, and the driver's own: batch writes run on a raw psycopg cursor, whose
+# errors Django never sees (nor marks its connection broken for).
+OUTAGE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 log = logging.getLogger(__name__)
 
 CONNECTION_CHECK_INTERVAL_S = 5.0
@@ -42,18 +46,32 @@ def database_wait(
     while True:
         try:
             return work()
-        except (OperationalError, InterfaceError) as exc:
+        except OUTAGE_ERRORS as exc:
             if stopping is not None and stopping():
                 raise WaitStopped(what) from exc
             if give_up is not None and time.monotonic() > give_up:
                 raise
             log.warning("database unavailable while %s (%s); retrying in %.1fs", what, str(exc).strip()[:200], pause)
-            try:
-                close_old_connections()  # drops the broken connection; the retry opens a new one
-            except Exception:  # noqa: BLE001, S110 - the connection is already broken
-                pass
+            _broken_connections_close()
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+
+def _broken_connections_close() -> None:
+    """Drop this thread's connections that an outage broke, so that the retry opens new ones."""
+    for wrapper in connections.all(initialized_only=True):
+        raw = wrapper.connection
+        if raw is not None and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
+            wrapper.close_if_unusable_or_obsolete()
+            if wrapper.connection is not None:
+                try:
+                    wrapper.close()
+                except Exception:  # noqa: BLE001, S110 - the connection is already broken
+                    pass
+    try:
+        close_old_connections()
+    except Exception:  # noqa: BLE001, S110 - the connection is already broken
+        pass
 
 
 def connections_check() -> None:

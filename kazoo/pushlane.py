@@ -82,8 +82,7 @@ class _Push:
     delivery: Delivery
     app: PushApp | None = None
     finish: Finish | None = None
-    claim_queued: bool = False
-    claimed: bool = False  # the claim was written (delivery.pk set unless another sender had the Msg-ID)
+    claimed: asyncio.Future[bool] | None = None  # True once the claim is committed (pk set unless taken)
 
 
 class PushLane:
@@ -107,6 +106,7 @@ class PushLane:
         self._incoming: collections.deque[tuple[Any, RawMessage]] = collections.deque()
         self._wake_lock = threading.Lock()
         self._wake_scheduled = False
+        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-claim")
         self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-store")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-read")
         self._fcm = ThreadPoolExecutor(max_workers=FCM_THREADS, thread_name_prefix="push-fcm")
@@ -115,6 +115,7 @@ class PushLane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._to_claim: list[_Push] = []
         self._to_record: list[_Push] = []
+        self._claiming = False
         self._writing = False
         self._reading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -138,9 +139,9 @@ class PushLane:
     def close(self) -> None:
         """After the consumer stopped taking messages and saw the last one completed: the
         threads end, and their database connections are closed."""
-        for executor in (self._store, self._reader):
+        for executor in (self._claimer, self._store, self._reader):
             executor.submit(connections.close_all)  # runs on that thread: closes that thread's connections
-        for executor in (self._store, self._reader, self._fcm):
+        for executor in (self._claimer, self._store, self._reader, self._fcm):
             executor.shutdown(wait=True)
 
     def _refuse_waiting(self, reason: str) -> None:
@@ -155,7 +156,8 @@ class PushLane:
     def _wake(self) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or the APNs client was reconfigured
-            self._loop, self._to_claim, self._to_record, self._writing = loop, [], [], False
+            self._loop, self._to_claim, self._to_record = loop, [], []
+            self._claiming = self._writing = False
             self._reading = {}
         with self._wake_lock:
             self._wake_scheduled = False
@@ -211,7 +213,8 @@ class PushLane:
             else:
                 assert app is not None
                 push.app = app
-                self._claim(push)  # written beside the send, not before it
+                if not await self._claim(push):
+                    return  # its Msg-ID has a row (another consumer, a republish), or stopping: handed on
                 push.finish = await push_attempts(
                     job, app, touch=lambda done: self._touch(push, done), fcm_executor=self._fcm
                 )
@@ -244,7 +247,7 @@ class PushLane:
 
     async def _touch(self, push: _Push, attempts_done: int) -> None:
         """Renew the lease before another attempt; a hint for a redelivery, so it is not waited for."""
-        if push.claimed and push.delivery.pk is not None:
+        if push.delivery.pk is not None:
             asyncio.get_running_loop().run_in_executor(self._store, self._lease_renew, push.delivery, attempts_done)
 
     @staticmethod
@@ -254,37 +257,71 @@ class PushLane:
         except Exception as exc:  # noqa: BLE001 - the lease is a hint; the send goes on
             log.warning("could not renew the lease of delivery #%s (%s)", delivery.pk, str(exc).strip()[:200])
 
-    def _claim(self, push: _Push) -> None:
-        if not push.claim_queued:
-            push.claim_queued = True
-            self._to_claim.append(push)
-            self._write_soon()
+    async def _claim(self, push: _Push) -> bool:
+        """The push's claim, committed before it is sent: one `INSERT ... ON CONFLICT (msg_id) DO
+        NOTHING` for every push waiting, on the claim thread, committed without waiting for the WAL
+        flush (`deliveries_insert(durable=False)`): other consumers see it at once, so two copies of
+        one Msg-ID never both ring, and no disk stall holds the send. (A claim a database crash
+        loses only lets a redelivery send again; the message is acked after its durable outcome.)
+        False when the push is not to be sent here: its Msg-ID already has a row (handed to
+        `push_request_handle`, which waits for or takes over that sender), or the consumer stops
+        while the database is down (back to the queue)."""
+        push.claimed = asyncio.get_running_loop().create_future()
+        self._to_claim.append(push)
+        if not self._claiming:
+            self._claiming = True
+            self._spawn(self._claim_batches())
+        if not await push.claimed:
+            self._complete([(push.ticket, push.message, _requeue())])
+            return False
+        if push.delivery.pk is None:
+            self._hand_back(push.ticket, push.message)
+            return False
+        return True
+
+    async def _claim_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._to_claim:
+                batch, self._to_claim = self._to_claim, []
+                written = await loop.run_in_executor(self._claimer, self._claims_write, batch)
+                for push in batch:
+                    assert push.claimed is not None
+                    push.claimed.set_result(written)
+        finally:
+            self._claiming = False
+
+    def _claims_write(self, batch: list[_Push]) -> bool:
+        """On the claim thread. A database outage is waited out (the pushes wait unsent); False if
+        the consumer stops meanwhile or the write fails for another reason."""
+        try:
+            connections_check()
+            for chunk in _chunks([p.delivery for p in batch]):
+                database_wait(functools.partial(deliveries_insert, chunk, durable=False),
+                              what=f"claiming {len(chunk)} push_req", stopping=self._stopping)
+        except WaitStopped:
+            return False
+        except Exception:
+            log.exception("claiming %d push_req failed; they go back to the queue", len(batch))
+            return False
+        return True
 
     def _record(self, push: _Push) -> None:
         assert push.finish is not None
         delivery_finish_apply(push.delivery, push.finish, started=push.job.started)
-        self._claim(push)  # never sent (no app, an error): its row is written with its outcome
         self._to_record.append(push)
-        self._write_soon()
-
-    def _write_soon(self) -> None:
         if not self._writing:
             self._writing = True
             self._spawn(self._write_batches())
 
     async def _write_batches(self) -> None:
-        """While there is something to write: every claim waiting, then every finished push, on the
-        store thread (a finished push's claim is written before it or in the same round). Batches
-        form by themselves: while one is written, the next pushes queue behind it."""
+        """While there are finished pushes: their outcomes in one batch on the store thread, then
+        their acks. Batches form by themselves: while one is written, the next pushes queue."""
         loop = asyncio.get_running_loop()
         try:
-            while self._to_claim or self._to_record:
-                claims, self._to_claim = self._to_claim, []
+            while self._to_record:
                 records, self._to_record = self._to_record, []
-                completed, claims_written = await loop.run_in_executor(self._store, self._write, claims, records)
-                for push in claims:
-                    # Not written (stopping during an outage): claimed again with its outcome.
-                    push.claimed, push.claim_queued = claims_written, claims_written
+                completed = await loop.run_in_executor(self._store, self._write, records)
                 if completed:
                     self._complete(completed)
         finally:
@@ -292,29 +329,27 @@ class PushLane:
 
     # --- on the store thread ------------------------------------------------------------------
 
-    def _write(self, claims: list[_Push], records: list[_Push]) -> tuple[list[Completed], bool]:
-        """Write the claims, then the outcomes, then say what to ack. The pushes went out already,
-        so a database outage is waited out; if the consumer stops meanwhile, the messages go back
-        to the queue, and a redelivery finds the row still queued (or no row) and is handled by
-        `push_request_handle`."""
+    def _write(self, records: list[_Push]) -> list[Completed]:
+        """Write the outcomes (a push never claimed, with no app to send through, gets its row with
+        its outcome), then say what to ack. The pushes went out already, so a database outage is
+        waited out; if the consumer stops meanwhile, the messages go back to the queue, and a
+        redelivery finds the row still queued and is handled by `push_request_handle`."""
         try:
             connections_check()
-            for chunk in _chunks([p.delivery for p in claims]):
+            for chunk in _chunks([p.delivery for p in records if p.claimed is None]):
                 database_wait(functools.partial(deliveries_insert, chunk),
-                              what=f"claiming {len(chunk)} push_req", stopping=self._stopping)
-            for chunk in _chunks([p.delivery for p in records if p.delivery.pk is not None]):
+                              what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
+            for chunk in _chunks([p.delivery for p in records if p.claimed is not None]):
                 database_wait(functools.partial(deliveries_save_finished, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
         except WaitStopped:
-            return [(p.ticket, p.message, _requeue()) for p in records], False
+            return [(p.ticket, p.message, _requeue()) for p in records]
         except Exception:
-            log.exception("writing %d claims and %d outcomes failed; their push_req go back to the queue",
-                          len(claims), len(records))
-            return [(p.ticket, p.message, _requeue()) for p in records], False
+            log.exception("recording %d outcomes failed; their push_req go back to the queue", len(records))
+            return [(p.ticket, p.message, _requeue()) for p in records]
         completed: list[Completed] = []
         for push in records:
-            if push.delivery.pk is None:  # another consumer had this Msg-ID (published twice)
-                log.warning("push_req msg_id=%s was also taken by another consumer", push.job.msg_id)
+            if push.delivery.pk is None:  # never claimed, and its Msg-ID had a row meanwhile
                 completed.append((push.ticket, push.message, Handled(
                     Action.ACK, "push_req", DeliveryStatus.DUPLICATE, "Msg-ID also taken by another consumer",
                     push.job.msg_id[:200],
@@ -329,7 +364,7 @@ class PushLane:
         logged = [p for p in records if p.delivery.pk is not None]
         handled = push_reqs_logged([(p.job.msg_id[:200], p.delivery) for p in logged])
         completed.extend((p.ticket, p.message, h) for p, h in zip(logged, handled, strict=True))
-        return completed, True
+        return completed
 
 
 def _chunks(deliveries: list[Delivery]) -> list[list[Delivery]]:
