@@ -253,6 +253,7 @@ class CpuMeter:
         self.pids = pids
         self._start: tuple[float, float, dict[str, float], dict[str, dict[int, float]]] | None = None
         self.cores: dict[str, float] = {}
+        self.seconds = 0.0  # the interval's length, once it ended
 
     def __enter__(self) -> CpuMeter:
         self._start = (time.monotonic(), _system_busy_seconds(), self._own(), _proc_cpu_by_name(list(self.SERVICES)))
@@ -265,6 +266,7 @@ class CpuMeter:
         assert self._start is not None
         wall0, busy0, own0, svc0 = self._start
         wall = max(time.monotonic() - wall0, 1e-6)
+        self.seconds = wall
         own1, svc1 = self._own(), _proc_cpu_by_name(list(self.SERVICES))
         cores = {label: (own1[label] - own0[label]) / wall for label in own1}
         cores.update({self.SERVICES[n]: _delta(svc0[n], svc1[n]) / wall for n in self.SERVICES})

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-_PROJECT = ("push/", "registry/", "pusher_site/")
+_PROJECT = ("push/", "registry/", "pusher_site/", "kazoo/", "core/")
 
 
 def py_spy() -> str | None:

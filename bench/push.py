@@ -1,4 +1,5 @@
-"""push_req benchmark: `python -m bench.push [--rate 100 --seconds 10] [--throughput 5000] [--delay-ms 30]`.
+"""push_req benchmark: `python -m bench.push [--rate 100 --seconds 10] [--throughput 5000] [--delay-ms 30]`,
+or `python -m bench.push --steady 100,500 --seconds 10 --repeat 3 [--disk-busy]` (bench/steady.py).
 
 The fake APNs (HTTP/2 + TLS, tests/fakes/apns.py) runs in this process and answers every push
 after --delay-ms. The consumer runs as it does in production, as a separate process
@@ -10,6 +11,9 @@ which APNs receives at the top level of the body.
   A (latency)     push_req at a fixed rate (--rate/s for --seconds s); publish-to-receipt at the fake
   B (throughput)  --throughput push_req published as fast as possible; pushes/s received at the fake
                   (first to last receipt) and how many deliveries ended `sent` in the database
+  steady          --steady RATES: instead of A and B, each rate for --seconds, --repeat times (rates
+                  alternating), one line per run: publish-to-receipt p50/p99/max, consumer CPU per
+                  push, load average; --disk-busy adds a dd/fsync loop beside PostgreSQL's WAL
 
 --prefetch takes a comma-separated list (e.g. 200,1000): a fresh consumer per value. The push engine
 keeps every unacked push_req in flight and batches its database writes by what is in hand, so
@@ -289,6 +293,40 @@ def deliveries(tag: str, expected: int, *, timeout: float) -> collections.Counte
     return collections.Counter(rows.values_list("status", flat=True))
 
 
+def warm_up(fake: Any, template: dict[str, Any], tag: str) -> int:
+    """The first push opens the TLS + HTTP/2 connection and fills the app cache: not counted.
+    Returns how many warm-up pushes the fake received."""
+    base = answered(fake)
+    publish_burst(template, tag=tag, count=WARMUP_PUSHES)
+    warm = wait_received(fake, tag, WARMUP_PUSHES, base=base, timeout=30)
+    say(f"  warm-up: {len(warm)}/{WARMUP_PUSHES} pushes received (not counted)")
+    return len(warm)
+
+
+@dataclass
+class ConsumerEnd:
+    exit_code: int | None
+    stop_s: float
+    rss_max_mb: float
+    rss_hwm_mb: float
+    db_connections_max: int
+    problems: tuple[int, list[str]]
+
+
+def consumer_finish(consumer: Consumer) -> ConsumerEnd:
+    """Stop the consumer, delete its bench queues, and say how it ended."""
+    db_connections_max = consumer.db_connections_max
+    exit_code, stop_s, hwm = consumer.stop()
+    broker_cleanup(queues=[consumer.queue, consumer.dead_letter_queue], exchanges=[consumer.dead_letter_exchange])
+    end = ConsumerEnd(exit_code, stop_s, consumer.rss_max_mb, hwm, db_connections_max, log_problems(consumer.log_path))
+    say(f"  consumer stopped (SIGTERM) in {end.stop_s:.1f} s, exit code {end.exit_code}; RSS max "
+        f"{end.rss_max_mb:.1f} MB sampled, VmHWM {end.rss_hwm_mb:.1f} MB; PostgreSQL connections to the "
+        f"bench database up to {end.db_connections_max}; {end.problems[0]} WARNING/ERROR log lines")
+    for line in end.problems[1]:
+        say(f"    {line}")
+    return end
+
+
 @dataclass
 class Round:
     prefetch: int
@@ -309,12 +347,7 @@ def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, t
     say(f"\n--prefetch {prefetch}: consumer pid {consumer.pid} consuming from {consumer.queue} "
         f"(--workers {args.workers}); its log: {consumer.log_path}")
     try:
-        # Warm-up: the first push opens the TLS + HTTP/2 connection and fills the app cache.
-        tag = f"bench-{run}-p{prefetch}-warm"
-        base = answered(fake)
-        publish_burst(template, tag=tag, count=WARMUP_PUSHES)
-        warm = wait_received(fake, tag, WARMUP_PUSHES, base=base, timeout=30)
-        say(f"  warm-up: {len(warm)}/{WARMUP_PUSHES} pushes received (not counted)")
+        warm_up(fake, template, f"bench-{run}-p{prefetch}-warm")
 
         if args.seconds > 0 and args.rate > 0:
             tag = f"bench-{run}-p{prefetch}-A"
@@ -377,16 +410,10 @@ def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, t
                 say(f"  consumer profile during B, wall clock, the AMQP connection thread ({wall_path}):")
                 say(summary(wall_path, threads="MainThread", top=4))
     finally:
-        result.db_connections_max = consumer.db_connections_max
-        result.exit_code, result.stop_s, result.rss_hwm_mb = consumer.stop()
-        result.rss_max_mb = consumer.rss_max_mb
-        broker_cleanup(queues=[consumer.queue, consumer.dead_letter_queue], exchanges=[consumer.dead_letter_exchange])
-        result.problems = log_problems(consumer.log_path)
-    say(f"  consumer stopped (SIGTERM) in {result.stop_s:.1f} s, exit code {result.exit_code}; RSS max "
-        f"{result.rss_max_mb:.1f} MB sampled, VmHWM {result.rss_hwm_mb:.1f} MB; PostgreSQL connections to the "
-        f"bench database up to {result.db_connections_max}; {result.problems[0]} WARNING/ERROR log lines")
-    for line in result.problems[1]:
-        say(f"    {line}")
+        end = consumer_finish(consumer)
+        result.exit_code, result.stop_s, result.problems = end.exit_code, end.stop_s, end.problems
+        result.rss_max_mb, result.rss_hwm_mb = end.rss_max_mb, end.rss_hwm_mb
+        result.db_connections_max = end.db_connections_max
     return result
 
 
@@ -409,17 +436,34 @@ def apns_app_setup(fake: Any, run: str) -> tuple[Any, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=100.0, help="scenario A: push_req per second")
-    parser.add_argument("--seconds", type=float, default=10.0, help="scenario A: duration (0 skips A)")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="scenario A (0 skips A), or each --steady run: duration")
     parser.add_argument("--throughput", type=int, default=5000, help="scenario B: push_req count (0 skips B)")
     parser.add_argument("--delay-ms", type=float, default=30.0, help="fake APNs answer delay")
     parser.add_argument("--prefetch", default="", help="comma-separated consumer prefetches (default PUSHER_PREFETCH)")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads for push_req the engine hands back (default PUSHER_WORKERS)")
-    parser.add_argument("--profile", metavar="DIR", help="py-spy profile of the consumer during B into DIR")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy profile of the consumer during B (or each --steady run) into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
     parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the consumer only (repeatable), e.g. DEBUG=0")
+    parser.add_argument("--steady", default="", metavar="RATES",
+                        help="steady-rate mode instead of A and B: comma-separated push_req/s, e.g. 100,500")
+    parser.add_argument("--repeat", type=int, default=3, help="steady mode: runs per rate")
+    parser.add_argument("--gap", type=float, default=2.0, help="steady mode: idle seconds between runs")
+    parser.add_argument("--disk-busy", action="store_true",
+                        help="steady mode: a dd ... conv=fsync loop in the repository's data/ during each run")
     args = parser.parse_args(argv)
+    try:
+        args.steady_rates = [float(r) for r in args.steady.split(",") if r.strip()]
+    except ValueError:
+        parser.error("--steady: comma-separated numbers, e.g. 100,500")
+    if args.steady and not (args.steady_rates and all(0 < r <= 5000 for r in args.steady_rates)
+                            and 1 <= args.repeat <= 50 and 0 < args.seconds and 0 <= args.gap <= 600):
+        parser.error("--steady: rates 0..5000 (exclusive of 0), --repeat 1..50, --seconds > 0, --gap 0..600")
+    if args.disk_busy and not args.steady:
+        parser.error("--disk-busy goes with --steady")
     args.consumer_env_dict = {}
     for item in args.consumer_env:
         name, sep, value = item.partition("=")
@@ -440,8 +484,12 @@ def main(argv: list[str] | None = None) -> None:
     from django.conf import settings
 
     from push.models import Credential, Delivery, PushApp
-    from tests.amqp import sample
     from tests.fakes.apns import FakeApns
+
+    try:
+        from tests.fixtures import sample  # the samples kept in the repository
+    except ImportError:  # trees before tests/fixtures: the shared Kazoo samples
+        from tests.amqp import sample
 
     prefetch_list = [int(p) for p in (args.prefetch or str(settings.PUSHER_PREFETCH)).split(",") if p.strip()]
     if not prefetch_list or any(not 1 <= p <= 65535 for p in prefetch_list):
@@ -457,11 +505,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.consumer_env_dict:
         say(f"  consumer environment overrides: {args.consumer_env_dict}")
     rounds: list[Round] = []
+    steady_runs: list[Any] = []
     app = credential = None
     try:
         app, credential = apns_app_setup(fake, run)
         for prefetch in prefetch_list:
-            rounds.append(run_round(args, run=run, prefetch=prefetch, fake=fake, template=template))
+            if args.steady:
+                from bench.steady import steady_round
+
+                steady_runs += steady_round(args, run=run, prefetch=prefetch, fake=fake, template=template)
+            else:
+                rounds.append(run_round(args, run=run, prefetch=prefetch, fake=fake, template=template))
     finally:
         fake_stats = fake.stats
         fake.stop()
@@ -472,6 +526,12 @@ def main(argv: list[str] | None = None) -> None:
         if credential is not None:
             Credential.objects.filter(pk=credential.pk).delete()
 
+    if args.steady:
+        from bench.steady import steady_report
+
+        steady_report(args, steady_runs)
+        say(f"fake APNs answers: {fake_stats}")
+        return
     say()
     say(f"A: latency, {args.rate:g} push_req/s for {args.seconds:g} s; publish (time.time_ns in Payload) to "
         f"receipt at the fake. Target p99 < {TARGET_P99_MS:g} ms.")
