@@ -395,6 +395,25 @@ def device_sync_done(*, device: Device, changed_at: Any) -> Device:
     return device
 
 
+def device_sync_pending(*, device: Device, reason: str) -> Device:
+    """Have the sync loop write the device's push object again (it is found to differ from the
+    copy the other side holds); the push object itself is unchanged. A device already waiting to
+    sync keeps its turn and backoff."""
+    if not kazoo_configured():
+        return device
+    now = timezone.now()
+    fields = _sync_fields(now)
+    updated = Device.objects.filter(pk=device.pk, sync_status__in=[SyncStatus.SYNCED, SyncStatus.LOCAL]).update(
+        **fields
+    )
+    if updated:
+        for key, value in fields.items():
+            setattr(device, key, value)
+        log.info("device %s/%s queued for sync: %s", device.account_id, device.device_id, reason)
+        transaction.on_commit(sync_wake)
+    return device
+
+
 @transaction.atomic
 def device_push_clear(*, device: Device, reason: str) -> Device:
     """Clear the push object (dead token) so Kazoo stops building push endpoints for the device;

@@ -13,6 +13,7 @@ from kazoo import sync
 from kazoo.config import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
+from pusher_site.admin.kazoo_admin import DeviceReconcileInline
 from registry import services
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 
@@ -106,7 +107,7 @@ class DeviceAdmin(admin.ModelAdmin):
     readonly_fields = ["push", "push_changed_at", "push_synced_at", "sync_status", "sync_attempts",
                        "sync_next_at", "sync_error", "last_user_agent", "last_contact", "last_registration_at",
                        "last_seen_at", "created_at", "rule_name"]
-    inlines = [PushTokenInline]
+    inlines = [PushTokenInline, DeviceReconcileInline]
     date_hierarchy = "last_registration_at"
     actions = ["sync_to_kazoo", "send_test_push"]
 
