@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from registry.models import Device, SyncStatus, UserAgentRule
+from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import Rule, rule_regex_caches_clear
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
@@ -114,3 +114,17 @@ def devices_waiting_sync() -> QuerySet[Device]:
     return Device.objects.filter(sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED]).order_by(
         "push_changed_at", "pk"
     )
+
+
+def token_devices_get(*, tokens: Collection[str]) -> dict[str, tuple[str, str]]:
+    """(account_id, device_id) of the device holding each of these tokens active, in one query;
+    the most recently seen device when several hold the same token."""
+    owners: dict[str, tuple[str, str]] = {}
+    rows = (
+        PushToken.objects.filter(token__in=list(tokens), active=True)
+        .order_by("-last_seen_at", "-pk")
+        .values_list("token", "device__account_id", "device__device_id")
+    )
+    for token, account_id, device_id in rows:
+        owners.setdefault(token, (account_id, device_id))
+    return owners
