@@ -96,11 +96,11 @@ async def push_attempts(
     attempts_before: int = 0,
 ) -> Finish:
     """The attempt loop of every sender (the consumer's push lane, and through `push_request_handle`
-    the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause with
-    jittered backoff and send again, never starting an attempt that could not end before the
-    push_req's deadline. `touch(attempts_done)` renews the sender's lease before each further
-    attempt, so that a redelivery of the same push_req waits for this sender instead of taking
-    it over. `attempts_before` are the attempts of a dead sender this one took over from: the
+    the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause (the
+    provider's Retry-After when given, else jittered backoff) and send again, never starting an
+    attempt that could not end before the push_req's deadline. `touch(attempts_done)` renews the
+    sender's lease before each further attempt, so that a redelivery of the same push_req waits
+    for this sender instead of taking it over. `attempts_before` are the attempts of a dead sender this one took over from: the
     count goes on from there."""
     attempts = attempts_before
     result: SendResult | None = None
@@ -116,8 +116,8 @@ async def push_attempts(
         )
         if result.outcome != "retry":
             return finish_of_result(result, attempts)
-        pause = retry_pause(attempts)
-        if time.time() + pause >= job.deadline:
+        pause = retry_pause(attempts, result.retry_after_s)
+        if time.time() + pause + ATTEMPT_MIN_S >= job.deadline:  # the attempt could not be made in time
             return Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result, retrying=True),
                           attempts, result)
         await asyncio.sleep(pause)
