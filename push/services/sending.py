@@ -100,8 +100,8 @@ async def push_attempts(
     provider's Retry-After when given, else jittered backoff) and send again, never starting an
     attempt that could not end before the push_req's deadline. `touch(attempts_done)` renews the
     sender's lease before each further attempt, so that a redelivery of the same push_req waits
-    for this sender instead of taking it over. `attempts_before` are the attempts of a dead sender this one took over from: the
-    count goes on from there."""
+    for this sender instead of taking it over. `attempts_before` are the attempts of a dead sender
+    this one took over from: the count goes on from there."""
     attempts = attempts_before
     result: SendResult | None = None
     while True:
