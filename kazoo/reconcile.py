@@ -87,8 +87,12 @@ def device_reconcile(*, device: Device, client: CrossbarClient, dry_run: bool = 
         else:
             outcome = ReconcileOutcome(device, ReconcileResult.ERROR, exc.message)
     else:
-        ours = _push_normal(device.push)
         theirs = _push_normal(document.get("push"))
+        ours = _push_normal(device.push)
+        if not push_object_equal(ours, theirs):
+            # Read before the GET: the push object may have changed (and reached Kazoo) meanwhile.
+            device.refresh_from_db(fields=["push", "push_changed_at", "sync_status"])
+            ours = _push_normal(device.push)
         if push_object_equal(ours, theirs):
             outcome = ReconcileOutcome(device, ReconcileResult.OK)
         else:

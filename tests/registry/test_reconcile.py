@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from io import StringIO
 
 import pytest
@@ -221,3 +222,43 @@ def test_admin_shows_the_reconcile_state(kazoo: FakeCrossbar, staff_client):
     assert listing.status_code == 200
     assert device.device_id in listing.content.decode()
     assert staff_client.get(reverse("admin:kazoo_devicereconcile_change", args=[device.pk])).status_code == 200
+
+
+def test_push_object_changed_in_pusher_since_the_read_is_no_drift(kazoo: FakeCrossbar):
+    device = synced_device("de" * 16)
+    newer = {**PUSH, "Token-ID": "newer"}
+    kazoo.add_device(ACCOUNT, device.device_id, {"push": newer})
+    Device.objects.filter(pk=device.pk).update(push=newer)  # changed and synced after `device` was read
+
+    from kazoo.reconcile import device_reconcile
+    from kazoo.sync import kazoo_client
+
+    client = kazoo_client()
+    assert client is not None
+    outcome = device_reconcile(device=device, client=client)
+
+    assert outcome.result == ReconcileResult.OK
+    device.refresh_from_db()
+    assert device.sync_status == SyncStatus.SYNCED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_consumer_loop_repairs_a_batch_per_tick(kazoo: FakeCrossbar, settings):
+    settings.PUSHER_RECONCILE_INTERVAL_S = 0.05
+    settings.PUSHER_RECONCILE_BATCH = 1
+    devices = [synced_device("e1" * 16), synced_device("e2" * 16)]
+    for device in devices:
+        kazoo.add_device(ACCOUNT, device.device_id, {"push": {**PUSH, "Token-ID": "stale"}})
+    stop = threading.Event()
+    thread = threading.Thread(target=reconcile_loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while DeviceReconcile.objects.count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert set(DeviceReconcile.objects.values_list("result", flat=True)) == {ReconcileResult.DRIFTED}
+    assert set(Device.objects.values_list("sync_status", flat=True)) == {SyncStatus.PENDING}
