@@ -35,6 +35,9 @@ from registry.services import device_sync_pending, kazoo_configured
 log = logging.getLogger(__name__)
 
 _DETAIL_LIMIT = 500
+# Errors in a row after which a batch stops: Crossbar down or the API key refused fails every
+# device alike; the rest keep their turn for the next batch.
+ERRORS_IN_A_ROW_MAX = 5
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ReconcileOutcome:
 class ReconcileSummary:
     dry_run: bool = False
     outcomes: list[ReconcileOutcome] = field(default_factory=list)
+    stopped: str = ""  # why the batch ended early, if it did
 
     def count(self, result: ReconcileResult) -> int:
         return sum(1 for outcome in self.outcomes if outcome.result == result)
@@ -59,8 +63,9 @@ class ReconcileSummary:
     def as_line(self) -> str:
         counts = ", ".join(f"{self.count(result)} {result.value}" for result in ReconcileResult)
         queued = "would be queued for sync" if self.dry_run else "queued for sync"
+        stopped = f"; stopped early: {self.stopped}" if self.stopped else ""
         return (f"{self.checked} device(s) checked against Kazoo: {counts}; "
-                f"{self.count(ReconcileResult.DRIFTED)} {queued}")
+                f"{self.count(ReconcileResult.DRIFTED)} {queued}{stopped}")
 
 
 def _push_normal(push: Any) -> dict[str, Any] | None:
@@ -130,8 +135,15 @@ def devices_reconcile(
     client = client or kazoo_client()
     if client is None or not kazoo_configured():
         return summary
+    errors = 0
     for device in selectors.devices_reconcile_due(limit=limit, account_id=account_id):
-        summary.outcomes.append(device_reconcile(device=device, client=client, dry_run=dry_run))
+        outcome = device_reconcile(device=device, client=client, dry_run=dry_run)
+        summary.outcomes.append(outcome)
+        errors = errors + 1 if outcome.result == ReconcileResult.ERROR else 0
+        if errors >= ERRORS_IN_A_ROW_MAX:
+            summary.stopped = f"{errors} errors in a row (last: {outcome.detail})"
+            log.warning("kazoo reconcile stopped: %s", summary.stopped)
+            break
     return summary
 
 

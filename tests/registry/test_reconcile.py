@@ -262,3 +262,18 @@ def test_consumer_loop_repairs_a_batch_per_tick(kazoo: FakeCrossbar, settings):
     assert not thread.is_alive()
     assert set(DeviceReconcile.objects.values_list("result", flat=True)) == {ReconcileResult.DRIFTED}
     assert set(Device.objects.values_list("sync_status", flat=True)) == {SyncStatus.PENDING}
+
+
+def test_a_batch_stops_after_errors_in_a_row(kazoo: FakeCrossbar):
+    from kazoo.reconcile import ERRORS_IN_A_ROW_MAX
+
+    for n in range(ERRORS_IN_A_ROW_MAX + 3):
+        synced_device(f"{n:02x}" * 16)
+    kazoo.fail_next(100, 503, message="crossbar down", only="/devices/")
+
+    summary = devices_reconcile()
+
+    assert summary.checked == ERRORS_IN_A_ROW_MAX
+    assert summary.as_line().endswith(f"stopped early: {ERRORS_IN_A_ROW_MAX} errors in a row "
+                                      "(last: Kazoo read device failed: HTTP 503 (crossbar down))")
+    assert DeviceReconcile.objects.filter(result=ReconcileResult.ERROR).count() == ERRORS_IN_A_ROW_MAX
