@@ -74,3 +74,14 @@ def path_shown(value: str) -> str:
     ):
         return f"the argument given as a path ({len(value)} characters that look like a file's content, not a path)"
     return repr(value)
+
+
+def duration_ms_text(milliseconds: float | None) -> str:
+    """A latency as people read it: "950 ms", "9,871 ms", then seconds: "18.4 s"."""
+    if milliseconds is None:
+        return "—"
+    if milliseconds < 1:
+        return f"{milliseconds:.1f} ms"
+    if milliseconds < 10_000:
+        return f"{milliseconds:,.0f} ms"
+    return f"{milliseconds / 1000:,.1f} s"

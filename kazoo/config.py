@@ -21,9 +21,9 @@ from push import services as push_services
 from push.models import TOPIC_SUFFIX, CredentialKind, Provider, PushApp
 from push.payloads import apns_wire
 from registry import selectors
+from registry import services as registry_services
 from registry.models import UserAgentRule, validate_rule_properties, validate_rule_regex
-from registry.pushobject import DEFAULT_RULE_REGEX, TokenInfo, rule_positions_assign
-from registry.services import registration_match
+from registry.pushobject import DEFAULT_RULE_REGEX, rule_positions_assign
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,11 @@ def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
         )
     summary = ImportSummary(warnings=warnings)
     with transaction.atomic():
+        # Rules and apps are written by the services the admin and the API call (their checks, their
+        # cache clearing), inside this one transaction: the import lands whole or not at all.
         _rules_apply(rules, summary)
         for plan in apps:
             _app_apply(plan, summary)
-        transaction.on_commit(selectors.rules_cache_clear)
-    selectors.rules_cache_clear()
     log.info(
         "kazoo config imported: rules %d/%d/%d, apps %d/%d/%d, credentials %d, %d warning(s)",
         summary.rules_created, summary.rules_updated, summary.rules_unchanged, summary.apps_created,
@@ -242,6 +242,8 @@ def _rule_plan(section: str, name: str, entry: Any) -> _RulePlan:
 
 
 def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
+    """Create, update and move the rules through registry.services (the checks and the cache
+    clearing of a rule saved in the admin or the API), in the positions rule_positions_assign gives."""
     if not plans:
         return  # a document of push apps only leaves the rules, and their order, alone
     existing = {rule.name: rule for rule in UserAgentRule.objects.select_for_update()}
@@ -253,13 +255,14 @@ def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
         rule = existing.pop(plan.name, None)
         previous = rule.position if rule is not None else None
         if rule is None:
-            UserAgentRule.objects.create(
+            registry_services.user_agent_rule_create(
                 name=plan.name, regex=plan.regex, properties=plan.properties, position=position
             )
             summary.rules_created += 1
         elif (rule.regex, rule.properties, rule.position) != (plan.regex, plan.properties, position):
-            rule.regex, rule.properties, rule.position = plan.regex, plan.properties, position
-            rule.save(update_fields=["regex", "properties", "position", "updated_at"])
+            registry_services.user_agent_rule_update(
+                rule=rule, regex=plan.regex, properties=plan.properties, position=position
+            )
             summary.rules_updated += 1
         else:
             summary.rules_unchanged += 1
@@ -267,8 +270,7 @@ def _rules_apply(plans: list[_RulePlan], summary: ImportSummary) -> None:
     for rule in sorted(existing.values(), key=lambda r: positions[r.name]):
         previous, position = rule.position, positions[rule.name]
         if position != previous:
-            rule.position = position
-            rule.save(update_fields=["position", "updated_at"])
+            registry_services.user_agent_rule_update(rule=rule, position=position)
             summary.rules_moved += 1
         summary.rule_positions.append(RulePosition(rule.name, position, previous, in_document=False))
         summary.warnings.append(
@@ -335,14 +337,22 @@ def _inherited_defaults(default: Any, warnings: list[str]) -> dict[str, dict[str
 def _apple_plan(app_id: str, conf: Mapping[str, Any], warnings: list[str]) -> _AppPlan:
     settings: dict[str, Any] = {}
     _warn_unknown(app_id, "apple", conf, _APPLE_KEYS, warnings)
-    if isinstance(conf.get("host"), str) and conf["host"].strip():
-        settings["host"] = conf["host"].strip()
     if "port" in conf:
         port = _int(conf["port"])
         if port is not None and 0 < port < 65536:
             settings["port"] = port
         else:
             warnings.append(f"{app_id}: apple.port {conf['port']!r} is not a port number; ignored")
+    if isinstance(conf.get("host"), str) and conf["host"].strip():
+        # The services' own reading of a host (a `host:port` is split); one they refuse is not imported.
+        try:
+            host, port = push_services.push_app_address(host=conf["host"], port=settings.get("port"))
+        except PusherError as exc:
+            warnings.append(f"{app_id}: apple.host not imported: {exc.message}")
+        else:
+            settings["host"] = host
+            if port is not None:
+                settings["port"] = port
     if "enabled" in conf:
         settings["enabled"] = _bool(conf["enabled"])
     if isinstance(conf.get("apns_topic"), str) and conf["apns_topic"].strip():
@@ -473,7 +483,7 @@ def _app_apply(plan: _AppPlan, summary: ImportSummary) -> None:
                 summary.warnings.append(f"{where}: credential not imported ({exc.message}); the app {had}")
             else:
                 summary.credentials_created += int(added.credential_created)
-                if plan.secret_kind == CredentialKind.FCM_LEGACY_KEY:
+                if plan.secret_kind == CredentialKind.FCM_LEGACY_KEY and not added.credential_kept:
                     summary.warnings.append(
                         f"{where}: legacy key imported but unusable: Google shut the FCM legacy API down; "
                         "add a service-account JSON (add_firebase_app APP_ID FILE) to send"
@@ -481,7 +491,8 @@ def _app_apply(plan: _AppPlan, summary: ImportSummary) -> None:
                 else:
                     summary.warnings.extend(f"{where}: {warning}" for warning in added.warnings)
         else:
-            push_services.push_app_upsert(app_id=plan.app_id, provider=plan.provider, **plan.settings)
+            app = push_services.push_app_upsert(app_id=plan.app_id, provider=plan.provider, **plan.settings)
+            summary.warnings.extend(f"{where}: {warning}" for warning in push_services.push_app_warnings(app=app))
     except CredentialError as exc:
         raise PusherError(f"{where}: {exc.message}") from None
     after = _app_state(plan.app_id, plan.provider)
@@ -574,45 +585,3 @@ def _firebase_export(app: PushApp) -> dict[str, Any]:
 
 
 # --- User-Agent tester ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UserAgentTest:
-    """What a registration with this User-Agent and Contact would do (the consumer's own matcher)."""
-
-    rule: str | None
-    push: dict[str, str] | None
-    tokens: tuple[TokenInfo, ...]
-    reason: str
-    fields: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "push": self.push,
-            "tokens": [{"token": t.token, "type": t.type, "app": t.app, "kind": t.kind} for t in self.tokens],
-            "reason": self.reason,
-        }
-
-
-def user_agent_test(*, user_agent: str, contact: str, fields: Mapping[str, Any] | None = None) -> UserAgentTest:
-    """Run a User-Agent and Contact through the enabled rules exactly as a reg_success would be
-    (registry.services.registration_match, the consumer's matcher), with today's rules: an operator
-    testing the rule they just saved must not be served the cached set.
-
-    `fields` are more reg_success fields (e.g. `Proxy-Path`, the source of Token-Proxy, or
-    `Custom-Channel-Vars`). When Account-ID / Authorizing-ID are given neither in the CCVs nor at
-    the top level, placeholders are put in the CCVs: Kazoo needs both to write a push object, and
-    the tester should show the object the rule builds. Raises ContactParseError (a PusherError)
-    for a Contact that does not parse."""
-    reg: dict[str, Any] = dict(fields or {})
-    ccvs = dict(reg[CCVS]) if isinstance(reg.get(CCVS), Mapping) else {}
-    for name, placeholder in (("Account-ID", PLACEHOLDER_ACCOUNT_ID), ("Authorizing-ID", PLACEHOLDER_AUTHORIZING_ID)):
-        if not ccvs.get(name) and not reg.get(name):
-            ccvs[name] = placeholder
-    reg[CCVS] = ccvs
-    reg["User-Agent"] = user_agent
-    reg["Contact"] = contact
-    # A bad Contact: ContactParseError, already saying so.
-    build = registration_match(fields=reg, rules=selectors.user_agent_rules_enabled(fresh=True))
-    return UserAgentTest(rule=build.rule, push=build.push, tokens=build.tokens, reason=build.reason, fields=reg)

@@ -1,7 +1,10 @@
 """Push apps, their credentials, and the delivery log."""
 
+import ipaddress
 import re
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -88,6 +91,51 @@ class Credential(models.Model):
 
 TOPIC_SUFFIX = re.compile(r"\.(?:dev|prod)$")
 
+# A DNS label (underscores allowed: internal relays have them), and a name of such labels.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_HOST_PORT = re.compile(r"\[(?P<v6>[^\]]+)\](?::(?P<v6port>\d{1,5}))?|(?P<host>[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+def host_problem(value: str) -> str:
+    """Why `value` is not a host name or an IP address (what a push app's `host` must be), or ""."""
+    if not value:
+        return "a host is required"
+    host, port = host_port_split(value)
+    if port is not None:
+        return f"{value!r} holds a port: give the host ({host}) and the port ({port}) separately"
+    if host != value:
+        return f"{value!r}: write the IPv6 address without brackets ({host})"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return ""
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return f"{value!r} is not a host name or an IP address"
+    if labels[-1].isdigit():  # 10.0.0.300 is a broken address, not a name
+        return f"{value!r} is not a valid IP address"
+    return ""
+
+
+def host_port_split(value: str) -> tuple[str, int | None]:
+    """`name:port`, `1.2.3.4:port`, `[v6]:port` or `[v6]` -> (host, port or None); anything else is
+    (value, None), a bare IPv6 address included. Neither part is checked here."""
+    match = _HOST_PORT.fullmatch(value)
+    if match is None:
+        return value, None
+    if match["v6"] is not None:
+        return match["v6"], int(match["v6port"]) if match["v6port"] else None
+    return match["host"], int(match["port"])
+
+
+def validate_push_host(value: str) -> None:
+    problem = host_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
 
 class PushApp(models.Model):
     """One mobile app on one provider, keyed as Kazoo keys it: (Token-App, provider)."""
@@ -106,9 +154,11 @@ class PushApp(models.Model):
     host = models.CharField(
         max_length=255,
         default="api.push.apple.com",
-        help_text="api.push.apple.com, api.sandbox.push.apple.com or a relay (Kazoo's apple_host)",
+        validators=[validate_push_host],
+        help_text="api.push.apple.com, api.sandbox.push.apple.com or a relay (Kazoo's apple_host): a host name "
+        "or an IP address, without the port",
     )
-    port = models.PositiveIntegerField(default=443)
+    port = models.PositiveIntegerField(default=443, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     topic = models.CharField(
         max_length=255, blank=True, help_text="Blank = app id without a trailing .dev/.prod (Kazoo's rule)"
     )

@@ -71,6 +71,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI's and Redoc's files, served from here: /api/docs/ works without reaching a CDN.
+    "drf_spectacular_sidecar",
     "channels",
     "pusher_site",
     "registry",
@@ -237,6 +239,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     # Nothing but login, health and metrics answers anonymous callers; the schema needs a login too.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # /api/docs/ loads Swagger UI from our own static files (drf-spectacular-sidecar), not a public CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Security (production) ------------------------------------------------------------

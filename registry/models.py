@@ -36,11 +36,14 @@ class UserAgentRule(models.Model):
         max_length=1000, validators=[validate_rule_regex],
         help_text="Searched unanchored in the User-Agent; use ^ to anchor",
     )
+    # {} is allowed, as Kazoo allows a rule without properties: its User-Agents match and nothing is
+    # stored (a later rule does not get them). The Kazoo config import brings such rules in.
     properties = models.JSONField(
         default=dict,
+        blank=True,
         validators=[validate_rule_properties],
         help_text='Output key -> source name, e.g. {"Token-ID": "pn-tok", "Token-Type": "pn-type", '
-        '"Token-App": "app-id"}',
+        '"Token-App": "app-id"}; {} matches and stores nothing',
     )
     description = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -23,8 +23,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core import metrics
-from core.errors import ContactParseError, InvalidInput, RuleError
+from core.errors import ContactParseError, InvalidInput, PusherError, RuleError
 from core.events import event_publish
+from core.text import mask_token
 from registry import selectors
 from registry.ids import kazoo_id_check
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
@@ -431,6 +432,91 @@ def device_push_clear(*, device: Device, reason: str) -> Device:
     if device.sync_status == SyncStatus.PENDING:
         transaction.on_commit(sync_wake)
     return device
+
+
+# --- What an operator may do to a device and its tokens (admin, API) ---------------------------------
+
+# A device's identity (account, device id) is Kazoo's and its push object comes from registrations;
+# the SIP username and realm (how /api/v1/send finds it by AOR) are what an operator may correct.
+DEVICE_EDITABLE = frozenset({"username", "realm"})
+
+
+@transaction.atomic
+def device_update(*, device: Device, **changes: Any) -> Device:
+    """Correct a device's SIP username or realm (names: DEVICE_EDITABLE). The stored registration
+    digest is cleared, so the phone's next REGISTER is written in full again (a registration says
+    what the phone is; an unchanged one would otherwise leave the edit in place silently). Raises
+    PusherError for another field or a value that cannot be stored."""
+    from django.core.exceptions import ValidationError
+
+    unknown = sorted(set(changes) - DEVICE_EDITABLE)
+    if unknown:
+        raise PusherError(f"device field(s) not editable: {', '.join(unknown)} (editable: "
+                          f"{', '.join(sorted(DEVICE_EDITABLE))})")
+    device = Device.objects.select_for_update().get(pk=device.pk)
+    for name, value in changes.items():
+        setattr(device, name, value)
+    device.registration_digest = ""
+    try:
+        device.full_clean(exclude=["push"])
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+        raise PusherError(f"device {device.account_id}/{device.device_id}: {problems}") from None
+    device.save()
+    log.info("device %s/%s updated (%s)", device.account_id, device.device_id, ", ".join(sorted(changes)))
+    return device
+
+
+@transaction.atomic
+def device_delete(*, device: Device) -> None:
+    """Forget a device and its tokens. Kazoo's device document keeps whatever push object it holds
+    (pusher never writes one away); the phone's next REGISTER with push parameters brings the
+    device back."""
+    label = f"{device.account_id}/{device.device_id}"
+    device.delete()
+    log.info("device %s deleted", label)
+
+
+@transaction.atomic
+def push_token_deactivate(*, token: PushToken, reason: str, now: Any = None) -> PushToken:
+    """Stop pushing to a token: it is marked inactive with `reason`, and a push object built on it is
+    cleared so Kazoo stops building push endpoints for it (the next REGISTER with a token brings one
+    back). What a provider's "dead token" answer does (push.services.token_dead), and what an
+    operator's deactivate does. An inactive token is left as it is."""
+    token = PushToken.objects.select_for_update().select_related("device").get(pk=token.pk)
+    if not token.active:
+        return token
+    token.active = False
+    token.deactivated_at = now or timezone.now()
+    token.deactivated_reason = (reason or "deactivated")[:300]
+    token.save(update_fields=["active", "deactivated_at", "deactivated_reason"])
+    device = token.device
+    if device.push and device.push.get("Token-ID") == token.token:
+        device_push_clear(device=device, reason=token.deactivated_reason)
+    event_publish("token.deactivated", account=device.account_id, device=device.device_id, app=token.app,
+                  token=token.token_masked, outcome=token.deactivated_reason[:200])
+    log.info("token %s of device %s/%s deactivated: %s", mask_token(token.token), device.account_id,
+             device.device_id, token.deactivated_reason)
+    return token
+
+
+@transaction.atomic
+def push_token_reactivate(*, token: PushToken) -> PushToken:
+    """Push to a deactivated token again (deactivated by mistake, or by a provider error since
+    fixed): pushes by AOR (/api/v1/send) use it again. A push object cleared with it is not rebuilt
+    here: the phone's next REGISTER does that. An active token is left as it is."""
+    token = PushToken.objects.select_for_update().select_related("device").get(pk=token.pk)
+    if token.active:
+        return token
+    token.active = True
+    token.deactivated_at = None
+    token.deactivated_reason = ""
+    token.save(update_fields=["active", "deactivated_at", "deactivated_reason"])
+    # The next REGISTER, even an unchanged one, is written in full (and rebuilds a cleared push object).
+    Device.objects.filter(pk=token.device_id).update(registration_digest="")
+    log.info("token %s of device %s/%s reactivated", mask_token(token.token), token.device.account_id,
+             token.device.device_id)
+    return token
 
 
 # --- REST API operations (registry/api.py calls these; so can the admin and commands) ------------

@@ -174,7 +174,7 @@ def test_changelist_search_and_filters_render(staff_client, one_of_each) -> None
     filters = {"status__exact": "sent", "provider__exact": "apple"}
     response = staff_client.get(admin_url(Delivery, "changelist"), filters)
     assert response.status_code == 200
-    assert "call-0001@acme" in page(response)
+    assert f"{BUNDLE}.prod (apple)" in page(response)
 
 
 def test_device_change_page_shows_masked_tokens(staff_client, one_of_each) -> None:
@@ -414,3 +414,67 @@ def test_anonymous_user_is_sent_to_login(client, path: str) -> None:
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:login"))
     assert f"next={path}" in response["Location"]
+
+
+# --- Rough edges (issue 13) ------------------------------------------------------------------------
+
+
+def test_push_tokens_cannot_be_added_or_deleted_only_deactivated(staff_client, one_of_each) -> None:
+    token = one_of_each[PushToken]
+    assert staff_client.get(admin_url(PushToken, "add")).status_code == 403
+    assert staff_client.get(admin_url(PushToken, "delete", token.pk)).status_code == 403
+    html = page(staff_client.get(admin_url(PushToken, "changelist")))
+    assert admin_url(PushToken, "add") not in html and 'value="delete_selected"' not in html
+    assert 'value="deactivate"' in html and 'value="reactivate"' in html
+    change = page(staff_client.get(admin_url(PushToken, "change", token.pk)))
+    assert 'name="_save"' not in change and TOKEN not in change and "5f1e2d…e1f0" in change
+
+
+def test_the_delivery_log_cannot_be_deleted_from(staff_client, one_of_each) -> None:
+    delivery = one_of_each[Delivery]
+    assert staff_client.get(admin_url(Delivery, "delete", delivery.pk)).status_code == 403
+    html = page(staff_client.get(admin_url(Delivery, "changelist")))
+    assert 'value="delete_selected"' not in html
+    staff_client.post(admin_url(Delivery, "changelist"), {"action": "delete_selected", "_selected_action": [
+        delivery.pk], "post": "yes"})
+    assert Delivery.objects.filter(pk=delivery.pk).exists()
+
+
+def test_a_devices_identity_and_digest_are_read_only(staff_client, one_of_each) -> None:
+    html = page(staff_client.get(admin_url(Device, "change", one_of_each[Device].pk)))
+    for name in ("account_id", "device_id", "registration_digest"):
+        assert f'name="{name}"' not in html
+    for name in ("username", "realm"):
+        assert f'name="{name}"' in html
+    assert staff_client.get(admin_url(Device, "add")).status_code == 403
+
+
+def test_a_credentials_page_lists_the_apps_using_it(staff_client, one_of_each) -> None:
+    credential, app = one_of_each[Credential], one_of_each[PushApp]
+    html = page(staff_client.get(admin_url(Credential, "change", credential.pk)))
+    assert f'<a href="{admin_url(PushApp, "change", app.pk)}">{app}</a>' in html
+
+    unused = credential_factory("unused")
+    assert "no push app" in page(staff_client.get(admin_url(Credential, "change", unused.pk)))
+
+
+def test_delivery_latency_is_readable_and_the_list_fits(staff_client, one_of_each) -> None:
+    delivery_factory(msg_id="msg-slow", latency_ms=18370.654821395874)
+    assert admin.site._registry[Delivery].list_display == [
+        "created_at", "status", "app_shown", "token_masked", "reason", "latency"]
+
+    html = page(staff_client.get(admin_url(Delivery, "changelist")))
+    assert "18.4 s" in html and "42 ms" in html
+    assert "18370.6" not in html and "call-0001@acme" not in html  # on the detail page instead
+    detail = page(staff_client.get(admin_url(Delivery, "change", one_of_each[Delivery].pk)))
+    assert "call-0001@acme" in detail and "42 ms" in detail
+
+
+def test_the_admin_is_titled_pusher_and_links_the_dashboard(staff_client) -> None:
+    assert (admin.site.site_header, admin.site.site_title, admin.site.index_title) == ("pusher",) * 3
+    for url in (reverse("admin:index"), admin_url(PushApp, "changelist")):
+        html = page(staff_client.get(url))
+        assert "Django administration" not in html and "Django site admin" not in html
+        assert '<div id="user-tools">' in html
+        user_tools = html[html.index('<div id="user-tools">'):]
+        assert f'<a href="{reverse("pusher-dashboard")}">Dashboard</a>' in user_tools[:2000]

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from core.errors import PusherError, RuleError
-from kazoo.config import kazoo_config_export, kazoo_config_import, user_agent_test
+from kazoo.config import kazoo_config_export, kazoo_config_import
+from kazoo.uatest import user_agent_test
 from push.models import Credential, CredentialKind, Provider, PushApp
 from registry.models import UserAgentRule
 from tests.certs import make_apns_certificate, make_service_account

@@ -275,6 +275,26 @@ def test_a_taken_port_fails_loudly(tmp_path: Path, script: str, hint: str) -> No
     assert not (tmp_path / "pusher.sqlite3").exists()
 
 
+@pytest.mark.rabbitmq
+def test_make_run_stops_when_its_consumer_stops(tmp_path: Path) -> None:
+    # A consumer that ends for good (here RabbitMQ refuses its login) must not leave a web server
+    # running as if the service were up: bin/run stops it and exits with the consumer's status.
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.amqp import amqp_url
+
+    parts = urlsplit(amqp_url())
+    refused = urlunsplit(parts._replace(netloc=f"guest:wrong-password@{parts.hostname}:{parts.port or 5672}"))
+    env = command_env(tmp_path, PORT=str(free_port()), DEBUG="1", AMQP_URL=refused)
+    result = subprocess.run(
+        ["bin/run"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "RabbitMQ refused the login for user guest" in result.stderr
+    assert "pusher: the consumer stopped (status 78" in result.stderr
+
+
 # --- bin/superuser ----------------------------------------------------------------------------------
 
 

@@ -47,8 +47,11 @@ from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabula
     ApnsRequest,
     ApnsResult,
     Outcome,
+    WarmError,
     _classify_exception,
+    _CredentialProblem,
     _is_transport_error,
+    _no_response,
     classify_response,
 )
 from push.providers.h2transport import H2Transport
@@ -91,14 +94,6 @@ class _Jwt:
     key_pem: str
 
 
-class _CredentialProblem(Exception):
-    """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""
-
-
-class WarmError(Exception):
-    """A warm-up could not open the connection or sign the provider token; the text says why."""
-
-
 # Why connections are keyed by credential: APNs binds a token-auth connection to the team and key of
 # its first push (another key on it gets 403 UnrelatedKeyIdInToken), and a certificate is a property
 # of the TLS session itself.
@@ -114,21 +109,6 @@ def _secret_tmp_dir() -> str | None:
     # mkstemp opens with O_EXCL and mode 0600, so a shared directory is safe here.
     shm = "/dev/shm"  # noqa: S108
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
-def _no_response(
-    outcome: Outcome, reason: str, description: str, request: ApnsRequest, started: float
-) -> ApnsResult:
-    """A result for a push that got no HTTP response."""
-    return ApnsResult(
-        outcome=outcome,
-        status=None,
-        reason=reason,
-        description=description,
-        apns_id=request.apns_id,
-        timestamp_ms=None,
-        latency_s=time.monotonic() - started,
-    )
 
 
 class ApnsClient:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
@@ -322,3 +323,26 @@ class ApnsResult:
     # 410 only: when APNs learned the token was no longer valid (ms since the epoch).
     timestamp_ms: int | None
     latency_s: float
+
+
+class WarmError(Exception):
+    """A warm-up could not open the connection or sign the provider token; the text says why."""
+
+
+def _no_response(
+    outcome: Outcome, reason: str, description: str, request: ApnsRequest, started: float
+) -> ApnsResult:
+    """A result for a push that got no HTTP response."""
+    return ApnsResult(
+        outcome=outcome,
+        status=None,
+        reason=reason,
+        description=description,
+        apns_id=request.apns_id,
+        timestamp_ms=None,
+        latency_s=time.monotonic() - started,
+    )
+
+
+class _CredentialProblem(Exception):
+    """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""

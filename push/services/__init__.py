@@ -18,9 +18,11 @@ from push.services.apps import (
     PUSH_APP_SETTINGS,
     PushAppAdded,
     push_app_add,
+    push_app_address,
     push_app_delete,
     push_app_update,
     push_app_upsert,
+    push_app_warnings,
 )
 from push.services.clients import WarmUp, provider_connections_warm
 from push.services.credentials import (
@@ -28,8 +30,10 @@ from push.services.credentials import (
     credential_create,
     credential_delete,
     credential_get_or_save,
+    credential_kind_check,
     credential_name_for,
     credential_parse,
+    credential_provider_check,
     credential_save,
     credential_update,
     credentials_reencrypt,
@@ -55,9 +59,9 @@ __all__ = [
     "NOTIFY_KINDS", "NOTIFY_MISSED_CALL", "PROVIDER_OF_TOKEN_TYPE", "PUSH_APP_EDITABLE", "PUSH_APP_SETTINGS",
     "TEST_PUSH_CALLER_NAME", "TEST_PUSH_CALLER_NUMBER", "Notification", "PushAppAdded", "PushJob", "SendResult",
     "WarmUp",
-    "credential_create", "credential_delete", "credential_get_or_save", "credential_name_for", "credential_parse",
-    "credential_save", "credential_update", "credentials_reencrypt", "delivery_outcome_text", "push_app_add",
-    "push_app_cache_clear", "push_app_delete", "push_app_get", "push_app_test_send", "push_app_update",
-    "push_app_upsert", "push_notify", "push_notify_aor", "provider_connections_warm", "push_request_handle",
-    "push_test_send", "token_dead",
+    "credential_create", "credential_delete", "credential_get_or_save", "credential_kind_check", "credential_name_for",
+    "credential_parse", "credential_provider_check", "credential_save", "credential_update", "credentials_reencrypt",
+    "delivery_outcome_text", "push_app_add", "push_app_address", "push_app_cache_clear", "push_app_delete",
+    "push_app_get", "push_app_test_send", "push_app_update", "push_app_upsert", "push_app_warnings", "push_notify",
+    "push_notify_aor", "provider_connections_warm", "push_request_handle", "push_test_send", "token_dead",
 ]

@@ -17,10 +17,17 @@ from push.models import (
     CredentialKind,
     Provider,
     PushApp,
+    host_port_split,
+    host_problem,
 )
 from push.providers import apns
 from push.services.appcache import _push_apps_changed
-from push.services.credentials import _credential_check, credential_get_or_save, credential_name_for, credential_parse
+from push.services.credentials import (
+    credential_get_or_save,
+    credential_name_for,
+    credential_parse,
+    credential_provider_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +54,71 @@ def _validation_message(exc: ValidationError) -> str:
 
 @dataclass(frozen=True)
 class PushAppAdded:
-    """What `push_app_add` did: the app, its credential (new or shared) and what to tell the operator."""
+    """What `push_app_add` did: the app, its credential (new or shared, or the one it kept) and what
+    to tell the operator."""
 
     app: PushApp
     credential: Credential
     credential_created: bool
     warnings: tuple[str, ...]
+    # True when the app kept the credential it had: it could send, the one given could not.
+    credential_kept: bool = False
+
+
+def push_app_address(*, host: str, port: int | None = None) -> tuple[str, int | None]:
+    """The APNs address an operator meant: `host` is a host name or an IP address, or one of them with
+    its port (`relay.example.com:8443`, `127.0.0.1:18543`, `[::1]:8443`), which is split off; a port
+    both written in the host and given as `port` must agree. Returns (host, port), port None when
+    none was given. Raises PusherError (code host_invalid) with what to type instead.
+
+    Every face's host goes through here (push_app_upsert, push_app_update, the admin's form, the
+    Kazoo config import): a `host:port` stored as a host made every push to the app fail."""
+    text = (host or "").strip()
+    name, written = host_port_split(text)
+    if written is not None:
+        if not 0 < written < 65536:
+            raise PusherError(f"host {text!r}: port {written} is not a port number (1-65535)", code="host_invalid")
+        if port is not None and port != written:
+            raise PusherError(f"host {text!r} names port {written} but the port given is {port}; give one",
+                              code="host_invalid")
+        port = written
+    problem = host_problem(name)
+    if problem:
+        raise PusherError(f"host: {problem}", code="host_invalid")
+    return name, port
+
+
+def _address_normalise(changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with a `host:port` split into host and port (see push_app_address)."""
+    if "host" not in changes or not isinstance(changes["host"], str):
+        return changes
+    host, port = push_app_address(host=changes["host"], port=changes.get("port"))
+    changes = {**changes, "host": host}
+    if port is not None:
+        changes["port"] = port
+    return changes
+
+
+def push_app_warnings(*, app: PushApp) -> tuple[str, ...]:
+    """What the operator must hear about an app as it stands: its credential cannot send, or its
+    certificate does not cover the topic it pushes to (APNs would answer TopicDisallowed to every
+    push). Every face shows these after a write: the admin as warning messages, the API as the
+    app's `warnings`, the commands and the Kazoo config import as warning lines."""
+    credential = app.credential
+    if credential is None:
+        return ()
+    warnings = []
+    reason = credential.cannot_send_reason()
+    if reason:
+        warnings.append(f"credential {credential.name!r} cannot send: {reason}")
+    if app.provider == Provider.APPLE and credential.kind == CredentialKind.APNS_CERTIFICATE and credential.topics:
+        wire_topic = app.apns_wire()[1]
+        if wire_topic not in credential.topics:
+            warnings.append(
+                f"the certificate covers {', '.join(credential.topics)} but the app pushes to topic {wire_topic!r} "
+                "(APNs will answer TopicDisallowed); set the app's topic or use the app's own certificate"
+            )
+    return tuple(warnings)
 
 
 @transaction.atomic
@@ -71,7 +137,8 @@ def push_app_upsert(
     unknown = sorted(set(app_settings) - PUSH_APP_SETTINGS)
     if unknown:
         raise PusherError(f"unknown push app setting(s): {', '.join(unknown)}")
-    _credential_check(credential, provider)
+    credential_provider_check(credential=credential, provider=provider)
+    app_settings = _address_normalise(app_settings)
 
     app = PushApp.objects.select_for_update().filter(app_id=app_id, provider=provider).first()
     changed = app is None
@@ -109,22 +176,33 @@ def push_app_add(
 ) -> PushAppAdded:
     """Kazoo's add_apple_app / add_firebase_app, and more: parse and validate the secret, store it
     (or reuse the stored copy of the same key), create or update the app on it. Raises
-    CredentialError for a secret that does not parse, before anything is written."""
+    CredentialError for a secret that does not parse, before anything is written.
+
+    A credential that can send is never replaced by one that cannot (a legacy FCM key, an expired
+    certificate): the app keeps the one it has, the new secret is not stored, and a warning says so.
+    Re-importing an old Kazoo config, or re-running Kazoo's add_firebase_app with its legacy key,
+    must not break an app that works."""
     parsed = credential_parse(kind=kind, data=data, password=password, key_id=key_id, team_id=team_id)
     with transaction.atomic():
+        current = (
+            PushApp.objects.select_for_update(of=("self",)).select_related("credential")
+            .filter(app_id=(app_id or "").strip(), provider=provider).first()
+        )
+        kept = current.credential if current is not None else None
+        if kept is not None and not kept.cannot_send_reason() and not parsed.facts.usable:
+            app = push_app_upsert(app_id=app_id, provider=provider, **app_settings)
+            given = CredentialKind(parsed.facts.kind).label
+            kept_note = (
+                f"kept credential {kept.name!r}, which can send: the {given} given cannot "
+                f"({parsed.facts.unusable_reason}) and was not stored"
+            )
+            return PushAppAdded(app=app, credential=kept, credential_created=False, credential_kept=True,
+                                warnings=(kept_note, *push_app_warnings(app=app)))
         credential, created = credential_get_or_save(name=credential_name_for(app_id=app_id, parsed=parsed),
                                                      parsed=parsed)
         app = push_app_upsert(app_id=app_id, provider=provider, credential=credential, **app_settings)
-    warnings = list(credential.warnings)
-    if not credential.usable and credential.unusable_reason not in warnings:
-        warnings.insert(0, f"this credential cannot send: {credential.unusable_reason}")
-    if credential.kind == CredentialKind.APNS_CERTIFICATE and credential.topics:
-        wire_topic = app.apns_wire()[1]
-        if wire_topic not in credential.topics:
-            warnings.append(
-                f"the certificate covers {', '.join(credential.topics)} but the app pushes to topic {wire_topic!r} "
-                "(APNs will answer TopicDisallowed); set the app's topic or use the app's own certificate"
-            )
+    warnings = list(push_app_warnings(app=app))
+    warnings.extend(warning for warning in credential.warnings if warning not in warnings)
     return PushAppAdded(app=app, credential=credential, credential_created=created, warnings=tuple(warnings))
 
 
@@ -137,6 +215,7 @@ def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
     unknown = sorted(set(changes) - PUSH_APP_EDITABLE)
     if unknown:
         raise PusherError(f"unknown push app field(s): {', '.join(unknown)}")
+    changes = _address_normalise(changes)
     app = PushApp.objects.select_for_update(of=("self",)).select_related("credential").get(pk=app.pk)
     for name, value in changes.items():
         setattr(app, name, value)
@@ -146,7 +225,7 @@ def push_app_update(*, app: PushApp, **changes: Any) -> PushApp:
         app.full_clean()
     except ValidationError as exc:
         raise PusherError(f"push app {app.app_id} ({app.provider}): {_validation_message(exc)}") from None
-    _credential_check(app.credential, app.provider)
+    credential_provider_check(credential=app.credential, provider=app.provider)
     app.save()
     log.info("push app %s updated (%s)", app, ", ".join(sorted(changes)))
     _push_apps_changed()

@@ -66,13 +66,23 @@ CREDENTIAL_KINDS_OF_PROVIDER = {
 }
 
 
-def _credential_check(credential: Credential | None, provider: str) -> None:
-    """Raises CredentialError for a credential an app of `provider` cannot send with."""
+def credential_provider_check(*, credential: Credential | None, provider: str) -> None:
+    """Raises CredentialError for a credential an app of `provider` cannot send with (the admin's
+    form asks this before saving; push_app_upsert and push_app_update check it again)."""
     if credential is not None and credential.kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(provider)]:
         raise CredentialError(
             f"credential {credential.name!r} is a {credential.get_kind_display()}, which cannot send for a "
             f"{Provider(provider).label} app"
         )
+
+
+def credential_kind_check(*, credential: Credential, kind: str) -> None:
+    """Raises CredentialError when an app using `credential` could not send with a secret of `kind`
+    (an APNs certificate replaced by a service account). credential_update checks it; the admin's
+    form asks it first, to show the refusal on the form."""
+    for app in credential.apps.all():
+        if kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(app.provider)]:
+            raise CredentialError(f"push app {app} uses this credential and cannot send with a {kind}")
 
 
 def credential_name_for(*, app_id: str, parsed: ParsedCredential) -> str:
@@ -163,9 +173,7 @@ def credential_update(
     new_kind = kind or credential.kind
     new_key_id = key_id if key_id is not None else credential.key_id
     new_team_id = team_id if team_id is not None else credential.team_id
-    for app in credential.apps.all():
-        if new_kind not in CREDENTIAL_KINDS_OF_PROVIDER[Provider(app.provider)]:
-            raise CredentialError(f"push app {app} uses this credential and cannot send with a {new_kind}")
+    credential_kind_check(credential=credential, kind=new_kind)
     ids_changed = (new_key_id, new_team_id) != (credential.key_id, credential.team_id)
     if data is not None:
         parsed = credential_parse(kind=new_kind, data=data, password=password, key_id=new_key_id, team_id=new_team_id)

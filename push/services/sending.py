@@ -13,10 +13,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
-from core.events import event_publish
 from core.text import mask_token, text_storable_check
 from push.models import (
     Delivery,
@@ -257,25 +255,18 @@ def token_dead(*, token: str, reason: str, provider_timestamp_ms: int | None = N
     """Deactivate a token the provider says is dead, and clear the push objects built on it so
     Kazoo stops building push endpoints. APNs' 410 timestamp is honoured: a token registered
     again after Apple declared it dead is kept. Returns how many tokens were deactivated."""
-    from registry.models import Device, PushToken
-    from registry.services import device_push_clear
+    from registry.models import PushToken
+    from registry.services import push_token_deactivate
 
     now = timezone.now()
-    tokens = PushToken.objects.filter(token=token, active=True).select_related("device")
+    tokens = PushToken.objects.filter(token=token, active=True)
     if provider_timestamp_ms is not None:
         dead_since = datetime.fromtimestamp(provider_timestamp_ms / 1000, tz=UTC)
         tokens = tokens.filter(last_seen_at__lt=dead_since)
     count = 0
     for push_token in tokens:
-        with transaction.atomic():
-            PushToken.objects.filter(pk=push_token.pk).update(
-                active=False, deactivated_at=now, deactivated_reason=reason[:300]
-            )
-            device: Device = push_token.device
-            if device.push and device.push.get("Token-ID") == token:
-                device_push_clear(device=device, reason=reason)
-            event_publish("token.deactivated", account=device.account_id, device=device.device_id,
-                          app=push_token.app, token=push_token.token_masked, outcome=reason[:200])
+        # The operator's deactivate (admin, API) is the same operation.
+        push_token_deactivate(token=push_token, reason=reason, now=now)
         count += 1
     if count:
         log.info("deactivated %d token(s) %s: %s", count, mask_token(token), reason)

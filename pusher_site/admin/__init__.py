@@ -6,6 +6,11 @@ from rest_framework.authtoken.models import TokenProxy
 
 from core.text import mask_token
 
+# The one place the admin's titles are set (the header, the browser tab, the index page).
+admin.site.site_header = "pusher"
+admin.site.site_title = "pusher"
+admin.site.index_title = "pusher"
+
 admin.site.unregister(TokenProxy)
 
 

@@ -5,11 +5,20 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from core.errors import PusherError
+from core.text import duration_ms_text
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, PushApp
+
+
+def warnings_html(warnings: tuple[str, ...]) -> str:
+    if not warnings:
+        return "—"
+    return format_html('<ul style="margin:0;padding-left:1em">{}</ul>',
+                       format_html_join("", '<li style="color:#ba2121">{}</li>', ((w,) for w in warnings)))
 
 
 class CredentialForm(forms.ModelForm):
@@ -37,7 +46,8 @@ class CredentialForm(forms.ModelForm):
         cleaned = self.cleaned_data  # what ModelForm.clean returns (its type allows None)
         upload = cleaned.get("upload")
         data: bytes | str = upload.read() if upload else (cleaned.get("pasted") or "")
-        self.parsed = None
+        # The secret as given, for the service save_model calls (credential_create/credential_update).
+        self.secret_data = data or None
         if not data:
             if not self.instance.pk:
                 raise forms.ValidationError("Upload a file or paste the credential.")
@@ -50,8 +60,12 @@ class CredentialForm(forms.ModelForm):
                 # These are facts of the secret: they are validated with it, never alone.
                 raise forms.ValidationError("To change the kind, key id or team id, upload the credential again.")
             return cleaned
+        # The services' own checks, asked here so that a refusal shows on the form (save_model
+        # calls the service, which checks again).
         try:
-            self.parsed = services.credential_parse(
+            if self.instance.pk:
+                services.credential_kind_check(credential=self.instance, kind=cleaned.get("kind", ""))
+            services.credential_parse(
                 kind=cleaned.get("kind", ""),
                 data=data,
                 password=cleaned.get("password"),
@@ -72,6 +86,7 @@ class CredentialAdmin(admin.ModelAdmin):
     readonly_fields = [
         "subject", "topics", "environment", "not_before", "not_after", "expiry", "fingerprint_sha256",
         "project_id", "client_email", "usable_shown", "unusable_reason_shown", "warnings", "created_at", "updated_at",
+        "apps_using",
     ]
 
     def get_fieldsets(self, request, obj=None):
@@ -79,7 +94,18 @@ class CredentialAdmin(admin.ModelAdmin):
         main = (None, {"fields": ["name", "kind", "key_id", "team_id"]})
         if obj is None:
             return [main, secret]
-        return [main, secret, ("Parsed facts", {"fields": self.readonly_fields})]
+        facts = [name for name in self.readonly_fields if name != "apps_using"]
+        return [main, ("Push apps", {"fields": ["apps_using"]}), secret, ("Parsed facts", {"fields": facts})]
+
+    @admin.display(description="used by")
+    def apps_using(self, obj: Credential) -> str:
+        apps = list(obj.apps.order_by("app_id", "provider"))
+        if not apps:
+            return "no push app (it can be deleted)"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a>',
+            ((reverse("admin:push_pushapp_change", args=[app.pk]), str(app)) for app in apps),
+        )
 
     @admin.display(description="subject")
     def subject_short(self, obj: Credential) -> str:
@@ -105,17 +131,64 @@ class CredentialAdmin(admin.ModelAdmin):
         return text
 
     def save_model(self, request, obj, form, change):
-        if form.parsed is not None:
-            saved = services.credential_save(name=obj.name, parsed=form.parsed, credential=obj)
-            obj.pk = saved.pk
+        cleaned, data = form.cleaned_data, form.secret_data
+        secret = {
+            "kind": cleaned["kind"], "data": data, "password": cleaned.get("password") or None,
+            "key_id": cleaned.get("key_id", ""), "team_id": cleaned.get("team_id", ""),
+        }
+        if not change:
+            saved = services.credential_create(name=cleaned["name"], **secret)
+        elif data is not None:
+            saved = services.credential_update(credential=obj, name=cleaned["name"], **secret)
+        else:
+            saved = services.credential_update(credential=obj, name=cleaned["name"])
+        obj.pk = saved.pk
+        if data is not None:
             for warning in saved.warnings:
                 self.message_user(request, warning, messages.WARNING)
-        else:
-            services.credential_update(credential=obj, name=obj.name)
+            for app in saved.apps.select_related("credential"):
+                for warning in services.push_app_warnings(app=app):
+                    self.message_user(request, f"{app}: {warning}", messages.WARNING)
+
+    def delete_model(self, request, obj):
+        services.credential_delete(credential=obj)
+
+    def delete_queryset(self, request, queryset):
+        for credential in queryset:
+            services.credential_delete(credential=credential)
+
+
+class PushAppForm(forms.ModelForm):
+    class Meta:
+        model = PushApp
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        """The services' checks, asked here so a refusal shows on the form; save_model's service
+        checks again. A `host:port` typed as the host is split as every face splits it."""
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean returns (its type allows None)
+        if cleaned.get("host"):
+            typed_port = cleaned.get("port") if "port" in self.changed_data else None
+            try:
+                host, port = services.push_app_address(host=cleaned["host"], port=typed_port)
+            except PusherError as exc:
+                self.add_error("host", exc.message)
+            else:
+                cleaned["host"] = host
+                if port is not None:
+                    cleaned["port"] = port
+        if cleaned.get("provider"):
+            try:
+                services.credential_provider_check(credential=cleaned.get("credential"), provider=cleaned["provider"])
+            except PusherError as exc:
+                self.add_error("credential", exc.message)
+        return cleaned
 
 
 @admin.register(PushApp)
 class PushAppAdmin(admin.ModelAdmin):
+    form = PushAppForm
     list_display = ["app_id", "provider", "enabled", "credential", "host", "effective_topic", "flagged_reason"]
     list_filter = ["provider", "enabled"]
     search_fields = ["app_id", "description", "topic", "project_id"]
@@ -125,10 +198,37 @@ class PushAppAdmin(admin.ModelAdmin):
         ("Apple", {"fields": ["host", "port", "topic", "push_type", "priority", "expiration", "collapse_id",
                               "extra_headers"]}),
         ("Firebase", {"fields": ["project_id", "android_priority", "ttl_s"]}),
-        ("Health", {"fields": ["flagged_reason", "bad_device_token_count"]}),
+        ("Health", {"fields": ["warnings_shown", "flagged_reason", "bad_device_token_count"]}),
     ]
-    readonly_fields = ["bad_device_token_count"]
+    readonly_fields = ["bad_device_token_count", "warnings_shown"]
     actions = ["send_test_push"]
+
+    @admin.display(description="warnings")
+    def warnings_shown(self, obj: PushApp) -> str:
+        return warnings_html(services.push_app_warnings(app=obj)) if obj.pk else "—"
+
+    def save_model(self, request, obj, form, change):
+        cleaned = form.cleaned_data
+        if change:
+            # Every field of the form, so a host:port split reaches the port too; the health flag
+            # only when edited (clearing it restarts the BadDeviceToken count).
+            changes = {name: value for name, value in cleaned.items() if name in services.PUSH_APP_EDITABLE
+                       and (name != "flagged_reason" or name in form.changed_data)}
+            app = services.push_app_update(app=obj, **changes)
+        else:
+            app_settings = {name: value for name, value in cleaned.items() if name in services.PUSH_APP_SETTINGS}
+            app = services.push_app_upsert(app_id=cleaned["app_id"], provider=cleaned["provider"],
+                                           credential=cleaned.get("credential"), **app_settings)
+        obj.pk = app.pk
+        for warning in services.push_app_warnings(app=app):
+            self.message_user(request, f"{app}: {warning}", messages.WARNING)
+
+    def delete_model(self, request, obj):
+        services.push_app_delete(app=obj)
+
+    def delete_queryset(self, request, queryset):
+        for app in queryset:
+            services.push_app_delete(app=app)
 
     def has_send_push_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("push.send_push")
@@ -174,17 +274,33 @@ class TestPushForm(forms.Form):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "status", "provider", "app_id", "account_id", "device_id", "token_masked",
-                    "call_id", "http_status", "reason", "attempts", "latency_ms"]
+    """The delivery log: read-only (written by the push path alone), kept whole for diagnosis."""
+
+    # What fits a screen; the rest (account, device, call, HTTP status, attempts...) on the detail page.
+    list_display = ["created_at", "status", "app_shown", "token_masked", "reason", "latency"]
     list_filter = ["status", "provider", "source", "push_type"]
     search_fields = ["call_id", "account_id", "device_id", "app_id", "msg_id", "token"]
     date_hierarchy = "created_at"
-    list_select_related = ["push_app"]
-    readonly_fields = [f.name for f in Delivery._meta.fields if f.name != "token"] + ["token_masked"]
-    exclude = ["token"]
+    fields = readonly_fields = (
+        "created_at", "status", "reason", "latency", "source", "push_app", "app_id", "provider", "token_masked",
+        "token_type", "push_type", "account_id", "device_id", "call_id", "msg_id", "http_status",
+        "provider_message_id", "attempts", "error", "deadline_at", "finished_at", "claimed_at", "reply_to",
+        "replied_at",
+    )
+
+    @admin.display(description="app", ordering="app_id")
+    def app_shown(self, obj: Delivery) -> str:
+        return f"{obj.app_id} ({obj.provider})" if obj.provider else obj.app_id
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, obj: Delivery) -> str:
+        return duration_ms_text(obj.latency_ms)
 
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -10,7 +10,7 @@ from django.urls import URLPattern, path
 
 from core.errors import PusherError
 from kazoo import sync
-from kazoo.config import user_agent_test
+from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
 from pusher_site.admin.kazoo_admin import DeviceReconcileInline
@@ -53,6 +53,26 @@ class UserAgentRuleAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["name", "regex", "description"]
     ordering = ["position", "name"]
+
+    # Every write, list_editable's included (the changelist saves each changed row with save_model),
+    # goes through registry.services: its checks, and the rule cache every process reads cleared.
+    def save_model(self, request, obj, form, change):
+        cleaned = form.cleaned_data
+        if change:
+            changes = {name: cleaned[name] for name in form.changed_data if name in services.USER_AGENT_RULE_FIELDS}
+            rule = services.user_agent_rule_update(rule=obj, **changes)
+        else:
+            rule = services.user_agent_rule_create(
+                **{name: cleaned[name] for name in services.USER_AGENT_RULE_FIELDS if name in cleaned}
+            )
+        obj.pk = rule.pk
+
+    def delete_model(self, request, obj):
+        services.user_agent_rule_delete(rule=obj)
+
+    def delete_queryset(self, request, queryset):
+        for rule in queryset:
+            services.user_agent_rule_delete(rule=rule)
 
     def get_urls(self) -> list[URLPattern]:
         # Before the default URLs: their "<path:object_id>/" would swallow "test/".
@@ -98,18 +118,49 @@ class PushTokenInline(admin.TabularInline):
         return False
 
 
+DEVICE_FIELDS = (
+    "account_id", "device_id", "username", "realm", "push", "push_changed_at", "rule_name", "registration_digest",
+    "sync_status", "push_synced_at", "sync_attempts", "sync_next_at", "sync_error", "last_user_agent",
+    "last_contact", "last_registration_at", "last_seen_at", "created_at",
+)
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
+    """Devices come from registrations: their identity (Kazoo's account and device id), push object and
+    digest are read-only; the SIP username and realm may be corrected (registry.services.device_update)."""
+
     list_display = ["account_id", "device_id", "username", "realm", "rule_name", "sync_status",
                     "last_registration_at"]
     list_filter = ["sync_status", "rule_name"]
     search_fields = ["account_id", "device_id", "username", "realm", "tokens__token"]
-    readonly_fields = ["push", "push_changed_at", "push_synced_at", "sync_status", "sync_attempts",
-                       "sync_next_at", "sync_error", "last_user_agent", "last_contact", "last_registration_at",
-                       "last_seen_at", "created_at", "rule_name"]
+    fields = DEVICE_FIELDS
+    readonly_fields = tuple(name for name in DEVICE_FIELDS if name not in services.DEVICE_EDITABLE)
     inlines = [PushTokenInline, DeviceReconcileInline]
     date_hierarchy = "last_registration_at"
     actions = ["sync_to_kazoo", "send_test_push"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # a device is what a registration created
+
+    def save_model(self, request, obj, form, change):
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in services.DEVICE_EDITABLE}
+        if changes:
+            services.device_update(device=obj, **changes)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A device's tokens go with it (device_delete), as through the API with delete_device alone;
+        # tokens are never deleted on their own, so their admin grants no delete permission to ask for.
+        perms_needed.discard(PushToken._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        services.device_delete(device=obj)
+
+    def delete_queryset(self, request, queryset):
+        for device in queryset:
+            services.device_delete(device=device)
 
     def has_send_push_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("push.send_push")
@@ -148,8 +199,37 @@ class DeviceAdmin(admin.ModelAdmin):
 
 @admin.register(PushToken)
 class PushTokenAdmin(admin.ModelAdmin):
+    """Tokens come from registrations: shown (masked), never added or edited here; deactivated and
+    reactivated with the actions, the same services as the API's tokens/{id}/deactivate|reactivate."""
+
     list_display = ["token_masked", "device", "token_type", "app", "kind", "active", "last_seen_at"]
     list_filter = ["active", "token_type", "kind", "sandbox"]
     search_fields = ["token", "app", "device__account_id", "device__device_id", "device__username"]
     list_select_related = ["device"]
-    readonly_fields = ["device", "token", "first_seen_at", "last_seen_at", "deactivated_at"]
+    fields = readonly_fields = ("device", "token_masked", "token_type", "app", "kind", "sandbox", "proxy", "active",
+                                "deactivated_at", "deactivated_reason", "first_seen_at", "last_seen_at")
+    actions = ["deactivate", "reactivate"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # a token is what a registration carried (the form could never be valid)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # The actions need it on the list; a token's own page is read-only.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # deactivate instead: the API has no token deletion either
+
+    @admin.action(description="Deactivate selected tokens (stop pushing to them)", permissions=["change"])
+    def deactivate(self, request: HttpRequest, queryset: Any) -> None:
+        tokens = list(queryset.filter(active=True))
+        for token in tokens:
+            services.push_token_deactivate(token=token, reason=f"deactivated by {request.user.get_username()}")
+        self.message_user(request, f"{len(tokens)} token(s) deactivated.", messages.SUCCESS)
+
+    @admin.action(description="Reactivate selected tokens", permissions=["change"])
+    def reactivate(self, request: HttpRequest, queryset: Any) -> None:
+        tokens = list(queryset.filter(active=False))
+        for token in tokens:
+            services.push_token_reactivate(token=token)
+        self.message_user(request, f"{len(tokens)} token(s) reactivated.", messages.SUCCESS)

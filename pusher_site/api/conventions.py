@@ -330,11 +330,11 @@ class FilteredListMixin(_ViewSet):
         return filters_apply(queryset, self.request, self.filter_serializer_class, self.filter_lookups)
 
 
-class ServiceWriteMixin(_ViewSet):
-    """Create, update and delete as STYLE rule 11 has them: `input_serializer_class` (or
-    `update_serializer_class` for an update, when it takes other fields) validates, one service
-    writes (`service_create`, `service_update`, `service_delete`), `serializer_class` answers, and
-    the audit log records the write with the acting user."""
+class ServiceChangeMixin(_ViewSet):
+    """Update and delete as STYLE rule 11 has them: `input_serializer_class` (or
+    `update_serializer_class`, when an update takes other fields) validates, one service writes
+    (`service_update`, `service_delete`), `serializer_class` answers, and the audit log records the
+    write with the acting user. For resources created elsewhere (devices come from registrations)."""
 
     serializer_class: type[serializers.Serializer]
     input_serializer_class: type[serializers.Serializer]
@@ -345,18 +345,48 @@ class ServiceWriteMixin(_ViewSet):
         if "input_serializer_class" in cls.__dict__:
             update = cls.update_serializer_class or cls.input_serializer_class
             extend_schema_view(
-                create=extend_schema(request=cls.input_serializer_class, responses={201: cls.serializer_class}),
                 update=extend_schema(request=update, responses={200: cls.serializer_class}),
                 partial_update=extend_schema(request=update, responses={200: cls.serializer_class}),
             )(cls)
-
-    def service_create(self, data: dict[str, Any]) -> Model:
-        raise NotImplementedError
 
     def service_update(self, obj: Any, data: dict[str, Any]) -> Model:
         raise NotImplementedError
 
     def service_delete(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()
+        input_class = self.update_serializer_class or self.input_serializer_class
+        params = input_class(obj, data=request.data, partial=kwargs.get("partial", False))
+        params.is_valid(raise_exception=True)
+        obj = self.service_update(obj, dict(params.validated_data))
+        audit_log(request=request, action="change", obj=obj, message=changed_fields(params.validated_data))
+        return Response(self.serializer_class(obj, context=self.get_serializer_context()).data)
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, partial=True, **kwargs)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        obj = self.get_object()
+        # Recorded before the row goes (it names its pk); a refused deletion takes the record with it.
+        with transaction.atomic():
+            audit_log(request=request, action="delete", obj=obj)
+            self.service_delete(obj)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ServiceWriteMixin(ServiceChangeMixin):
+    """ServiceChangeMixin plus create: `input_serializer_class` validates, `service_create` writes."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "input_serializer_class" in cls.__dict__:
+            extend_schema_view(
+                create=extend_schema(request=cls.input_serializer_class, responses={201: cls.serializer_class}),
+            )(cls)
+
+    def service_create(self, data: dict[str, Any]) -> Model:
         raise NotImplementedError
 
     def added_message(self, obj: Any) -> str:
@@ -367,21 +397,5 @@ class ServiceWriteMixin(_ViewSet):
         params.is_valid(raise_exception=True)
         obj = self.service_create(dict(params.validated_data))
         audit_log(request=request, action="add", obj=obj, message=self.added_message(obj))
-        return Response(self.serializer_class(obj).data, status=status.HTTP_201_CREATED)
-
-    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        obj = self.get_object()
-        input_class = self.update_serializer_class or self.input_serializer_class
-        params = input_class(obj, data=request.data, partial=kwargs.get("partial", False))
-        params.is_valid(raise_exception=True)
-        obj = self.service_update(obj, dict(params.validated_data))
-        audit_log(request=request, action="change", obj=obj, message=changed_fields(params.validated_data))
-        return Response(self.serializer_class(obj).data)
-
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        obj = self.get_object()
-        # Recorded before the row goes (it names its pk); a refused deletion takes the record with it.
-        with transaction.atomic():
-            audit_log(request=request, action="delete", obj=obj)
-            self.service_delete(obj)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(self.serializer_class(obj, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)

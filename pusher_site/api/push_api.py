@@ -218,15 +218,24 @@ class PushAppSerializer(serializers.ModelSerializer):
     credential = CredentialSummarySerializer(read_only=True, allow_null=True)
     effective_topic = serializers.CharField(read_only=True, help_text="The topic used: topic, or the app id "
                                             "without a trailing .dev/.prod (Kazoo's rule)")
+    warnings = serializers.SerializerMethodField(
+        help_text="What to fix before it can push: its credential cannot send, or its certificate does not cover "
+        "the topic it pushes to (push.services.push_app_warnings, as the admin and the commands show them)"
+    )
 
     class Meta:
         model = PushApp
         fields = [
             "id", "app_id", "provider", "enabled", "credential", "description", "host", "port", "topic",
             "effective_topic", "push_type", "priority", "expiration", "collapse_id", "extra_headers", "project_id",
-            "android_priority", "ttl_s", "flagged_reason", "bad_device_token_count", "created_at", "updated_at",
+            "android_priority", "ttl_s", "flagged_reason", "bad_device_token_count", "warnings", "created_at",
+            "updated_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_warnings(self, app: PushApp) -> list[str]:
+        return list(services.push_app_warnings(app=app))
 
 
 class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
@@ -240,6 +249,9 @@ class PushAppInputSerializer(StrictModelSerializer):
     credential = StrictPrimaryKeyRelatedField(
         queryset=Credential.objects.all(), allow_null=True, required=False, help_text="Credential id"
     )
+    # Checked by the service (push.services.push_app_address), which also splits a `host:port`.
+    host = StrictCharField(max_length=255, required=False,
+                           help_text="APNs host name or IP address; `host:port` sets the port too")
     port = StrictIntegerField(min_value=1, max_value=65535, required=False)
     priority = StrictChoiceField(choices=[(1, "1"), (5, "5"), (10, "10")], required=False,
                                        help_text="apns-priority: 10 immediate, 5 power-considerate, 1 lowest")

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import Exists, OuterRef, Q
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -18,12 +18,15 @@ from rest_framework.response import Response
 
 from kazoo import config as kazoo_config
 from kazoo import sync
+from kazoo.uatest import user_agent_test
 from push import services as push_services
 from push.models import DeliverySource
 from pusher_site.api.conventions import (
+    MAX_INT,
     FilteredListMixin,
     JSONObjectField,
     Pagination,
+    ServiceChangeMixin,
     ServiceWriteMixin,
     StrictBooleanField,
     StrictCharField,
@@ -36,7 +39,7 @@ from pusher_site.api.conventions import (
 from pusher_site.api.parsers import JSONParser
 from pusher_site.api.push_api import DeliverySerializer
 from registry import services
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
+from registry.models import Device, PushToken, SyncStatus, TokenKind, UserAgentRule
 
 # --- User-Agent rules ------------------------------------------------------------------------------
 
@@ -173,7 +176,7 @@ class UserAgentRuleViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelV
         params = RuleMatchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        result = kazoo_config.user_agent_test(
+        result = user_agent_test(
             user_agent=data["user_agent"], contact=data["contact"], fields=data.get("fields")
         )
         return Response(RuleMatchSerializer(result.as_dict()).data)
@@ -240,6 +243,14 @@ class DeviceSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class DeviceInputSerializer(serializers.Serializer):
+    """What an operator may correct on a device (registry.services.DEVICE_EDITABLE): the rest is
+    Kazoo's (account, device id) or comes from registrations (push object, tokens)."""
+
+    username = StrictCharField(max_length=255, allow_blank=True, help_text="SIP username (the AOR's user part)")
+    realm = StrictCharField(max_length=255, allow_blank=True, help_text="SIP realm (the AOR's domain)")
+
+
 class DeviceFilterSerializer(serializers.Serializer):
     account_id = StrictCharField(required=False, max_length=64, help_text="Exact")
     device_id = StrictCharField(required=False, max_length=64, help_text="Exact (Authorizing-ID)")
@@ -270,11 +281,14 @@ def _in_sync(queryset: Any, value: bool) -> Any:
     return queryset.filter(_IN_SYNC) if value else queryset.exclude(_IN_SYNC)
 
 
-class DeviceViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
-    """Kazoo devices seen registering with push parameters, their push object and tokens."""
+class DeviceViewSet(FilteredListMixin, ServiceChangeMixin, viewsets.ReadOnlyModelViewSet):
+    """Kazoo devices seen registering with push parameters, their push object and tokens. Registrations
+    create them; an operator may correct the SIP username and realm, or delete one (its next
+    registration brings it back)."""
 
     queryset = Device.objects.prefetch_related("tokens")
     serializer_class = DeviceSerializer
+    input_serializer_class = DeviceInputSerializer
     filter_serializer_class = DeviceFilterSerializer
     filter_lookups = {
         "account_id": "account_id", "device_id": "device_id", "username": "username", "realm": "realm__iexact",
@@ -286,6 +300,13 @@ class DeviceViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["account_id", "device_id", "username", "realm", "last_registration_at", "last_seen_at",
                        "created_at", "sync_status"]
     ordering = ["account_id", "device_id"]
+
+    def service_update(self, obj: Device, data: dict[str, Any]) -> Device:
+        services.device_update(device=obj, **data)
+        return self.get_queryset().get(pk=obj.pk)
+
+    def service_delete(self, obj: Device) -> None:
+        services.device_delete(device=obj)
 
     @extend_schema(
         request=None, responses={200: DeliverySerializer},
@@ -317,3 +338,109 @@ class DeviceViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
         device = self.get_queryset().get(pk=device.pk)
         return Response(DeviceSerializer(device).data)
 
+
+
+# --- Push tokens ---------------------------------------------------------------------------------------
+
+
+class PushTokenDetailSerializer(serializers.ModelSerializer):
+    """A push token with its device. `token` in full follows the device API: a user who may view
+    devices reads full tokens there already (provisioning needs them); to anyone else it is null,
+    and `token_masked` is what they see."""
+
+    token = serializers.SerializerMethodField(
+        help_text="The full token for users with the registry.view_device permission (GET /devices/ shows it to "
+        "them), else null"
+    )
+    token_masked = serializers.CharField(read_only=True)
+    kind = serializers.CharField(read_only=True, help_text='"voip" (PushKit), "remote" (visible) or "" (plain)')
+    account_id = serializers.CharField(source="device.account_id", read_only=True)
+    device_id = serializers.CharField(source="device.device_id", read_only=True,
+                                      help_text="Kazoo's device id (Authorizing-ID)")
+
+    class Meta:
+        model = PushToken
+        fields = ["id", "device", "account_id", "device_id", "token", "token_masked", "token_type", "app", "kind",
+                  "sandbox", "proxy", "active", "deactivated_at", "deactivated_reason", "first_seen_at",
+                  "last_seen_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_token(self, obj: PushToken) -> str | None:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        return obj.token if user is not None and user.has_perm("registry.view_device") else None
+
+
+class PushTokenFilterSerializer(serializers.Serializer):
+    device = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT, help_text="Device id")
+    account_id = StrictCharField(required=False, max_length=64, help_text="Exact")
+    device_id = StrictCharField(required=False, max_length=64, help_text="Exact (Authorizing-ID)")
+    token = StrictCharField(required=False, max_length=1024, help_text="Exact")
+    app = StrictCharField(required=False, max_length=255, help_text="Token-App, exact")
+    token_type = StrictCharField(required=False, max_length=32, help_text="Token-Type, exact")
+    kind = serializers.ChoiceField(choices=["voip", "remote", "plain"], required=False,
+                                   help_text='"plain": the tokens whose kind is ""')
+    active = serializers.BooleanField(required=False)
+    sandbox = serializers.BooleanField(required=False)
+
+
+def _kind(queryset: Any, value: str) -> Any:
+    return queryset.filter(kind=TokenKind.PLAIN if value == "plain" else value)
+
+
+class TokenDeactivateSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, max_length=300,
+                             help_text='Recorded as the deactivation reason (default "deactivated by <user>")')
+
+
+class PushTokenViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
+    """Devices' push tokens, as registrations brought them (tokens/ of a device are in its `tokens`
+    too). Deactivate one to stop pushing to it (a push object built on it is cleared, as for a token a
+    provider declares dead); reactivate to push to it again."""
+
+    queryset = PushToken.objects.select_related("device")
+    serializer_class = PushTokenDetailSerializer
+    filter_serializer_class = PushTokenFilterSerializer
+    filter_lookups = {
+        "device": "device_id", "account_id": "device__account_id", "device_id": "device__device_id",
+        "token": "token", "app": "app", "token_type": "token_type", "kind": _kind, "active": "active",
+        "sandbox": "sandbox",
+    }
+    parser_classes = [JSONParser]
+    pagination_class = Pagination
+    schema = api_schema()
+    ordering_fields = ["last_seen_at", "first_seen_at", "deactivated_at", "app", "token_type", "active"]
+    ordering = ["-last_seen_at", "-id"]
+
+    @extend_schema(
+        request=TokenDeactivateSerializer, responses={200: PushTokenDetailSerializer},
+        summary="Deactivate a token: stop pushing to it",
+        description="registry.services.push_token_deactivate, as the admin's action: the token is marked inactive "
+        "with the reason, and the device's push object is cleared when it is built on this token (Kazoo stops "
+        "building push endpoints for it; the phone's next REGISTER brings one back). An inactive token is left "
+        "as it is.",
+    )
+    @action(detail=True, methods=["post"], url_path="deactivate",
+            permission_classes=[perms_required("registry.view_pushtoken", "registry.change_pushtoken")])
+    def deactivate(self, request: Request, pk: str | None = None) -> Response:
+        token = self.get_object()
+        params = TokenDeactivateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        reason = params.validated_data.get("reason") or f"deactivated by {request.user.get_username()}"
+        token = services.push_token_deactivate(token=token, reason=reason)
+        audit_log(request=request, action="change", obj=token, message=f"deactivated: {token.deactivated_reason}")
+        return Response(self.get_serializer(token).data)
+
+    @extend_schema(
+        request=None, responses={200: PushTokenDetailSerializer},
+        summary="Reactivate a token: push to it again",
+        description="registry.services.push_token_reactivate, as the admin's action. A push object cleared with "
+        "it is rebuilt by the phone's next REGISTER. An active token is left as it is.",
+    )
+    @action(detail=True, methods=["post"], url_path="reactivate",
+            permission_classes=[perms_required("registry.view_pushtoken", "registry.change_pushtoken")])
+    def reactivate(self, request: Request, pk: str | None = None) -> Response:
+        token = services.push_token_reactivate(token=self.get_object())
+        audit_log(request=request, action="change", obj=token, message="reactivated")
+        return Response(self.get_serializer(token).data)

@@ -12,7 +12,7 @@ from pusher_site.api.push_api import (
     PushRequestViewSet,
     SendViewSet,
 )
-from pusher_site.api.registry_api import DeviceViewSet, UserAgentRuleViewSet
+from pusher_site.api.registry_api import DeviceViewSet, PushTokenViewSet, UserAgentRuleViewSet
 
 
 class ApiRootView(routers.APIRootView):
@@ -32,6 +32,7 @@ router.register("credentials", CredentialViewSet, basename="credential")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 router.register("user-agent-rules", UserAgentRuleViewSet, basename="useragentrule")
 router.register("devices", DeviceViewSet, basename="device")
+router.register("tokens", PushTokenViewSet, basename="pushtoken")
 router.register("push", PushRequestViewSet, basename="push")
 
 

@@ -1,4 +1,4 @@
-"""/api/v1/devices/: read with full tokens, filters, test push and Kazoo sync actions."""
+"""/api/v1/devices/: read with full tokens, filters, edit, delete, test push and Kazoo sync actions."""
 
 import pytest
 from django.utils import timezone
@@ -71,6 +71,22 @@ def test_sync_to_kazoo(seed, admin_api, fake_crossbar, settings) -> None:
     assert fake_crossbar.devices[(seed.device.account_id, seed.device.device_id)]["push"] == seed.device.push
 
 
-def test_devices_are_read_only(seed, admin_api) -> None:
+def test_devices_are_created_by_registrations_only(seed, admin_api) -> None:
     assert admin_api.post(URL, {}, format="json").status_code == 405
-    assert admin_api.delete(f"{URL}{seed.device.pk}/").status_code == 405
+
+
+def test_edit_corrects_username_and_realm_only(seed, admin_api) -> None:
+    account = seed.device.account_id
+    response = admin_api.patch(f"{URL}{seed.device.pk}/", {"realm": "new.example.com", "account_id": "other"},
+                               format="json")
+    assert response.status_code == 200 and response.json()["realm"] == "new.example.com"
+    device = Device.objects.get(pk=seed.device.pk)
+    # Identity is Kazoo's; the digest is cleared so the next REGISTER is written in full again.
+    assert device.account_id == account and device.registration_digest == ""
+    response = admin_api.put(f"{URL}{seed.device.pk}/", {"realm": "x.example.com"}, format="json")
+    assert response.status_code == 400 and "username" in response.json()
+
+
+def test_delete_forgets_the_device_and_its_tokens(seed, admin_api) -> None:
+    assert admin_api.delete(f"{URL}{seed.device.pk}/").status_code == 204
+    assert not Device.objects.exists() and not PushToken.objects.exists()

@@ -43,7 +43,7 @@ class Row:
     def path(self, seed: Seed) -> str:
         return self.url.format(
             app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
-            rule=seed.rule.pk, device=seed.device.pk,
+            rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
         )
 
 
@@ -82,6 +82,16 @@ ROWS = [
     Row("devices retrieve", "get", "/api/v1/devices/{device}/", "read", 200),
     Row("devices test push", "post", "/api/v1/devices/{device}/push/", "push", 200, None, True),
     Row("devices sync", "post", "/api/v1/devices/{device}/sync/", "write", 200, None, True),
+    Row("devices update", "put", "/api/v1/devices/{device}/", "write", 200,
+        {"username": "user_1001", "realm": "acme.example.com"}, True),
+    Row("devices partial update", "patch", "/api/v1/devices/{device}/", "write", 200, {"realm": "b.example.com"},
+        True),
+    Row("devices delete", "delete", "/api/v1/devices/{device}/", "delete", 204, None, True),
+    Row("tokens list", "get", "/api/v1/tokens/", "read", 200),
+    Row("tokens retrieve", "get", "/api/v1/tokens/{token}/", "read", 200),
+    Row("tokens deactivate", "post", "/api/v1/tokens/{token}/deactivate/", "write", 200, {"reason": "lost phone"},
+        True),
+    Row("tokens reactivate", "post", "/api/v1/tokens/{token}/reactivate/", "write", 200, None, True),
     Row("push_req", "post", "/api/v1/push/", "push", 200, PUSH_REQ),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),

@@ -220,3 +220,12 @@ def test_push_to_a_device_without_push_object(registered_device):
     with pytest.raises(CommandError, match="unknown device"):
         run("push", ACCOUNT, "0" * 32)
     assert not Delivery.objects.exists()
+
+
+def test_add_apple_key_takes_the_port_as_an_option(tmp_path):
+    path = tmp_path / "AuthKey.p8"
+    path.write_text(make_p8("port"))
+    run("add_apple_key", APP, str(path), "--key-id", KEY_ID, "--team-id", TEAM_ID, "--port", "2197")
+    assert PushApp.objects.values_list("host", "port").get() == (services.APNS_PRODUCTION_HOST, 2197)
+    with pytest.raises(CommandError, match="port"):
+        run("add_apple_key", APP, str(path), "--key-id", KEY_ID, "--team-id", TEAM_ID, "--port", "70000")

@@ -6,7 +6,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
-from kazoo.config import CCVS, PLACEHOLDER_ACCOUNT_ID, PLACEHOLDER_AUTHORIZING_ID, user_agent_test
+from kazoo.config import CCVS, PLACEHOLDER_ACCOUNT_ID, PLACEHOLDER_AUTHORIZING_ID
+from kazoo.uatest import user_agent_test
 
 
 class Command(BaseCommand):

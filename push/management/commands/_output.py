@@ -12,7 +12,10 @@ def app_added_write(command: BaseCommand, added: PushAppAdded) -> None:
         push_type, topic = app.apns_wire()
         kind = push_type if app.push_type else f"{push_type} (as Kazoo: no push type set)"
         command.stdout.write(f"  host {app.host}:{app.port}, topic {topic}, push type {kind}")
-    state = "stored" if added.credential_created else "already stored, reused"
+    if added.credential_kept:
+        state = "kept: the one given cannot send"
+    else:
+        state = "stored" if added.credential_created else "already stored, reused"
     command.stdout.write(f"  credential {credential.name!r} ({credential.get_kind_display()}, {state})")
     for label, value in (
         ("subject", credential.subject),

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
 from push.management.commands._output import app_added_write
-from push.management.commands.add_apple_app import read_file
+from push.management.commands.add_apple_app import APNS_PORT, read_file
 from push.models import CredentialKind, Provider
 from push.services import APNS_PRODUCTION_HOST, APNS_SANDBOX_HOST, push_app_add
 
@@ -26,9 +26,13 @@ class Command(BaseCommand):
                             help="the bundle id (default: the app id without a trailing .dev/.prod)")
         parser.add_argument("--sandbox", action="store_true",
                             help=f"push to {APNS_SANDBOX_HOST} (development builds) instead of {APNS_PRODUCTION_HOST}")
+        parser.add_argument("--port", type=int, default=APNS_PORT,
+                            help=f"APNs port (default {APNS_PORT}; Apple also answers on 2197)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        settings: dict[str, Any] = {"host": APNS_SANDBOX_HOST if options["sandbox"] else APNS_PRODUCTION_HOST}
+        settings: dict[str, Any] = {
+            "host": APNS_SANDBOX_HOST if options["sandbox"] else APNS_PRODUCTION_HOST, "port": options["port"],
+        }
         if options["topic"]:
             settings["topic"] = options["topic"]
         try:

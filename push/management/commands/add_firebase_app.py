@@ -45,7 +45,7 @@ class Command(BaseCommand):
         except PusherError as exc:
             raise CommandError(exc.message) from exc
         app_added_write(self, added)
-        if kind == CredentialKind.FCM_LEGACY_KEY:
+        if kind == CredentialKind.FCM_LEGACY_KEY and not added.credential_kept:
             self.stdout.write(self.style.WARNING(
                 "warning: stored as an FCM legacy server key, which cannot send; "
                 f"give a service-account JSON file: add_firebase_app {options['app_id']} FILE"
