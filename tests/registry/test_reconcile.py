@@ -216,7 +216,11 @@ def test_admin_shows_the_reconcile_state(kazoo: FakeCrossbar, staff_client):
 
     page = staff_client.get(reverse("admin:registry_device_change", args=[device.pk])).content.decode()
     assert "Kazoo drift check" in page
-    assert "push object differs in Kazoo: Token-ID" in page
+    assert "drifted (queued for sync), checked " in page
+    assert "push object differs in Kazoo: Token-ID (drift found 1 time(s), last " in page
+    never = synced_device("df" * 16)
+    page = staff_client.get(reverse("admin:registry_device_change", args=[never.pk])).content.decode()
+    assert "not checked yet" in page
 
     listing = staff_client.get(reverse("admin:kazoo_devicereconcile_changelist"), {"result__exact": "drifted"})
     assert listing.status_code == 200
