@@ -1,10 +1,11 @@
-"""Reads of the consumers' state (their heartbeat rows)."""
+"""Reads of the consumers' state (their heartbeat rows) and of the devices due a drift check."""
 
 from datetime import datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
 
 from kazoo.models import ConsumerStatus
+from registry.models import Device, SyncStatus
 
 CONSUMER_FRESH = timedelta(seconds=30)
 
@@ -12,3 +13,17 @@ CONSUMER_FRESH = timedelta(seconds=30)
 def consumers_alive(*, now: datetime) -> QuerySet[ConsumerStatus]:
     """Consumer processes whose heartbeat (every 5 s) is recent."""
     return ConsumerStatus.objects.filter(updated_at__gte=now - CONSUMER_FRESH).order_by("name")
+
+
+def devices_reconcile_due(*, limit: int | None, account_id: str | None = None) -> list[Device]:
+    """Devices whose push object Kazoo should hold as pusher does (one set, or one cleared by
+    pusher), in step as far as pusher knows (synced, or kept locally): the least recently checked
+    first, never-checked ones before all. Devices waiting to sync are left to the sync loop."""
+    devices = Device.objects.filter(
+        Q(push__isnull=False) | Q(push_changed_at__isnull=False),
+        sync_status__in=[SyncStatus.SYNCED, SyncStatus.LOCAL],
+    )
+    if account_id is not None:
+        devices = devices.filter(account_id=account_id)
+    devices = devices.select_related("reconcile").order_by(F("reconcile__checked_at").asc(nulls_first=True), "pk")
+    return list(devices if limit is None else devices[:limit])

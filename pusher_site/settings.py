@@ -197,6 +197,10 @@ PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = env.int("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER
 KAZOO_CROSSBAR_URL = env.str("KAZOO_CROSSBAR_URL", default="")
 KAZOO_API_KEY = env.str("KAZOO_API_KEY", default="")
 KAZOO_CA_FILE = env.str("KAZOO_CA_FILE", default="") or None
+# Drift repair: every this many seconds the consumer compares a batch of Kazoo's device documents'
+# push objects with pusher's and queues the ones that differ for sync (0 = off).
+PUSHER_RECONCILE_INTERVAL_S = env.float("PUSHER_RECONCILE_INTERVAL_S", default=3600.0)
+PUSHER_RECONCILE_BATCH = env.int("PUSHER_RECONCILE_BATCH", default=500)
 
 # --- Live feed ------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -1,16 +1,19 @@
 """Reads of the registry, with the related rows the callers need already joined."""
 
+import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from registry.models import Device, SyncStatus, UserAgentRule
+from core.errors import InvalidInput
+from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import Rule, rule_regex_caches_clear
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
@@ -114,3 +117,40 @@ def devices_waiting_sync() -> QuerySet[Device]:
     return Device.objects.filter(sync_status__in=[SyncStatus.PENDING, SyncStatus.FAILED]).order_by(
         "push_changed_at", "pk"
     )
+
+
+def token_devices_get(*, tokens: Collection[str]) -> dict[str, tuple[str, str]]:
+    """(account_id, device_id) of the device holding each of these tokens active, in one query;
+    the most recently seen device when several hold the same token."""
+    owners: dict[str, tuple[str, str]] = {}
+    rows = (
+        PushToken.objects.filter(token__in=list(tokens), active=True)
+        .order_by("-last_seen_at", "-pk")
+        .values_list("token", "device__account_id", "device__device_id")
+    )
+    for token, account_id, device_id in rows:
+        owners.setdefault(token, (account_id, device_id))
+    return owners
+
+
+_SIP_SCHEME = re.compile(r"^sips?:", re.IGNORECASE)
+
+
+def aor_split(aor: str) -> tuple[str, str]:
+    """`sip:user@realm` (Kamailio's X-KAZOO-AOR), `user@realm` or `<sip:user@realm;params>` ->
+    (user, realm). Raises InvalidInput (code aor_invalid) for anything else."""
+    text = (aor or "").strip()
+    if text.startswith("<") and ">" in text:
+        text = text[1:text.index(">")]
+    text = _SIP_SCHEME.sub("", text.split(";", 1)[0].strip(), count=1)
+    user, at, realm = text.rpartition("@")
+    if not at or not user or not realm:
+        raise InvalidInput(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
+    return unquote(user), realm
+
+
+def device_list_for_aor(*, aor: str) -> list[Device]:
+    """The devices registered as this AOR (SIP username + realm; the realm case-insensitive, as DNS
+    names are), with their tokens."""
+    user, realm = aor_split(aor)
+    return list(Device.objects.filter(username=user, realm__iexact=realm).prefetch_related("tokens"))

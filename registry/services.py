@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,6 @@ from datetime import timedelta
 from functools import reduce
 from operator import or_
 from typing import Any
-from urllib.parse import unquote
 
 from django.conf import settings
 from django.db import transaction
@@ -396,6 +394,25 @@ def device_sync_done(*, device: Device, changed_at: Any) -> Device:
     return device
 
 
+def device_sync_pending(*, device: Device, reason: str) -> Device:
+    """Have the sync loop write the device's push object again (it is found to differ from the
+    copy the other side holds); the push object itself is unchanged. A device already waiting to
+    sync keeps its turn and backoff."""
+    if not kazoo_configured():
+        return device
+    now = timezone.now()
+    fields = _sync_fields(now)
+    updated = Device.objects.filter(pk=device.pk, sync_status__in=[SyncStatus.SYNCED, SyncStatus.LOCAL]).update(
+        **fields
+    )
+    if updated:
+        for key, value in fields.items():
+            setattr(device, key, value)
+        log.info("device %s/%s queued for sync: %s", device.account_id, device.device_id, reason)
+        transaction.on_commit(sync_wake)
+    return device
+
+
 @transaction.atomic
 def device_push_clear(*, device: Device, reason: str) -> Device:
     """Clear the push object (dead token) so Kazoo stops building push endpoints for the device;
@@ -568,26 +585,3 @@ def user_agent_rule_delete(*, rule: UserAgentRule) -> None:
     rule.delete()
     _rules_changed()
     log.info("User-Agent rule %r deleted", name)
-
-
-_SIP_SCHEME = re.compile(r"^sips?:", re.IGNORECASE)
-
-
-def aor_split(aor: str) -> tuple[str, str]:
-    """`sip:user@realm` (Kamailio's X-KAZOO-AOR), `user@realm` or `<sip:user@realm;params>` ->
-    (user, realm). Raises InvalidInput (code aor_invalid) for anything else."""
-    text = (aor or "").strip()
-    if text.startswith("<") and ">" in text:
-        text = text[1:text.index(">")]
-    text = _SIP_SCHEME.sub("", text.split(";", 1)[0].strip(), count=1)
-    user, at, realm = text.rpartition("@")
-    if not at or not user or not realm:
-        raise InvalidInput(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
-    return unquote(user), realm
-
-
-def device_list_for_aor(*, aor: str) -> list[Device]:
-    """The devices registered as this AOR (SIP username + realm; the realm case-insensitive, as DNS
-    names are), with their tokens."""
-    user, realm = aor_split(aor)
-    return list(Device.objects.filter(username=user, realm__iexact=realm).prefetch_related("tokens"))

@@ -32,6 +32,7 @@ TLS: verification is always on. `ca_file` adds a CA to certifi's bundle (it does
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import ssl
 import threading
 import time
@@ -469,7 +470,14 @@ def _retry_after(response: requests.Response) -> float | None:
     try:
         return max(float(value), 0.0)
     except ValueError:
-        return None  # HTTP-date form: rare from Google, and the service has its own backoff anyway
+        pass
+    try:  # the HTTP-date form (RFC 9110 10.2.3): rare from Google
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
 def _refresh_error_code(exc: google.auth.exceptions.RefreshError) -> str:

@@ -193,6 +193,7 @@ def _fcm_result(result: fcm.FcmResult) -> SendResult:
     return SendResult(
         outcome=result.outcome.value, status=result.status, reason=result.reason,
         description=result.description, message_id=result.message_name or "",
+        retry_after_s=result.retry_after_s,
     )
 
 

@@ -23,6 +23,7 @@ from push.models import (
     Provider,
 )
 from push.services.policy import CLAIM_LEASE_S, PROVIDER_OF_TOKEN_TYPE, PUSH_WINDOW_MAX_S, Finish, PushJob, _str
+from registry.selectors import token_devices_get
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,27 @@ def delivery_new(job: PushJob) -> Delivery:
     )
 
 
+def deliveries_devices_fill(deliveries: list[Delivery]) -> None:
+    """Kamailio's push_req names no account or device (Account-ID, Endpoint-ID), but the token's
+    device is known: fill what is missing from the device holding the token active, one query for
+    the batch. Runs where the claim is written (the push lane's store thread, never its loop). A
+    device other than the one the push_req names in part (Account-ID or Endpoint-ID) is not used."""
+    missing = [d for d in deliveries if d.token and not (d.account_id and d.device_id)]
+    if not missing:
+        return
+    owners = token_devices_get(tokens={d.token for d in missing})
+    for delivery in missing:
+        owner = owners.get(delivery.token)
+        if owner is None or delivery.account_id not in ("", owner[0]) or delivery.device_id not in ("", owner[1]):
+            continue
+        delivery.account_id, delivery.device_id = owner[0], delivery.device_id or owner[1]
+
+
 def _claim(job: PushJob) -> tuple[Delivery, str]:
     """Create the delivery row, or find the one a redelivered push_req (same Msg-ID) made.
     Returns (delivery, "new" | "duplicate" | "orphaned")."""
     delivery = delivery_new(job)
+    deliveries_devices_fill([delivery])
     if not job.msg_id:
         delivery.save(force_insert=True)
         return delivery, "new"
@@ -79,14 +97,16 @@ def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
 def deliveries_insert(deliveries: list[Delivery], *, durable: bool = True) -> None:
     """Write new delivery rows at once: `INSERT ... ON CONFLICT (msg_id) DO NOTHING`, pipelined on
     PostgreSQL (one round trip for the batch). Each row written gets its pk; one whose Msg-ID
-    already had a row keeps pk None. `durable=False` (a claim) commits without waiting for the WAL
-    flush on PostgreSQL: visible to every other session at once, never held up by a slow disk."""
+    already had a row keeps pk None. Missing account and device ids are filled from the token's
+    device first (`deliveries_devices_fill`). `durable=False` (a claim) commits without waiting for
+    the WAL flush on PostgreSQL: visible to every other session at once, never held up by a slow disk."""
     if not durable and connection.vendor == "postgresql" and not connection.in_atomic_block:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             deliveries_insert(deliveries)
         return
+    deliveries_devices_fill(deliveries)
     keyed = [d for d in deliveries if d.msg_id]
     for delivery in deliveries:
         if not delivery.msg_id:

@@ -20,7 +20,7 @@ from push.models import (
 if TYPE_CHECKING:
     from registry.models import Device as RegistryDevice
 from push.services.policy import PROVIDER_OF_TOKEN_TYPE
-from push.services.sending import push_request_handle
+from push.services.sending import PushRequest, push_request_handle, push_requests_handle
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,14 @@ class Notification:
 def push_notify(
     *, device: RegistryDevice, notification: Notification, source: str = DeliverySource.HTTP_SEND
 ) -> list[Delivery]:
-    """Send a push-notifications-role notification to a device: one push per provider, to the
+    """Send a push-notifications-role notification to a device (its pushes at the same time):
+    see `_notify_requests`. Raises PusherError (code no_token) when the device has no token the
+    notification may go to."""
+    return push_requests_handle(requests=_notify_requests(device=device, notification=notification, source=source))
+
+
+def _notify_requests(*, device: RegistryDevice, notification: Notification, source: str) -> list[PushRequest]:
+    """The pushes of a push-notifications-role notification to a device: one push per provider, to the
     token that suits it (see _notify_token), through the real push path (deadline, retries, delivery
     log, dead tokens). `incoming_call` is the app's VoIP / high-priority push; `missed_call` a
     visible notification (APNs apns-push-type alert, FCM with a notification).
@@ -165,7 +172,7 @@ def push_notify(
     call_id = str(values.get("push_id") or uuid.uuid4())
     number = str(values.get("remote_number") or "")
     name = str(values.get("remote_name") or "")
-    deliveries = []
+    requests = []
     for provider, token in chosen:
         fields: dict[str, Any] = {
             "Call-ID": call_id,
@@ -192,32 +199,34 @@ def push_notify(
         fields["Payload"] = body
         if notification.expiry is not None and notification.expiry > 0:
             fields["Expires"] = notification.expiry
-        deliveries.append(push_request_handle(
+        requests.append(PushRequest(
             fields=fields, source=source, push_type="alert" if kind == NOTIFY_MISSED_CALL else None,
         ))
-    return deliveries
+    return requests
 
 
 def push_notify_aor(
     *, aor: str, notification: Notification, source: str = DeliverySource.HTTP_SEND
 ) -> list[Delivery]:
-    """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR).
-    Raises PusherError: code aor_invalid, unknown_aor (no such device) or no_token (none of them has
-    a token this notification may go to)."""
-    from registry.services import device_list_for_aor
+    """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR),
+    all their pushes sent at the same time; the deliveries in the order of the devices. Raises
+    PusherError: code aor_invalid, unknown_aor (no such device) or no_token (none of them has a
+    token this notification may go to)."""
+    from registry.selectors import device_list_for_aor
 
     devices = device_list_for_aor(aor=aor)
     if not devices:
         raise PusherError(f"no device is registered as {aor!r}", code="unknown_aor")
-    deliveries: list[Delivery] = []
+    requests: list[PushRequest] = []
     problems: list[str] = []
     for device in devices:
         try:
-            deliveries.extend(push_notify(device=device, notification=notification, source=source))
+            requests.extend(_notify_requests(device=device, notification=notification, source=source))
         except PusherError as exc:
             if exc.code != "no_token":
                 raise
             problems.append(exc.message)
-    if not deliveries:
+    if not requests:
         raise PusherError("; ".join(problems), code="no_token")
-    return deliveries
+    # All the devices' pushes at once: the second phone rings with the first, not after its answer.
+    return push_requests_handle(requests=requests)

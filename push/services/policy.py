@@ -61,6 +61,7 @@ class SendResult:
     description: str
     message_id: str
     timestamp_ms: int | None = None
+    retry_after_s: float | None = None  # the provider's Retry-After (FCM's 429/503): the least pause it asks for
 
 
 @dataclass
@@ -170,16 +171,21 @@ def push_app_for(
     return app, "", ""
 
 
-def retry_pause(attempts: int) -> float:
-    """Pause before the next attempt after a 429/5xx/timeout: jittered exponential backoff."""
+def retry_pause(attempts: int, retry_after_s: float | None = None) -> float:
+    """Pause before the next attempt after a 429/5xx/timeout: the provider's Retry-After when it
+    gave one (sending sooner only earns another 429), else jittered exponential backoff."""
+    if retry_after_s is not None:
+        return max(retry_after_s, 0.0)
     return min(0.1 * 2 ** attempts, 2.0) * random.uniform(0.5, 1.5)
 
 
 def expired_text(job: PushJob, attempts: int, result: SendResult | None, *, retrying: bool = False) -> str:
     if retrying:
         assert result is not None
+        waited = (f", which asked to wait {result.retry_after_s:g}s (Retry-After)"
+                  if result.retry_after_s is not None else "")
         return (f"retrying would pass the {job.window:g}s window after {attempts} attempts "
-                f"(last answer: {result.reason})")
+                f"(last answer: {result.reason}{waited})")
     last = f" (last answer: {result.reason})" if result else ""
     return f"not delivered within its {job.window:g}s window after {attempts} attempts{last}"
 

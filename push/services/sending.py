@@ -7,9 +7,9 @@ import concurrent.futures
 import logging
 import queue
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,26 @@ log = logging.getLogger(__name__)
 _fcm_threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="push-fcm-sync")
 
 
+@dataclass(frozen=True)
+class PushRequest:
+    """One push_req for `push_requests_handle`: the arguments of `push_request_handle`."""
+
+    fields: Mapping[str, Any]
+    source: str
+    received_at: float | None = None
+    push_type: str | None = None
+
+
+@dataclass
+class _Sending:
+    """A claimed push_req whose attempts are to be made."""
+
+    job: PushJob
+    delivery: Delivery
+    app: PushApp
+    attempts_before: int
+
+
 def push_request_handle(
     *, fields: Mapping[str, Any], source: str, received_at: float | None = None, push_type: str | None = None
 ) -> Delivery:
@@ -56,8 +76,69 @@ def push_request_handle(
 
     The consumer sends many push_req concurrently through `kazoo.pushlane`, which claims and records
     them in batches with the same pieces; a redelivered one comes back here."""
-    job = push_job_prepare(fields=fields, source=source, received_at=received_at, push_type=push_type)
-    text_storable_check(dict(fields))  # the API, admin and commands; a bus message was checked when decoded
+    return push_requests_handle(
+        requests=[PushRequest(fields=fields, source=source, received_at=received_at, push_type=push_type)]
+    )[0]
+
+
+def push_requests_handle(*, requests: Sequence[PushRequest]) -> list[Delivery]:
+    """`push_request_handle` for several push_req at once (every phone of an AOR): each is claimed
+    on this thread, then all their attempts run at the same time on the APNs client's event loop
+    (one phone does not wait for another's answer), then each outcome is recorded on this thread
+    (its database connection and transaction: the ORM stays off the loop). The deliveries come
+    back in the order of `requests`. An invalid push_req raises InvalidInput before any is sent.
+    A Msg-ID given twice is handled in a later round than its first push_req (found a duplicate
+    then), never beside it: its claim would wait for the lease this very thread holds."""
+    jobs = []
+    for request in requests:
+        job = push_job_prepare(fields=request.fields, source=request.source, received_at=request.received_at,
+                               push_type=request.push_type)
+        text_storable_check(dict(request.fields))  # the API, admin and commands; a bus message was checked when decoded
+        jobs.append(job)
+    deliveries: list[Delivery | None] = [None] * len(jobs)
+    waiting = list(range(len(jobs)))
+    while waiting:
+        seen: set[str] = set()
+        now: list[int] = []
+        later: list[int] = []
+        for index in waiting:
+            msg_id = jobs[index].msg_id
+            (later if msg_id and msg_id in seen else now).append(index)
+            if msg_id:
+                seen.add(msg_id)
+        for index, delivery in zip(now, _requests_round([jobs[i] for i in now]), strict=True):
+            deliveries[index] = delivery
+        waiting = later
+    return [d for d in deliveries if d is not None]
+
+
+def _requests_round(jobs: list[PushJob]) -> list[Delivery]:
+    """Claim, send all at once, record: push_req of distinct Msg-IDs."""
+    started: list[Delivery | _Sending] = [_handle_start(job) for job in jobs]
+    sending = [s for s in started if isinstance(s, _Sending)]
+    finishes = iter(_attempts_blocking(sending) if sending else [])
+    deliveries: list[Delivery] = []
+    failure: BaseException | None = None
+    for item in started:
+        if isinstance(item, Delivery):
+            deliveries.append(item)
+            continue
+        finish = next(finishes)
+        if isinstance(finish, BaseException):
+            failure = failure or finish
+            deliveries.append(item.delivery)
+            continue
+        delivery = _finish(item.delivery, finish, started=item.job.started)
+        if finish.result is not None:
+            push_followup(delivery=delivery, app=item.app, result=finish.result)
+        deliveries.append(delivery)
+    if failure is not None:
+        raise failure
+    return deliveries
+
+
+def _handle_start(job: PushJob) -> Delivery | _Sending:
+    """Claim a push_req; a Delivery when it is done already (a duplicate, expired, no usable app)."""
     delivery, claim = _claim(job)
     if claim == "duplicate":
         delivery.status = DeliveryStatus.DUPLICATE
@@ -82,11 +163,7 @@ def push_request_handle(
     if problem:
         return _finish(delivery, Finish(DeliveryStatus.FAILED, reason, problem, attempts_before), started=job.started)
     assert app is not None
-    finish = _attempts_blocking(job, app, delivery, attempts_before=attempts_before)
-    delivery = _finish(delivery, finish, started=job.started)
-    if finish.result is not None:
-        push_followup(delivery=delivery, app=app, result=finish.result)
-    return delivery
+    return _Sending(job, delivery, app, attempts_before)
 
 
 async def push_attempts(
@@ -94,12 +171,12 @@ async def push_attempts(
     attempts_before: int = 0,
 ) -> Finish:
     """The attempt loop of every sender (the consumer's push lane, and through `push_request_handle`
-    the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause with
-    jittered backoff and send again, never starting an attempt that could not end before the
-    push_req's deadline. `touch(attempts_done)` renews the sender's lease before each further
-    attempt, so that a redelivery of the same push_req waits for this sender instead of taking
-    it over. `attempts_before` are the attempts of a dead sender this one took over from: the
-    count goes on from there."""
+    the API, admin and commands): send, and on a retryable answer (429, 5xx, timeout) pause (the
+    provider's Retry-After when given, else jittered backoff) and send again, never starting an
+    attempt that could not end before the push_req's deadline. `touch(attempts_done)` renews the
+    sender's lease before each further attempt, so that a redelivery of the same push_req waits
+    for this sender instead of taking it over. `attempts_before` are the attempts of a dead sender
+    this one took over from: the count goes on from there."""
     attempts = attempts_before
     result: SendResult | None = None
     while True:
@@ -114,8 +191,8 @@ async def push_attempts(
         )
         if result.outcome != "retry":
             return finish_of_result(result, attempts)
-        pause = retry_pause(attempts)
-        if time.time() + pause >= job.deadline:
+        pause = retry_pause(attempts, result.retry_after_s)
+        if time.time() + pause + ATTEMPT_MIN_S >= job.deadline:  # the attempt could not be made in time
             return Finish(DeliveryStatus.EXPIRED, "deadline", expired_text(job, attempts, result, retrying=True),
                           attempts, result)
         await asyncio.sleep(pause)
@@ -133,32 +210,36 @@ def _job_taken_over(job: PushJob, delivery: Delivery) -> tuple[PushJob, int]:
     )
 
 
-def _attempts_blocking(job: PushJob, app: PushApp, delivery: Delivery, *, attempts_before: int = 0) -> Finish:
-    """`push_attempts` for a synchronous caller: the loop runs on the APNs client's event loop
-    (where its connections live), and the lease renewals come back to this thread, which holds the
-    caller's database connection and transaction (the ORM is not for event loops)."""
-    renewals: queue.SimpleQueue[tuple[int, concurrent.futures.Future[None]] | None] = queue.SimpleQueue()
+def _attempts_blocking(sending: list[_Sending]) -> list[Finish | BaseException]:
+    """`push_attempts` of each push for a synchronous caller, all at once: the loops run on the
+    APNs client's event loop (where its connections live), and the lease renewals come back to
+    this thread, which holds the caller's database connection and transaction (the ORM is not for
+    event loops). Per push, its Finish, or what its attempts raised."""
+    renewals: queue.SimpleQueue[tuple[int, int, concurrent.futures.Future[None]] | None] = queue.SimpleQueue()
 
-    async def touch(attempts_done: int) -> None:
-        renewed: concurrent.futures.Future[None] = concurrent.futures.Future()
-        renewals.put((attempts_done, renewed))
-        await asyncio.wrap_future(renewed)
+    def toucher(index: int) -> Callable[[int], Awaitable[None]]:
+        async def touch(attempts_done: int) -> None:
+            renewed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            renewals.put((index, attempts_done, renewed))
+            await asyncio.wrap_future(renewed)
+        return touch
 
-    future = asyncio.run_coroutine_threadsafe(
-        push_attempts(job, app, touch=touch, fcm_executor=_fcm_threads, attempts_before=attempts_before),
-        apns.get_client().loop(),
-    )
+    async def all_attempts() -> list[Finish | BaseException]:
+        return await asyncio.gather(*(
+            push_attempts(s.job, s.app, touch=toucher(i), fcm_executor=_fcm_threads, attempts_before=s.attempts_before)
+            for i, s in enumerate(sending)
+        ), return_exceptions=True)
+
+    future = asyncio.run_coroutine_threadsafe(all_attempts(), apns.get_client().loop())
     future.add_done_callback(lambda _: renewals.put(None))
     while (renewal := renewals.get()) is not None:
-        attempts_done, renewed = renewal
+        index, attempts_done, renewed = renewal
         try:
-            delivery_touch(delivery=delivery, attempts=attempts_done)
+            delivery_touch(delivery=sending[index].delivery, attempts=attempts_done)
             renewed.set_result(None)
         except Exception as exc:  # noqa: BLE001 - handed to the loop, which decides
             renewed.set_exception(exc)
     return future.result()
-
-
 
 
 def push_followup(*, delivery: Delivery, app: PushApp, result: SendResult) -> None:

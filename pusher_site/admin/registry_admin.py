@@ -13,6 +13,7 @@ from kazoo import sync
 from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
+from pusher_site.admin.kazoo_admin import DeviceReconcileFields
 from registry import services
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 
@@ -125,7 +126,7 @@ DEVICE_FIELDS = (
 
 
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(DeviceReconcileFields, admin.ModelAdmin):
     """Devices come from registrations: their identity (Kazoo's account and device id), push object and
     digest are read-only; the SIP username and realm may be corrected (registry.services.device_update)."""
 
@@ -133,8 +134,8 @@ class DeviceAdmin(admin.ModelAdmin):
                     "last_registration_at"]
     list_filter = ["sync_status", "rule_name"]
     search_fields = ["account_id", "device_id", "username", "realm", "tokens__token"]
-    fields = DEVICE_FIELDS
-    readonly_fields = tuple(name for name in DEVICE_FIELDS if name not in services.DEVICE_EDITABLE)
+    fields = (*DEVICE_FIELDS, "kazoo_drift_check")
+    readonly_fields = (*(name for name in DEVICE_FIELDS if name not in services.DEVICE_EDITABLE), "kazoo_drift_check")
     inlines = [PushTokenInline]
     date_hierarchy = "last_registration_at"
     actions = ["sync_to_kazoo", "send_test_push"]

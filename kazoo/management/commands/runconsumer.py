@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
+from kazoo.reconcile import reconcile_loop
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
 from kazoo.warmup import warm_loop
@@ -74,6 +75,7 @@ class Command(BaseCommand):
         worker.install_signal_handlers()
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
+        threading.Thread(target=reconcile_loop, args=(worker.stopping,), name="kazoo-reconcile", daemon=True).start()
         threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="provider-warm",
                          daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
