@@ -1,22 +1,22 @@
-"""The consumer's push lane: a fresh push_req goes to the provider at once; the delivery log is
-written in batches beside it, never in front of it.
+"""The consumer's push lane: nothing slow between a push_req and the provider.
 
 A push spends ~30 ms waiting for Apple or Google and well under a millisecond of CPU, so the lane
 keeps hundreds in flight as coroutines on one event loop (the APNs client's own, so a push reaches
-its HTTP/2 connection without a thread hop). Nothing on that path waits for the disk:
+its HTTP/2 connection without a thread hop). On that path:
 
-* a fresh push_req (not redelivered) is sent straight away, through `push_attempts`, the attempt
-  loop every sender shares. Its claim (the delivery row, unique on Msg-ID) is queued for the
-  store thread, which writes every claim waiting in one pipelined INSERT and every finished push
-  in one pipelined UPDATE, then the messages are acked: nothing is acked before its outcome is
-  committed, so nothing is lost;
+* a fresh push_req (not redelivered) is claimed first: every claim waiting is one pipelined
+  `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread, committed without waiting for
+  the WAL flush (visible to every consumer at once, never held up by a slow disk; a claim that a
+  database crash loses only lets a redelivery send again). Then it is sent through
+  `push_attempts`, the attempt loop every sender shares;
+* its outcome is written durably in batches on the store thread (one pipelined UPDATE for every
+  push that finished together), and only then is the message acked: nothing is lost;
 * the app a push goes through comes from the app cache; an entry that is missing (the first push
   of an app) or stale is read on a reader thread of its own, never behind a write;
 * duplicates are checked where they can arise: a redelivered push_req (its consumer died, or its
-  channel closed) goes to `push_request_handle`, whose claim comes first and waits for a live
-  sender or takes over a dead one's row; a Msg-ID published twice to this consumer is caught by
-  the lane's memory of recent Msg-IDs; one that reached another consumer is caught by the claim
-  (the row exists) and recorded as such.
+  channel closed) goes to `push_request_handle`, whose claim waits for a live sender or takes over
+  a dead one's row; a claim that finds the Msg-ID taken (a republish another consumer holds) goes
+  there too; a Msg-ID published twice to this consumer is caught by the lane's memory.
 
 The domain decisions are `push.services`'; this module only turns them into acks and dead letters.
 """
