@@ -7,6 +7,7 @@ retried rather than lost. Both wait here; they differ only in when they stop wai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -58,20 +59,15 @@ def database_wait(
 
 
 def _broken_connections_close() -> None:
-    """Drop this thread's connections that an outage broke, so that the retry opens new ones."""
+    """Drop this thread's connections that an outage broke (Django's own and those a raw driver
+    cursor found broken, which Django was never told about), so that the retry opens new ones."""
     for wrapper in connections.all(initialized_only=True):
         raw = wrapper.connection
         if raw is not None and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
-            wrapper.close_if_unusable_or_obsolete()
-            if wrapper.connection is not None:
-                try:
-                    wrapper.close()
-                except Exception:  # noqa: BLE001, S110 - the connection is already broken
-                    pass
-    try:
+            with contextlib.suppress(Exception):  # the connection is already broken
+                wrapper.close()
+    with contextlib.suppress(Exception):
         close_old_connections()
-    except Exception:  # noqa: BLE001, S110 - the connection is already broken
-        pass
 
 
 def connections_check() -> None:

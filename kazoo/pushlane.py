@@ -51,6 +51,7 @@ from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
 from push.providers import apns
 from push.services.appcache import push_app_cached, push_app_get
 from push.services.deliveries import (
+    deliveries_devices_fill,
     deliveries_insert,
     deliveries_save_finished,
     delivery_finish_apply,
@@ -336,6 +337,10 @@ class PushLane:
         redelivery finds the row still queued and is handled by `push_request_handle`."""
         try:
             connections_check()
+            # The ids a push_req did not carry come from its token's device: one read per batch,
+            # here with the outcome rather than in front of the send.
+            database_wait(functools.partial(deliveries_devices_fill, [p.delivery for p in records]),
+                          what="reading the tokens' devices", stopping=self._stopping)
             for chunk in _chunks([p.delivery for p in records if p.claimed is None]):
                 database_wait(functools.partial(deliveries_insert, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)

@@ -90,6 +90,7 @@ def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
     Msg-ID already has a row (a redelivery: `push_request_handle`'s claim waits for or takes over
     that row)."""
     deliveries = [delivery_new(job) for job in jobs]
+    deliveries_devices_fill(deliveries)
     deliveries_insert(deliveries)
     return [d if d.pk is not None else None for d in deliveries]
 
@@ -97,16 +98,16 @@ def deliveries_claim(jobs: list[PushJob]) -> list[Delivery | None]:
 def deliveries_insert(deliveries: list[Delivery], *, durable: bool = True) -> None:
     """Write new delivery rows at once: `INSERT ... ON CONFLICT (msg_id) DO NOTHING`, pipelined on
     PostgreSQL (one round trip for the batch). Each row written gets its pk; one whose Msg-ID
-    already had a row keeps pk None. Missing account and device ids are filled from the token's
-    device first (`deliveries_devices_fill`). `durable=False` (a claim) commits without waiting for
-    the WAL flush on PostgreSQL: visible to every other session at once, never held up by a slow disk."""
+    already had a row keeps pk None. Missing account and device ids are the caller's to fill
+    (`deliveries_devices_fill`; the push lane does it with the outcome, off the send).
+    `durable=False` (a claim) commits without waiting for the WAL flush on PostgreSQL: visible to
+    every other session at once, never held up by a slow disk."""
     if not durable and connection.vendor == "postgresql" and not connection.in_atomic_block:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
             deliveries_insert(deliveries)
         return
-    deliveries_devices_fill(deliveries)
     keyed = [d for d in deliveries if d.msg_id]
     for delivery in deliveries:
         if not delivery.msg_id:
@@ -161,7 +162,7 @@ def delivery_touch(*, delivery: Delivery, attempts: int) -> None:
 
 FINISH_FIELDS = (
     "status", "reason", "error", "attempts", "finished_at", "http_status", "provider_message_id", "latency_ms",
-    "push_app", "push_type",
+    "push_app", "push_type", "account_id", "device_id",  # the ids: filled from the token's device
 )
 
 

@@ -155,3 +155,18 @@ def test_a_lane_that_cannot_build_its_client_dead_letters_instead_of_holding(app
         assert queue_depth(channel, consumer.config.queue) == 0
     assert len(reasons) == 3 and all("push lane unavailable: FileNotFoundError" in r for r in reasons)
 
+
+
+@pytest.mark.rabbitmq
+def test_the_lane_fills_a_push_reqs_device_from_its_token(apple_app, apns_trusting_fake, registered_device):
+    # Kamailio's push_req carries no Account-ID / Endpoint-ID; the lane fills them from the token's
+    # device with the outcome (off the send), so the delivery log still says whose phone it was.
+    body = push_req(**{"Msg-ID": "no-ids"})
+    body.pop("Account-ID", None)
+    body.pop("Endpoint-ID", None)
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, body)
+        consumer.wait_handled(1, timeout=15)
+    delivery = Delivery.objects.get(msg_id="no-ids")
+    assert delivery.status == DeliveryStatus.SENT
+    assert (delivery.account_id, delivery.device_id) == (registered_device.account_id, registered_device.device_id)
