@@ -51,6 +51,7 @@ from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
 from push.providers import apns
 from push.services.appcache import push_app_cached, push_app_get
 from push.services.deliveries import (
+    claim_connection_close,
     deliveries_devices_fill,
     deliveries_insert,
     deliveries_save_finished,
@@ -142,6 +143,7 @@ class PushLane:
         threads end, and their database connections are closed."""
         for executor in (self._claimer, self._store, self._reader):
             executor.submit(connections.close_all)  # runs on that thread: closes that thread's connections
+        self._claimer.submit(claim_connection_close)
         for executor in (self._claimer, self._store, self._reader, self._fcm):
             executor.shutdown(wait=True)
 

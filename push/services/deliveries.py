@@ -4,6 +4,7 @@ single or in batches."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,12 +103,9 @@ def deliveries_insert(deliveries: list[Delivery], *, durable: bool = True) -> No
     (`deliveries_devices_fill`; the push lane does it with the outcome, off the send).
     `durable=False` (a claim) commits without waiting for the WAL flush on PostgreSQL: visible to
     every other session at once, never held up by a slow disk."""
+    claim_connection = None
     if not durable and connection.vendor == "postgresql" and not connection.in_atomic_block:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            deliveries_insert(deliveries)
-        return
+        claim_connection = _claim_connection()
     keyed = [d for d in deliveries if d.msg_id]
     for delivery in deliveries:
         if not delivery.msg_id:
@@ -122,7 +120,7 @@ def deliveries_insert(deliveries: list[Delivery], *, durable: bool = True) -> No
     conflict = f"ON CONFLICT ({quote('msg_id')}) DO NOTHING RETURNING {quote(_column(meta.pk))}"
     sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} {conflict}"  # noqa: S608
     # One result per row: empty where the Msg-ID already had a row.
-    results = _rows_write(sql, [_row(d, fields) for d in keyed], returning=True)
+    results = _rows_write(sql, [_row(d, fields) for d in keyed], returning=True, raw=claim_connection)
     for delivery, row in zip(keyed, results, strict=True):
         if row:
             delivery.pk = row[0]
@@ -188,8 +186,12 @@ def deliveries_save_finished(deliveries: list[Delivery]) -> None:
     assignments = ", ".join(f"{connection.ops.quote_name(_column(f))} = %s" for f in fields)
     sql = (f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608 - model identifiers
            f"WHERE {connection.ops.quote_name(_column(meta.pk))} = %s")
+    rows = [[*_row(d, fields), d.pk] for d in deliveries]
+    if len(rows) == 1:
+        _rows_write(sql, rows)  # one statement: its own transaction
+        return
     with transaction.atomic():
-        _rows_write(sql, [[*_row(d, fields), d.pk] for d in deliveries])
+        _rows_write(sql, rows)
 
 
 def _column(field: Field | ForeignObjectRel) -> str:
@@ -206,16 +208,23 @@ def _row(delivery: Delivery, fields: list[Any]) -> list[Any]:
     return [f.get_db_prep_save(getattr(delivery, f.attname), db) for f in fields]
 
 
-def _rows_write(sql: str, rows: list[list[Any]], *, returning: bool = False) -> list[Any]:
+def _rows_write(sql: str, rows: list[list[Any]], *, returning: bool = False, raw: Any = None) -> list[Any]:
     """Run one statement over many rows; with `returning`, each row's first result row (or None).
 
-    On PostgreSQL in one round trip: psycopg pipelines `executemany`, on a cursor binding values
-    server-side (the statement text is parsed once and each row's values are dumped in C, where
-    Django's client-side-binding cursor would render every row into SQL text in Python)."""
+    On PostgreSQL on a cursor binding values server-side (the statement text is parsed once and
+    each row's values are dumped in C, where Django's client-side-binding cursor would render every
+    row into SQL text in Python); many rows in one round trip (psycopg pipelines `executemany`),
+    one row as a plain statement (a pipeline's set-up costs more than it saves for one).
+    `raw`: a psycopg connection of the caller's instead of Django's."""
     db = connections[DEFAULT_DB_ALIAS]
-    if db.vendor == "postgresql":
-        db.ensure_connection()
-        with psycopg.Cursor(db.connection) as cursor:
+    if raw is not None or db.vendor == "postgresql":
+        if raw is None:
+            db.ensure_connection()
+            raw = db.connection
+        with psycopg.Cursor(raw) as cursor:
+            if len(rows) == 1:
+                cursor.execute(sql, rows[0])
+                return [cursor.fetchone()] if returning else []
             cursor.executemany(sql, rows, returning=returning)
             if not returning:
                 return []
@@ -230,6 +239,32 @@ def _rows_write(sql: str, rows: list[list[Any]], *, returning: bool = False) -> 
             cursor.execute(sql, params)
             results.append(cursor.fetchone() if returning else None)
     return results
+
+
+_claims = threading.local()
+
+
+def _claim_connection() -> psycopg.Connection[Any]:
+    """This thread's PostgreSQL connection for claims: Django's settings, autocommit, and
+    `synchronous_commit` off for the session, so that a claim is one statement whose commit never
+    waits for the WAL flush (a claim a crash loses only lets a redelivery send again). Its own
+    connection, so that nothing durable is ever written on it; a broken one is replaced on next use."""
+    raw = getattr(_claims, "connection", None)
+    if raw is None or raw.closed or raw.broken:
+        db = connections[DEFAULT_DB_ALIAS]
+        raw = db.get_new_connection(db.get_connection_params())
+        raw.autocommit = True
+        raw.execute("SET synchronous_commit TO OFF")
+        _claims.connection = raw
+    return raw
+
+
+def claim_connection_close() -> None:
+    """Close this thread's claim connection (the push lane's claim thread, when it stops)."""
+    raw = getattr(_claims, "connection", None)
+    if raw is not None:
+        _claims.connection = None
+        raw.close()
 
 
 def delivery_finished(delivery: Delivery) -> None:
