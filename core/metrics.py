@@ -49,6 +49,10 @@ MESSAGES = Counter("pusher_messages_total", "AMQP messages handled, by event", [
 DEAD_LETTERS = Counter("pusher_dead_letters_total", "Messages dead-lettered, by event and reason", ["event", "reason"])
 KAZOO_SYNC_FAILURES = Counter("pusher_kazoo_sync_failures_total", "Failed device syncs to Kazoo Crossbar")
 CREDENTIAL_EXPIRY_DAYS = Gauge(
-    "pusher_credential_expiry_days", "Days until the app's credential expires", ["app", "provider"]
+    "pusher_credential_expiry_days", "Days until the app's credential expires", ["app", "provider"],
+    multiprocess_mode="livemin",  # the same in every consumer process (runconsumer --processes)
 )
-CONSUMER_CONNECTED = Gauge("pusher_consumer_connected", "1 while the consumer is connected and consuming")
+CONSUMER_CONNECTED = Gauge(
+    "pusher_consumer_connected", "1 while the consumer is connected and consuming (the number of such processes "
+    "under runconsumer --processes)", multiprocess_mode="livesum",
+)

@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta
 
 from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 
 from kazoo.models import ConsumerStatus
 from registry.models import Device, SyncStatus
@@ -13,6 +14,13 @@ CONSUMER_FRESH = timedelta(seconds=30)
 def consumers_alive(*, now: datetime) -> QuerySet[ConsumerStatus]:
     """Consumer processes whose heartbeat (every 5 s) is recent."""
     return ConsumerStatus.objects.filter(updated_at__gte=now - CONSUMER_FRESH).order_by("name")
+
+
+def consumers_connected(*, names: list[str]) -> set[str]:
+    """Which of these consumer processes (host:pid) said, in a recent heartbeat, that they consume."""
+    fresh = timezone.now() - CONSUMER_FRESH
+    return set(ConsumerStatus.objects.filter(name__in=names, connected=True, updated_at__gte=fresh)
+               .values_list("name", flat=True))
 
 
 def devices_reconcile_due(*, limit: int | None, account_id: str | None = None) -> list[Device]:

@@ -179,6 +179,7 @@ PUSHER_DEAD_LETTER_QUEUE = env.str("PUSHER_DEAD_LETTER_QUEUE", default="pusher_d
 # per push, and 1,000 in hand lets one process sustain ~1,000 pushes/s at 30 ms per push.
 PUSHER_PREFETCH = env.int("PUSHER_PREFETCH", default=1000)
 PUSHER_WORKERS = env.int("PUSHER_WORKERS", default=32)
+PUSHER_CONSUMER_PROCESSES = env.int("PUSHER_CONSUMER_PROCESSES", default=1)
 PUSHER_MAX_MESSAGE_BYTES = env.int("PUSHER_MAX_MESSAGE_BYTES", default=256 * 1024)
 # An unchanged re-REGISTER costs no write, except this refresh of last-seen times.
 PUSHER_LAST_SEEN_INTERVAL_S = env.int("PUSHER_LAST_SEEN_INTERVAL_S", default=3600)

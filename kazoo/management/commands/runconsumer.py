@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.reconcile import reconcile_loop
+from kazoo.supervisor import Supervisor
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
 from kazoo.warmup import warm_loop
@@ -46,9 +47,30 @@ class Command(BaseCommand):
             help="serve /metrics and /ready (connected and consuming) on this port (1-65535); 0 = off",
         )
         parser.add_argument("--metrics-host", default="127.0.0.1")
+        parser.add_argument(
+            "--processes", type=int, default=settings.PUSHER_CONSUMER_PROCESSES,
+            help=f"consumer processes sharing the queue, 1 to {PROCESSES_MAX}; above 1 this process supervises "
+                 "them and serves their merged metrics (default PUSHER_CONSUMER_PROCESSES)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         queue = _options_check(options)
+        if options["processes"] > 1:
+            supervisor = Supervisor(
+                processes=options["processes"],
+                child_args=["--queue", queue, "--workers", str(options["workers"]),
+                            "--prefetch", str(options["prefetch"])],
+                metrics_host=options["metrics_host"], metrics_port=options["metrics_port"],
+            )
+            supervisor.install_signal_handlers()
+            try:
+                code = supervisor.run()
+            except (OSError, OverflowError) as exc:  # the metrics port: in use, not an address of this host
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                raise CommandError(
+                    f"cannot serve metrics on {options['metrics_host']}:{options['metrics_port']}: {reason}"
+                ) from None
+            raise SystemExit(code)
         try:  # a consumer that cannot build its APNs client would only dead-letter every push: say so now
             apns.get_client()
         except Exception as exc:  # noqa: BLE001 - reported as one line
@@ -87,6 +109,8 @@ class Command(BaseCommand):
         raise SystemExit(code)
 
 
+# More processes than this on one host only fight over its cores and the database's connections.
+PROCESSES_MAX = 64
 # AMQP's basic.qos prefetch-count is a 16-bit number; 0 would mean "no limit".
 PREFETCH_MAX = 65535
 # The broker refuses queue names over 255 bytes, and declaring one starting with "amq." (reserved);
@@ -110,6 +134,9 @@ def _options_check(options: dict[str, Any]) -> str:
         raise CommandError(f"--workers (PUSHER_WORKERS) must be at least 1, not {options['workers']}")
     if not 1 <= options["prefetch"] <= PREFETCH_MAX:
         raise CommandError(f"--prefetch (PUSHER_PREFETCH) must be 1 to {PREFETCH_MAX}, not {options['prefetch']}")
+    if not 1 <= options["processes"] <= PROCESSES_MAX:
+        raise CommandError(f"--processes (PUSHER_CONSUMER_PROCESSES) must be 1 to {PROCESSES_MAX}, "
+                           f"not {options['processes']}")
     if not 0 <= options["metrics_port"] <= 65535:
         raise CommandError(f"--metrics-port must be 1 to 65535 (0 = off), not {options['metrics_port']}")
     return queue
