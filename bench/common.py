@@ -197,6 +197,28 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_tree(pid: int) -> float:
+    """`cpu_seconds` of a process and its child processes: `runconsumer --processes N`'s consumers
+    under their supervisor."""
+    return sum(cpu_seconds(one) for one in process_tree(pid))
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its direct children, from /proc."""
+    found = [pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found.append(int(entry))
+    return found
+
+
 def wait_until(predicate: Any, *, timeout: float, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -249,8 +271,9 @@ class CpuMeter:
 
     SERVICES = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], *, trees: frozenset[str] = frozenset({"consumer"})) -> None:
         self.pids = pids
+        self.trees = trees  # labels whose child processes count too (the consumer's, under --processes)
         self._start: tuple[float, float, dict[str, float], dict[str, dict[int, float]]] | None = None
         self.cores: dict[str, float] = {}
         self.seconds = 0.0  # the interval's length, once it ended
@@ -260,7 +283,8 @@ class CpuMeter:
         return self
 
     def _own(self) -> dict[str, float]:
-        return {label: cpu_seconds(pid) for label, pid in self.pids.items()}
+        return {label: cpu_seconds_tree(pid) if label in self.trees else cpu_seconds(pid)
+                for label, pid in self.pids.items()}
 
     def __exit__(self, *exc: Any) -> None:
         assert self._start is not None

@@ -44,9 +44,10 @@ from bench.common import (
     CpuMeter,
     broker_channel,
     broker_cleanup,
-    cpu_seconds,
+    cpu_seconds_tree,
     database_label,
     percentile,
+    process_tree,
     require_loopback,
     rss_mb,
     run_id,
@@ -75,6 +76,7 @@ class Consumer:
     dead_letter_exchange: str
     dead_letter_queue: str
     log_path: str
+    processes: int = 1
     rss_max_mb: float = 0.0
     db_connections_max: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -98,7 +100,7 @@ class Consumer:
                 )
             n = 0
             while not self._stop.wait(0.1):
-                self.rss_max_mb = max(self.rss_max_mb, rss_mb(self.pid)[0])
+                self.rss_max_mb = max(self.rss_max_mb, sum(rss_mb(pid)[0] for pid in process_tree(self.pid)))
                 n += 1
                 if conn is not None and n % 5 == 0:
                     with contextlib.suppress(Exception):
@@ -114,9 +116,11 @@ class Consumer:
         self._sampler.start()
 
     def stop(self) -> tuple[int | None, float, float]:
-        """SIGTERM, wait (bounded), SIGKILL if needed. Returns (exit code, seconds to stop, VmHWM MB)."""
-        hwm = rss_mb(self.pid)[1]
-        self.rss_max_mb = max(self.rss_max_mb, rss_mb(self.pid)[0])
+        """SIGTERM, wait (bounded), SIGKILL if needed. Returns (exit code, seconds to stop, VmHWM MB;
+        summed over the processes under --processes)."""
+        tree = process_tree(self.pid)
+        hwm = sum(rss_mb(pid)[1] for pid in tree)
+        self.rss_max_mb = max(self.rss_max_mb, sum(rss_mb(pid)[0] for pid in tree))
         started = time.monotonic()
         code: int | None = None
         if self.process.poll() is None:
@@ -136,7 +140,8 @@ class Consumer:
 
 
 def consumer_start(
-    *, run: str, workers: int, prefetch: int, ca_file: str, extra_env: dict[str, str] | None = None
+    *, run: str, workers: int, prefetch: int, ca_file: str, extra_env: dict[str, str] | None = None,
+    processes: int = 1,
 ) -> Consumer:
     suffix = f"{run}_p{prefetch}"
     queue = f"pusher_bench_{suffix}"
@@ -156,11 +161,11 @@ def consumer_start(
     })
     env.update(extra_env or {})
     command = [sys.executable, "manage.py", "runconsumer", "--queue", queue, "--workers", str(workers),
-               "--prefetch", str(prefetch)]
+               "--prefetch", str(prefetch), "--processes", str(processes)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    consumer = Consumer(process=process, queue=queue, dead_letter_exchange=dlx, dead_letter_queue=dlq,
-                        log_path=log_path)
+    consumer = Consumer(process=process, processes=processes, queue=queue, dead_letter_exchange=dlx,
+                        dead_letter_queue=dlq, log_path=log_path)
     consumer.sample_start()
     if not _wait_consuming(consumer, timeout=60):
         consumer.stop()
@@ -177,7 +182,7 @@ def _wait_consuming(consumer: Consumer, *, timeout: float) -> bool:
             if consumer.process.poll() is not None:
                 return False
             try:
-                if channel.queue_declare(consumer.queue, passive=True).method.consumer_count > 0:
+                if channel.queue_declare(consumer.queue, passive=True).method.consumer_count >= consumer.processes:
                     return True
             except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
                 channel = channel.connection.channel()
@@ -343,7 +348,7 @@ class Round:
 def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, template: dict[str, Any]) -> Round:
     result = Round(prefetch=prefetch)
     consumer = consumer_start(run=run, workers=args.workers, prefetch=prefetch, ca_file=fake.ca_file,
-                              extra_env=args.consumer_env_dict)
+                              extra_env=args.consumer_env_dict, processes=args.processes)
     say(f"\n--prefetch {prefetch}: consumer pid {consumer.pid} consuming from {consumer.queue} "
         f"(--workers {args.workers}); its log: {consumer.log_path}")
     try:
@@ -380,11 +385,11 @@ def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, t
                     profilers.enter_context(Profiler(consumer.pid, wall_path, idle=True))
                 profilers.enter_context(meter_b)
                 base = answered(fake)
-                cpu_before, wall_before = cpu_seconds(consumer.pid), time.perf_counter()
+                cpu_before, wall_before = cpu_seconds_tree(consumer.pid), time.perf_counter()
                 publish_s, publish_rate = publish_burst(template, tag=tag, count=args.throughput)
                 got = wait_received(fake, tag, args.throughput, base=base, timeout=max(60.0, args.throughput / 50))
                 wall = time.perf_counter() - wall_before
-                cpu = cpu_seconds(consumer.pid) - cpu_before
+                cpu = cpu_seconds_tree(consumer.pid) - cpu_before
             times = sorted(r.received_at for r in got)
             span = times[-1] - times[0] if len(times) > 1 else float("nan")
             statuses = deliveries(tag, args.throughput, timeout=60)
@@ -448,6 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
     parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the consumer only (repeatable), e.g. DEBUG=0")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="consumer processes (runconsumer --processes N); CPU and RSS are their sums")
     parser.add_argument("--steady", default="", metavar="RATES",
                         help="steady-rate mode instead of A and B: comma-separated push_req/s, e.g. 100,500")
     parser.add_argument("--repeat", type=int, default=3, help="steady mode: runs per rate")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import CpuMeter, cpu_seconds, percentile, say, table
+from bench.common import CpuMeter, cpu_seconds_tree, percentile, say, table
 from bench.profile import Profiler, summary
 from bench.push import (
     ROOT,
@@ -197,7 +197,7 @@ def steady_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any
                  template: dict[str, Any]) -> list[SteadyRun]:
     """One consumer; every rate, --repeat times, rates alternating."""
     consumer = consumer_start(run=run, workers=args.workers, prefetch=prefetch, ca_file=fake.ca_file,
-                              extra_env=args.consumer_env_dict)
+                              extra_env=args.consumer_env_dict, processes=args.processes)
     say(f"\n--prefetch {prefetch}: consumer pid {consumer.pid} consuming from {consumer.queue} "
         f"(--workers {args.workers}); its log: {consumer.log_path}")
     if args.disk_busy:
@@ -206,9 +206,10 @@ def steady_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any
     runs: list[SteadyRun] = []
     try:
         warm_up(fake, template, f"bench-{run}-p{prefetch}-warm")
-        before = cpu_seconds(consumer.pid)
+        before = cpu_seconds_tree(consumer.pid)
         time.sleep(IDLE_SAMPLE_S)
-        say(f"  consumer idle: {(cpu_seconds(consumer.pid) - before) * 1000 / IDLE_SAMPLE_S:.1f} ms CPU per second "
+        idle_ms = (cpu_seconds_tree(consumer.pid) - before) * 1000 / IDLE_SAMPLE_S
+        say(f"  consumer idle: {idle_ms:.1f} ms CPU per second "
             f"(over {IDLE_SAMPLE_S:g} s, /proc ticks of 10 ms)")
         for repetition in range(1, args.repeat + 1):
             for rate in args.steady_rates:
