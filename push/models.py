@@ -282,3 +282,22 @@ class Delivery(models.Model):
         return self.deadline_at is not None and timezone.now() > self.deadline_at
 
 
+
+
+class ApnsProviderToken(models.Model):
+    """The APNs provider token (JWT) every consumer process and host uses for one team and key, so
+    that they renew one token an hour between them rather than one each (Apple answers
+    TooManyProviderTokenUpdates to a key renewed too often). A bearer secret for an hour: encrypted."""
+
+    team_id = models.CharField(max_length=20)
+    key_id = models.CharField(max_length=20)
+    key_fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the signing key's PEM")
+    token = EncryptedTextField()
+    issued_at = models.FloatField(help_text="the token's iat, seconds since the epoch")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team_id", "key_id"], name="apnsprovidertoken_team_key")]
+
+    def __str__(self) -> str:
+        return f"{self.team_id}/{self.key_id}"

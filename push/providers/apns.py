@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import jwt
 
 from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabulary, importable from here
     _CONNECTION_SCOPED_REASONS,
@@ -54,6 +54,7 @@ from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabula
     _no_response,
     classify_response,
 )
+from push.providers.apns_tokens import ProviderTokens, TokenProblem, TokenStore
 from push.providers.h2transport import H2Transport
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,6 @@ class _Connection:
     # Retired connections take no new requests and are closed when their last request finishes, so a
     # broken connection is replaced at once without cutting streams that may still complete.
     retired: bool = False
-
-
-@dataclass
-class _Jwt:
-    token: str
-    issued_at: float
-    key_pem: str
 
 
 # Why connections are keyed by credential: APNs binds a token-auth connection to the team and key of
@@ -127,6 +121,7 @@ class ApnsClient:
         jwt_max_age: float = DEFAULT_JWT_MAX_AGE_S,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        token_store: TokenStore | None = None,
     ) -> None:
         if not JWT_MIN_AGE_S <= jwt_max_age <= JWT_MAX_AGE_S:
             raise ValueError(
@@ -152,7 +147,8 @@ class ApnsClient:
         self._open: set[_Connection] = set()
         # asyncio keeps only weak references to tasks; closing tasks must not be collected mid-way.
         self._closing: set[asyncio.Task[None]] = set()
-        self._jwts: dict[tuple[str, str], _Jwt] = {}
+        self._tokens = ProviderTokens(max_age=jwt_max_age, clock=clock, store=token_store)
+        self._token_fetches: dict[tuple[str, str], asyncio.Future[str]] = {}
         # Built now so that a missing or broken CA bundle fails at configuration time, not at the
         # first push; token-auth connections share it (they present no client certificate).
         self._token_ssl_context = self._new_ssl_context()
@@ -258,7 +254,7 @@ class ApnsClient:
                 self._connections = {}
                 self._open = set()
                 self._closing = set()
-                self._jwts = {}
+                self._tokens.clear()
             if self._loop is None:
                 new_loop = asyncio.new_event_loop()
                 ready = threading.Event()
@@ -374,7 +370,7 @@ class ApnsClient:
         key: _ConnKey = (credential.cache_key, host, port)
         try:
             if credential.kind == "token":
-                self._provider_token(credential)
+                await self._bearer(credential)
             conn = self._connection_for(key, credential)
         except _CredentialProblem as exc:
             raise WarmError(f"APNs credential {credential.cache_key}: {exc}") from None
@@ -392,32 +388,27 @@ class ApnsClient:
 
     # ---- provider tokens --------------------------------------------------------------------
 
-    def _provider_token(self, credential: ApnsCredential, *, stale: str | None = None) -> str:
-        """The cached JWT for (team, key), minted anew when too old or when `stale` was rejected."""
-        jwt_key = (credential.team_id, credential.key_id)
-        now = self._clock()
-        cached = self._jwts.get(jwt_key)
-        if (
-            cached is not None
-            and cached.key_pem == credential.key_pem
-            and now - cached.issued_at < self._jwt_max_age
-            # Compare-and-swap: when many streams get ExpiredProviderToken at once only the first
-            # re-mints; the others reuse its token (minting often triggers TooManyProviderTokenUpdates).
-            and (stale is None or cached.token != stale)
-        ):
-            return cached.token
-        issued_at = int(now)
+    async def _bearer(self, credential: ApnsCredential, *, stale: str | None = None) -> str:
+        """The provider token for (team, key): from memory; else shared or minted (`ProviderTokens`),
+        on a worker thread when the shared store is in play (it is the database), one fetch per key
+        however many streams ask at once."""
+        token = self._tokens.cached(credential, stale=stale)
+        if token is not None:
+            return token
         try:
-            token = jwt.encode(
-                {"iss": credential.team_id, "iat": issued_at},
-                credential.key_pem,
-                algorithm="ES256",
-                headers={"kid": credential.key_id},
-            )
-        except (ValueError, TypeError, jwt.PyJWTError) as exc:
-            raise _CredentialProblem(f"the .p8 signing key cannot be used for ES256 ({exc})") from exc
-        self._jwts[jwt_key] = _Jwt(token, issued_at, credential.key_pem)
-        return token
+            if self._tokens.store is None:
+                return self._tokens.fetch(credential, stale=stale)
+            key = (credential.team_id, credential.key_id)
+            pending = self._token_fetches.get(key)
+            if pending is None:
+                pending = asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(self._tokens.fetch, credential, stale=stale)
+                )
+                self._token_fetches[key] = pending
+                pending.add_done_callback(lambda _: self._token_fetches.pop(key, None))
+            return await asyncio.shield(pending)
+        except TokenProblem as exc:
+            raise _CredentialProblem(str(exc)) from None
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -472,7 +463,7 @@ class ApnsClient:
         while True:
             try:
                 if credential.kind == "token":
-                    bearer = self._provider_token(credential, stale=bearer if refreshed else None)
+                    bearer = await self._bearer(credential, stale=bearer if refreshed else None)
                 conn = self._connection_for(key, credential)
             except _CredentialProblem as exc:
                 description = f"APNs credential {credential.cache_key}: {exc}"
@@ -543,6 +534,7 @@ def configure(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
     jwt_max_age: float = DEFAULT_JWT_MAX_AGE_S,
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+    token_store: TokenStore | None = None,
 ) -> None:
     """Set the process-wide client's options (call once at startup, e.g. from AppConfig.ready()).
 
@@ -559,6 +551,7 @@ def configure(
             request_timeout=request_timeout,
             jwt_max_age=jwt_max_age,
             idle_timeout=idle_timeout,
+            token_store=token_store,
         )
         old, _default_client = _default_client, None
     if old is not None:
