@@ -11,13 +11,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import reduce
-from operator import or_
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from core import metrics
@@ -28,6 +25,7 @@ from registry import selectors
 from registry.ids import kazoo_id_check
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
+from registry.tokenwrites import tokens_retire, tokens_seen
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +218,7 @@ def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now:
 
     if refresh:
         Device.objects.filter(pk__in=[row.pk for _, row in refresh]).update(last_seen_at=now)
-        PushToken.objects.filter(
-            reduce(or_, (Q(device_id=row.pk, token__in=[t.token for t in r.build.tokens]) for r, row in refresh))
-        ).update(last_seen_at=now)
+        tokens_seen([(row.pk, t.token) for r, row in refresh for t in r.build.tokens], now=now)
         for registration, stored in refresh:
             device = existing.get(stored.pk)
             if device is not None:
@@ -258,7 +254,7 @@ def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now:
             )
 
     tokens: dict[tuple[int, str], PushToken] = {}
-    retire: list[Q] = []
+    retire: set[tuple[int, str]] = set()
     for write in writes:
         build, pk = write.registration.build, write.upsert.pk
         proxy = (build.push or {}).get("Token-Proxy", "")
@@ -270,19 +266,14 @@ def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now:
                 sandbox=info.sandbox, proxy=proxy, active=True, deactivated_at=None, deactivated_reason="",
                 last_seen_at=now,
             ))
-        if build.tokens:
-            # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
-            retire.append(Q(device_id=pk, kind__in={t.kind for t in build.tokens})
-                          & ~Q(token__in=[t.token for t in build.tokens]))
+        # A new token of the same kind replaces the old one (reinstall, token rotation by the OS).
+        retire.update((pk, t.kind) for t in build.tokens)
     if tokens:
         PushToken.objects.bulk_create(
             list(tokens.values()), update_conflicts=True, unique_fields=["device", "token"],
             update_fields=_TOKEN_FIELDS,
         )
-    if retire:
-        PushToken.objects.filter(reduce(or_, retire), active=True).update(
-            active=False, deactivated_at=now, deactivated_reason="replaced by a newer registration"
-        )
+    tokens_retire(sorted(retire), list(tokens), now=now)
 
     wake = False
     for write in writes:
