@@ -1,10 +1,10 @@
 """First push on a fresh consumer, with and without the provider warm-up:
 `python -m bench.push --first-push [--repeat 5] [--delay-ms 30] [--consumer-env NAME=VALUE]`.
 
-For each repetition, each mode (warm-up off, on: interleaved, so that a change in the machine's load
-falls on both alike) and each provider (APNs with .p8 token auth, APNs with a certificate, FCM HTTP
-v1), a fresh consumer (`manage.py runconsumer`, started by bench.push.consumer_start) with
-`PUSHER_PROVIDER_WARMUP=0` or `1`:
+For each repetition, each provider (APNs with .p8 token auth, APNs with a certificate, FCM HTTP v1)
+and each mode (warm-up off and on, back to back; off first in odd repetitions, on first in even
+ones, so that a drift in the machine's load falls on both modes alike), a fresh consumer
+(`manage.py runconsumer`, started by bench.push.consumer_start) with `PUSHER_PROVIDER_WARMUP=0` or `1`:
 
   1. wait until it is consuming, then SETTLE_S in both modes; in the warm mode also until the
      consumer logged the end of its first warm-up round (`warm-up: N APNs connection(s) open, M FCM
@@ -230,8 +230,8 @@ def first_push_main(args: argparse.Namespace) -> None:
         rows = apps_setup(apns, fcm, run)
         bench = Bench(apns=apns, fcm=fcm, templates=templates(sample("push_req_kamailio_master.json")["body"]))
         for repetition in range(1, args.repeat + 1):
-            for mode, flag in MODES:
-                for provider in PROVIDERS:
+            for provider in PROVIDERS:
+                for mode, flag in MODES if repetition % 2 else MODES[::-1]:
                     runs.append(first_run(args, bench, run=run, mode=mode, flag=flag, provider=provider,
                                           repetition=repetition))
     finally:
@@ -246,10 +246,10 @@ def first_push_main(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace, runs: list[FirstRun], *, load_start: float, load_end: float) -> None:
     say()
-    say(f"First push on a fresh consumer, warm-up off and on (PUSHER_PROVIDER_WARMUP=0/1), {args.repeat} "
-        f"repetitions; publish (time.time_ns in Payload) to receipt at the fake; second = the next push_req on "
-        f"the same consumer. Published {SETTLE_S:g} s after the consumer started consuming (on: and after its "
-        f"first warm-up round).")
+    say(f"First push on a fresh consumer, warm-up off and on (PUSHER_PROVIDER_WARMUP=0/1, off first in odd "
+        f"repetitions, on first in even ones), {args.repeat} repetitions; publish (time.time_ns in Payload) to "
+        f"receipt at the fake; second = the next push_req on the same consumer. Published {SETTLE_S:g} s after "
+        f"the consumer started consuming (on: and after its first warm-up round).")
     say(table(
         ["mode", "provider", "rep", "first ms", "second ms", "warm-up ms", "APNs conns before", "FCM tokens before",
          "WARN/ERR lines", "load"],
