@@ -1,5 +1,6 @@
 """push_req benchmark: `python -m bench.push [--rate 100 --seconds 10] [--throughput 5000] [--delay-ms 30]`,
-or `python -m bench.push --steady 100,500 --seconds 10 --repeat 3 [--disk-busy]` (bench/steady.py).
+or `python -m bench.push --steady 100,500 --seconds 10 --repeat 3 [--disk-busy]` (bench/steady.py),
+or `python -m bench.push --first-push --repeat 5`: first push with and without warm-up (bench/firstpush.py).
 
 The fake APNs (HTTP/2 + TLS, tests/fakes/apns.py) runs in this process and answers every push
 after --delay-ms. The consumer runs as it does in production, as a separate process
@@ -457,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="consumer processes (runconsumer --processes N); CPU and RSS are their sums")
     parser.add_argument("--steady", default="", metavar="RATES",
                         help="steady-rate mode instead of A and B: comma-separated push_req/s, e.g. 100,500")
-    parser.add_argument("--repeat", type=int, default=3, help="steady mode: runs per rate")
+    parser.add_argument("--repeat", type=int, default=3, help="steady mode: runs per rate; --first-push: repetitions")
+    parser.add_argument("--first-push", action="store_true", help="first push with and without provider warm-up")
     parser.add_argument("--gap", type=float, default=2.0, help="steady mode: idle seconds between runs")
     parser.add_argument("--disk-busy", action="store_true",
                         help="steady mode: a dd ... conv=fsync loop in the repository's data/ during each run")
@@ -482,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     if not (0 <= args.rate <= 5000 and 0 <= args.seconds <= 300 and 0 <= args.throughput <= 100_000
             and 0 <= args.delay_ms <= 5000):
         parser.error("--rate 0..5000, --seconds 0..300, --throughput 0..100000, --delay-ms 0..5000")
+    if args.first_push:
+        from bench.firstpush import first_push_main
+
+        first_push_main(args)
+        return
 
     run = run_id()
     log_path = setup(log_name=f"bench_push_{run}")

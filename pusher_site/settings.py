@@ -193,6 +193,10 @@ PUSHER_FCM_ENDPOINT = env.str("PUSHER_FCM_ENDPOINT", default="https://fcm.google
 PUSHER_FCM_CA_FILE = env.str("PUSHER_FCM_CA_FILE", default="") or None
 PUSHER_LEGACY_PUSH_RESP = env.bool("PUSHER_LEGACY_PUSH_RESP", default=False)
 PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = env.int("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", default=5)
+# The consumer opens provider connections (APNs TLS + HTTP/2 + JWT, FCM access tokens) in the
+# background once it is consuming (kazoo.warmup). Off when warming would only log noise (e.g. many
+# apps with broken credentials): each connection then opens on its app's first push.
+PUSHER_PROVIDER_WARMUP = env.bool("PUSHER_PROVIDER_WARMUP", default=True)
 
 # --- Kazoo Crossbar (device document sync); unset = store locally only ----------------
 KAZOO_CROSSBAR_URL = env.str("KAZOO_CROSSBAR_URL", default="")

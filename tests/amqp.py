@@ -19,7 +19,7 @@ from django.db import connection
 
 from kazoo.sync import sync_loop
 from kazoo.topology import PUSHER_OWN_QUEUE, QueueDeclaration
-from kazoo.warmup import warm_loop
+from kazoo.warmup import warm_thread_start
 from kazoo.wire import Handled, RawMessage, message_process, message_process_batch
 from kazoo.worker import Worker, WorkerConfig
 from tests.fixtures import sample  # noqa: F401 - re-exported: the broker tests take it from here
@@ -82,8 +82,8 @@ def consumer_running(
 ) -> Iterator[RunningConsumer]:
     """A consumer on fresh queue names (or on `queue`, e.g. one Kazoo declared first). The
     registration lanes take batches through `batch_handler` (None: one message at a time through
-    `handler`, as a custom handler does). `warm`: the provider warm-up runs beside it, as in
-    runconsumer (kazoo.warmup.warm_loop).
+    `handler`, as a custom handler does). `warm`: the provider warm-up runs beside it, started as
+    runconsumer starts it (kazoo.warmup.warm_thread_start: not when PUSHER_PROVIDER_WARMUP is off).
 
     The queue is declared as `queue_declaration` says: by default pusher's own (not auto-delete,
     no length limit or TTL), so that a test can look into it after the consumer stopped or lost its
@@ -104,10 +104,7 @@ def consumer_running(
     thread.start()
     sync_thread = threading.Thread(target=sync_loop, args=(worker.stopping,), name="test-sync", daemon=True)
     sync_thread.start()
-    warm_thread = threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="test-warm",
-                                   daemon=True)
-    if warm:
-        warm_thread.start()
+    warm_thread = warm_thread_start(worker.connected, worker.stopping) if warm else None
     running = RunningConsumer(worker, thread)
     try:
         running.wait_connected()
@@ -116,7 +113,7 @@ def consumer_running(
         worker.stop()
         thread.join(timeout=30)
         sync_thread.join(timeout=10)
-        if warm:
+        if warm_thread is not None:
             warm_thread.join(timeout=20)
         assert not thread.is_alive(), "consumer did not stop within 30 s"
         with broker_channel() as channel:

@@ -1,14 +1,22 @@
 """Provider warm-up: at consumer start the APNs connection of every enabled Apple app is open (its
 JWT signed, for token auth) and the FCM access token of every Firebase app fetched before the first
-push arrives; a credential changed since drops its old connection and gets a new one."""
+push arrives; a credential changed since drops its old connection and gets a new one. With
+PUSHER_PROVIDER_WARMUP=0 runconsumer starts no warm-up and the first push opens its own connection."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import uuid
 
 import jwt
 import pytest
+from django.core.management import call_command
+from django.db import connection
 
+from kazoo import warmup
+from kazoo.worker import Worker
 from push import services
 from push.models import Delivery, DeliveryStatus, Provider, PushApp
 from push.services import clients
@@ -70,6 +78,66 @@ def test_consumer_start_warms_every_provider_before_the_first_push(
     assert len(jwt_signed) == 1  # the first token push carried the JWT signed at warm-up
     assert by_auth["token"].jwt_claims["iat"] == int(jwt_signed[0])
     assert len(fake_fcm.token_requests) == 1  # and FCM's send used the token fetched then
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("warm", [False, True], ids=["warmup-off", "warmup-on"])
+def test_runconsumer_warms_only_when_pusher_provider_warmup_is_on(
+    warm, apple_app, apns_trusting_fake, settings, monkeypatch, caplog
+):
+    """PUSHER_PROVIDER_WARMUP=0: runconsumer starts no warm-up thread, nothing is warmed, and the first
+    push opens the APNs connection itself. On (the control): the connection is open before any push."""
+    fake = apns_trusting_fake
+    settings.PUSHER_PROVIDER_WARMUP = warm
+    caplog.set_level(logging.INFO, logger=warmup.log.name)
+    warm_calls: list[float] = []
+    warm_real = warmup.provider_connections_warm
+
+    def warm_counting(**kwargs):
+        warm_calls.append(time.monotonic())
+        return warm_real(**kwargs)
+
+    monkeypatch.setattr(warmup, "provider_connections_warm", warm_counting)
+    seen: dict = {}
+    problems: list[BaseException] = []
+
+    def drive(worker: Worker) -> None:
+        try:
+            assert worker.connected.wait(15), "runconsumer did not start consuming"
+            # The warm-up thread, when there is one, was started before the consumer ran.
+            seen["threads"] = {thread.name for thread in threading.enumerate()}
+            if warm:
+                assert wait_for(lambda: len(fake.connections) == 1, timeout=15), "no connection warmed"
+            seen["connections_before_push"] = len(fake.connections)
+            with broker_channel() as channel:
+                publish_push(channel, PUSH["body"])
+            assert wait_for(lambda: Delivery.objects.filter(status=DeliveryStatus.SENT).exists(), timeout=15)
+        except BaseException as exc:  # the test's thread reports it
+            problems.append(exc)
+        finally:
+            connection.close()  # this thread's
+            worker.stop()
+
+    # runconsumer runs in this (the main) thread, where pytest keeps its own signal handlers; the
+    # test drives it from a thread instead, and stops it as SIGTERM would.
+    monkeypatch.setattr(Worker, "install_signal_handlers",
+                        lambda self: threading.Thread(target=drive, args=(self,), daemon=True).start())
+
+    with pytest.raises(SystemExit) as exited:
+        call_command("runconsumer", "--queue", f"pusher_test_{uuid.uuid4().hex[:10]}", "--workers", "2")
+
+    assert exited.value.code == 0
+    assert not problems, problems
+    (opened,) = fake.connections
+    assert [r.connection_id for r in fake.requests] == [opened.id]
+    if warm:
+        assert "provider-warm" in seen["threads"]
+        assert len(warm_calls) >= 1 and seen["connections_before_push"] == 1
+    else:
+        assert "provider-warm" not in seen["threads"]
+        assert warm_calls == [] and seen["connections_before_push"] == 0  # the push opened it
+        assert "provider warm-up off (PUSHER_PROVIDER_WARMUP=0)" in caplog.text
 
 
 @pytest.mark.django_db

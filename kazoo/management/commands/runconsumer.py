@@ -22,7 +22,7 @@ from kazoo.reconcile import reconcile_loop
 from kazoo.supervisor import Supervisor
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
-from kazoo.warmup import warm_loop
+from kazoo.warmup import warm_thread_start
 from kazoo.worker import Worker, WorkerConfig
 from push.providers import apns
 
@@ -98,8 +98,7 @@ class Command(BaseCommand):
         threading.Thread(target=_heartbeat_loop, args=(worker,), name="heartbeat", daemon=True).start()
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
         threading.Thread(target=reconcile_loop, args=(worker.stopping,), name="kazoo-reconcile", daemon=True).start()
-        threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="provider-warm",
-                         daemon=True).start()
+        warm_thread_start(worker.connected, worker.stopping)
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()
