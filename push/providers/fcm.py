@@ -213,17 +213,23 @@ class FcmSender:
 
     def warm(self, credential: FcmCredential, *, timeout: float) -> None:
         """Get ready for the first push with `credential`: fetch its OAuth2 access token now (one
-        round trip to the token endpoint), so that the first push does not wait for it. Blocking;
+        round trip to the token endpoint) and open the TLS connection to the send endpoint, so that
+        the first push waits for neither. Blocking;
         raises FcmWarmError saying why it could not (the first push will then try again)."""
         deadline = time.monotonic() + timeout
         try:
-            self._client_for(credential).access_token(timeout=_remaining(deadline))
+            client = self._client_for(credential)
+            client.access_token(timeout=_remaining(deadline))
         except (ValueError, KeyError, TypeError) as exc:
             raise FcmWarmError(f"service account unusable: {_short(exc)}") from None
         except _TokenEndpointError as exc:
             raise FcmWarmError(exc.detail) from None
         except (_DeadlineExceeded, requests.exceptions.RequestException) as exc:
             raise FcmWarmError(f"no access token within {timeout:g} s: {_short(exc)}") from None
+        try:
+            client.connection_warm(timeout=_remaining(deadline))
+        except (_DeadlineExceeded, requests.exceptions.RequestException) as exc:
+            raise FcmWarmError(f"cannot connect to {self._endpoint}: {_short(exc)}") from None
 
     def invalidate(self, cache_key: str) -> None:
         """Forget the client (and access token) for `cache_key`, e.g. after the credential changed."""
@@ -266,12 +272,20 @@ class _FcmClient(FCMNotification):
         google_credentials = service_account.Credentials.from_service_account_info(info, scopes=[FCM_SCOPE])
         super().__init__(credentials=google_credentials, project_id=credential.project_id, adapter=adapter)
         self.credential = credential
+        self._endpoint_root = f"{endpoint}/"
         self._send_url = f"{endpoint}/v1/projects/{quote(credential.project_id, safe='')}/messages:send"
         self._clock = clock
         self._token_lock = threading.Lock()  # google-auth credentials are not safe to refresh concurrently
         self._token_session = requests.Session()  # only used under _token_lock
         self._token_session.mount("http://", adapter)
         self._token_session.mount("https://", adapter)
+
+    def connection_warm(self, *, timeout: float) -> None:
+        """Open the TLS connection the first push will use: a GET of the send endpoint's root (Google
+        answers 404; the connection stays in the shared adapter's pool, where every thread's session
+        takes its connections from)."""
+        with self._token_lock:
+            self._token_session.get(self._endpoint_root, timeout=timeout, allow_redirects=False).content  # noqa: B018
 
     @property
     def fcm_end_point(self) -> str:

@@ -232,6 +232,11 @@ class FakeFcm:
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     @property
+    def connections_accepted(self) -> int:
+        assert self._server is not None, "FakeFcm not started"
+        return self._server.connections_accepted
+
+    @property
     def token_uri(self) -> str:
         return f"{self.endpoint}/token"
 

@@ -44,6 +44,12 @@ def record(handler: BaseHTTPRequestHandler, body: Any, raw: bytes, *, path: str 
 class FakeServer(ThreadingHTTPServer):
     daemon_threads = True
     fake: Any  # the object whose _handle(handler) answers every request
+    connections_accepted = 0  # TCP connections clients opened (keep-alive reuses one)
+
+    def get_request(self) -> tuple[Any, Any]:
+        accepted = super().get_request()
+        self.connections_accepted += 1
+        return accepted
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (timeout tests) leaves a broken pipe behind: expected, not worth a traceback.

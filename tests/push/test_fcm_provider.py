@@ -368,3 +368,20 @@ def test_tls_fake_needs_ca_file_and_verification_stays_on():
         assert trusting.send(_request(), credential, timeout=TIMEOUT).outcome is Outcome.SENT
     finally:
         fake.stop()
+
+
+def test_warm_opens_the_send_connection_the_first_push_uses(fake_fcm: FakeFcm) -> None:
+    """Google's token endpoint and FCM are different hosts, so fetching the token does not open the
+    send connection: the warm-up opens that one too, and the first push goes out on it."""
+    info = make_service_account(PROJECT, fake_fcm.token_uri.replace("127.0.0.1", "localhost"))
+    fake_fcm.register_service_account(info)
+    credential = FcmCredential(service_account_info=info, project_id=PROJECT, cache_key="warm-1")
+    sender = FcmSender(fake_fcm.endpoint)
+    before = fake_fcm.connections_accepted  # the server is the module's: earlier tests' count too
+    try:
+        sender.warm(credential, timeout=TIMEOUT)
+        assert fake_fcm.connections_accepted == before + 2  # the token endpoint's, the send endpoint's
+        assert sender.send(_request(), credential, timeout=TIMEOUT).outcome is Outcome.SENT
+        assert fake_fcm.connections_accepted == before + 2
+    finally:
+        sender.close()
