@@ -17,8 +17,10 @@ duplicated = receipts - distinct. Prints figures only; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -52,6 +54,7 @@ RUNNER = Path(__file__).with_name("peer_runner.py")
 BUNDLE_ID = "com.acme.phone"
 TOPIC = f"{BUNDLE_ID}.voip"
 DEFAULT_BURST = 2000
+EXCEPTION_LINE = re.compile(r"^([\w.]+(?:Error|Exception)):")
 # The issue's targets: pusher's bulk rate at least 1.5x the peer's, CPU and memory bounds.
 TARGET_RATIO = 1.5
 TARGET_CPU_MS_PER_PUSH = 0.3
@@ -237,10 +240,17 @@ def peer_burst(args: argparse.Namespace, *, run: str, index: int, fake: Any, pyt
     side.own = f"Success={report['success']}" + (f" {errors}" if errors else "") + (
         f" {report['failure']}" if report["failure"] else "")
     side.notes.append(f"call {report['call_s']:.2f} s; RSS {report['rss_before_mb']:.0f} MB before it, "
-                      f"{report['rss_after_mb']:.0f} after; {len(lines)} stderr lines; {answered(fake) - base} "
-                      "answers at the fake")
+                      f"{report['rss_after_mb']:.0f} after; {answered(fake) - base} answers at the fake; "
+                      f"stderr {len(lines)} lines{stderr_kinds(lines)}")
     side.load_end = os.getloadavg()[0]
     return side
+
+
+def stderr_kinds(lines: list[str]) -> str:
+    """The exceptions the peer's stderr ends its tracebacks with, and the connections asyncio saw die."""
+    kinds = collections.Counter(m.group(1).rsplit(".", 1)[-1] for m in map(EXCEPTION_LINE.match, lines) if m)
+    kinds.update(line for line in lines if line == "Fatal error on SSL protocol")
+    return "".join(f", {n} x {kind}" for kind, n in kinds.most_common(4))
 
 
 # --- the run ----------------------------------------------------------------------------------
