@@ -126,6 +126,8 @@ class Side:
     load_start: float = 0.0
     load_end: float = 0.0
     other_cores: float = 0.0  # CPU of processes other than the sides, the bench, PostgreSQL, RabbitMQ
+    postgres_cores: float = 0.0  # every PostgreSQL process's, other databases' included
+    busy_cores: float = 0.0  # the whole machine's
     own: str = ""  # what the side itself reports (pusher: delivery statuses; the peer: its outcomes)
     notes: list[str] = field(default_factory=list)
 
@@ -169,6 +171,7 @@ def pusher_burst(args: argparse.Namespace, *, run: str, index: int, fake: Any, t
         side.cpu_ms = cpu * 1000 / max(side.distinct, 1)
         side.cpu_ms_settled = cpu_settled * 1000 / max(side.distinct, 1)
         side.other_cores = meter.cores.get("other processes", 0.0)
+        side.postgres_cores, side.busy_cores = meter.cores.get("PostgreSQL", 0.0), meter.cores.get("machine busy", 0.0)
         side.own = " ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "-"
     finally:
         end = consumer_finish(consumer)
@@ -236,6 +239,7 @@ def peer_burst(args: argparse.Namespace, *, run: str, index: int, fake: Any, pyt
     side.rss_mb = report["rss_hwm_mb"]
     own_cores = report["process_cpu_s"] / max(meter.seconds, 1e-6)
     side.other_cores = max(0.0, meter.cores.get("other processes", 0.0) - own_cores)
+    side.postgres_cores, side.busy_cores = meter.cores.get("PostgreSQL", 0.0), meter.cores.get("machine busy", 0.0)
     errors = " ".join(f"{k}={v}" for k, v in sorted(report["errors"].items()))
     side.own = f"Success={report['success']}" + (f" {errors}" if errors else "") + (
         f" {report['failure']}" if report["failure"] else "")
@@ -328,14 +332,15 @@ def peer_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 def peer_report(args: argparse.Namespace, sides: list[Side]) -> None:
     headers = ["run", "asked", "delivered", "lost", "dup", "span s", "pushes/s", "end-to-end/s", "CPU ms/push",
-               "RSS peak MB", "load start", "load end", "other cores", "own report"]
+               "RSS peak MB", "load start", "load end", "busy cores", "PG cores", "other cores", "own report"]
     for name, extra in (("pusher", "CPU ms/push settled"), ("peer", "")):
         mine = [s for s in sides if s.side == name]
         say()
         say(f"{name}: {args.throughput:,} pushes per run, fake answering after {args.delay_ms:g} ms")
         say(table(headers[:9] + ([extra] if extra else []) + headers[9:], [
             [s.index, s.asked, s.distinct, s.lost, s.duplicated, s.span_s, s.rate, s.end_to_end, s.cpu_ms]
-            + ([s.cpu_ms_settled] if extra else []) + [s.rss_mb, s.load_start, s.load_end, s.other_cores, s.own]
+            + ([s.cpu_ms_settled] if extra else [])
+            + [s.rss_mb, s.load_start, s.load_end, s.busy_cores, s.postgres_cores, s.other_cores, s.own]
             for s in mine
         ]))
     pusher = [s for s in sides if s.side == "pusher"]
@@ -377,5 +382,6 @@ def peer_report(args: argparse.Namespace, sides: list[Side]) -> None:
     say("has its outcome in the database), the peer's process over its send_message call; per delivered push.")
     say("RSS peak: the consumer's (sampled and VmHWM), the peer's VmHWM (its Django, SQLite and rows included).")
     say("own report: pusher's delivery statuses; the peer's send_message outcomes (from its APNSError message).")
-    say("other cores: CPU of processes other than the side, this bench, PostgreSQL and RabbitMQ during the run")
-    say("(other work on the machine); load = 1-minute load average when the side's run started / ended.")
+    say("cores over the side's run: busy = the whole machine; PG = every PostgreSQL process (other databases'")
+    say("work included: the peer uses none); other = processes other than the side, this bench, PostgreSQL and")
+    say("RabbitMQ (other work on the machine). load = 1-minute load average when the side's run started / ended.")
