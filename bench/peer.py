@@ -150,6 +150,8 @@ def count_at_fake(fake: Any, tag: str, side: Side, *, key: str, started_at: floa
         side.rate = (side.distinct - 1) / side.span_s
     if times and times[-1] > started_at:
         side.end_to_end = side.distinct / (times[-1] - started_at)
+    if got:
+        side.notes.append(f"{sum(len(r.raw_body) for r in got) / len(got):.0f} body bytes per push")
 
 
 def pusher_burst(args: argparse.Namespace, *, run: str, index: int, fake: Any, template: dict[str, Any]) -> Side:
