@@ -1,7 +1,7 @@
 """`python -m bench.push --peer [--repeat 3] [--throughput 2000] [--delay-ms 30] [--auth certificate|token]`:
 pusher against the peer, django-push-notifications, on the same fake APNs, in one interleaved run.
 
-The peer is installed once in a scratch venv, data/bench_peer_venv/ (PEER_REQUIREMENT: its
+The peer is installed once in a scratch venv, data/bench_peer_venv/ (PEER_REQUIREMENTS: its
 aioapns extra, the path its APNSDevice bulk send takes when aioapns is importable), and runs as a
 subprocess of that venv (bench/peer_runner.py) with a settings module written for the run (SQLite
 in a temporary directory). Both sides push to the fake in this process, which answers after
@@ -47,7 +47,9 @@ from bench.push import (
     warm_up,
 )
 
-PEER_REQUIREMENT = "django-push-notifications[apns-async]==3.3.0"
+# The apns-async extra: the queryset's bulk send goes through aioapns when it is importable (the "APNS"
+# extra brings the older, synchronous apns2 instead). aioapns pinned too, so that a rerun measures the same.
+PEER_REQUIREMENTS = ("django-push-notifications[apns-async]==3.3.0", "aioapns==3.3.1")
 PEER_VENV = ROOT / "data" / "bench_peer_venv"
 PEER_RUNS = ROOT / "data" / "bench_peer_runs"
 RUNNER = Path(__file__).with_name("peer_runner.py")
@@ -84,18 +86,19 @@ def peer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def peer_python() -> Path:
-    """The scratch venv's interpreter; the venv is made (or remade, when PEER_REQUIREMENT changed)
+    """The scratch venv's interpreter; the venv is made (or remade, when PEER_REQUIREMENTS changed)
     on first use and kept under data/, which git ignores."""
-    python, marker = PEER_VENV / "bin" / "python", PEER_VENV / "bench-peer-requirement.txt"
-    if python.exists() and marker.exists() and marker.read_text().strip() == PEER_REQUIREMENT:
+    python, marker = PEER_VENV / "bin" / "python", PEER_VENV / "bench-peer-requirements.txt"
+    wanted = " ".join(PEER_REQUIREMENTS)
+    if python.exists() and marker.exists() and marker.read_text().strip() == wanted:
         return python
-    say(f"  making the peer's venv {PEER_VENV} with {PEER_REQUIREMENT} ...")
+    say(f"  making the peer's venv {PEER_VENV} with {wanted} ...")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
     done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           PEER_REQUIREMENT], capture_output=True, text=True)
+                           *PEER_REQUIREMENTS], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"pip install {PEER_REQUIREMENT} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    marker.write_text(PEER_REQUIREMENT + "\n")
+        raise SystemExit(f"pip install {wanted} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    marker.write_text(wanted + "\n")
     return python
 
 
