@@ -477,13 +477,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (0 <= args.rate <= 5000 and 0 <= args.seconds <= 300 and 0 <= args.throughput <= 100_000
             and 0 <= args.delay_ms <= 5000):
         parser.error("--rate 0..5000, --seconds 0..300, --throughput 0..100000, --delay-ms 0..5000")
+    if args.peer:
+        return peer_main(args, parser)
     if args.first_push:
         from bench.firstpush import first_push_main
 
         first_push_main(args)
         return
-    if args.peer:
-        return peer_main(args, parser)
 
     run = run_id()
     log_path = setup(log_name=f"bench_push_{run}")
