@@ -7,8 +7,11 @@ then sets Django up and migrates.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -217,6 +220,19 @@ def process_tree(pid: int) -> list[int]:
         if parent == pid:
             found.append(int(entry))
     return found
+
+
+def log_problems(path: str, *, top: int = 4) -> tuple[int, list[str]]:
+    """How many WARNING/ERROR lines the consumer logged, and the most frequent kinds."""
+    kinds: collections.Counter[str] = collections.Counter()
+    count = 0
+    with contextlib.suppress(OSError), open(path, errors="replace") as handle:
+        for line in handle:
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                count += 1
+                text = line.split(" ", 3)[-1].strip()
+                kinds[re.sub(r"\d+(\.\d+)?", "#", text)[:110]] += 1
+    return count, [f"{n} x {k}" for k, n in kinds.most_common(top)]
 
 
 def wait_until(predicate: Any, *, timeout: float, interval: float = 0.01) -> bool:

@@ -1,6 +1,7 @@
 """push_req benchmark: `python -m bench.push [--rate 100 --seconds 10] [--throughput 5000] [--delay-ms 30]`,
 or `python -m bench.push --steady 100,500 --seconds 10 --repeat 3 [--disk-busy]` (bench/steady.py),
-or `python -m bench.push --first-push --repeat 5`: first push with and without warm-up (bench/firstpush.py).
+or `python -m bench.push --first-push --repeat 5`: first push with and without warm-up (bench/firstpush.py),
+or `python -m bench.push --peer --repeat 3`: B against django-push-notifications' bulk send (bench/peer.py).
 
 The fake APNs (HTTP/2 + TLS, tests/fakes/apns.py) runs in this process and answers every push
 after --delay-ms. The consumer runs as it does in production, as a separate process
@@ -30,7 +31,6 @@ import contextlib
 import copy
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,6 +47,7 @@ from bench.common import (
     broker_cleanup,
     cpu_seconds_tree,
     database_label,
+    log_problems,
     percentile,
     process_tree,
     require_loopback,
@@ -189,19 +190,6 @@ def _wait_consuming(consumer: Consumer, *, timeout: float) -> bool:
                 channel = channel.connection.channel()
             time.sleep(0.1)
     return False
-
-
-def log_problems(path: str, *, top: int = 4) -> tuple[int, list[str]]:
-    """How many WARNING/ERROR lines the consumer logged, and the most frequent kinds."""
-    kinds: collections.Counter[str] = collections.Counter()
-    count = 0
-    with contextlib.suppress(OSError), open(path, errors="replace") as handle:
-        for line in handle:
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
-                count += 1
-                text = line.split(" ", 3)[-1].strip()
-                kinds[re.sub(r"\d+(\.\d+)?", "#", text)[:110]] += 1
-    return count, [f"{n} x {k}" for k, n in kinds.most_common(top)]
 
 
 # --- publishing -----------------------------------------------------------------------------
@@ -440,11 +428,14 @@ def apns_app_setup(fake: Any, run: str) -> tuple[Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.peer import DEFAULT_BURST, peer_arguments, peer_main
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=100.0, help="scenario A: push_req per second")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="scenario A (0 skips A), or each --steady run: duration")
-    parser.add_argument("--throughput", type=int, default=5000, help="scenario B: push_req count (0 skips B)")
+    parser.add_argument("--throughput", type=int, help="scenario B: push_req count (default 5000, --peer: "
+                        f"{DEFAULT_BURST}; 0 skips B)")
     parser.add_argument("--delay-ms", type=float, default=30.0, help="fake APNs answer delay")
     parser.add_argument("--prefetch", default="", help="comma-separated consumer prefetches (default PUSHER_PREFETCH)")
     parser.add_argument("--workers", type=int, default=0,
@@ -458,12 +449,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="consumer processes (runconsumer --processes N); CPU and RSS are their sums")
     parser.add_argument("--steady", default="", metavar="RATES",
                         help="steady-rate mode instead of A and B: comma-separated push_req/s, e.g. 100,500")
-    parser.add_argument("--repeat", type=int, default=3, help="steady mode: runs per rate; --first-push: repetitions")
+    parser.add_argument("--repeat", type=int, default=3, help="--steady: runs per rate, --first-push/--peer: runs")
     parser.add_argument("--first-push", action="store_true", help="first push with and without provider warm-up")
-    parser.add_argument("--gap", type=float, default=2.0, help="steady mode: idle seconds between runs")
+    parser.add_argument("--gap", type=float, default=2.0, help="steady and --peer modes: idle seconds between runs")
     parser.add_argument("--disk-busy", action="store_true",
                         help="steady mode: a dd ... conv=fsync loop in the repository's data/ during each run")
+    peer_arguments(parser)
     args = parser.parse_args(argv)
+    args.throughput = (DEFAULT_BURST if args.peer else 5000) if args.throughput is None else args.throughput
     try:
         args.steady_rates = [float(r) for r in args.steady.split(",") if r.strip()]
     except ValueError:
@@ -484,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (0 <= args.rate <= 5000 and 0 <= args.seconds <= 300 and 0 <= args.throughput <= 100_000
             and 0 <= args.delay_ms <= 5000):
         parser.error("--rate 0..5000, --seconds 0..300, --throughput 0..100000, --delay-ms 0..5000")
+    if args.peer:
+        return peer_main(args, parser)
     if args.first_push:
         from bench.firstpush import first_push_main
 
