@@ -6,6 +6,7 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncMinute
 
 from push.models import Credential, Delivery, PushApp
+from tenancy.scope import AccountScope
 
 EXPIRY_WARN_DAYS = 30
 
@@ -58,3 +59,9 @@ def delivery_counts_per_minute(*, since: datetime) -> QuerySet:
         .annotate(n=Count("id"))
         .order_by()
     )
+
+
+def deliveries_in_scope(*, scope: AccountScope, queryset: QuerySet[Delivery] | None = None) -> QuerySet[Delivery]:
+    """The deliveries of the scope's accounts (their push_req's Account-ID); one that named no
+    account is in no scope."""
+    return scope.rows(Delivery.objects.all() if queryset is None else queryset, account_field="account_id")

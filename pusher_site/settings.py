@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "pusher_site",
+    "tenancy",
     "registry",
     "push",
     "kazoo",
@@ -221,6 +222,8 @@ PUSHER_METRICS_PUBLIC = env.bool("PUSHER_METRICS_PUBLIC", default=True)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
+        # `Authorization: Bearer pst_...`: a token limited to some Kazoo accounts (tenancy).
+        "pusher_site.api.auth.ScopedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["pusher_site.api.conventions.ModelPermissions"],

@@ -15,6 +15,7 @@ from django.utils import timezone
 from core.errors import InvalidInput
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
 from registry.pushobject import Rule, rule_regex_caches_clear
+from tenancy.scope import EVERY_ACCOUNT, AccountScope
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
 # edit in the admin still applies within seconds in every process, without a restart.
@@ -157,8 +158,32 @@ def aor_split(aor: str) -> tuple[str, str]:
     return unquote(user), realm
 
 
-def device_list_for_aor(*, aor: str) -> list[Device]:
+def device_list_for_aor(*, aor: str, scope: AccountScope = EVERY_ACCOUNT) -> list[Device]:
     """The devices registered as this AOR (SIP username + realm; the realm case-insensitive, as DNS
-    names are), with their tokens."""
+    names are) among the accounts of `scope`, with their tokens."""
     user, realm = aor_split(aor)
-    return list(Device.objects.filter(username=user, realm__iexact=realm).prefetch_related("tokens"))
+    devices = devices_in_scope(scope=scope).filter(username=user, realm__iexact=realm)
+    return list(devices.prefetch_related("tokens"))
+
+
+# --- Account scope: which devices and tokens a principal sees (tenancy.scope) ---------------------
+
+
+def devices_in_scope(*, scope: AccountScope, queryset: QuerySet[Device] | None = None) -> QuerySet[Device]:
+    """The devices of the scope's accounts (`queryset` narrowed, or all devices)."""
+    return scope.rows(Device.objects.all() if queryset is None else queryset, account_field="account_id")
+
+
+def push_tokens_in_scope(
+    *, scope: AccountScope, queryset: QuerySet[PushToken] | None = None
+) -> QuerySet[PushToken]:
+    """The push tokens of the devices of the scope's accounts."""
+    return scope.rows(PushToken.objects.all() if queryset is None else queryset, account_field="device__account_id")
+
+
+def push_token_holders(*, token: str, scope: AccountScope) -> list[tuple[str, str]]:
+    """(account_id, device_id) of the devices of the scope's accounts holding `token`, active ones
+    first, then the most recently seen."""
+    tokens = push_tokens_in_scope(scope=scope).filter(token=token).order_by("-active", "-last_seen_at", "-pk")
+    return [(account_id, device_id) for account_id, device_id in
+            tokens.values_list("device__account_id", "device__device_id")]

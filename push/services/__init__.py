@@ -49,6 +49,7 @@ from push.services.notify import (
     push_app_test_send,
     push_notify,
     push_notify_aor,
+    push_request_handle_in_scope,
     push_test_send,
 )
 from push.services.policy import PROVIDER_OF_TOKEN_TYPE, PushJob, SendResult
@@ -63,5 +64,6 @@ __all__ = [
     "credential_parse", "credential_provider_check", "credential_save", "credential_update", "credentials_reencrypt",
     "delivery_outcome_text", "push_app_add", "push_app_address", "push_app_cache_clear", "push_app_delete",
     "push_app_get", "push_app_test_send", "push_app_update", "push_app_upsert", "push_app_warnings", "push_notify",
-    "push_notify_aor", "provider_connections_warm", "push_request_handle", "push_test_send", "token_dead",
+    "push_notify_aor", "provider_connections_warm", "push_request_handle", "push_request_handle_in_scope",
+    "push_test_send", "token_dead",
 ]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from registry.models import Device as RegistryDevice
 from push.services.policy import PROVIDER_OF_TOKEN_TYPE
 from push.services.sending import PushRequest, push_request_handle, push_requests_handle
+from tenancy.scope import EVERY_ACCOUNT, AccountScope, OutOfScope
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,42 @@ def push_test_send(*, device: RegistryDevice, source: str = DeliverySource.COMMA
     return push_request_handle(fields=fields, source=source)
 
 
-def push_app_test_send(*, app: PushApp, token: str, source: str = DeliverySource.ADMIN) -> Delivery:
+def push_app_test_send(
+    *, app: PushApp, token: str, source: str = DeliverySource.ADMIN, scope: AccountScope = EVERY_ACCOUNT
+) -> Delivery:
     """A synthetic call push from `app` to a device token given by hand (an app alone has no
-    token). Raises PusherError for an empty token."""
+    token). Raises PusherError for an empty token. A restricted `scope` pushes only to a token a
+    device of its accounts holds (else OutOfScope), and the delivery names that device."""
     token = (token or "").strip()
     if not token:
         raise PusherError("a device token is required to send a test push")
     fields = _test_push_fields(token=token, token_type=app.provider, app_id=app.app_id, proxy="")
-    return push_request_handle(fields=fields, source=source)
+    return push_request_handle(fields=_fields_in_scope(fields=fields, scope=scope), source=source)
+
+
+def push_request_handle_in_scope(*, fields: Mapping[str, Any], source: str, scope: AccountScope) -> Delivery:
+    """push_request_handle for a principal limited to `scope` (the API's push_req): see
+    `_fields_in_scope`. Unrestricted, it is push_request_handle itself."""
+    return push_request_handle(fields=_fields_in_scope(fields=fields, scope=scope), source=source)
+
+
+def _fields_in_scope(*, fields: Mapping[str, Any], scope: AccountScope) -> Mapping[str, Any]:
+    """A push_req a scoped principal may send: its Token-ID is held by a device of the scope's
+    accounts (the Account-ID and Endpoint-ID it gives, if any, name that device), and the push is
+    recorded with that device's Account-ID and Endpoint-ID, so the delivery is in the scope too.
+    Raises OutOfScope otherwise: for a token of another account as for a token nobody holds."""
+    if not scope.restricted:
+        return fields
+    from registry.selectors import push_token_holders
+
+    token = fields.get("Token-ID")
+    account_id, device_id = fields.get("Account-ID") or "", fields.get("Endpoint-ID") or ""
+    holders = push_token_holders(token=token, scope=scope) if isinstance(token, str) and token else []
+    holders = [(a, d) for a, d in holders if (not account_id or a == account_id) and (not device_id or d == device_id)]
+    if not holders:
+        raise OutOfScope("no device of your accounts holds this token")
+    account_id, device_id = holders[0]
+    return {**fields, "Account-ID": account_id, "Endpoint-ID": device_id}
 
 
 NOTIFY_INCOMING_CALL = "incoming_call"
@@ -206,15 +235,16 @@ def _notify_requests(*, device: RegistryDevice, notification: Notification, sour
 
 
 def push_notify_aor(
-    *, aor: str, notification: Notification, source: str = DeliverySource.HTTP_SEND
+    *, aor: str, notification: Notification, source: str = DeliverySource.HTTP_SEND,
+    scope: AccountScope = EVERY_ACCOUNT,
 ) -> list[Delivery]:
-    """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR),
-    all their pushes sent at the same time; the deliveries in the order of the devices. Raises
-    PusherError: code aor_invalid, unknown_aor (no such device) or no_token (none of them has a
-    token this notification may go to)."""
+    """push_notify for every device registered as `aor` (`sip:user@realm`, Kamailio's X-KAZOO-AOR)
+    among the accounts of `scope`, all their pushes sent at the same time; the deliveries in the
+    order of the devices. Raises PusherError: code aor_invalid, unknown_aor (no such device: another
+    account's device is none) or no_token (none of them has a token this notification may go to)."""
     from registry.selectors import device_list_for_aor
 
-    devices = device_list_for_aor(aor=aor)
+    devices = device_list_for_aor(aor=aor, scope=scope)
     if not devices:
         raise PusherError(f"no device is registered as {aor!r}", code="unknown_aor")
     requests: list[PushRequest] = []

@@ -21,11 +21,17 @@ from rest_framework.response import Response
 
 from core.errors import PusherError
 from core.text import text_storable_problem
+from pusher_site.api.auth import request_scope, scoped_token_of, scoped_token_permits
+from tenancy.scope import AccountScope, OutOfScope
 
 log = logging.getLogger(__name__)
 
 
 # --- Permissions -------------------------------------------------------------------------------
+
+
+# Every permission class of the API asks scoped_token_permits too: a scoped token (which acts as its
+# owner) may use a view only as the view's `scoped_access` allows (pusher_site.api.auth).
 
 
 class ModelPermissions(permissions.DjangoModelPermissions):
@@ -39,10 +45,24 @@ class ModelPermissions(permissions.DjangoModelPermissions):
         "OPTIONS": ["%(app_label)s.view_%(model_name)s"],
     }
 
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return super().has_permission(request, view) and scoped_token_permits(request, view)
+
 
 class CanSendPush(permissions.BasePermission):
     def has_permission(self, request: Any, view: Any) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.has_perm("push.send_push"))
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm("push.send_push")
+                    and scoped_token_permits(request, view))
+
+
+class IsSuperuser(permissions.BasePermission):
+    """Superusers only, and never through a scoped token (whose owner may be one): what grants
+    access to accounts is not itself granted."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_superuser and scoped_token_of(request) is None)
 
 
 def perms_required(*perms: str) -> type[permissions.BasePermission]:
@@ -55,7 +75,8 @@ def perms_required(*perms: str) -> type[permissions.BasePermission]:
 
         def has_permission(self, request: Any, view: Any) -> bool:
             user = request.user
-            return bool(user and user.is_authenticated and user.has_perms(perms))
+            return bool(user and user.is_authenticated and user.has_perms(perms)
+                        and scoped_token_permits(request, view))
 
     _Perms.__name__ = "Perms_" + "_".join(p.replace(".", "_") for p in perms)
     return _Perms
@@ -74,6 +95,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
     from pusher_site.api.errors import unhandled_response
 
+    if isinstance(exc, OutOfScope):
+        # As a row that does not exist: a scoped token learns nothing of other accounts.
+        return Response({"code": exc.code, "message": exc.message}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PusherError):
         return Response({"code": exc.code, "message": exc.message}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DataError):
@@ -283,6 +307,9 @@ def audit_log(
     model = type(obj) if obj is not None else model
     assert model is not None
     assert request.user.is_authenticated  # (every API write needs a login: see the permission classes)
+    token = scoped_token_of(request)
+    if token is not None:  # the user is the token's owner; the record names the token too
+        message = f"{message} (scoped token #{token.pk} {token.name!r})".lstrip()
     return LogEntry.objects.create(
         user_id=request.user.pk,
         content_type_id=ContentType.objects.get_for_model(model, for_concrete_model=False).pk,
@@ -328,6 +355,20 @@ class FilteredListMixin(_ViewSet):
         if self.action != "list":
             return queryset
         return filters_apply(queryset, self.request, self.filter_serializer_class, self.filter_lookups)
+
+
+class AccountRowsMixin(_ViewSet):
+    """Rows of Kazoo accounts: every action (list, detail, write, count) sees only the rows of the
+    request's account scope (pusher_site.api.auth.request_scope), so another account's row answers
+    404 as a row that does not exist would. `rows_in_scope` is the domain's selector for the model
+    (it knows which field holds the account). Put it after FilteredListMixin: filters narrow the
+    scoped rows."""
+
+    def rows_in_scope(self, queryset: QuerySet, scope: AccountScope) -> QuerySet:
+        raise NotImplementedError
+
+    def get_queryset(self) -> QuerySet:
+        return self.rows_in_scope(super().get_queryset(), request_scope(self.request))
 
 
 class ServiceChangeMixin(_ViewSet):

@@ -19,10 +19,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.errors import PusherError
+from push import selectors as push_selectors
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
+from pusher_site.api.auth import ScopedAccess, ScopedTokenAuthentication, request_scope
 from pusher_site.api.conventions import (
     MAX_INT,
+    AccountRowsMixin,
     CanSendPush,
     ErrorSerializer,
     FilteredListMixin,
@@ -40,6 +43,8 @@ from pusher_site.api.conventions import (
     perms_required,
 )
 from pusher_site.api.parsers import JSONParser
+from tenancy.models import Grant
+from tenancy.scope import AccountScope
 
 # --- Deliveries ----------------------------------------------------------------------------------
 
@@ -76,7 +81,7 @@ class DeliveryFilterSerializer(serializers.Serializer):
     created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601)")
 
 
-class DeliveryViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
+class DeliveryViewSet(FilteredListMixin, AccountRowsMixin, viewsets.ReadOnlyModelViewSet):
     """The delivery log, newest first: one row per push, with the provider's answer."""
 
     queryset = Delivery.objects.all()
@@ -91,6 +96,10 @@ class DeliveryViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
     schema = api_schema()
     ordering_fields = ["created_at", "finished_at", "status", "provider", "app_id", "latency_ms", "attempts"]
     ordering = ["-created_at", "-id"]
+    scoped_access = ScopedAccess()
+
+    def rows_in_scope(self, queryset: Any, scope: AccountScope) -> Any:
+        return push_selectors.deliveries_in_scope(scope=scope, queryset=queryset)
 
 
 # --- Credentials ---------------------------------------------------------------------------------
@@ -188,6 +197,7 @@ class CredentialViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelView
     schema = api_schema()
     ordering_fields = ["name", "kind", "not_after", "usable", "created_at", "updated_at"]
     ordering = ["name"]
+    scoped_access = ScopedAccess(default=(Grant.CREDENTIALS,))  # credentials are no account's
 
     def service_create(self, data: dict[str, Any]) -> Credential:
         return services.credential_create(**data)
@@ -310,6 +320,7 @@ class PushAppViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet
     schema = api_schema()
     ordering_fields = ["app_id", "provider", "enabled", "created_at", "updated_at"]
     ordering = ["app_id", "provider"]
+    scoped_access = ScopedAccess(default=(Grant.APPS,))  # apps are no account's
 
     def service_create(self, data: dict[str, Any]) -> PushApp:
         return services.push_app_upsert(**data)
@@ -333,7 +344,7 @@ class PushAppViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet
         params = AppTestPushSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         delivery = services.push_app_test_send(app=app, token=params.validated_data["token"],
-                                               source=DeliverySource.API)
+                                               source=DeliverySource.API, scope=request_scope(request))
         audit_log(request=request, action="change", obj=app,
                   message=f"test push: delivery #{delivery.pk} {delivery.status}")
         return Response(DeliverySerializer(delivery).data)
@@ -371,6 +382,7 @@ class PushRequestViewSet(viewsets.ViewSet):
     permission_classes = [CanSendPush]
     parser_classes = [JSONParser]
     schema = api_schema()
+    scoped_access = ScopedAccess()
 
     @extend_schema(
         request=PushRequestSerializer, responses={200: DeliverySerializer},
@@ -382,7 +394,9 @@ class PushRequestViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         params = PushRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        delivery = services.push_request_handle(fields=dict(params.validated_data), source=DeliverySource.API)
+        delivery = services.push_request_handle_in_scope(
+            fields=dict(params.validated_data), source=DeliverySource.API, scope=request_scope(request)
+        )
         return Response(DeliverySerializer(delivery).data)
 
 
@@ -453,12 +467,13 @@ class SendViewSet(viewsets.ViewSet):
     PUSH_NOTIFICATIONS_URL); Basic is listed first so a 401 challenges for it (curl then answers)."""
 
     authentication_classes = [
-        authentication.BasicAuthentication, authentication.TokenAuthentication,
+        authentication.BasicAuthentication, authentication.TokenAuthentication, ScopedTokenAuthentication,
         authentication.SessionAuthentication,
     ]
     permission_classes = [CanSendPush]
     parser_classes = [JSONParser]
     schema = api_schema()
+    scoped_access = ScopedAccess()
 
     @extend_schema(
         operation_id="v1_send_create",
@@ -485,7 +500,8 @@ class SendViewSet(viewsets.ViewSet):
                 sound=data.get("sound", ""), text=data.get("text", ""), mutable=data.get("mutable", False),
             )
             deliveries = services.push_notify_aor(
-                aor=data["name"], notification=notification, source=DeliverySource.HTTP_SEND
+                aor=data["name"], notification=notification, source=DeliverySource.HTTP_SEND,
+                scope=request_scope(request),
             )
         except PusherError as exc:
             if exc.code in ("unknown_aor", "no_token"):

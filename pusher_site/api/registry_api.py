@@ -21,8 +21,10 @@ from kazoo import sync
 from kazoo.uatest import user_agent_test
 from push import services as push_services
 from push.models import DeliverySource
+from pusher_site.api.auth import ScopedAccess
 from pusher_site.api.conventions import (
     MAX_INT,
+    AccountRowsMixin,
     FilteredListMixin,
     JSONObjectField,
     Pagination,
@@ -38,8 +40,10 @@ from pusher_site.api.conventions import (
 )
 from pusher_site.api.parsers import JSONParser
 from pusher_site.api.push_api import DeliverySerializer
-from registry import services
+from registry import selectors, services
 from registry.models import Device, PushToken, SyncStatus, TokenKind, UserAgentRule
+from tenancy.models import Grant
+from tenancy.scope import AccountScope
 
 # --- User-Agent rules ------------------------------------------------------------------------------
 
@@ -154,6 +158,13 @@ class UserAgentRuleViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelV
     schema = api_schema()
     ordering_fields = ["position", "name", "enabled", "created_at", "updated_at"]
     ordering = ["position", "name"]
+    # Rules are no account's: a scoped token reads and tests them, and writes them with its grant; the
+    # import writes apps and credentials too, and the export shows the apps.
+    scoped_access = ScopedAccess(actions={
+        **dict.fromkeys(("create", "update", "partial_update", "destroy"), (Grant.RULES_WRITE,)),
+        "import_config": (Grant.RULES_WRITE, Grant.APPS, Grant.CREDENTIALS),
+        "export_config": (Grant.APPS,),
+    })
 
     def service_create(self, data: dict[str, Any]) -> UserAgentRule:
         return services.user_agent_rule_create(**data)
@@ -281,7 +292,7 @@ def _in_sync(queryset: Any, value: bool) -> Any:
     return queryset.filter(_IN_SYNC) if value else queryset.exclude(_IN_SYNC)
 
 
-class DeviceViewSet(FilteredListMixin, ServiceChangeMixin, viewsets.ReadOnlyModelViewSet):
+class DeviceViewSet(FilteredListMixin, AccountRowsMixin, ServiceChangeMixin, viewsets.ReadOnlyModelViewSet):
     """Kazoo devices seen registering with push parameters, their push object and tokens. Registrations
     create them; an operator may correct the SIP username and realm, or delete one (its next
     registration brings it back)."""
@@ -300,6 +311,10 @@ class DeviceViewSet(FilteredListMixin, ServiceChangeMixin, viewsets.ReadOnlyMode
     ordering_fields = ["account_id", "device_id", "username", "realm", "last_registration_at", "last_seen_at",
                        "created_at", "sync_status"]
     ordering = ["account_id", "device_id"]
+    scoped_access = ScopedAccess()
+
+    def rows_in_scope(self, queryset: Any, scope: AccountScope) -> Any:
+        return selectors.devices_in_scope(scope=scope, queryset=queryset)
 
     def service_update(self, obj: Device, data: dict[str, Any]) -> Device:
         services.device_update(device=obj, **data)
@@ -394,7 +409,7 @@ class TokenDeactivateSerializer(serializers.Serializer):
                              help_text='Recorded as the deactivation reason (default "deactivated by <user>")')
 
 
-class PushTokenViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
+class PushTokenViewSet(FilteredListMixin, AccountRowsMixin, viewsets.ReadOnlyModelViewSet):
     """Devices' push tokens, as registrations brought them (tokens/ of a device are in its `tokens`
     too). Deactivate one to stop pushing to it (a push object built on it is cleared, as for a token a
     provider declares dead); reactivate to push to it again."""
@@ -412,6 +427,10 @@ class PushTokenViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
     schema = api_schema()
     ordering_fields = ["last_seen_at", "first_seen_at", "deactivated_at", "app", "token_type", "active"]
     ordering = ["-last_seen_at", "-id"]
+    scoped_access = ScopedAccess()
+
+    def rows_in_scope(self, queryset: Any, scope: AccountScope) -> Any:
+        return selectors.push_tokens_in_scope(scope=scope, queryset=queryset)
 
     @extend_schema(
         request=TokenDeactivateSerializer, responses={200: PushTokenDetailSerializer},

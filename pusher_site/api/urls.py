@@ -13,6 +13,8 @@ from pusher_site.api.push_api import (
     SendViewSet,
 )
 from pusher_site.api.registry_api import DeviceViewSet, PushTokenViewSet, UserAgentRuleViewSet
+from pusher_site.api.schema import ScopedTokenScheme  # noqa: F401 - registers the scheme with drf-spectacular
+from pusher_site.api.tenancy_api import ScopedTokenViewSet
 
 
 class ApiRootView(routers.APIRootView):
@@ -34,6 +36,7 @@ router.register("user-agent-rules", UserAgentRuleViewSet, basename="useragentrul
 router.register("devices", DeviceViewSet, basename="device")
 router.register("tokens", PushTokenViewSet, basename="pushtoken")
 router.register("push", PushRequestViewSet, basename="push")
+router.register("scoped-tokens", ScopedTokenViewSet, basename="scopedtoken")
 
 
 @csrf_exempt  # answers 404 to every method; nothing to protect

@@ -159,7 +159,7 @@ def test_an_unexpected_exception_is_a_json_500_without_the_traceback(seed, admin
     def fail(**kwargs):
         raise RuntimeError("unexpected failure 0xC0FFEE in the service")
 
-    monkeypatch.setattr(services, "push_request_handle", fail)
+    monkeypatch.setattr(services, "push_request_handle_in_scope", fail)
     admin_api.raise_request_exception = True  # DRF answers it: nothing reaches Django's handler
     response = admin_api.post("/api/v1/push/", {"Token-ID": "t", "Token-Type": "apple", "Token-App": "x"},
                               format="json")
