@@ -14,7 +14,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from pusher_site.api.conventions import (
-    MAX_INT,
     FilteredListMixin,
     IsSuperuser,
     Pagination,
@@ -32,14 +31,14 @@ from tenancy.scope import SCOPE_ACCOUNTS_MAX
 class ScopedTokenSerializer(serializers.ModelSerializer):
     """A scoped token, without its key (only a hash is kept; the key was shown once)."""
 
-    owner_username = serializers.CharField(source="owner.get_username", read_only=True)
+    owner = serializers.CharField(source="owner.get_username", read_only=True, help_text="The owner's username")
     account_ids = serializers.ListField(child=serializers.CharField(), read_only=True)
     # ScopedToken.state() now: active, expired or revoked.
     state = serializers.ChoiceField(choices=TokenState.choices, read_only=True)
 
     class Meta:
         model = ScopedToken
-        fields = ["id", "name", "owner", "owner_username", "key_prefix", "account_ids", "grant_apps",
+        fields = ["id", "name", "owner", "key_prefix", "account_ids", "grant_apps",
                   "grant_credentials", "grant_rules_write", "state", "created_at", "last_used_at", "expires_at",
                   "revoked_at"]
         read_only_fields = fields
@@ -53,12 +52,21 @@ class ScopedTokenCreatedSerializer(ScopedTokenSerializer):
         read_only_fields = fields
 
 
+class UsernameField(serializers.SlugRelatedField):
+    """A user by username; a username is text (5 is refused, not read as "5")."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ScopedTokenInputSerializer(serializers.Serializer):
     name = StrictCharField(max_length=services.NAME_MAX_LENGTH,
                            help_text="Who holds it, e.g. the reseller's provisioning system")
-    owner = serializers.PrimaryKeyRelatedField(
-        queryset=get_user_model().objects.all(),
-        help_text="User id: the token acts as this user, never with more than the user's permissions",
+    owner = UsernameField(
+        slug_field=get_user_model().USERNAME_FIELD, queryset=get_user_model().objects.all(),
+        help_text="The owner's username: the token acts as this user, never with more than the user's permissions",
     )
     account_ids = serializers.ListField(
         child=StrictCharField(max_length=32, min_length=32), min_length=1, max_length=SCOPE_ACCOUNTS_MAX,
@@ -70,16 +78,9 @@ class ScopedTokenInputSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(required=False, allow_null=True,
                                            help_text="Refused from then on; null or absent: never")
 
-    def to_internal_value(self, data: Any) -> Any:
-        # The owner is a user id: a number, not "3" (the rest of the API's bodies are strict too).
-        if isinstance(data, dict) and "owner" in data and (isinstance(data["owner"], bool)
-                                                           or not isinstance(data["owner"], int)):
-            raise serializers.ValidationError({"owner": ["A user id (a number) is required."]})
-        return super().to_internal_value(data)
-
 
 class ScopedTokenFilterSerializer(serializers.Serializer):
-    owner = serializers.IntegerField(required=False, min_value=1, max_value=MAX_INT, help_text="Owner's user id")
+    owner = StrictCharField(required=False, max_length=150, help_text="Owner's username, exact")
     state = serializers.ChoiceField(choices=TokenState.choices, required=False)
 
 
@@ -95,7 +96,7 @@ class ScopedTokenViewSet(FilteredListMixin, mixins.ListModelMixin, mixins.Retrie
     queryset = ScopedToken.objects.select_related("owner")
     serializer_class = ScopedTokenSerializer
     filter_serializer_class = ScopedTokenFilterSerializer
-    filter_lookups = {"owner": "owner_id", "state": _in_state}
+    filter_lookups = {"owner": f"owner__{get_user_model().USERNAME_FIELD}", "state": _in_state}
     permission_classes = [IsSuperuser]
     parser_classes = [JSONParser]
     pagination_class = Pagination

@@ -1,10 +1,12 @@
-"""API test fixtures: users of the four roles with their tokens, and a database seeded with one row of
-everything, including credentials whose secrets are known so every answer can be scanned for them."""
+"""API test fixtures: users of the four roles with their tokens, scoped tokens (tenancy) of five kinds,
+and a database seeded with one row of everything, including credentials whose secrets are known so
+every answer can be scanned for them."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -16,11 +18,15 @@ from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
 from registry.models import Device, PushToken, UserAgentRule
 from registry.services import registration_apply
+from tenancy import services as tenancy_services
+from tenancy.models import Grant, ScopedToken
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
 from tests.fixtures import sample
 
 REG = sample("reg_success_kamailio_master.json")["body"]
 AOR = f"sip:{REG['Username']}@{REG['Realm']}"
+ACCOUNT = REG["Custom-Channel-Vars"]["Account-ID"]  # the seed's device's account
+OTHER_ACCOUNT = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 VOIP_TOKEN = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
 REMOTE_TOKEN = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233"
 LEGACY_KEY = "AAAAlegacy-SECRET-server-key:APA91bLEAKCANARY0123456789abcdefghijklmnop"
@@ -145,3 +151,54 @@ def clients(users) -> dict[str, APIClient]:
 @pytest.fixture
 def admin_api(clients) -> APIClient:
     return clients["admin"]
+
+
+# Scoped tokens (tenancy), all owned by the superuser so that what each may do is its scope and
+# grants alone: "scoped" (the seed's account, no grant), "scoped_granted" (the seed's account, every
+# grant), "scoped_other" (another account, every grant), "scoped_revoked" and "scoped_expired" (the
+# seed's account, every grant, refused).
+SCOPED_ROLES = ("scoped", "scoped_granted", "scoped_other", "scoped_revoked", "scoped_expired")
+ALL_GRANTS = tuple(Grant.values)
+
+
+@dataclass
+class Scoped:
+    tokens: dict[str, ScopedToken]
+    keys: dict[str, str]
+    spare: ScopedToken  # one no client uses (to revoke)
+
+
+def scoped_token(owner, *, accounts=(ACCOUNT,), grants=(), name="reseller") -> tuple[ScopedToken, str]:
+    created = tenancy_services.scoped_token_create(name=name, owner=owner, account_ids=accounts, grants=grants)
+    return created.token, created.key
+
+
+@pytest.fixture
+def scoped(users) -> Scoped:
+    owner = users["admin"]
+    specs = {
+        "scoped": ((ACCOUNT,), ()),
+        "scoped_granted": ((ACCOUNT,), ALL_GRANTS),
+        "scoped_other": ((OTHER_ACCOUNT,), ALL_GRANTS),
+        "scoped_revoked": ((ACCOUNT,), ALL_GRANTS),
+        "scoped_expired": ((ACCOUNT,), ALL_GRANTS),
+    }
+    tokens, keys = {}, {}
+    for role, (accounts, grants) in specs.items():
+        tokens[role], keys[role] = scoped_token(owner, accounts=accounts, grants=grants, name=role)
+    tenancy_services.scoped_token_revoke(token=tokens["scoped_revoked"])
+    # The service refuses an expiry in the past; this one has come and gone.
+    ScopedToken.objects.filter(pk=tokens["scoped_expired"].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    spare, _ = scoped_token(owner, name="spare")
+    return Scoped(tokens=tokens, keys=keys, spare=spare)
+
+
+def bearer_client(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client
+
+
+@pytest.fixture
+def scoped_clients(scoped) -> dict[str, APIClient]:
+    return {role: bearer_client(key) for role, key in scoped.keys.items()}
