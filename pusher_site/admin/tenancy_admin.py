@@ -141,9 +141,8 @@ class ScopedTokenAdmin(admin.ModelAdmin):
             "token": obj,
             "key": request.scoped_token_key,  # type: ignore[attr-defined]
         }
-        response = TemplateResponse(request, "admin/tenancy/scopedtoken/key_created.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
+        # (The admin's views are never_cache: no-store, so no cache keeps the page.)
+        return TemplateResponse(request, "admin/tenancy/scopedtoken/key_created.html", context)
 
     @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
