@@ -208,6 +208,37 @@ KAZOO_CA_FILE = env.str("KAZOO_CA_FILE", default="") or None
 PUSHER_RECONCILE_INTERVAL_S = env.float("PUSHER_RECONCILE_INTERVAL_S", default=3600.0)
 PUSHER_RECONCILE_BATCH = env.int("PUSHER_RECONCILE_BATCH", default=500)
 
+# --- Retention (push.services.retention, `manage.py prune`) ---------------------------------
+
+
+def _whole_number(name: str, value: str, *, maximum: int, zero: str) -> int:
+    """A count of days or seconds: a whole number from 0 to `maximum`; 0 means `zero`."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = -1
+    if not 0 <= number <= maximum:
+        _stop(f"{name} must be a whole number from 0 ({zero}) to {maximum}; got {value!r}")
+    return number
+
+
+# Finished deliveries older than this many days are deleted (a queued one never is); 0 keeps them all.
+PUSHER_DELIVERY_RETENTION_DAYS = _whole_number(
+    "PUSHER_DELIVERY_RETENTION_DAYS", env.str("PUSHER_DELIVERY_RETENTION_DAYS", default="30"),
+    maximum=36500, zero="keep forever",
+)
+# Only what is already dead: inactive tokens, and devices without a push object or an active token,
+# untouched for this many days (registry.retention says why); 0 keeps them all.
+PUSHER_DEVICE_RETENTION_DAYS = _whole_number(
+    "PUSHER_DEVICE_RETENTION_DAYS", env.str("PUSHER_DEVICE_RETENTION_DAYS", default="0"),
+    maximum=36500, zero="keep forever",
+)
+# The consumer prunes every this many seconds (the first time a minute after it starts).
+PUSHER_PRUNE_INTERVAL_S = _whole_number(
+    "PUSHER_PRUNE_INTERVAL_S", env.str("PUSHER_PRUNE_INTERVAL_S", default="3600"),
+    maximum=31_536_000, zero="the consumer never prunes",
+)
+
 # --- Live feed ------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:

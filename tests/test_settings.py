@@ -159,6 +159,39 @@ def test_a_malformed_queue_limit_stops_the_boot_in_one_line(tmp_path: Path, _no_
     )
 
 
+_RETENTION_SETTINGS = ("PUSHER_DELIVERY_RETENTION_DAYS", "PUSHER_DEVICE_RETENTION_DAYS", "PUSHER_PRUNE_INTERVAL_S")
+
+
+def test_retention_defaults_keep_devices_and_a_month_of_deliveries(tmp_path: Path, _no_dotenv) -> None:
+    assert settings_values(production_env(tmp_path), *_RETENTION_SETTINGS) == {
+        "PUSHER_DELIVERY_RETENTION_DAYS": 30, "PUSHER_DEVICE_RETENTION_DAYS": 0, "PUSHER_PRUNE_INTERVAL_S": 3600,
+    }
+    own = production_env(tmp_path, PUSHER_DELIVERY_RETENTION_DAYS="0", PUSHER_DEVICE_RETENTION_DAYS=" 90 ",
+                         PUSHER_PRUNE_INTERVAL_S="0")
+    assert settings_values(own, *_RETENTION_SETTINGS) == {
+        "PUSHER_DELIVERY_RETENTION_DAYS": 0, "PUSHER_DEVICE_RETENTION_DAYS": 90, "PUSHER_PRUNE_INTERVAL_S": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PUSHER_DELIVERY_RETENTION_DAYS", "-1", "from 0 (keep forever) to 36500; got '-1'"),
+        ("PUSHER_DELIVERY_RETENTION_DAYS", "30d", "from 0 (keep forever) to 36500; got '30d'"),
+        ("PUSHER_DEVICE_RETENTION_DAYS", "7.5", "from 0 (keep forever) to 36500; got '7.5'"),
+        ("PUSHER_DEVICE_RETENTION_DAYS", "99999", "from 0 (keep forever) to 36500; got '99999'"),
+        ("PUSHER_PRUNE_INTERVAL_S", "hourly", "from 0 (the consumer never prunes) to 31536000; got 'hourly'"),
+    ],
+)
+def test_a_malformed_retention_setting_stops_the_boot_in_one_line(
+    tmp_path: Path, _no_dotenv, name: str, value: str, message: str
+) -> None:
+    result = manage(production_env(tmp_path, **{name: value}), "check")
+
+    assert result.returncode == 2
+    assert result.stderr == f"pusher: {name} must be a whole number {message}\n"
+
+
 def test_a_trusted_tls_proxy_is_declared_explicitly(tmp_path: Path, _no_dotenv) -> None:
     trusted = settings_values(production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1"), *_TLS_SETTINGS)
     redirected = settings_values(

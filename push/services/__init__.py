@@ -5,7 +5,8 @@
 - `clients`: provider credentials and requests, one send for callers on an event loop, the warm-up;
 - `deliveries`: the delivery log (claims, leases, outcomes, in batches);
 - `sending`: the attempt loop every sender shares, and what an answer means afterwards;
-- `notify`: test pushes and Kamailio's push-notifications-role.
+- `notify`: test pushes and Kamailio's push-notifications-role;
+- `retention`: the delivery log, dead devices and tokens aged out in batches.
 
 The names below are the public operations, re-exported so a face imports `push.services`.
 """
@@ -53,17 +54,18 @@ from push.services.notify import (
     push_test_send,
 )
 from push.services.policy import PROVIDER_OF_TOKEN_TYPE, PushJob, SendResult
+from push.services.retention import PRUNE_BATCH_DEFAULT, PruneSummary, retention_prune
 from push.services.sending import push_request_handle, token_dead
 
 __all__ = [
     "APNS_PRODUCTION_HOST", "APNS_SANDBOX_HOST", "CREDENTIAL_KINDS_OF_PROVIDER", "NOTIFY_INCOMING_CALL",
-    "NOTIFY_KINDS", "NOTIFY_MISSED_CALL", "PROVIDER_OF_TOKEN_TYPE", "PUSH_APP_EDITABLE", "PUSH_APP_SETTINGS",
-    "TEST_PUSH_CALLER_NAME", "TEST_PUSH_CALLER_NUMBER", "Notification", "PushAppAdded", "PushJob", "SendResult",
-    "WarmUp",
+    "NOTIFY_KINDS", "NOTIFY_MISSED_CALL", "PROVIDER_OF_TOKEN_TYPE", "PRUNE_BATCH_DEFAULT", "PUSH_APP_EDITABLE",
+    "PUSH_APP_SETTINGS", "TEST_PUSH_CALLER_NAME", "TEST_PUSH_CALLER_NUMBER", "Notification", "PruneSummary",
+    "PushAppAdded", "PushJob", "SendResult", "WarmUp",
     "credential_create", "credential_delete", "credential_get_or_save", "credential_kind_check", "credential_name_for",
     "credential_parse", "credential_provider_check", "credential_save", "credential_update", "credentials_reencrypt",
     "delivery_outcome_text", "push_app_add", "push_app_address", "push_app_cache_clear", "push_app_delete",
     "push_app_get", "push_app_test_send", "push_app_update", "push_app_upsert", "push_app_warnings", "push_notify",
     "push_notify_aor", "provider_connections_warm", "push_request_handle", "push_request_handle_in_scope",
-    "push_test_send", "token_dead",
+    "push_test_send", "retention_prune", "token_dead",
 ]

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.models import ConsumerStatus
 from kazoo.reconcile import reconcile_loop
+from kazoo.retention import prune_loop
 from kazoo.supervisor import Supervisor
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
@@ -99,6 +100,7 @@ class Command(BaseCommand):
         threading.Thread(target=sync_loop, args=(worker.stopping,), name="kazoo-sync", daemon=True).start()
         threading.Thread(target=reconcile_loop, args=(worker.stopping,), name="kazoo-reconcile", daemon=True).start()
         warm_thread_start(worker.connected, worker.stopping)
+        threading.Thread(target=prune_loop, args=(worker.stopping,), name="prune", daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()

@@ -1,0 +1,142 @@
+"""Retention: the delivery log (and dead devices and tokens) aged out in bounded batches.
+
+At 1,000 pushes/s the delivery log gains 86 million rows a day. `retention_prune` deletes the
+deliveries created more than PUSHER_DELIVERY_RETENTION_DAYS ago that are finished, oldest first,
+`batch_size` rows per DELETE, each its own short transaction, so it runs beside the consumer: a
+queued row is never deleted (the push lane's claim and lease live on it; one that old is an
+orphan, counted and left for an operator), the rows it deletes are ones nothing writes any more,
+and on PostgreSQL the rows of a batch are locked with SKIP LOCKED, so two pruners (two consumers)
+share the work instead of waiting on each other. Dead devices and tokens go after
+PUSHER_DEVICE_RETENTION_DAYS (registry.retention says which). 0 days keeps everything.
+
+One path: `manage.py prune` and the consumer's loop (kazoo.retention) call `retention_prune`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from core.errors import InvalidInput
+from push.models import Delivery, DeliveryStatus
+from registry.retention import RegistryPruned, registry_prune, registry_prune_count
+
+log = logging.getLogger(__name__)
+
+# Rows per DELETE: big enough that a prune of a day at 1,000 pushes/s is a few hundred statements,
+# small enough that each is a short transaction (tens of milliseconds) holding few row locks.
+PRUNE_BATCH_DEFAULT = 5000
+PRUNE_BATCH_MAX = 100_000
+RETENTION_DAYS_MAX = 36500
+
+
+@dataclass(frozen=True)
+class PruneSummary:
+    dry_run: bool
+    deliveries_days: int
+    devices_days: int
+    deliveries: int = 0  # deleted (in a dry run: that would be)
+    deliveries_queued_kept: int = 0  # older than the cutoff but still queued: never deleted
+    tokens: int = 0
+    devices: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    stopped: bool = False  # asked to stop before the end
+
+    def as_line(self) -> str:
+        done = []
+        if self.deliveries_days:
+            kept = f" (kept {self.deliveries_queued_kept} still queued)" if self.deliveries_queued_kept else ""
+            done.append(f"{self.deliveries} deliveries older than {self.deliveries_days} days{kept}")
+        if self.devices_days:
+            done.append(f"{self.devices} devices and {self.tokens} tokens dead for {self.devices_days} days")
+        if not done:
+            return "prune: nothing to do: deliveries, devices and tokens kept forever (retention 0)"
+        line = ("prune: would delete " if self.dry_run else "prune: deleted ") + "; ".join(done)
+        if not self.dry_run:
+            line += f" in {self.batches} batch{'' if self.batches == 1 else 'es'}, {self.seconds:.1f} s"
+        if self.stopped:
+            line += ", stopped early"
+        if not self.deliveries_days:
+            line += "; deliveries kept forever (retention 0)"
+        if not self.devices_days:
+            line += "; devices and tokens kept forever (retention 0)"
+        return line
+
+
+def _days_check(name: str, days: int) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= RETENTION_DAYS_MAX:
+        raise InvalidInput(f"{name} must be a whole number of days from 0 (keep forever) to {RETENTION_DAYS_MAX}, "
+                           f"not {days!r}")
+    return days
+
+
+def _finished_before(cutoff: datetime) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(created_at__lt=cutoff).exclude(status=DeliveryStatus.QUEUED)
+
+
+def deliveries_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event | None = None) -> tuple[int, int]:
+    """Delete the finished deliveries created before `cutoff`, oldest first, at most `batch_size`
+    per statement, each its own transaction. Returns (deleted, batches)."""
+    deleted = batches = 0
+    while not (stop and stop.is_set()):
+        batch = _finished_before(cutoff).order_by("created_at").values("pk")[:batch_size]
+        if connection.vendor == "postgresql":
+            batch = batch.select_for_update(skip_locked=True)  # another pruner's rows: skipped, not waited for
+        with transaction.atomic():
+            count, _ = Delivery.objects.filter(pk__in=batch).delete()
+        deleted += count
+        batches += 1
+        if count < batch_size:
+            break
+    return deleted, batches
+
+
+def retention_prune(
+    *, deliveries_days: int | None = None, devices_days: int | None = None, batch_size: int = PRUNE_BATCH_DEFAULT,
+    dry_run: bool = False, now: datetime | None = None, stop: threading.Event | None = None,
+) -> PruneSummary:
+    """Age out the delivery log and dead devices and tokens. `deliveries_days` and `devices_days`
+    default to PUSHER_DELIVERY_RETENTION_DAYS and PUSHER_DEVICE_RETENTION_DAYS (0: keep forever).
+    `dry_run` counts what would go and deletes nothing. Raises InvalidInput for a bad number."""
+    deliveries_days = _days_check(
+        "deliveries days", settings.PUSHER_DELIVERY_RETENTION_DAYS if deliveries_days is None else deliveries_days
+    )
+    devices_days = _days_check(
+        "devices days", settings.PUSHER_DEVICE_RETENTION_DAYS if devices_days is None else devices_days
+    )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= PRUNE_BATCH_MAX:
+        raise InvalidInput(f"batch size must be a whole number from 1 to {PRUNE_BATCH_MAX}, not {batch_size!r}")
+    now = now or timezone.now()
+    started = time.monotonic()
+    deliveries = queued_kept = batches = 0
+    registry = RegistryPruned()
+    if deliveries_days:
+        cutoff = now - timedelta(days=deliveries_days)
+        queued_kept = Delivery.objects.filter(created_at__lt=cutoff, status=DeliveryStatus.QUEUED).count()
+        if dry_run:
+            deliveries = _finished_before(cutoff).count()
+        else:
+            deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop)
+    if devices_days:
+        cutoff = now - timedelta(days=devices_days)
+        if dry_run:
+            registry = registry_prune_count(cutoff=cutoff)
+        else:
+            registry = registry_prune(cutoff=cutoff, batch_size=batch_size, stop=stop)
+    summary = PruneSummary(
+        dry_run=dry_run, deliveries_days=deliveries_days, devices_days=devices_days, deliveries=deliveries,
+        deliveries_queued_kept=queued_kept, tokens=registry.tokens, devices=registry.devices,
+        batches=batches + registry.batches, seconds=time.monotonic() - started,
+        stopped=bool(stop and stop.is_set()),
+    )
+    log.info("%s", summary.as_line())
+    return summary
