@@ -15,7 +15,9 @@ operations dashboard, the API's delivery list (first page, and filtered), the ad
 changelist (plain, and filtered), and /metrics: median and max, SQL statements and the slowest
 one. Then the prune alone (`retention_prune`, the one `manage.py prune` and the consumer call):
 rows/s, total, and the time of each DELETE batch. Then the same pages again, right after the prune
-and after VACUUM ANALYZE.
+and after VACUUM ANALYZE. Last, the consumer's writes (the push lane's claim and outcome functions)
+at --writer-rate rows/s, alone and then beside a prune of a further slice (down to --writer-days):
+what a prune costs the push path.
 
 Prints figures only; nothing is asserted. `--reuse` keeps a table already filled with about --rows
 rows (a change to the pages measured without refilling; migrations that build an index on the filled
@@ -46,6 +48,7 @@ FILL_CHUNK = 1_000_000
 SLOW_PAGE_S = 5.0
 SLOW_PAGE_RUNS = 3
 VERY_SLOW_PAGE_S = 30.0
+WRITER_ALONE_S = 20.0
 
 
 def environ_defaults() -> None:
@@ -306,6 +309,88 @@ def prune_measure(days: int, devices_days: int, batch_size: int) -> None:
     ))
 
 
+class Writer:
+    """The consumer's writes to the delivery log at a steady rate, in a thread: claims
+    (`deliveries_insert`, asynchronous commit, its own connection) then outcomes
+    (`deliveries_save_finished`), `batch` rows every `batch / rate` seconds; the time of each
+    batch's two writes is kept."""
+
+    def __init__(self, rate: float, batch: int = 10) -> None:
+        import threading
+
+        self.rate, self.batch = rate, batch
+        self.times_ms: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bench-writer", daemon=True)
+        self.serial = 0
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        from django.db import connection
+        from django.utils import timezone
+
+        from push.models import Delivery, DeliveryStatus
+        from push.services.deliveries import claim_connection_close, deliveries_insert, deliveries_save_finished
+
+        interval = self.batch / self.rate
+        next_at = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                rows = []
+                for _ in range(self.batch):
+                    self.serial += 1
+                    now = timezone.now()
+                    rows.append(Delivery(
+                        created_at=now, claimed_at=now, deadline_at=now, source="amqp",
+                        msg_id=f"bench-writer-{os.getpid()}-{time.time_ns()}-{self.serial}",
+                        call_id=f"writer-{self.serial}", app_id="com.example.app1.voip.prod", provider="apple",
+                        token="ab" * 32, token_type="apple",
+                    ))
+                started = time.perf_counter()
+                deliveries_insert(rows, durable=False)
+                for row in rows:
+                    row.status, row.finished_at, row.attempts = DeliveryStatus.SENT, timezone.now(), 1
+                deliveries_save_finished(rows)
+                self.times_ms.append((time.perf_counter() - started) * 1000)
+                next_at += interval
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            claim_connection_close()
+            connection.close()
+
+    def line(self, seconds: float) -> str:
+        from bench.common import percentile
+
+        return (f"{len(self.times_ms) * self.batch / max(seconds, 1e-9):,.0f} rows/s written in batches of "
+                f"{self.batch}: claim + outcome per batch median {statistics.median(self.times_ms):.1f} ms, "
+                f"p99 {percentile(self.times_ms, 99):.1f} ms, max {max(self.times_ms):.1f} ms")
+
+
+def writer_phase(days: int, batch_size: int, rate: float) -> None:
+    """The consumer's writes alone for a while, then beside a prune of the next `days` slice."""
+    from push.services import retention_prune
+
+    say(f"\nwrites beside the prune (load average {os.getloadavg()[0]:.2f}): a writer at {rate:g} rows/s "
+        "(the push lane's claim and outcome writes)")
+    with Writer(rate) as alone:
+        time.sleep(WRITER_ALONE_S)
+    say(f"  writer alone, {WRITER_ALONE_S:g} s: {alone.line(WRITER_ALONE_S)}")
+    with Writer(rate) as beside:
+        started = time.monotonic()
+        summary = retention_prune(deliveries_days=days, devices_days=0, batch_size=batch_size)
+        seconds = time.monotonic() - started
+    say(f"  writer beside the prune, {seconds:.0f} s: {beside.line(seconds)}")
+    say(f"  the prune meanwhile: {summary.as_line()} "
+        f"({summary.deliveries / max(summary.seconds, 1e-9):,.0f} rows/s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="deliveries to fill (default 10,000,000)")
@@ -316,6 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=5000, help="rows per DELETE (default 5000)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing fill of about --rows rows")
     parser.add_argument("--no-prune", action="store_true", help="measure the pages only")
+    parser.add_argument("--writer-rate", type=float, default=500.0,
+                        help="last, a writer at this many rows/s alone, then beside a prune of --writer-days more "
+                             "days (0: skip)")
+    parser.add_argument("--writer-days", type=int, default=20, help="the writer phase prunes down to this many days")
     args = parser.parse_args(argv)
     if not 1000 <= args.rows <= 100_000_000 or not 1 <= args.runs <= 100:
         parser.error("--rows must be 1,000..100,000,000 and --runs 1..100")
@@ -364,6 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     say(f"\nVACUUM ANALYZE push_delivery: {time.monotonic() - started:.1f} s")
     pages_report(f"pages after VACUUM ANALYZE, {_estimated_rows():,} deliveries (estimate)",
                  pages_measure(client, page_list, args.runs))
+    if args.writer_rate > 0:
+        writer_phase(args.writer_days, args.batch_size, args.writer_rate)
 
 
 def _md5(text: str) -> str:
