@@ -266,7 +266,7 @@ def pages_report(title: str, results: list[PageResult]) -> None:
               rows))
 
 
-def pages(big_account: str, small_account: str, device: str) -> list[tuple[str, str]]:
+def pages(big_account: str, small_account: str, device: str, call_id: str) -> list[tuple[str, str]]:
     return [
         ("dashboard /admin/dashboard/", "/admin/dashboard/"),
         ("dashboard summary fragment", "/admin/dashboard/?fragment=summary"),
@@ -276,15 +276,13 @@ def pages(big_account: str, small_account: str, device: str) -> list[tuple[str, 
         ("API deliveries ?account=<small>", f"/api/v1/deliveries/?account={small_account}"),
         ("API deliveries ?device=<one>", f"/api/v1/deliveries/?device={device}"),
         ("API deliveries ?ordering=-latency_ms", "/api/v1/deliveries/?ordering=-latency_ms"),
+        ("API ?account=<small>&ordering=-latency_ms",
+         f"/api/v1/deliveries/?account={small_account}&ordering=-latency_ms"),
         ("admin deliveries changelist", "/admin/push/delivery/"),
         ("admin deliveries ?status=failed", "/admin/push/delivery/?status__exact=failed"),
-        ("admin deliveries ?q=<call id>", "/admin/push/delivery/?q=" + _call_id(12345)),
+        ("admin deliveries ?q=<call id>", f"/admin/push/delivery/?q={call_id}"),
         ("/metrics", "/metrics"),
     ]
-
-
-def _call_id(g: int) -> str:
-    return _md5(f"call{g}") + "@10.0.0.1"
 
 
 # --- prune --------------------------------------------------------------------------------------
@@ -438,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     big = _md5("acct0")  # the fill's biggest account (about 8% of the rows)
     small = _md5(f"acct{ACCOUNTS - 7}")
     device = _md5(f"dev{3 * DEVICES_PER_ACCOUNT + 5}")
-    page_list = pages(big, small, device)
+    call_id = _md5(f"call{args.rows - 12345}") + "@10.0.0.1"  # a recent push: kept by the prune
+    page_list = pages(big, small, device, call_id)
 
     pages_report(f"pages with {_estimated_rows():,} deliveries (estimate), {args.runs} runs each",
                  pages_measure(client, page_list, args.runs))

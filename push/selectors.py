@@ -92,7 +92,7 @@ def rows_count(queryset: QuerySet, *, exact_up_to: int | None = None) -> tuple[i
     that the cost stays bounded however many rows there are. Other databases (SQLite) count in full."""
     if exact_up_to is None:
         exact_up_to = COUNT_EXACT_MAX
-    capped = queryset.order_by()[: exact_up_to + 1].count()
+    capped = _count_capped(queryset, exact_up_to)
     if capped <= exact_up_to:
         return capped, False
     connection = connections[queryset.db]
@@ -105,6 +105,16 @@ def rows_count(queryset: QuerySet, *, exact_up_to: int | None = None) -> tuple[i
     if isinstance(plan, str):
         plan = json.loads(plan)
     return max(int(plan[0]["Plan"]["Plan Rows"]), exact_up_to + 1), True
+
+
+def rows_exceed(queryset: QuerySet, *, limit: int | None = None) -> bool:
+    """Whether more than `limit` (COUNT_EXACT_MAX) rows match: a count that stops at limit + 1."""
+    limit = COUNT_EXACT_MAX if limit is None else limit
+    return _count_capped(queryset, limit) > limit
+
+
+def _count_capped(queryset: QuerySet, limit: int) -> int:
+    return queryset.order_by()[: limit + 1].count()
 
 
 # Indexed columns an operator pastes an id from (a log line, Kazoo, a phone): exact matches, which

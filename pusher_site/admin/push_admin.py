@@ -3,6 +3,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -304,14 +305,28 @@ class PushTypeFilter(admin.SimpleListFilter):
         return queryset.filter(push_type=self.value()) if self.value() else queryset
 
 
+class SortableByOnlyChangeList(ChangeList):
+    """A column outside `sortable_by` does not sort even when asked in the URL (`?o=`): Django only
+    hides its header link."""
+
+    def get_ordering_field(self, field_name: Any) -> Any:
+        return super().get_ordering_field(field_name) if field_name in (self.sortable_by or ()) else None
+
+    def get_ordering(self, request: HttpRequest, queryset: Any) -> list[Any]:
+        ordering = super().get_ordering(request, queryset)
+        if all(str(field).lstrip("-") in ("pk", "id") for field in ordering):  # each column asked was ignored
+            ordering = [*(self.model_admin.get_ordering(request) or self.lookup_opts.ordering or ()), "-pk"]
+        return ordering
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
     """The delivery log: read-only (written by the push path alone), kept whole for diagnosis.
 
     Every query of its list is answered from an index at any size of the log (bench.retention
     measures it with ten million rows): counts are estimated past COUNT_EXACT_MAX, the filters list
-    fixed values, dates are filtered by range (no date hierarchy, which reads every row's date), and
-    the search matches ids exactly."""
+    fixed values, dates are filtered by range (no date hierarchy, which reads every row's date), the
+    search matches ids exactly, and the list sorts by time only."""
 
     # What fits a screen; the rest (account, device, call, HTTP status, attempts...) on the detail page.
     list_display = ["created_at", "status", "app_shown", "token_masked", "reason", "latency"]
@@ -320,6 +335,9 @@ class DeliveryAdmin(admin.ModelAdmin):
     search_help_text = "An exact Call-ID, Msg-ID, account id, device id or full device token."
     paginator = EstimatedCountPaginator
     show_full_result_count = False  # a second count of the whole log
+    # Sorted by time only (an index): sorting the whole log by latency took 9 s at ten million rows.
+    # The API sorts by other fields a selection of up to COUNT_EXACT_MAX deliveries.
+    sortable_by = ("created_at",)
     fields = readonly_fields = (
         "created_at", "status", "reason", "latency", "source", "push_app", "app_id", "provider", "token_masked",
         "token_type", "push_type", "account_id", "device_id", "call_id", "msg_id", "http_status",
@@ -334,6 +352,9 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: Delivery) -> str:
         return duration_ms_text(obj.latency_ms)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SortableByOnlyChangeList
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
         return deliveries_search(queryset, term=search_term), False

@@ -172,3 +172,39 @@ def test_the_api_list_reads_the_log_boundedly(staff_user, monkeypatch: pytest.Mo
     else:
         assert body["count"] == expected
     assert len(body["results"]) == min(expected, 50)
+
+
+def test_the_admin_sorts_by_time_only(staff_client):
+    log(3)
+
+    with CaptureQueriesContext(connection) as queries:
+        html = staff_client.get(reverse("admin:push_delivery_changelist"), {"o": "6.-1"}).content.decode()
+
+    page = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "push_delivery"."id"')]
+    assert page and page[-1].endswith('ORDER BY "push_delivery"."created_at" DESC, "push_delivery"."id" DESC')
+    assert 'class="sortable column-latency' not in html and 'class="sortable column-created_at' in html
+
+
+def test_the_api_sorts_by_another_field_only_a_bounded_selection(staff_user, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(selectors, "COUNT_EXACT_MAX", 5)
+    rows = log(12)
+    for i, row in enumerate(rows):
+        row.latency_ms = float(i * 7 % 12)
+    Delivery.objects.bulk_update(rows, ["latency_ms"])
+    api = APIClient()
+    api.force_authenticate(staff_user)
+
+    refused = api.get("/api/v1/deliveries/", {"ordering": "-latency_ms"})
+    assert refused.status_code == 400
+    assert refused.json()["ordering"] == [
+        "ordering by latency_ms needs filters that select at most 5 deliveries (account, device, call_id, token, app "
+        "with a created_after/created_before window...); these select more. Without `ordering` (or with created_at) "
+        "any selection is served, newest first."
+    ]
+    by_time = api.get("/api/v1/deliveries/", {"ordering": "created_at"}).json()["results"]
+    assert [d["id"] for d in by_time] == [r.pk for r in reversed(rows)]
+
+    one_account = api.get("/api/v1/deliveries/", {"ordering": "-latency_ms", "account": "acct1"})
+    assert one_account.status_code == 200
+    latencies = [d["latency_ms"] for d in one_account.json()["results"]]
+    assert latencies == sorted(latencies, reverse=True) and len(latencies) == 4
