@@ -16,8 +16,8 @@ changelist (plain, and filtered), and /metrics: median and max, SQL statements a
 one. Then the prune alone (`retention_prune`, the one `manage.py prune` and the consumer call):
 rows/s, total, and the time of each DELETE batch. Then the same pages again, right after the prune
 and after VACUUM ANALYZE. Last, the consumer's writes (the push lane's claim and outcome functions)
-at --writer-rate rows/s, alone and then beside a prune of a further slice (down to --writer-days):
-what a prune costs the push path.
+at --writer-rate rows/s, alone, then beside a prune of a further slice (down to --writer-days) at full
+speed, then beside one of the next slice at the default rest: what a prune costs the push path.
 
 Prints figures only; nothing is asserted. `--reuse` keeps a table already filled with about --rows
 rows (a change to the pages measured without refilling; migrations that build an index on the filled
@@ -288,17 +288,17 @@ def pages(big_account: str, small_account: str, device: str, call_id: str) -> li
 # --- prune --------------------------------------------------------------------------------------
 
 
-def prune_measure(days: int, devices_days: int, batch_size: int) -> None:
+def prune_measure(days: int, devices_days: int, batch_size: int, rest: float) -> None:
     from django.db import connection
 
     from push.services import retention_prune
 
     timer = QueryTimer()
     with connection.execute_wrapper(timer):
-        summary = retention_prune(deliveries_days=days, devices_days=devices_days, batch_size=batch_size)
+        summary = retention_prune(deliveries_days=days, devices_days=devices_days, batch_size=batch_size, rest=rest)
     deletes = [ms for ms, sql in timer.times if sql.startswith("DELETE")]
     seconds = summary.seconds
-    say(f"\nprune alone (load average {os.getloadavg()[0]:.2f}): {summary.as_line()}")
+    say(f"\nprune alone, rest {rest:g} (load average {os.getloadavg()[0]:.2f}): {summary.as_line()}")
     rows = summary.deliveries + summary.devices + summary.tokens
     say(table(
         ["rows deleted", "seconds", "rows/s", "batches", "batch median ms", "batch p99 ms", "batch max ms"],
@@ -372,21 +372,24 @@ class Writer:
 
 
 def writer_phase(days: int, batch_size: int, rate: float) -> None:
-    """The consumer's writes alone for a while, then beside a prune of the next `days` slice."""
-    from push.services import retention_prune
+    """The consumer's writes alone for a while, then beside a prune of the next slice at full speed
+    (rest 0, down to `days`), then beside one of the slice after at the default rest (down to days / 2)."""
+    from push.services import PRUNE_REST_DEFAULT, retention_prune
 
     say(f"\nwrites beside the prune (load average {os.getloadavg()[0]:.2f}): a writer at {rate:g} rows/s "
         "(the push lane's claim and outcome writes)")
     with Writer(rate) as alone:
         time.sleep(WRITER_ALONE_S)
     say(f"  writer alone, {WRITER_ALONE_S:g} s: {alone.line(WRITER_ALONE_S)}")
-    with Writer(rate) as beside:
-        started = time.monotonic()
-        summary = retention_prune(deliveries_days=days, devices_days=0, batch_size=batch_size)
-        seconds = time.monotonic() - started
-    say(f"  writer beside the prune, {seconds:.0f} s: {beside.line(seconds)}")
-    say(f"  the prune meanwhile: {summary.as_line()} "
-        f"({summary.deliveries / max(summary.seconds, 1e-9):,.0f} rows/s)")
+    for rest, down_to in ((0.0, days), (PRUNE_REST_DEFAULT, days // 2)):
+        with Writer(rate) as beside:
+            started = time.monotonic()
+            summary = retention_prune(deliveries_days=down_to, devices_days=0, batch_size=batch_size, rest=rest)
+            seconds = time.monotonic() - started
+        say(f"  writer beside a prune at rest {rest:g} (load average {os.getloadavg()[0]:.2f}), {seconds:.0f} s: "
+            f"{beside.line(seconds)}")
+        say(f"    the prune meanwhile: {summary.deliveries:,} deliveries down to {down_to} days, "
+            f"{summary.deliveries / max(summary.seconds, 1e-9):,.0f} rows/s, {summary.batches} batches")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -397,12 +400,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=30, help="delivery retention the prune applies (default 30)")
     parser.add_argument("--devices-days", type=int, default=30, help="device retention the prune applies")
     parser.add_argument("--batch-size", type=int, default=5000, help="rows per DELETE (default 5000)")
+    parser.add_argument("--rest", type=float, default=0.0,
+                        help="the prune alone rests this long per second of work between batches (default 0: its "
+                             "full speed; the consumer's default is 1)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing fill of about --rows rows")
     parser.add_argument("--no-prune", action="store_true", help="measure the pages only")
     parser.add_argument("--writer-rate", type=float, default=500.0,
                         help="last, a writer at this many rows/s alone, then beside a prune of --writer-days more "
                              "days (0: skip)")
-    parser.add_argument("--writer-days", type=int, default=20, help="the writer phase prunes down to this many days")
+    parser.add_argument("--writer-days", type=int, default=20,
+                        help="the writer phase prunes down to this many days at rest 0, then to half as many at "
+                             "the default rest")
     args = parser.parse_args(argv)
     if not 1000 <= args.rows <= 100_000_000 or not 1 <= args.runs <= 100:
         parser.error("--rows must be 1,000..100,000,000 and --runs 1..100")
@@ -443,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
                  pages_measure(client, page_list, args.runs))
     if args.no_prune:
         return
-    prune_measure(args.days, args.devices_days, args.batch_size)
+    prune_measure(args.days, args.devices_days, args.batch_size, args.rest)
     pages_report(f"pages right after the prune, {_estimated_rows():,} deliveries (estimate)",
                  pages_measure(client, page_list, args.runs))
     started = time.monotonic()

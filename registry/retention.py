@@ -21,6 +21,8 @@ is not deleted (its row changed: the lock re-reads it). Called by push.services.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -62,13 +64,17 @@ def registry_prune_count(*, cutoff: datetime) -> RegistryPruned:
     return RegistryPruned(tokens=tokens.count(), devices=devices.count())
 
 
-def registry_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event | None = None) -> RegistryPruned:
+def registry_prune(
+    *, cutoff: datetime, batch_size: int, stop: threading.Event | None = None,
+    pace: Callable[[float], None] | None = None,
+) -> RegistryPruned:
     """Delete the dead devices (with their tokens), then the dead tokens of living devices, at most
-    `batch_size` rows per statement, each batch committed on its own. `stop` set: ends after the
-    batch in hand."""
+    `batch_size` rows per statement, each batch committed on its own; `pace(seconds the batch
+    took)` between two batches. `stop` set: ends after the batch in hand."""
     devices = tokens = batches = 0
     locking = connection.vendor == "postgresql"
     while not (stop and stop.is_set()):
+        started = time.monotonic()
         with transaction.atomic():
             candidates = _devices_dead(cutoff).order_by("pk").values_list("pk", flat=True)
             if locking:  # the lock re-reads each row: one a registration changed meanwhile drops out
@@ -82,7 +88,10 @@ def registry_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event |
         tokens += per_model.get(PushToken._meta.label, 0)
         if len(pks) < batch_size:
             break
+        if pace:
+            pace(time.monotonic() - started)
     while not (stop and stop.is_set()):
+        started = time.monotonic()
         # The conditions are repeated on the DELETE itself: a token a registration brought back
         # between the read and the delete is re-read under the row lock and kept.
         batch = _tokens_dead(cutoff).order_by("pk").values("pk")[:batch_size]
@@ -92,4 +101,6 @@ def registry_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event |
         tokens += deleted
         if deleted < batch_size:
             break
+        if pace:
+            pace(time.monotonic() - started)
     return RegistryPruned(tokens=tokens, devices=devices, batches=batches)

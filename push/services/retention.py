@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 # small enough that each is a short transaction (tens of milliseconds) holding few row locks.
 PRUNE_BATCH_DEFAULT = 5000
 PRUNE_BATCH_MAX = 100_000
+# Seconds of rest after each batch per second the batch took: 1 halves the prune's share of the
+# database. bench.retention measured the push lane's outcome writes beside a prune at full speed:
+# their median per batch 18 -> 27 ms, and stalls up to 0.8 s (the WAL a DELETE of 40,000 rows/s
+# writes delays their commits); the log grows by 1,000 rows/s at most, a fraction of either speed.
+PRUNE_REST_DEFAULT = 1.0
+PRUNE_REST_MAX = 100.0
 RETENTION_DAYS_MAX = 36500
 
 
@@ -83,11 +90,16 @@ def _finished_before(cutoff: datetime) -> QuerySet[Delivery]:
     return Delivery.objects.filter(created_at__lt=cutoff).exclude(status=DeliveryStatus.QUEUED)
 
 
-def deliveries_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event | None = None) -> tuple[int, int]:
+def deliveries_prune(
+    *, cutoff: datetime, batch_size: int, stop: threading.Event | None = None,
+    pace: Callable[[float], None] | None = None,
+) -> tuple[int, int]:
     """Delete the finished deliveries created before `cutoff`, oldest first, at most `batch_size`
-    per statement, each its own transaction. Returns (deleted, batches)."""
+    per statement, each its own transaction; `pace(seconds the batch took)` between two batches.
+    Returns (deleted, batches)."""
     deleted = batches = 0
     while not (stop and stop.is_set()):
+        started = time.monotonic()
         batch = _finished_before(cutoff).order_by("created_at").values("pk")[:batch_size]
         if connection.vendor == "postgresql":
             batch = batch.select_for_update(skip_locked=True)  # another pruner's rows: skipped, not waited for
@@ -97,16 +109,34 @@ def deliveries_prune(*, cutoff: datetime, batch_size: int, stop: threading.Event
         batches += 1
         if count < batch_size:
             break
+        if pace:
+            pace(time.monotonic() - started)
     return deleted, batches
+
+
+def _pace(rest: float, stop: threading.Event | None) -> Callable[[float], None] | None:
+    """Rest `rest` seconds per second of work between two batches (woken by `stop`)."""
+    if not rest:
+        return None
+
+    def pause(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds * rest)
+        else:
+            time.sleep(seconds * rest)
+
+    return pause
 
 
 def retention_prune(
     *, deliveries_days: int | None = None, devices_days: int | None = None, batch_size: int = PRUNE_BATCH_DEFAULT,
-    dry_run: bool = False, now: datetime | None = None, stop: threading.Event | None = None,
+    rest: float = PRUNE_REST_DEFAULT, dry_run: bool = False, now: datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> PruneSummary:
     """Age out the delivery log and dead devices and tokens. `deliveries_days` and `devices_days`
     default to PUSHER_DELIVERY_RETENTION_DAYS and PUSHER_DEVICE_RETENTION_DAYS (0: keep forever).
-    `dry_run` counts what would go and deletes nothing. Raises InvalidInput for a bad number."""
+    Between two batches it rests `rest` seconds per second the batch took (0: none). `dry_run`
+    counts what would go and deletes nothing. Raises InvalidInput for a bad number."""
     deliveries_days = _days_check(
         "deliveries days", settings.PUSHER_DELIVERY_RETENTION_DAYS if deliveries_days is None else deliveries_days
     )
@@ -115,6 +145,10 @@ def retention_prune(
     )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= PRUNE_BATCH_MAX:
         raise InvalidInput(f"batch size must be a whole number from 1 to {PRUNE_BATCH_MAX}, not {batch_size!r}")
+    if isinstance(rest, bool) or not isinstance(rest, int | float) or not 0 <= rest <= PRUNE_REST_MAX:
+        raise InvalidInput(f"rest must be a number of seconds per second of work from 0 to {PRUNE_REST_MAX:g}, "
+                           f"not {rest!r}")
+    pace = _pace(float(rest), stop)
     now = now or timezone.now()
     started = time.monotonic()
     deliveries = queued_kept = batches = 0
@@ -125,13 +159,13 @@ def retention_prune(
         if dry_run:
             deliveries = _finished_before(cutoff).count()
         else:
-            deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop)
+            deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
     if devices_days:
         cutoff = now - timedelta(days=devices_days)
         if dry_run:
             registry = registry_prune_count(cutoff=cutoff)
         else:
-            registry = registry_prune(cutoff=cutoff, batch_size=batch_size, stop=stop)
+            registry = registry_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
     summary = PruneSummary(
         dry_run=dry_run, deliveries_days=deliveries_days, devices_days=devices_days, deliveries=deliveries,
         deliveries_queued_kept=queued_kept, tokens=registry.tokens, devices=registry.devices,

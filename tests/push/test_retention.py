@@ -151,6 +151,30 @@ def test_stop_ends_the_prune_after_the_batch_in_hand():
     assert ", stopped early; devices and tokens kept forever" in summary.as_line()
 
 
+class RecordingStop(threading.Event):
+    """A stop event that is never set and records the rests asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        return False
+
+
+@pytest.mark.parametrize(("rest", "rests"), [(1.0, 2), (0, 0)])
+def test_the_prune_rests_between_batches_in_proportion(rest: float, rests: int):
+    deliveries(12, age=timedelta(days=40))
+    stop = RecordingStop()
+
+    summary = retention_prune(deliveries_days=30, devices_days=0, batch_size=5, rest=rest, now=NOW, stop=stop)
+
+    assert (summary.deliveries, summary.batches) == (12, 3)
+    assert len(stop.waits) == rests  # between batches: not after the last
+    assert all(0 < wait < 10 for wait in stop.waits)
+
+
 def test_retention_zero_deletes_nothing(settings):
     deliveries(3, age=timedelta(days=3000))
     settings.PUSHER_DELIVERY_RETENTION_DAYS = 0
@@ -197,6 +221,7 @@ def test_the_settings_are_the_defaults(settings):
         ({"deliveries_days": 1.5}, "not 1.5"),
         ({"batch_size": 0}, "batch size must be a whole number from 1 to 100000, not 0"),
         ({"batch_size": True}, "batch size must be a whole number from 1 to 100000, not True"),
+        ({"rest": -0.5}, "rest must be a number of seconds per second of work from 0 to 100, not -0.5"),
     ],
 )
 def test_bad_numbers_are_refused(kwargs: dict, words: str):
@@ -248,6 +273,7 @@ def test_command_options_override_the_settings(settings):
         (["--deliveries-days", "-3"], "deliveries days must be a whole number of days"),
         (["--devices-days", "-1"], "devices days must be a whole number of days"),
         (["--batch-size", "lots"], "invalid int value: 'lots'"),
+        (["--rest", "-1"], "rest must be a number of seconds per second of work from 0 to 100, not -1.0"),
     ],
 )
 def test_command_refuses_bad_options(args: list[str], words: str):

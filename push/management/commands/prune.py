@@ -1,4 +1,5 @@
-"""`manage.py prune [--dry-run] [--batch-size N] [--deliveries-days N] [--devices-days N]`: retention on demand."""
+"""`manage.py prune [--dry-run] [--batch-size N] [--rest R] [--deliveries-days N] [--devices-days N]`:
+retention on demand."""
 
 from typing import Any
 
@@ -6,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
-from push.services import PRUNE_BATCH_DEFAULT, retention_prune
+from push.services import PRUNE_BATCH_DEFAULT, PRUNE_REST_DEFAULT, retention_prune
 
 
 class Command(BaseCommand):
@@ -23,6 +24,11 @@ class Command(BaseCommand):
             help=f"rows per DELETE, each its own transaction (default {PRUNE_BATCH_DEFAULT})",
         )
         parser.add_argument(
+            "--rest", type=float, default=PRUNE_REST_DEFAULT, metavar="R",
+            help=f"seconds of rest after each batch per second it took, leaving the database to the consumer "
+                 f"(default {PRUNE_REST_DEFAULT:g}: half speed; 0: full speed)",
+        )
+        parser.add_argument(
             "--deliveries-days", type=int, metavar="N",
             help=f"keep deliveries this many days; 0 keeps them all "
                  f"(default PUSHER_DELIVERY_RETENTION_DAYS, {settings.PUSHER_DELIVERY_RETENTION_DAYS})",
@@ -37,8 +43,8 @@ class Command(BaseCommand):
         try:
             summary = retention_prune(
                 deliveries_days=options["deliveries_days"], devices_days=options["devices_days"],
-                batch_size=options["batch_size"], dry_run=options["dry_run"],
+                batch_size=options["batch_size"], rest=options["rest"], dry_run=options["dry_run"],
             )
         except PusherError as exc:
-            raise CommandError(f"{exc.message} (--deliveries-days, --devices-days, --batch-size)") from None
+            raise CommandError(f"{exc.message} (--deliveries-days, --devices-days, --batch-size, --rest)") from None
         self.stdout.write(("dry run: " if summary.dry_run else "") + summary.as_line())
