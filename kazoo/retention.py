@@ -10,7 +10,7 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from push.services import retention_prune
+from push.services import PruneRunning, retention_prune
 
 log = logging.getLogger("pusher.consumer")
 
@@ -34,6 +34,8 @@ def prune_loop(stop: threading.Event) -> None:
             try:
                 close_old_connections()
                 retention_prune(stop=stop)  # logs its summary line
+            except PruneRunning as exc:  # another consumer process prunes this round
+                log.info("prune skipped: %s", exc.message)
             except Exception as exc:  # noqa: BLE001 - retention must never take the consumer down
                 log.warning("prune failed (%s: %s); next try in %.0f s", type(exc).__name__, exc, interval)
     finally:

@@ -54,14 +54,20 @@ from push.services.notify import (
     push_test_send,
 )
 from push.services.policy import PROVIDER_OF_TOKEN_TYPE, PushJob, SendResult
-from push.services.retention import PRUNE_BATCH_DEFAULT, PRUNE_REST_DEFAULT, PruneSummary, retention_prune
+from push.services.retention import (
+    PRUNE_BATCH_DEFAULT,
+    PRUNE_REST_DEFAULT,
+    PruneRunning,
+    PruneSummary,
+    retention_prune,
+)
 from push.services.sending import push_request_handle, token_dead
 
 __all__ = [
     "APNS_PRODUCTION_HOST", "APNS_SANDBOX_HOST", "CREDENTIAL_KINDS_OF_PROVIDER", "NOTIFY_INCOMING_CALL",
     "NOTIFY_KINDS", "NOTIFY_MISSED_CALL", "PROVIDER_OF_TOKEN_TYPE", "PRUNE_BATCH_DEFAULT", "PRUNE_REST_DEFAULT",
     "PUSH_APP_EDITABLE", "PUSH_APP_SETTINGS", "TEST_PUSH_CALLER_NAME", "TEST_PUSH_CALLER_NUMBER", "Notification",
-    "PruneSummary", "PushAppAdded", "PushJob", "SendResult", "WarmUp",
+    "PruneRunning", "PruneSummary", "PushAppAdded", "PushJob", "SendResult", "WarmUp",
     "credential_create", "credential_delete", "credential_get_or_save", "credential_kind_check", "credential_name_for",
     "credential_parse", "credential_provider_check", "credential_save", "credential_update", "credentials_reencrypt",
     "delivery_outcome_text", "push_app_add", "push_app_address", "push_app_cache_clear", "push_app_delete",

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,7 +27,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, PusherError
 from push.models import Delivery, DeliveryStatus
 from registry.retention import RegistryPruned, registry_prune, registry_prune_count
 
@@ -42,6 +43,33 @@ PRUNE_BATCH_MAX = 100_000
 # writes delays their commits); the log grows by 1,000 rows/s at most, a fraction of either speed.
 PRUNE_REST_DEFAULT = 1.0
 PRUNE_REST_MAX = 100.0
+# PostgreSQL advisory lock held while a prune runs: one at a time across processes (every consumer
+# process runs the loop, and `manage.py prune` may run beside them), so the rest between batches
+# bounds the load whatever the number of consumers.
+PRUNE_LOCK_KEY = 0x70757368_7072756E  # "pushprun"
+
+
+class PruneRunning(PusherError):
+    code = "prune_running"
+
+
+@contextmanager
+def _one_prune_at_a_time() -> Iterator[None]:
+    """The advisory lock on PostgreSQL (PruneRunning if another session holds it); nothing elsewhere
+    (SQLite lets one writer in at a time anyway)."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PRUNE_LOCK_KEY])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        raise PruneRunning("another prune is running (a consumer's, or a manage.py prune): this one is skipped")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
 RETENTION_DAYS_MAX = 36500
 
 
@@ -136,7 +164,8 @@ def retention_prune(
     """Age out the delivery log and dead devices and tokens. `deliveries_days` and `devices_days`
     default to PUSHER_DELIVERY_RETENTION_DAYS and PUSHER_DEVICE_RETENTION_DAYS (0: keep forever).
     Between two batches it rests `rest` seconds per second the batch took (0: none). `dry_run`
-    counts what would go and deletes nothing. Raises InvalidInput for a bad number."""
+    counts what would go and deletes nothing. Raises InvalidInput for a bad number, PruneRunning
+    when another prune (not a dry run) runs (on PostgreSQL)."""
     deliveries_days = _days_check(
         "deliveries days", settings.PUSHER_DELIVERY_RETENTION_DAYS if deliveries_days is None else deliveries_days
     )
@@ -153,19 +182,21 @@ def retention_prune(
     started = time.monotonic()
     deliveries = queued_kept = batches = 0
     registry = RegistryPruned()
-    if deliveries_days:
-        cutoff = now - timedelta(days=deliveries_days)
-        queued_kept = Delivery.objects.filter(created_at__lt=cutoff, status=DeliveryStatus.QUEUED).count()
-        if dry_run:
-            deliveries = _finished_before(cutoff).count()
-        else:
-            deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
-    if devices_days:
-        cutoff = now - timedelta(days=devices_days)
-        if dry_run:
-            registry = registry_prune_count(cutoff=cutoff)
-        else:
-            registry = registry_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
+    deleting = not dry_run and bool(deliveries_days or devices_days)
+    with _one_prune_at_a_time() if deleting else nullcontext():
+        if deliveries_days:
+            cutoff = now - timedelta(days=deliveries_days)
+            queued_kept = Delivery.objects.filter(created_at__lt=cutoff, status=DeliveryStatus.QUEUED).count()
+            if dry_run:
+                deliveries = _finished_before(cutoff).count()
+            else:
+                deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
+        if devices_days:
+            cutoff = now - timedelta(days=devices_days)
+            if dry_run:
+                registry = registry_prune_count(cutoff=cutoff)
+            else:
+                registry = registry_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
     summary = PruneSummary(
         dry_run=dry_run, deliveries_days=deliveries_days, devices_days=devices_days, deliveries=deliveries,
         deliveries_queued_kept=queued_kept, tokens=registry.tokens, devices=registry.devices,

@@ -329,3 +329,37 @@ def test_prune_loop_prunes_every_interval_and_survives_a_failure(settings, monke
     assert not Delivery.objects.exists()
     assert len(calls) >= 2
     assert "prune failed (RuntimeError: database gone); next try in 1 s" in caplog.text
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="advisory lock: PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_one_prune_at_a_time_across_sessions(caplog: pytest.LogCaptureFixture):
+    from push.services import PruneRunning
+    from push.services.retention import PRUNE_LOCK_KEY
+
+    deliveries(3, age=timedelta(days=40))
+    locked, release = threading.Event(), threading.Event()
+
+    def another_prune() -> None:  # another process's session holding the lock
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [PRUNE_LOCK_KEY])
+            locked.set()
+            release.wait(10)
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
+        connection.close()
+
+    thread = threading.Thread(target=another_prune)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        with pytest.raises(PruneRunning, match="another prune is running"):
+            retention_prune(deliveries_days=30, devices_days=0, now=NOW)
+        with pytest.raises(CommandError, match=r"^another prune is running \(a consumer's, or a manage.py prune\)"):
+            command("--deliveries-days", "30")
+        assert Delivery.objects.count() == 3
+    finally:
+        release.set()
+        thread.join(10)
+
+    assert retention_prune(deliveries_days=30, devices_days=0, now=NOW).deliveries == 3
+    assert retention_prune(deliveries_days=30, devices_days=0, now=NOW).deliveries == 0  # the lock was let go

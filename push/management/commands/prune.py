@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from core.errors import PusherError
+from core.errors import InvalidInput, PusherError
 from push.services import PRUNE_BATCH_DEFAULT, PRUNE_REST_DEFAULT, retention_prune
 
 
@@ -45,6 +45,8 @@ class Command(BaseCommand):
                 deliveries_days=options["deliveries_days"], devices_days=options["devices_days"],
                 batch_size=options["batch_size"], rest=options["rest"], dry_run=options["dry_run"],
             )
-        except PusherError as exc:
+        except InvalidInput as exc:
             raise CommandError(f"{exc.message} (--deliveries-days, --devices-days, --batch-size, --rest)") from None
+        except PusherError as exc:  # another prune runs
+            raise CommandError(exc.message) from None
         self.stdout.write(("dry run: " if summary.dry_run else "") + summary.as_line())
