@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("push", "0003_pushapp_host_port_checked"),
+        ("push", "0004_apns_provider_token"),
     ]
 
     operations = [
