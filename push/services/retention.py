@@ -5,9 +5,10 @@ deliveries created more than PUSHER_DELIVERY_RETENTION_DAYS ago that are finishe
 `batch_size` rows per DELETE, each its own short transaction, so it runs beside the consumer: a
 queued row is never deleted (the push lane's claim and lease live on it; one that old is an
 orphan, counted and left for an operator), the rows it deletes are ones nothing writes any more,
-and on PostgreSQL the rows of a batch are locked with SKIP LOCKED, so two pruners (two consumers)
-share the work instead of waiting on each other. Dead devices and tokens go after
-PUSHER_DEVICE_RETENTION_DAYS (registry.retention says which). 0 days keeps everything.
+and it rests between batches. On PostgreSQL one prune runs at a time (an advisory lock; every
+consumer process runs the loop) and a batch's rows are locked with SKIP LOCKED. Dead devices and
+tokens go after PUSHER_DEVICE_RETENTION_DAYS (registry.retention says which). 0 days keeps
+everything.
 
 One path: `manage.py prune` and the consumer's loop (kazoo.retention) call `retention_prune`.
 """
@@ -70,6 +71,8 @@ def _one_prune_at_a_time() -> Iterator[None]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
+
+
 RETENTION_DAYS_MAX = 36500
 
 
