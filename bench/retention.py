@@ -392,6 +392,37 @@ def writer_phase(days: int, batch_size: int, rate: float) -> None:
             f"{summary.deliveries / max(summary.seconds, 1e-9):,.0f} rows/s, {summary.batches} batches")
 
 
+def busy_hour(rows: int, client: Any, runs: int) -> None:
+    """`rows` more deliveries created within the last hour (1,000 pushes/s is 3.6 million), then the
+    pages that read that hour: the dashboard's figures cover the last hour whatever the log's length."""
+    from django.db import connection
+
+    from push.models import PushApp
+
+    app_ids = list(PushApp.objects.order_by("pk").values_list("pk", flat=True)[:APPS])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM push_delivery")
+        first = cursor.fetchone()[0] + 1
+        started = time.monotonic()
+        cursor.execute("SET synchronous_commit TO OFF")
+        now = time.time()
+        for chunk in range(first, first + rows, FILL_CHUNK):
+            last = min(chunk + FILL_CHUNK, first + rows) - 1
+            cursor.execute(_FILL_SQL, {
+                "app_ids": app_ids, "per_account": DEVICES_PER_ACCOUNT, "apps": APPS, "apple_apps": APPS * 7 // 10,
+                "accounts": ACCOUNTS, "t0": _timestamp(now - 3600 - first * 3600 / rows), "step": 3600 / rows,
+                "first": chunk, "last": last,
+            })
+        cursor.execute("ANALYZE push_delivery")
+    say(f"\n{rows:,} more deliveries in the last hour ({rows / 3600:,.0f}/s), inserted with the indexes in "
+        f"{time.monotonic() - started:.0f} s, ANALYZE")
+    pages_report(f"pages reading the last hour with {rows:,} deliveries in it, {runs} runs each", pages_measure(
+        client, [("dashboard /admin/dashboard/", "/admin/dashboard/"),
+                 ("dashboard summary fragment", "/admin/dashboard/?fragment=summary"),
+                 ("API deliveries, first page", "/api/v1/deliveries/"), ("/metrics", "/metrics")], runs,
+    ))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="deliveries to fill (default 10,000,000)")
@@ -405,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
                              "full speed; the consumer's default is 1)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing fill of about --rows rows")
     parser.add_argument("--no-prune", action="store_true", help="measure the pages only")
+    parser.add_argument("--busy-hour-rows", type=int, default=0,
+                        help="last, this many more deliveries in the last hour and the pages that read it (3600000: "
+                             "1,000 pushes/s); default 0: off")
     parser.add_argument("--writer-rate", type=float, default=500.0,
                         help="last, a writer at this many rows/s alone, then beside a prune of --writer-days more "
                              "days (0: skip)")
@@ -450,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     pages_report(f"pages with {_estimated_rows():,} deliveries (estimate), {args.runs} runs each",
                  pages_measure(client, page_list, args.runs))
     if args.no_prune:
+        if args.busy_hour_rows:
+            busy_hour(args.busy_hour_rows, client, args.runs)
         return
     prune_measure(args.days, args.devices_days, args.batch_size, args.rest)
     pages_report(f"pages right after the prune, {_estimated_rows():,} deliveries (estimate)",
@@ -462,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
                  pages_measure(client, page_list, args.runs))
     if args.writer_rate > 0:
         writer_phase(args.writer_days, args.batch_size, args.writer_rate)
+    if args.busy_hour_rows:
+        busy_hour(args.busy_hour_rows, client, args.runs)
 
 
 def _md5(text: str) -> str:
