@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "registry",
     "push",
     "kazoo",
+    "hooks",
 ]
 
 MIDDLEWARE = [
@@ -202,6 +203,47 @@ KAZOO_CA_FILE = env.str("KAZOO_CA_FILE", default="") or None
 # push objects with pusher's and queues the ones that differ for sync (0 = off).
 PUSHER_RECONCILE_INTERVAL_S = env.float("PUSHER_RECONCILE_INTERVAL_S", default=3600.0)
 PUSHER_RECONCILE_BATCH = env.int("PUSHER_RECONCILE_BATCH", default=500)
+
+# --- Webhooks and alerts (README, "Webhooks and alerts") ----------------------------------------
+
+
+def _at_least(name: str, value: float, minimum: float) -> float:
+    if not value >= minimum:  # (also refuses NaN)
+        _stop(f"{name} must be at least {minimum:g}; got {value!r}")
+    return value
+
+
+# The consumer's webhook thread: checks (consumers, credentials), queues events, sends (0 = off).
+PUSHER_WEBHOOK_INTERVAL_S = _at_least("PUSHER_WEBHOOK_INTERVAL_S", env.float("PUSHER_WEBHOOK_INTERVAL_S", default=5.0),
+                                      0)
+PUSHER_WEBHOOK_TIMEOUT_S = _at_least("PUSHER_WEBHOOK_TIMEOUT_S", env.float("PUSHER_WEBHOOK_TIMEOUT_S", default=5.0),
+                                     0.1)
+PUSHER_WEBHOOK_MAX_ATTEMPTS = int(_at_least("PUSHER_WEBHOOK_MAX_ATTEMPTS",
+                                            env.int("PUSHER_WEBHOOK_MAX_ATTEMPTS", default=12), 1))
+PUSHER_WEBHOOK_RETRY_S = _at_least("PUSHER_WEBHOOK_RETRY_S", env.float("PUSHER_WEBHOOK_RETRY_S", default=10.0), 0)
+PUSHER_WEBHOOK_RETRY_MAX_S = _at_least("PUSHER_WEBHOOK_RETRY_MAX_S",
+                                       env.float("PUSHER_WEBHOOK_RETRY_MAX_S", default=3600.0), 0)
+PUSHER_WEBHOOK_MAX_AGE_S = _at_least("PUSHER_WEBHOOK_MAX_AGE_S", env.float("PUSHER_WEBHOOK_MAX_AGE_S", default=86400.0),
+                                     0)
+# No heartbeat of a connected consumer for this long is an outage (consumer.down).
+PUSHER_CONSUMER_DOWN_AFTER_S = _at_least("PUSHER_CONSUMER_DOWN_AFTER_S",
+                                         env.float("PUSHER_CONSUMER_DOWN_AFTER_S", default=60.0), 15)
+try:
+    PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS = sorted(
+        {int(days) for days in env.list("PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS", default=["30", "7", "1"])},
+        reverse=True,
+    )
+    if any(days < 1 for days in PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS):
+        raise ValueError
+except ValueError:
+    _stop("PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS must be comma-separated whole numbers of days, each at least 1")
+PUSHER_ALERT_EMAILS = env.list("PUSHER_ALERT_EMAILS", default=[])
+# Django's mail settings from one URL (django-environ): smtp://user:password@host:587 with
+# smtp+tls:// or smtp+ssl://; consolemail:// prints them. Development prints them by default.
+_email = env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+vars().update({name: value for name, value in _email.items() if value is not None})
+EMAIL_TIMEOUT = 10  # seconds; Django's default waits forever on a mail server that stops answering
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="pusher@localhost")
 
 # --- Live feed ------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -17,6 +17,7 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.logqueue import log_queue_start, log_queue_stop
+from kazoo.alerting import alerting_loop
 from kazoo.models import ConsumerStatus
 from kazoo.reconcile import reconcile_loop
 from kazoo.supervisor import Supervisor
@@ -100,6 +101,7 @@ class Command(BaseCommand):
         threading.Thread(target=reconcile_loop, args=(worker.stopping,), name="kazoo-reconcile", daemon=True).start()
         threading.Thread(target=warm_loop, args=(worker.connected, worker.stopping), name="provider-warm",
                          daemon=True).start()
+        threading.Thread(target=alerting_loop, args=(worker.stopping,), name="webhooks", daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()
