@@ -16,6 +16,7 @@ from hooks.services.sending import (
     webhook_test_send,
 )
 from hooks.services.subscriptions import (
+    webhook_secrets_reencrypt,
     webhook_subscription_create,
     webhook_subscription_delete,
     webhook_subscription_problems,
@@ -35,6 +36,7 @@ __all__ = [
     "webhook_delivery_retry",
     "webhook_event_record",
     "webhook_events_queue",
+    "webhook_secrets_reencrypt",
     "webhook_subscription_create",
     "webhook_subscription_delete",
     "webhook_subscription_problems",

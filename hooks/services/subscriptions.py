@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import InvalidInput
+from core.fields import is_undecryptable
 from core.text import text_storable_problem
 from hooks.models import SUBSCRIBABLE_EVENTS, WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
 from hooks.wire import url_origin, url_problem
@@ -135,3 +136,19 @@ def webhook_subscription_scanned(*, subscription: WebhookSubscription, until: An
     scanning cursor; it only moves forward, whichever process scans)."""
     behind = Q(push_scan_from__lt=until) | Q(push_scan_from__isnull=True)
     WebhookSubscription.objects.filter(behind, pk=subscription.pk).update(push_scan_from=until)
+
+
+@transaction.atomic
+def webhook_secrets_reencrypt() -> tuple[int, list[str]]:
+    """Rewrite every subscription's secret with the first FIELD_ENCRYPTION_KEY (the key rotation
+    step of `manage.py credentials_reencrypt`). Returns (how many, names of those no key decrypts,
+    left as they are)."""
+    count, undecryptable = 0, []
+    rows = WebhookSubscription.objects.select_for_update().values_list("pk", "name", "secret").order_by("name")
+    for pk, name, stored in rows.iterator():
+        if is_undecryptable(stored):
+            undecryptable.append(name)
+            continue
+        WebhookSubscription.objects.filter(pk=pk).update(secret=stored)  # encrypted again with the first key
+        count += 1
+    return count, undecryptable

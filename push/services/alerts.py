@@ -46,7 +46,7 @@ STATUSES_OF_EVENT = {
     WebhookEventType.PUSH_FAILED: (DeliveryStatus.FAILED, DeliveryStatus.TOKEN_INVALID),
     WebhookEventType.PUSH_EXPIRED: (DeliveryStatus.EXPIRED,),
 }
-EVENT_OF_STATUS: dict[str, str] = {status: event for event, statuses in STATUSES_OF_EVENT.items() for status in statuses}
+EVENT_OF_STATUS: dict[str, str] = {s: event for event, statuses in STATUSES_OF_EVENT.items() for s in statuses}
 
 
 def _iso(value: datetime | None) -> str | None:
