@@ -24,9 +24,9 @@ def consumers_connected(*, names: list[str]) -> set[str]:
 
 
 def consumer_last_connected() -> datetime | None:
-    """The newest heartbeat of a consumer that said it consumes; None when none ever did."""
-    return ConsumerStatus.objects.filter(connected=True).order_by("-updated_at").values_list(
-        "updated_at", flat=True).first()
+    """When a consumer last said, in a heartbeat, that it consumes; None when none ever did."""
+    return ConsumerStatus.objects.filter(last_connected_at__isnull=False).order_by("-last_connected_at").values_list(
+        "last_connected_at", flat=True).first()
 
 
 def consumers_recent(*, limit: int = 10) -> list[ConsumerStatus]:

@@ -154,17 +154,20 @@ def _heartbeat(worker: Worker, *, final: bool = False, previous: list | None = N
         last_total, last_time = previous
         rate = (worker.messages_total - last_total) / max(now - last_time, 1e-6)
         previous[:] = [worker.messages_total, now]
+    connected = worker.connected.is_set() and not final
+    now_at = timezone.now()
     ConsumerStatus.objects.update_or_create(
         name=f"{socket.gethostname()}:{os.getpid()}",
         defaults={
-            "connected": worker.connected.is_set() and not final,
+            "connected": connected,
+            **({"last_connected_at": now_at} if connected else {}),
             "started_at": _started,
             "last_message_at": (
                 datetime.fromtimestamp(worker.last_message_at, tz=UTC) if worker.last_message_at else None
             ),
             "messages_total": worker.messages_total,
             "messages_per_s": rate,
-            "updated_at": timezone.now(),
+            "updated_at": now_at,
         },
     )
 
