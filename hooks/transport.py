@@ -34,7 +34,8 @@ class Poster(Protocol):
 def webhook_poster(*, timeout_s: float) -> Iterator[Poster]:
     """A poster for a run of webhooks: one HTTP client, so that the requests to one receiver reuse
     its connection. `timeout_s` bounds each network step (connecting, sending, each read).
-    Redirects are not followed: a receiver that moved answers 3xx, which is not a delivery."""
+    Redirects are not followed: a receiver that moved answers 3xx, which is not a delivery.
+    HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment apply (httpx's own rules)."""
     with httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False) as client:
 
         def post(url: str, body: bytes, headers: dict[str, str]) -> PostResult:

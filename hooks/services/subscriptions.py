@@ -107,7 +107,7 @@ def webhook_subscription_update(*, subscription: WebhookSubscription, **changes:
     subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription.pk)
     for name, value in changes.items():
         setattr(subscription, name, value)
-    subscription.save()
+    subscription.save(update_fields=[*changes, "updated_at"])  # the secret is rewritten only when changed
     log.info("webhook subscription %r changed (%s)", subscription.name, ", ".join(sorted(changes)) or "nothing")
     return subscription
 

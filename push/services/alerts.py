@@ -4,14 +4,17 @@ pushes, and credentials that are about to expire or cannot send.
 Failed and expired pushes are read from the delivery log, not reported by the push path: the push
 lane writes outcomes in batches on its store thread and acks after, and nothing is added there; a
 subscription's events are queued by `push_outcomes_enqueue`, which the consumer's webhook thread
-runs every few seconds. The log is the durable record, so an outcome written while no sender
-ran (a restart, a crash) is still found: each subscription keeps how far it has read
-(`push_scan_from`), and a delivery created after that which failed or expired and is not queued
-for the subscription yet is queued. A delivery settles within its push window (at most
-PUSH_WINDOW_MAX_S) plus the time its outcome may wait for the database, so the cursor stays
-SETTLE behind the present: what is younger is read again (an index range over the failed and
-expired deliveries of that window, each looked up once in the subscription's queue) until it is
-settled.
+runs every few seconds. The log is the durable record, so an outcome written while no sender ran
+(a restart, a crash) is still found when one runs again.
+
+Each subscription keeps how far it has read (`push_scan_from`): every delivery created before it
+was final when it was read. A delivery is not final while it is in flight (status queued, claimed
+before the send), and a push that is never claimed (no app to send through) gets its row with its
+outcome, at most LATE after it came in. So each round reads the failed and expired deliveries
+created since the cursor, queues those not queued yet (looked up by key), and moves the cursor to
+the oldest delivery still in flight or to LATE ago, whichever is older: a round reads again about
+LATE's worth of failed deliveries, plus those behind a push still in flight. A queued row older
+than ORPHANED (its consumer died and no redelivery took it over) holds nothing back.
 """
 
 from __future__ import annotations
@@ -21,11 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import CharField, Exists, OuterRef, Value
-from django.db.models.functions import Cast, Concat
+from django.db.models import Q
 from django.utils import timezone
 
-from hooks.models import WebhookDelivery, WebhookEventType
+from hooks.models import WebhookDelivery, WebhookEventType, WebhookSubscription
 from hooks.services import (
     WebhookEvent,
     alert_clear,
@@ -40,8 +42,10 @@ from push.services.policy import PUSH_WINDOW_MAX_S
 
 log = logging.getLogger(__name__)
 
-SETTLE = timedelta(seconds=PUSH_WINDOW_MAX_S + 300)
-SCAN_BATCH = 500
+LATE = timedelta(seconds=60)
+ORPHANED = timedelta(seconds=PUSH_WINDOW_MAX_S + 300)
+PAGE = 500  # deliveries read per query
+ROUND_MAX = 20_000  # deliveries read per subscription per round; the rest on the next round
 STATUSES_OF_EVENT = {
     WebhookEventType.PUSH_FAILED: (DeliveryStatus.FAILED, DeliveryStatus.TOKEN_INVALID),
     WebhookEventType.PUSH_EXPIRED: (DeliveryStatus.EXPIRED,),
@@ -64,29 +68,57 @@ def push_event_data(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def push_outcomes_enqueue(*, now: datetime | None = None, batch: int = SCAN_BATCH) -> int:
+def push_outcomes_enqueue(*, now: datetime | None = None, page: int = PAGE, round_max: int = ROUND_MAX) -> int:
     """Queue push.failed / push.expired for every subscription that chose them: the deliveries
-    created since its cursor whose outcome is one of those and that are not queued for it yet, at
-    most `batch` per subscription per call (oldest first). Returns how many were queued."""
+    created since its cursor, oldest first, with one of those outcomes and not queued for it yet.
+    Returns how many were queued."""
     now = now or timezone.now()
-    queued = 0
-    for subscription in webhook_subscriptions_for(event_types=set(STATUSES_OF_EVENT)):
-        statuses = [s for event in subscription.event_types for s in STATUSES_OF_EVENT.get(event, ())]
-        scan_from = subscription.push_scan_from or subscription.created_at
-        already = WebhookDelivery.objects.filter(
-            subscription=subscription,
-            event_key=Concat(Value("push:"), Cast(OuterRef("pk"), output_field=CharField())),
-        )
-        deliveries = Delivery.objects.filter(status__in=statuses, created_at__gte=scan_from).filter(~Exists(already))
-        if subscription.account_id:
-            deliveries = deliveries.filter(account_id=subscription.account_id)
-        found = list(deliveries.order_by("created_at", "pk")[:batch])
-        events = [WebhookEvent(EVENT_OF_STATUS[d.status], f"push:{d.pk}", push_event_data(d), d.account_id)
-                  for d in found]
-        queued += webhook_events_queue(subscription=subscription, events=events, now=now)
-        if len(found) < batch:  # caught up: what is settled needs no second look
-            webhook_subscription_scanned(subscription=subscription, until=max(scan_from, now - SETTLE))
+    oldest_in_flight = (
+        Delivery.objects.filter(status=DeliveryStatus.QUEUED, created_at__gte=now - ORPHANED)
+        .order_by("created_at").values_list("created_at", flat=True).first()
+    )
+    # Read before the deliveries themselves: whatever is older than this was final by then.
+    settled = min(now - LATE, oldest_in_flight or now)
+    return sum(_subscription_read(subscription, now=now, settled=settled, page=page, round_max=round_max)
+               for subscription in webhook_subscriptions_for(event_types=set(STATUSES_OF_EVENT)))
+
+
+def _subscription_read(subscription: WebhookSubscription, *, now: datetime, settled: datetime, page: int,
+                       round_max: int) -> int:
+    statuses = [s for event in subscription.event_types for s in STATUSES_OF_EVENT.get(event, ())]
+    scan_from = subscription.push_scan_from or subscription.created_at
+    deliveries = Delivery.objects.filter(status__in=statuses, created_at__gte=scan_from)
+    if subscription.account_id:
+        deliveries = deliveries.filter(account_id=subscription.account_id)
+    queued, read, after = 0, 0, None
+    while read < round_max:
+        # Keyset pages on (created_at, pk): the (status, created_at) index, whatever the tables' statistics say.
+        rows = deliveries if after is None else deliveries.filter(
+            Q(created_at__gt=after[0]) | Q(created_at=after[0], pk__gt=after[1]))
+        keys = list(rows.order_by("created_at", "pk").values_list("created_at", "pk")[:page])
+        read += len(keys)
+        if keys:
+            queued += _queue_new(subscription, [pk for _, pk in keys], now=now)
+            after = keys[-1]
+        if len(keys) < page:
+            webhook_subscription_scanned(subscription=subscription, until=max(scan_from, settled))
+            return queued
+    # Stopped short (a backlog): the next round goes on from here, reading this last instant again.
+    assert after is not None
+    webhook_subscription_scanned(subscription=subscription, until=max(scan_from, min(settled, after[0])))
     return queued
+
+
+def _queue_new(subscription: WebhookSubscription, pks: list[int], *, now: datetime) -> int:
+    keys = {pk: f"push:{pk}" for pk in pks}
+    already = set(WebhookDelivery.objects.filter(subscription=subscription, event_key__in=keys.values())
+                  .values_list("event_key", flat=True))
+    new = [pk for pk, key in keys.items() if key not in already]
+    if not new:
+        return 0
+    events = [WebhookEvent(EVENT_OF_STATUS[d.status], keys[d.pk], push_event_data(d), d.account_id)
+              for d in Delivery.objects.filter(pk__in=new).order_by("created_at", "pk")]
+    return webhook_events_queue(subscription=subscription, events=events, now=now)
 
 
 def _credential_data(credential: Credential, apps: list[str]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from pusher_site.api.conventions import (
 )
 from pusher_site.api.parsers import JSONParser
 
+EVENT_CHOICES = [t.value for t in SUBSCRIBABLE_EVENTS]
+
 
 class StaffModelPermissions(ModelPermissions):
     """Staff users (is_staff) with the model's permissions: a subscription sends the platform's
@@ -121,7 +123,7 @@ class WebhookDeliveryViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
 class WebhookSubscriptionSerializer(serializers.ModelSerializer):
     """A subscription. Its secret never comes back out."""
 
-    event_types = serializers.ListField(child=serializers.ChoiceField(choices=SUBSCRIBABLE_EVENTS), read_only=True)
+    event_types = serializers.ListField(child=serializers.ChoiceField(choices=EVENT_CHOICES), read_only=True)
 
     class Meta:
         model = WebhookSubscription
@@ -136,7 +138,7 @@ class WebhookSubscriptionInputSerializer(serializers.Serializer):
         required=False, write_only=True, trim_whitespace=False, min_length=SECRET_MIN, max_length=SECRET_MAX,
         help_text="Signs every request (X-Pusher-Signature); required to create, never returned",
     )
-    event_types = serializers.ListField(child=StrictChoiceField(choices=SUBSCRIBABLE_EVENTS), allow_empty=False,
+    event_types = serializers.ListField(child=StrictChoiceField(choices=EVENT_CHOICES), allow_empty=False,
                                         max_length=len(SUBSCRIBABLE_EVENTS) * 2)
     account_id = StrictCharField(required=False, allow_blank=True, max_length=ACCOUNT_MAX,
                                  help_text="Only this account's push and token events; blank = every account")

@@ -22,6 +22,7 @@ ALLOWED = {
     "write": {"operator", "admin"},
     "push": {"operator", "admin"},
     "delete": {"admin"},
+    "staff": {"admin"},  # staff users with the model's permissions: webhooks
 }
 RULE_BODY = {"name": "NewPhone", "regex": "^NewPhone", "properties": {"Token-ID": "pn-tok", "Token-App": "app-id",
                                                                      "Token-Type": "pn-type"}}
@@ -44,6 +45,7 @@ class Row:
         return self.url.format(
             app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
             rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
+            webhook=seed.webhook.pk, webhook_delivery=seed.webhook_delivery.pk,
         )
 
 
@@ -93,6 +95,20 @@ ROWS = [
         True),
     Row("tokens reactivate", "post", "/api/v1/tokens/{token}/reactivate/", "write", 200, None, True),
     Row("push_req", "post", "/api/v1/push/", "push", 200, PUSH_REQ),
+    Row("webhooks list", "get", "/api/v1/webhooks/", "staff", 200),
+    Row("webhooks retrieve", "get", "/api/v1/webhooks/{webhook}/", "staff", 200),
+    Row("webhooks create", "post", "/api/v1/webhooks/", "staff", 201,
+        {"name": "new hook", "url": "http://127.0.0.1:9/new", "secret": "s" * 20, "event_types": ["push.failed"]},
+        True),
+    Row("webhooks update", "put", "/api/v1/webhooks/{webhook}/", "staff", 200,
+        {"name": "seed hook", "url": "http://127.0.0.1:9/put", "event_types": ["push.expired"]}, True),
+    Row("webhooks partial update", "patch", "/api/v1/webhooks/{webhook}/", "staff", 200, {"enabled": False}, True),
+    Row("webhooks delete", "delete", "/api/v1/webhooks/{webhook}/", "staff", 204, None, True),
+    Row("webhooks test event", "post", "/api/v1/webhooks/{webhook}/test/", "staff", 200, None, True),
+    Row("webhook deliveries list", "get", "/api/v1/webhook-deliveries/", "staff", 200),
+    Row("webhook deliveries retrieve", "get", "/api/v1/webhook-deliveries/{webhook_delivery}/", "staff", 200),
+    Row("webhook deliveries retry", "post", "/api/v1/webhook-deliveries/{webhook_delivery}/retry/", "staff", 200,
+        None, True),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),
 ]

@@ -113,7 +113,7 @@ def certificate(days: int, name: str = "voip cert") -> Credential:
 
 def test_a_credential_expiry_is_told_once_per_threshold_with_an_e_mail(subscription, settings) -> None:
     settings.PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS = [30, 7, 1]
-    credential = certificate(days=20)
+    certificate(days=20)
     now = timezone.now()
 
     for _ in range(3):

@@ -14,7 +14,7 @@ from django.utils import timezone
 from hooks import services
 from hooks.models import WebhookDelivery, WebhookSubscription
 from push.models import Delivery, DeliveryStatus
-from push.services.alerts import SETTLE, push_outcomes_enqueue
+from push.services.alerts import LATE, ORPHANED, push_outcomes_enqueue
 from push.services.sending import token_dead
 from registry.models import Device, PushToken
 from registry.services import push_token_deactivate
@@ -106,32 +106,59 @@ def test_a_push_in_flight_at_one_scan_is_queued_when_it_fails() -> None:
     assert queued() == {f"push:{in_flight.pk}": "push.failed"}
 
 
-def test_a_backlog_is_read_in_batches_and_the_cursor_waits_for_it() -> None:
+def test_the_log_is_read_in_pages_and_the_cursor_moves_to_what_has_settled() -> None:
     subscription = subscribe()
-    created = subscription.push_scan_from
     for n in range(5):
         delivery(DeliveryStatus.FAILED, ago_s=-n)  # created after the subscription, oldest first
-    later = timezone.now() + SETTLE + timedelta(minutes=5)
+    later = timezone.now() + timedelta(minutes=5)
 
-    counts = [push_outcomes_enqueue(now=later, batch=2) for _ in range(4)]
+    assert push_outcomes_enqueue(now=later, page=2) == 5
+    assert push_outcomes_enqueue(now=later, page=2) == 0
 
-    assert counts == [2, 2, 1, 0]
-    assert len(queued()) == 5
     subscription.refresh_from_db()
-    # Caught up: the cursor moved to what has settled (SETTLE behind the scan), and no further.
-    assert subscription.push_scan_from == later - SETTLE and subscription.push_scan_from > created
+    assert subscription.push_scan_from == later - LATE  # nothing in flight: LATE behind the round
 
 
-def test_the_cursor_does_not_move_while_a_batch_is_full() -> None:
+def test_a_backlog_longer_than_a_round_goes_on_next_round() -> None:
     subscription = subscribe()
-    before = subscription.push_scan_from
-    for _ in range(3):
-        delivery(DeliveryStatus.FAILED, ago_s=-1)
+    rows = [delivery(DeliveryStatus.FAILED, ago_s=-n) for n in range(5)]
+    later = timezone.now() + timedelta(minutes=5)
 
-    push_outcomes_enqueue(now=timezone.now() + SETTLE * 2, batch=2)
+    counts = [push_outcomes_enqueue(now=later, page=2, round_max=2) for _ in range(5)]
+
+    # Each round after the first reads the last instant of the one before again (queued already).
+    assert counts == [2, 1, 1, 1, 0] and len(queued()) == 5
+    subscription.refresh_from_db()
+    assert subscription.push_scan_from == later - LATE
+    assert rows[-1].created_at < subscription.push_scan_from
+
+
+def test_the_cursor_stays_behind_a_push_in_flight() -> None:
+    subscription = subscribe()
+    in_flight = delivery(DeliveryStatus.QUEUED, ago_s=-1)
+    delivery(DeliveryStatus.FAILED, ago_s=-2)
+    later = timezone.now() + timedelta(minutes=5)
+
+    assert push_outcomes_enqueue(now=later) == 1
+    subscription.refresh_from_db()
+    assert subscription.push_scan_from == in_flight.created_at
+
+    Delivery.objects.filter(pk=in_flight.pk).update(status=DeliveryStatus.EXPIRED, finished_at=later)
+    assert push_outcomes_enqueue(now=later) == 1
+    assert queued()[f"push:{in_flight.pk}"] == "push.expired"
+    subscription.refresh_from_db()
+    assert subscription.push_scan_from == later - LATE
+
+
+def test_a_push_left_in_flight_by_a_dead_consumer_holds_nothing_back() -> None:
+    subscription = subscribe()
+    delivery(DeliveryStatus.QUEUED, ago_s=-1)  # its consumer was SIGKILLed; nobody took it over
+    much_later = timezone.now() + ORPHANED + timedelta(minutes=5)
+
+    push_outcomes_enqueue(now=much_later)
 
     subscription.refresh_from_db()
-    assert subscription.push_scan_from == before
+    assert subscription.push_scan_from == much_later - LATE
 
 
 def device_with_token() -> PushToken:

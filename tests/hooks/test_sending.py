@@ -17,7 +17,7 @@ from django.utils import timezone
 from core import fields
 from core.errors import PusherError
 from hooks import services
-from hooks.models import WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
+from hooks.models import WebhookDelivery, WebhookSubscription
 from hooks.services import WebhookEvent
 from hooks.services.sending import RetryPolicy, _claim
 from tests.hooks.receiver import Receiver
