@@ -207,27 +207,34 @@ PUSHER_RECONCILE_BATCH = env.int("PUSHER_RECONCILE_BATCH", default=500)
 # --- Webhooks and alerts (README, "Webhooks and alerts") ----------------------------------------
 
 
-def _at_least(name: str, value: float, minimum: float) -> float:
+def _at_least(name: str, raw: str, minimum: float, cast: type[float] | type[int] = float) -> float:
+    """A number read from the environment (as text: django-environ would turn "nan" or "1e3" into
+    a traceback), at least `minimum`, or the boot stops in one line."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = float("nan")
     if not value >= minimum:  # (also refuses NaN)
-        _stop(f"{name} must be at least {minimum:g}; got {value!r}")
+        _stop(f"{name} must be {'a whole number' if cast is int else 'a number'} of at least {minimum:g}; "
+              f"got {raw!r}")
     return value
 
 
 # The consumer's webhook thread: checks (consumers, credentials), queues events, sends (0 = off).
-PUSHER_WEBHOOK_INTERVAL_S = _at_least("PUSHER_WEBHOOK_INTERVAL_S", env.float("PUSHER_WEBHOOK_INTERVAL_S", default=5.0),
+PUSHER_WEBHOOK_INTERVAL_S = _at_least("PUSHER_WEBHOOK_INTERVAL_S", env.str("PUSHER_WEBHOOK_INTERVAL_S", default="5"),
                                       0)
-PUSHER_WEBHOOK_TIMEOUT_S = _at_least("PUSHER_WEBHOOK_TIMEOUT_S", env.float("PUSHER_WEBHOOK_TIMEOUT_S", default=5.0),
+PUSHER_WEBHOOK_TIMEOUT_S = _at_least("PUSHER_WEBHOOK_TIMEOUT_S", env.str("PUSHER_WEBHOOK_TIMEOUT_S", default="5"),
                                      0.1)
 PUSHER_WEBHOOK_MAX_ATTEMPTS = int(_at_least("PUSHER_WEBHOOK_MAX_ATTEMPTS",
-                                            env.int("PUSHER_WEBHOOK_MAX_ATTEMPTS", default=12), 1))
-PUSHER_WEBHOOK_RETRY_S = _at_least("PUSHER_WEBHOOK_RETRY_S", env.float("PUSHER_WEBHOOK_RETRY_S", default=10.0), 0)
+                                            env.str("PUSHER_WEBHOOK_MAX_ATTEMPTS", default="12"), 1, int))
+PUSHER_WEBHOOK_RETRY_S = _at_least("PUSHER_WEBHOOK_RETRY_S", env.str("PUSHER_WEBHOOK_RETRY_S", default="10"), 0)
 PUSHER_WEBHOOK_RETRY_MAX_S = _at_least("PUSHER_WEBHOOK_RETRY_MAX_S",
-                                       env.float("PUSHER_WEBHOOK_RETRY_MAX_S", default=3600.0), 0)
-PUSHER_WEBHOOK_MAX_AGE_S = _at_least("PUSHER_WEBHOOK_MAX_AGE_S", env.float("PUSHER_WEBHOOK_MAX_AGE_S", default=86400.0),
+                                       env.str("PUSHER_WEBHOOK_RETRY_MAX_S", default="3600"), 0)
+PUSHER_WEBHOOK_MAX_AGE_S = _at_least("PUSHER_WEBHOOK_MAX_AGE_S", env.str("PUSHER_WEBHOOK_MAX_AGE_S", default="86400"),
                                      0)
 # No heartbeat of a connected consumer for this long is an outage (consumer.down).
 PUSHER_CONSUMER_DOWN_AFTER_S = _at_least("PUSHER_CONSUMER_DOWN_AFTER_S",
-                                         env.float("PUSHER_CONSUMER_DOWN_AFTER_S", default=60.0), 15)
+                                         env.str("PUSHER_CONSUMER_DOWN_AFTER_S", default="60"), 15)
 try:
     PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS = sorted(
         {int(days) for days in env.list("PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS", default=["30", "7", "1"])},
