@@ -1,5 +1,5 @@
-"""REST API of webhooks: subscriptions (staff only: a subscription sends the platform's events out),
-the webhook delivery log, "send test event" and "retry now".
+"""REST API of webhooks and alerts (staff only: a subscription sends the platform's events out):
+subscriptions, the webhook delivery log, "send test event", "retry now", the alerts raised.
 
 Input serializer -> hooks.services -> output serializer, as the admin does it. The secret is
 write-only: no serializer here reads WebhookSubscription.secret.
@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from hooks import services
 from hooks.models import (
     SUBSCRIBABLE_EVENTS,
+    Alert,
     WebhookDelivery,
     WebhookDeliveryStatus,
     WebhookEventType,
@@ -115,6 +116,38 @@ class WebhookDeliveryViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
         audit_log(request=request, action="change", obj=delivery,
                   message=f"retry: {delivery.status} (attempt {delivery.attempts})")
         return Response(WebhookDeliverySerializer(delivery).data)
+
+
+# --- Alerts ------------------------------------------------------------------------------------
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    """An alert: raised once (its event sent, its e-mail too), then left alone until it clears."""
+
+    class Meta:
+        model = Alert
+        fields = ["id", "key", "event_type", "summary", "active", "raised_at", "cleared_at", "data", "email_wanted",
+                  "emailed_at", "email_attempts", "email_error"]
+        read_only_fields = fields
+
+
+class AlertFilterSerializer(serializers.Serializer):
+    active = serializers.BooleanField(required=False)
+    event_type = serializers.ChoiceField(choices=WebhookEventType.choices, required=False)
+
+
+class AlertViewSet(FilteredListMixin, viewsets.ReadOnlyModelViewSet):
+    """Alerts raised, newest first (read-only: the checks raise and clear them)."""
+
+    queryset = Alert.objects.all()
+    serializer_class = AlertSerializer
+    filter_serializer_class = AlertFilterSerializer
+    filter_lookups = {"active": "active", "event_type": "event_type"}
+    permission_classes = [StaffModelPermissions]
+    pagination_class = Pagination
+    schema = api_schema()
+    ordering_fields = ["raised_at", "cleared_at", "event_type"]
+    ordering = ["-raised_at", "-id"]
 
 
 # --- Subscriptions -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from hooks import services as hooks_services
-from hooks.models import WebhookDelivery, WebhookSubscription
+from hooks.models import Alert, WebhookDelivery, WebhookSubscription
 from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
 from registry.models import Device, PushToken, UserAgentRule
@@ -45,6 +45,7 @@ class Seed:
     delivery: Delivery
     webhook: WebhookSubscription
     webhook_delivery: WebhookDelivery
+    alert: Alert
     # Substrings of the secrets that must never appear in any answer.
     secrets: list[str] = field(default_factory=list)
 
@@ -99,11 +100,13 @@ def seed(db, acme_rule) -> Seed:
     webhook = hooks_services.webhook_subscription_create(name="seed hook", url="http://127.0.0.1:9/pusher",
                                                          secret=WEBHOOK_SECRET, event_types=["push.failed"])
     hooks_services.webhook_event_record(event=hooks_services.WebhookEvent("push.failed", "push:seed", {"seed": 1}))
+    hooks_services.alert_raise(key="consumer.down", event_type="consumer.down", summary="seed outage", data={})
     secrets = [*_key_lines(cert_key), *_key_lines(p8), *_key_lines(account["private_key"]), LEGACY_KEY,
                "PRIVATE KEY", WEBHOOK_SECRET]
     return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
                 firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, webhook=webhook,
-                webhook_delivery=WebhookDelivery.objects.get(subscription=webhook), secrets=secrets)
+                webhook_delivery=WebhookDelivery.objects.get(subscription=webhook), alert=Alert.objects.get(),
+                secrets=secrets)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ class Row:
         return self.url.format(
             app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
             rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
-            webhook=seed.webhook.pk, webhook_delivery=seed.webhook_delivery.pk,
+            webhook=seed.webhook.pk, webhook_delivery=seed.webhook_delivery.pk, alert=seed.alert.pk,
         )
 
 
@@ -109,6 +109,8 @@ ROWS = [
     Row("webhook deliveries retrieve", "get", "/api/v1/webhook-deliveries/{webhook_delivery}/", "staff", 200),
     Row("webhook deliveries retry", "post", "/api/v1/webhook-deliveries/{webhook_delivery}/retry/", "staff", 200,
         None, True),
+    Row("alerts list", "get", "/api/v1/alerts/", "staff", 200),
+    Row("alerts retrieve", "get", "/api/v1/alerts/{alert}/", "staff", 200),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),
 ]
