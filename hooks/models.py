@@ -22,6 +22,8 @@ class WebhookEventType(models.TextChoices):
 
 # What a subscription may choose: every event but the test, which goes to one subscription on demand.
 SUBSCRIBABLE_EVENTS = tuple(t for t in WebhookEventType if t != WebhookEventType.TEST)
+# The events read from the push delivery log, from each subscription's cursor (push_scan_from).
+PUSH_LOG_EVENTS = frozenset({WebhookEventType.PUSH_FAILED, WebhookEventType.PUSH_EXPIRED})
 
 
 class WebhookSubscription(models.Model):

@@ -12,7 +12,13 @@ from django.utils import timezone
 from core.errors import InvalidInput
 from core.fields import is_undecryptable
 from core.text import text_storable_problem
-from hooks.models import SUBSCRIBABLE_EVENTS, WebhookDelivery, WebhookDeliveryStatus, WebhookSubscription
+from hooks.models import (
+    PUSH_LOG_EVENTS,
+    SUBSCRIBABLE_EVENTS,
+    WebhookDelivery,
+    WebhookDeliveryStatus,
+    WebhookSubscription,
+)
 from hooks.wire import url_origin, url_problem
 
 log = logging.getLogger(__name__)
@@ -105,11 +111,22 @@ def webhook_subscription_update(*, subscription: WebhookSubscription, **changes:
     account_id, enabled. Deliveries still to be sent go to the new URL, signed with the new secret."""
     changes = _checked(subscription, changes)
     subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription.pk)
+    reading_before = _reads_push_log(subscription)
     for name, value in changes.items():
         setattr(subscription, name, value)
-    subscription.save(update_fields=[*changes, "updated_at"])  # the secret is rewritten only when changed
+    fields = [*changes, "updated_at"]  # the secret is rewritten only when changed
+    if _reads_push_log(subscription) and not reading_before:
+        # Push outcomes from now on, as for a new subscription: not those of the time it was off
+        # (or chose none), which the other events of that time did not reach either.
+        subscription.push_scan_from = timezone.now()
+        fields.append("push_scan_from")
+    subscription.save(update_fields=fields)
     log.info("webhook subscription %r changed (%s)", subscription.name, ", ".join(sorted(changes)) or "nothing")
     return subscription
+
+
+def _reads_push_log(subscription: WebhookSubscription) -> bool:
+    return subscription.enabled and bool(PUSH_LOG_EVENTS & set(subscription.event_types))
 
 
 @transaction.atomic

@@ -22,7 +22,7 @@ from hooks.models import (
 )
 from hooks.wire import url_origin
 
-ACTION_MAX = 20  # rows one action attempts at once: each may wait for a receiver's timeout
+ACTION_MAX = 10  # rows one action attempts at once: each may wait for a receiver's timeouts
 
 
 def delivery_outcome_text(delivery: WebhookDelivery) -> str:
@@ -31,6 +31,13 @@ def delivery_outcome_text(delivery: WebhookDelivery) -> str:
         return f"delivered (HTTP {delivery.last_http_status})"
     then = "gave up" if delivery.status == WebhookDeliveryStatus.GAVE_UP else "will retry"
     return f"not delivered: {delivery.last_error or 'no answer'} ({then}; attempt {delivery.attempts})"
+
+
+def _more_than_max(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    count = queryset.count()
+    if count > ACTION_MAX:
+        model_admin.message_user(request, f"{count} selected: the first {ACTION_MAX} are tried; run the action again "
+                                 "for the others", messages.WARNING)
 
 
 class WebhookSubscriptionForm(forms.ModelForm):
@@ -130,6 +137,7 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a test event", permissions=["change"])
     def send_test_event(self, request: HttpRequest, queryset: QuerySet[WebhookSubscription]) -> None:
+        _more_than_max(self, request, queryset)
         for subscription in queryset[:ACTION_MAX]:
             delivery = services.webhook_test_send(subscription=subscription)
             level = messages.SUCCESS if delivery.status == WebhookDeliveryStatus.DELIVERED else messages.ERROR
@@ -174,6 +182,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry now", permissions=["retry"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        _more_than_max(self, request, queryset)
         for delivery in queryset.order_by("created_at")[:ACTION_MAX]:
             try:
                 delivery = services.webhook_delivery_retry(delivery=delivery)

@@ -95,6 +95,26 @@ def test_pushes_from_before_the_subscription_are_not_sent() -> None:
     assert push_outcomes_enqueue() == 0
 
 
+@pytest.mark.parametrize("change", ["events", "enabled"])
+def test_push_events_start_when_chosen_or_enabled_not_before(change: str) -> None:
+    if change == "events":
+        subscription = subscribe(events=("consumer.down",))
+    else:
+        subscription = subscribe()
+        services.webhook_subscription_update(subscription=subscription, enabled=False)
+    delivery(DeliveryStatus.FAILED)  # while the subscription did not want it
+    push_outcomes_enqueue()
+
+    if change == "events":
+        services.webhook_subscription_update(subscription=subscription, event_types=["push.failed"])
+    else:
+        services.webhook_subscription_update(subscription=subscription, enabled=True)
+    now_wanted = delivery(DeliveryStatus.FAILED, ago_s=-1)
+
+    push_outcomes_enqueue()
+    assert queued() == {f"push:{now_wanted.pk}": "push.failed"}
+
+
 def test_a_push_in_flight_at_one_scan_is_queued_when_it_fails() -> None:
     subscribe()
     in_flight = delivery(DeliveryStatus.QUEUED)
