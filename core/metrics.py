@@ -56,3 +56,7 @@ CONSUMER_CONNECTED = Gauge(
     "pusher_consumer_connected", "1 while the consumer is connected and consuming (the number of such processes "
     "under runconsumer --processes)", multiprocess_mode="livesum",
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "pusher_webhook_attempts_total", "Webhook delivery attempts by outcome (delivered, failed: will retry, gave_up)",
+    ["outcome"],
+)

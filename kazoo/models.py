@@ -13,6 +13,8 @@ class ConsumerStatus(models.Model):
     messages_total = models.BigIntegerField(default=0)
     messages_per_s = models.FloatField(default=0)
     updated_at = models.DateTimeField()
+    # The last heartbeat that said connected: how long the consumers have been down (consumer.down).
+    last_connected_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         # Moved from the pusher_site app: the table keeps its name, so no data moves.

@@ -23,6 +23,17 @@ def consumers_connected(*, names: list[str]) -> set[str]:
                .values_list("name", flat=True))
 
 
+def consumer_last_connected() -> datetime | None:
+    """When a consumer last said, in a heartbeat, that it consumes; None when none ever did."""
+    return ConsumerStatus.objects.filter(last_connected_at__isnull=False).order_by("-last_connected_at").values_list(
+        "last_connected_at", flat=True).first()
+
+
+def consumers_recent(*, limit: int = 10) -> list[ConsumerStatus]:
+    """The consumers' newest heartbeat rows (alive or not)."""
+    return list(ConsumerStatus.objects.order_by("-updated_at")[:limit])
+
+
 def devices_reconcile_due(*, limit: int | None, account_id: str | None = None) -> list[Device]:
     """Devices whose push object Kazoo should hold as pusher does (one set, or one cleared by
     pusher), in step as far as pusher knows (synced, or kept locally): the least recently checked

@@ -33,6 +33,11 @@ def credentials_expiring(*, now: datetime, days: int = EXPIRY_WARN_DAYS) -> Quer
     )
 
 
+def credentials_in_use() -> QuerySet[Credential]:
+    """Credentials an enabled push app uses, their apps prefetched (what the credential alerts watch)."""
+    return Credential.objects.filter(apps__enabled=True).distinct().prefetch_related("apps").order_by("pk")
+
+
 def delivery_counts(*, since: datetime) -> QuerySet:
     """Deliveries created since `since`, counted per (provider, status): rows of provider, status, n."""
     return (

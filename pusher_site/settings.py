@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "registry",
     "push",
     "kazoo",
+    "hooks",
 ]
 
 MIDDLEWARE = [
@@ -238,6 +239,55 @@ PUSHER_PRUNE_INTERVAL_S = _whole_number(
     "PUSHER_PRUNE_INTERVAL_S", env.str("PUSHER_PRUNE_INTERVAL_S", default="3600"),
     maximum=31_536_000, zero="the consumer never prunes",
 )
+
+
+# --- Webhooks and alerts (README, "Webhooks and alerts") ----------------------------------------
+
+
+def _at_least(name: str, raw: str, minimum: float, cast: type[float] | type[int] = float) -> float:
+    """A number read from the environment (as text: django-environ would turn "nan" or "1e3" into
+    a traceback), at least `minimum`, or the boot stops in one line."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:  # (also refuses NaN)
+        _stop(f"{name} must be {'a whole number' if cast is int else 'a number'} of at least {minimum:g}; "
+              f"got {raw!r}")
+    return value
+
+
+# The consumer's webhook thread: checks (consumers, credentials), queues events, sends (0 = off).
+PUSHER_WEBHOOK_INTERVAL_S = _at_least("PUSHER_WEBHOOK_INTERVAL_S", env.str("PUSHER_WEBHOOK_INTERVAL_S", default="5"),
+                                      0)
+PUSHER_WEBHOOK_TIMEOUT_S = _at_least("PUSHER_WEBHOOK_TIMEOUT_S", env.str("PUSHER_WEBHOOK_TIMEOUT_S", default="5"),
+                                     0.1)
+PUSHER_WEBHOOK_MAX_ATTEMPTS = int(_at_least("PUSHER_WEBHOOK_MAX_ATTEMPTS",
+                                            env.str("PUSHER_WEBHOOK_MAX_ATTEMPTS", default="12"), 1, int))
+PUSHER_WEBHOOK_RETRY_S = _at_least("PUSHER_WEBHOOK_RETRY_S", env.str("PUSHER_WEBHOOK_RETRY_S", default="10"), 0)
+PUSHER_WEBHOOK_RETRY_MAX_S = _at_least("PUSHER_WEBHOOK_RETRY_MAX_S",
+                                       env.str("PUSHER_WEBHOOK_RETRY_MAX_S", default="3600"), 0)
+PUSHER_WEBHOOK_MAX_AGE_S = _at_least("PUSHER_WEBHOOK_MAX_AGE_S", env.str("PUSHER_WEBHOOK_MAX_AGE_S", default="86400"),
+                                     0)
+# No heartbeat of a connected consumer for this long is an outage (consumer.down).
+PUSHER_CONSUMER_DOWN_AFTER_S = _at_least("PUSHER_CONSUMER_DOWN_AFTER_S",
+                                         env.str("PUSHER_CONSUMER_DOWN_AFTER_S", default="60"), 15)
+try:
+    PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS = sorted(
+        {int(days) for days in env.list("PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS", default=["30", "7", "1"])},
+        reverse=True,
+    )
+    if any(days < 1 for days in PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS):
+        raise ValueError
+except ValueError:
+    _stop("PUSHER_CREDENTIAL_EXPIRY_ALERT_DAYS must be comma-separated whole numbers of days, each at least 1")
+PUSHER_ALERT_EMAILS = env.list("PUSHER_ALERT_EMAILS", default=[])
+# Django's mail settings from one URL (django-environ): smtp://user:password@host:587 with
+# smtp+tls:// or smtp+ssl://; consolemail:// prints them. Development prints them by default.
+_email = env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+vars().update({name: value for name, value in _email.items() if value is not None})
+EMAIL_TIMEOUT = 10  # seconds; Django's default waits forever on a mail server that stops answering
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="pusher@localhost")
 
 # --- Live feed ------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

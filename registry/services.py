@@ -21,6 +21,8 @@ from core import metrics
 from core.errors import ContactParseError, InvalidInput, PusherError, RuleError
 from core.events import event_publish
 from core.text import mask_token
+from hooks.models import WebhookEventType
+from hooks.services import WebhookEvent, webhook_event_record
 from registry import selectors
 from registry.ids import kazoo_id_check
 from registry.models import Device, PushToken, SyncStatus, UserAgentRule
@@ -476,7 +478,7 @@ def push_token_deactivate(*, token: PushToken, reason: str, now: Any = None) -> 
     if not token.active:
         return token
     token.active = False
-    token.deactivated_at = now or timezone.now()
+    token.deactivated_at = deactivated_at = now or timezone.now()
     token.deactivated_reason = (reason or "deactivated")[:300]
     token.save(update_fields=["active", "deactivated_at", "deactivated_reason"])
     device = token.device
@@ -484,6 +486,12 @@ def push_token_deactivate(*, token: PushToken, reason: str, now: Any = None) -> 
         device_push_clear(device=device, reason=token.deactivated_reason)
     event_publish("token.deactivated", account=device.account_id, device=device.device_id, app=token.app,
                   token=token.token_masked, outcome=token.deactivated_reason[:200])
+    # The webhook event commits (or rolls back) with the deactivation.
+    at = deactivated_at.isoformat()
+    webhook_event_record(event=WebhookEvent(WebhookEventType.TOKEN_DEACTIVATED, f"token:{token.pk}:{at}", {
+        "account": device.account_id, "device": device.device_id, "app": token.app, "token": token.token_masked,
+        "token_type": token.token_type, "reason": token.deactivated_reason, "deactivated_at": at,
+    }, account_id=device.account_id))
     log.info("token %s of device %s/%s deactivated: %s", mask_token(token.token), device.account_id,
              device.device_id, token.deactivated_reason)
     return token

@@ -23,6 +23,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from core.errors import PusherError, RuleError
+from hooks.models import Alert, WebhookDelivery, WebhookSubscription
 from kazoo.config import kazoo_config_import
 from push import services
 from push.models import Credential, CredentialKind, Delivery, Provider, PushApp
@@ -584,9 +585,12 @@ ACTION_ROUTES = {
     (Device, "send_test_push"): ("post", "/api/v1/devices/{id}/push/"),
     (PushToken, "deactivate"): ("post", "/api/v1/tokens/{id}/deactivate/"),
     (PushToken, "reactivate"): ("post", "/api/v1/tokens/{id}/reactivate/"),
+    (WebhookSubscription, "send_test_event"): ("post", "/api/v1/webhooks/{id}/test/"),
+    (WebhookDelivery, "retry_now"): ("post", "/api/v1/webhook-deliveries/{id}/retry/"),
 }
 RESOURCES = {PushApp: "apps", Credential: "credentials", Delivery: "deliveries", UserAgentRule: "user-agent-rules",
-             Device: "devices", PushToken: "tokens"}
+             Device: "devices", PushToken: "tokens", WebhookSubscription: "webhooks",
+             WebhookDelivery: "webhook-deliveries", Alert: "alerts"}
 
 
 @dataclass(frozen=True)

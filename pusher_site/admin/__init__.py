@@ -32,4 +32,4 @@ class ApiTokenAdmin(TokenAdmin):
 
 
 # The admin of the domain apps lives here, with the other faces; imported for its registrations.
-from pusher_site.admin import push_admin, registry_admin, tenancy_admin  # noqa: E402, F401
+from pusher_site.admin import hooks_admin, push_admin, registry_admin, tenancy_admin  # noqa: E402, F401

@@ -5,6 +5,7 @@ from django.urls import Resolver404, path, re_path, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import permissions, routers
 
+from pusher_site.api.hooks_api import AlertViewSet, WebhookDeliveryViewSet, WebhookSubscriptionViewSet
 from pusher_site.api.push_api import (
     CredentialViewSet,
     DeliveryViewSet,
@@ -37,6 +38,9 @@ router.register("devices", DeviceViewSet, basename="device")
 router.register("tokens", PushTokenViewSet, basename="pushtoken")
 router.register("push", PushRequestViewSet, basename="push")
 router.register("scoped-tokens", ScopedTokenViewSet, basename="scopedtoken")
+router.register("webhooks", WebhookSubscriptionViewSet, basename="webhooksubscription")
+router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhookdelivery")
+router.register("alerts", AlertViewSet, basename="alert")
 
 
 @csrf_exempt  # answers 404 to every method; nothing to protect

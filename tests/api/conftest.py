@@ -14,6 +14,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from hooks import services as hooks_services
+from hooks.models import Alert, WebhookDelivery, WebhookSubscription
 from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
 from registry.models import Device, PushToken, UserAgentRule
@@ -30,6 +32,7 @@ OTHER_ACCOUNT = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 VOIP_TOKEN = "5e0f4c3a9b8d7e6f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
 REMOTE_TOKEN = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233"
 LEGACY_KEY = "AAAAlegacy-SECRET-server-key:APA91bLEAKCANARY0123456789abcdefghijklmnop"
+WEBHOOK_SECRET = "whsec-LEAKCANARY-webhook-0123456789"
 P8_KEY_ID = "ABCDE12345"
 MODELS = ["push.pushapp", "push.credential", "push.delivery", "registry.useragentrule", "registry.device",
           "registry.pushtoken"]
@@ -46,6 +49,9 @@ class Seed:
     rule: UserAgentRule
     device: Device
     delivery: Delivery
+    webhook: WebhookSubscription
+    webhook_delivery: WebhookDelivery
+    alert: Alert
     # Substrings of the secrets that must never appear in any answer.
     secrets: list[str] = field(default_factory=list)
 
@@ -56,11 +62,17 @@ def _key_lines(pem: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _nothing_real(settings):
-    """No push may leave the machine: FCM points at a closed local port, deadlines are short."""
+def _nothing_real(settings, monkeypatch):
+    """No push may leave the machine: FCM points at a closed local port, deadlines are short. No
+    webhook either (a generated subscription may name any host): every request to a host other
+    than this one goes through a "proxy" on a closed local port, and fails at once."""
     settings.PUSHER_FCM_ENDPOINT = "https://127.0.0.1:9"
     settings.KAZOO_CROSSBAR_URL = ""
     settings.KAZOO_API_KEY = ""
+    settings.PUSHER_WEBHOOK_TIMEOUT_S = 1.0
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
 @pytest.fixture
@@ -90,10 +102,17 @@ def seed(db, acme_rule) -> Seed:
         "Token-ID": VOIP_TOKEN, "Token-Type": "apple", "Token-App": "com.unconfigured.app", "Call-ID": "seed-call",
         "Account-ID": device.account_id, "Payload": {"call-id": "seed-call"},
     }, source="amqp")
+    # A receiver on a closed local port: a test event or a retry fails at once.
+    webhook = hooks_services.webhook_subscription_create(name="seed hook", url="http://127.0.0.1:9/pusher",
+                                                         secret=WEBHOOK_SECRET, event_types=["push.failed"])
+    hooks_services.webhook_event_record(event=hooks_services.WebhookEvent("push.failed", "push:seed", {"seed": 1}))
+    hooks_services.alert_raise(key="consumer.down", event_type="consumer.down", summary="seed outage", data={})
     secrets = [*_key_lines(cert_key), *_key_lines(p8), *_key_lines(account["private_key"]), LEGACY_KEY,
-               "PRIVATE KEY"]
+               "PRIVATE KEY", WEBHOOK_SECRET]
     return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
-                firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, secrets=secrets)
+                firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, webhook=webhook,
+                webhook_delivery=WebhookDelivery.objects.get(subscription=webhook), alert=Alert.objects.get(),
+                secrets=secrets)
 
 
 @pytest.fixture

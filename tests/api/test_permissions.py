@@ -25,6 +25,7 @@ ALLOWED = {
     "push": {"operator", "admin"},
     "delete": {"admin"},
     "superuser": {"admin"},
+    "staff": {"admin"},  # staff users with the model's permissions: webhooks
 }
 # The grants each scoped role holds (tenancy.models.Grant values).
 SCOPED_GRANTS = {"scoped": set(), "scoped_granted": set(ALL_GRANTS), "scoped_other": set(ALL_GRANTS)}
@@ -53,6 +54,7 @@ class Row:
             app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
             rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
             scoped_token=scoped.spare.pk,
+            webhook=seed.webhook.pk, webhook_delivery=seed.webhook_delivery.pk, alert=seed.alert.pk,
         )
 
 
@@ -110,6 +112,22 @@ ROWS = [
         True, account_row=True),
     Row("tokens reactivate", "post", "/api/v1/tokens/{token}/reactivate/", "write", 200, None, True, account_row=True),
     Row("push_req", "post", "/api/v1/push/", "push", 200, PUSH_REQ, scoped=404),
+    Row("webhooks list", "get", "/api/v1/webhooks/", "staff", 200),
+    Row("webhooks retrieve", "get", "/api/v1/webhooks/{webhook}/", "staff", 200),
+    Row("webhooks create", "post", "/api/v1/webhooks/", "staff", 201,
+        {"name": "new hook", "url": "http://127.0.0.1:9/new", "secret": "s" * 20, "event_types": ["push.failed"]},
+        True),
+    Row("webhooks update", "put", "/api/v1/webhooks/{webhook}/", "staff", 200,
+        {"name": "seed hook", "url": "http://127.0.0.1:9/put", "event_types": ["push.expired"]}, True),
+    Row("webhooks partial update", "patch", "/api/v1/webhooks/{webhook}/", "staff", 200, {"enabled": False}, True),
+    Row("webhooks delete", "delete", "/api/v1/webhooks/{webhook}/", "staff", 204, None, True),
+    Row("webhooks test event", "post", "/api/v1/webhooks/{webhook}/test/", "staff", 200, None, True),
+    Row("webhook deliveries list", "get", "/api/v1/webhook-deliveries/", "staff", 200),
+    Row("webhook deliveries retrieve", "get", "/api/v1/webhook-deliveries/{webhook_delivery}/", "staff", 200),
+    Row("webhook deliveries retry", "post", "/api/v1/webhook-deliveries/{webhook_delivery}/retry/", "staff", 200,
+        None, True),
+    Row("alerts list", "get", "/api/v1/alerts/", "staff", 200),
+    Row("alerts retrieve", "get", "/api/v1/alerts/{alert}/", "staff", 200),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),
     Row("scoped tokens list", "get", "/api/v1/scoped-tokens/", "superuser", 200),
@@ -125,8 +143,8 @@ def _expected(row: Row, role: str) -> int:
     if role in ("anonymous", "scoped_revoked", "scoped_expired"):
         return 401
     if role in SCOPED_GRANTS:
-        # Managing tokens is never a scoped token's, whatever its owner may do.
-        if row.who == "superuser" or not set(row.grants) <= SCOPED_GRANTS[role]:
+        # Managing tokens, webhooks and alerts is never a scoped token's, whatever its owner may do.
+        if row.who in ("superuser", "staff") or not set(row.grants) <= SCOPED_GRANTS[role]:
             return 403
         if role == "scoped_other" and row.account_row:
             return 404  # as a row that does not exist

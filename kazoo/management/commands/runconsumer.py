@@ -17,6 +17,7 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.logqueue import log_queue_start, log_queue_stop
+from kazoo.alerting import alerting_loop
 from kazoo.models import ConsumerStatus
 from kazoo.reconcile import reconcile_loop
 from kazoo.retention import prune_loop
@@ -101,6 +102,7 @@ class Command(BaseCommand):
         threading.Thread(target=reconcile_loop, args=(worker.stopping,), name="kazoo-reconcile", daemon=True).start()
         warm_thread_start(worker.connected, worker.stopping)
         threading.Thread(target=prune_loop, args=(worker.stopping,), name="prune", daemon=True).start()
+        threading.Thread(target=alerting_loop, args=(worker.stopping,), name="webhooks", daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
         try:
             code = worker.run()
@@ -153,17 +155,20 @@ def _heartbeat(worker: Worker, *, final: bool = False, previous: list | None = N
         last_total, last_time = previous
         rate = (worker.messages_total - last_total) / max(now - last_time, 1e-6)
         previous[:] = [worker.messages_total, now]
+    connected = worker.connected.is_set() and not final
+    now_at = timezone.now()
     ConsumerStatus.objects.update_or_create(
         name=f"{socket.gethostname()}:{os.getpid()}",
         defaults={
-            "connected": worker.connected.is_set() and not final,
+            "connected": connected,
+            **({"last_connected_at": now_at} if connected else {}),
             "started_at": _started,
             "last_message_at": (
                 datetime.fromtimestamp(worker.last_message_at, tz=UTC) if worker.last_message_at else None
             ),
             "messages_total": worker.messages_total,
             "messages_per_s": rate,
-            "updated_at": timezone.now(),
+            "updated_at": now_at,
         },
     )
 

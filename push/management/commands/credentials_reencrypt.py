@@ -5,18 +5,28 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from hooks.services import webhook_secrets_reencrypt
 from push.services import credentials_reencrypt
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt stored credentials with the first key of FIELD_ENCRYPTION_KEY (key rotation)."
+    help = ("Re-encrypt stored credentials and webhook secrets with the first key of FIELD_ENCRYPTION_KEY "
+            "(key rotation).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         done = credentials_reencrypt()
-        self.stdout.write(f"re-encrypted {done.count} credential(s) with the current key")
+        hooks_done, hooks_lost = webhook_secrets_reencrypt()
+        self.stdout.write(f"re-encrypted {done.count} credential(s) and {hooks_done} webhook secret(s) with the "
+                          "current key")
         if done.undecryptable:
             self.stderr.write(
                 f"{len(done.undecryptable)} credential(s) cannot be decrypted with any key of FIELD_ENCRYPTION_KEY "
                 f"and were left as they are: {', '.join(done.undecryptable)}. Add the key they were written with "
                 "to the list and run this again, or upload them again."
+            )
+        if hooks_lost:
+            self.stderr.write(
+                f"{len(hooks_lost)} webhook secret(s) cannot be decrypted with any key of FIELD_ENCRYPTION_KEY and "
+                f"were left as they are: {', '.join(hooks_lost)}. Add the key they were written with to the list "
+                "and run this again, or set a new secret on those subscriptions."
             )
