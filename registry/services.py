@@ -18,14 +18,22 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import metrics
-from core.errors import ContactParseError, InvalidInput, PusherError, RuleError
+from core.errors import ContactParseError, InvalidInput, PusherError
 from core.events import event_publish
 from core.text import mask_token
 from registry import selectors
 from registry.ids import kazoo_id_check
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
+from registry.models import Device, PushToken, SyncStatus
 from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
 from registry.tokenwrites import tokens_retire, tokens_seen
+
+# The rules' writes live in registry.rules; the faces and the config import call them by this module too.
+from registry.rules import (  # noqa: F401
+    USER_AGENT_RULE_FIELDS,
+    user_agent_rule_create,
+    user_agent_rule_delete,
+    user_agent_rule_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -507,72 +515,3 @@ def push_token_reactivate(*, token: PushToken) -> PushToken:
              token.device.device_id)
     return token
 
-
-# --- REST API operations (registry/api.py calls these; so can the admin and commands) ------------
-
-USER_AGENT_RULE_FIELDS = frozenset({"name", "position", "enabled", "regex", "properties", "description"})
-
-
-def _rule_check(rule: UserAgentRule) -> None:
-    """A rule is saved only if the consumer can use it. The model's validators (the matcher's own
-    regex compilation, properties as strings) run in full_clean; their errors become a RuleError."""
-    from django.core.exceptions import ValidationError
-
-    try:
-        rule.full_clean()
-    except ValidationError as exc:
-        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
-        raise RuleError(f"User-Agent rule {rule.name!r}: {problems}") from None
-
-
-def _rules_changed() -> None:
-    # This process sees the change at once, the consumer within selectors.RULES_TTL_S.
-    selectors.rules_cache_clear()
-    transaction.on_commit(selectors.rules_cache_clear)
-
-
-@transaction.atomic
-def user_agent_rule_create(
-    *,
-    name: str,
-    regex: str,
-    properties: Mapping[str, str],
-    position: int = 100,
-    enabled: bool = True,
-    description: str = "",
-) -> UserAgentRule:
-    """Add a User-Agent rule. Raises RuleError for a regex that does not compile (Kazoo crashed on
-    every registration instead), bad properties, or a name already taken."""
-    rule = UserAgentRule(
-        name=name, regex=regex, properties=dict(properties), position=position, enabled=enabled,
-        description=description,
-    )
-    _rule_check(rule)
-    rule.save()
-    _rules_changed()
-    log.info("User-Agent rule %r created (position %d)", rule.name, rule.position)
-    return rule
-
-
-@transaction.atomic
-def user_agent_rule_update(*, rule: UserAgentRule, **changes: Any) -> UserAgentRule:
-    """Change a rule's fields (names: USER_AGENT_RULE_FIELDS). Raises RuleError as create does."""
-    unknown = sorted(set(changes) - USER_AGENT_RULE_FIELDS)
-    if unknown:
-        raise RuleError(f"unknown User-Agent rule field(s): {', '.join(unknown)}")
-    rule = UserAgentRule.objects.select_for_update().get(pk=rule.pk)
-    for name, value in changes.items():
-        setattr(rule, name, dict(value) if name == "properties" and isinstance(value, Mapping) else value)
-    _rule_check(rule)
-    rule.save()
-    _rules_changed()
-    log.info("User-Agent rule %r updated (%s)", rule.name, ", ".join(sorted(changes)))
-    return rule
-
-
-@transaction.atomic
-def user_agent_rule_delete(*, rule: UserAgentRule) -> None:
-    name = rule.name
-    rule.delete()
-    _rules_changed()
-    log.info("User-Agent rule %r deleted", name)
