@@ -47,6 +47,7 @@ __all__ = [
     "push_object_build",
     "push_object_equal",
     "push_token_problem",
+    "token_type_decode",
     "rule_match",
 ]
 
@@ -461,7 +462,7 @@ def _build_from_contact(
         if not value:
             continue
         if source == PN_PROVIDER:
-            value, sandbox = _decode_pn_provider(value)
+            value, sandbox = token_type_decode(value)
         elif source == PN_PRID:
             prid_tokens = _decode_pn_prid(value)
             if not prid_tokens:
@@ -489,9 +490,10 @@ def _build_from_contact(
     return push, tokens
 
 
-def _decode_pn_provider(value: str) -> tuple[str, bool]:
-    # RFC 8599 names providers "apns"/"fcm"; Kazoo's push path and Kamailio speak "apple" and
-    # "firebase". Kazoo aliases (apple/firebase/google/android) pass through for the push path.
+def token_type_decode(value: str) -> tuple[str, bool]:
+    """(Token-Type, sandbox) from a provider name: RFC 8599's "apns"/"apns.dev"/"fcm" become
+    the "apple"/"firebase" Kazoo's push path and Kamailio speak; Kazoo's aliases (apple, firebase,
+    google, android) pass through for the push path."""
     lowered = value.lower()
     if lowered == "apns":
         return "apple", False

@@ -1,15 +1,18 @@
-"""`manage.py credentials_reencrypt`: re-encrypt every stored secret with the first FIELD_ENCRYPTION_KEY
-(after prepending a new key), so the old key can then be dropped."""
+"""`manage.py credentials_reencrypt`: re-encrypt every stored secret (credentials and token reporters'
+secrets) with the first FIELD_ENCRYPTION_KEY (after prepending a new key), so the old key can then
+be dropped."""
 
 from typing import Any
 
 from django.core.management.base import BaseCommand
 
 from push.services import credentials_reencrypt
+from registry.reporting import token_reporters_reencrypt
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt stored credentials with the first key of FIELD_ENCRYPTION_KEY (key rotation)."
+    help = ("Re-encrypt stored credentials and token reporter secrets with the first key of FIELD_ENCRYPTION_KEY "
+            "(key rotation).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         done = credentials_reencrypt()
@@ -19,4 +22,12 @@ class Command(BaseCommand):
                 f"{len(done.undecryptable)} credential(s) cannot be decrypted with any key of FIELD_ENCRYPTION_KEY "
                 f"and were left as they are: {', '.join(done.undecryptable)}. Add the key they were written with "
                 "to the list and run this again, or upload them again."
+            )
+        count, undecryptable = token_reporters_reencrypt()
+        self.stdout.write(f"re-encrypted {count} token reporter secret(s) with the current key")
+        if undecryptable:
+            self.stderr.write(
+                f"{len(undecryptable)} token reporter secret(s) cannot be decrypted with any key of "
+                f"FIELD_ENCRYPTION_KEY and were left as they are: {', '.join(undecryptable)}. Add the key they were "
+                "written with to the list and run this again, or set those secrets again."
             )
