@@ -40,6 +40,7 @@ __all__ = [
     "TokenInfo",
     "compile_rule_regex",
     "family_properties",
+    "is_unregister",
     "rule_family",
     "rule_positions_assign",
     "rule_regex_caches_clear",
@@ -308,7 +309,7 @@ def push_object_build(
     # registration (fs_path), whatever the operator configured.
     properties["Token-Proxy"] = "Proxy-Path"
     token_source = properties.get("Token-ID")
-    unregister = _is_unregister(fields)
+    unregister = is_unregister(fields)
     if not isinstance(token_source, str) or not token_source:
         return result(REASON_UNREGISTER if unregister else REASON_NO_TOKEN_PROPERTY)
 
@@ -559,7 +560,7 @@ def _id_field(fields: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def _is_unregister(fields: Mapping[str, Any]) -> bool:
+def is_unregister(fields: Mapping[str, Any]) -> bool:
     status = fields.get("Status")
     if isinstance(status, str) and status.strip().lower() == "unregistered":
         return True

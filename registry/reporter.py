@@ -63,10 +63,10 @@ ENCODING_BASE64 = "base64"
 
 # A parameter name as a URL template or a form can carry it.
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,100}")
-# What each value may hold (lengths are the store's). A user part may hold more than this in SIP,
-# but never whitespace, a control character, '@' or a URI delimiter: those would not name one
-# device. Realms are host names or IP literals.
-_USERNAME = re.compile(r"[^\s@<>\"'/\\;?#:\x00-\x1f\x7f]{1,255}")
+# What each value may hold (lengths are the store's). A SIP user part's unreserved characters, less
+# the URI delimiters (';', '?', '/', '@', ':') and quotes: whitespace, controls, '@', path pieces
+# or look-alike Unicode would not name one device. Realms are host names or IP literals.
+_USERNAME = re.compile(r"[A-Za-z0-9\-_.!~*()&=+$,]{1,255}")
 _REALM = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _APP = re.compile(r"[A-Za-z0-9._\-]{1,255}")
 _TYPE = re.compile(r"[A-Za-z0-9._\-]{1,32}")
@@ -210,7 +210,8 @@ def _token(config: ReporterConfig, params: Mapping[str, str], key: str, token_ty
     raw = params.get(name, "") if name else ""
     if not isinstance(raw, str) or not raw.strip():
         return ""
-    raw = raw.strip()
+    if config.token_encoding != ENCODING_BASE64:
+        raw = raw.strip()  # (base64's '+' may have arrived as a space: _decoded puts it back)
     if len(raw) > _ENCODED_TOKEN_MAX:
         raise InvalidInput(f"{key} (parameter {name!r}) is {len(raw)} characters, more than a token has",
                            code="report_invalid")
@@ -225,7 +226,7 @@ def _decoded(raw: str, token_type: str, *, key: str, name: str | None) -> str:
     """A base64 token (Acrobits documents its tokens as base64 text): APNs device tokens become the
     hex APNs takes, others the text they encode."""
     # A '+' a client did not percent-encode arrives as a space (form decoding); base64 has no spaces.
-    text = "".join(raw.strip().replace(" ", "+").split()).replace("-", "+").replace("_", "/")
+    text = "".join(raw.replace(" ", "+").split()).replace("-", "+").replace("_", "/")
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -259,3 +260,25 @@ def report_signature_valid(
     expected = report_signature(secret=secret, timestamp=timestamp, method=method, path=path, query=query, body=body)
     given = signature.removeprefix("sha256=").strip().lower()
     return hmac.compare_digest(expected.encode(), given.encode("ascii", "replace"))
+
+
+# Acrobits' template variables for each key, for the URL template shown to operators (Token-Type has
+# none: it is fixed per app). %account[host]% is the account's SIP domain in Acrobits' account XML.
+ACROBITS_VARIABLES = {
+    KEY_USERNAME: "%account[username]%",
+    KEY_REALM: "%account[host]%",
+    KEY_SELECTOR: "%selector%",
+    KEY_TOKEN: "%pushToken%",
+    KEY_APP: "%pushappid%",
+    KEY_VOIP_TOKEN: "%pushTokenIncomingCall%",
+    KEY_VOIP_APP: "%pushappid_incoming_call%",
+}
+
+
+def acrobits_url_template(*, slug: str, parameters: Mapping[str, str], signed: bool, base: str = "") -> str:
+    """The pushTokenReporterUrl an Acrobits app is provisioned with for this mapping ("<secret>"
+    stands for the secret, which is never shown once saved; a signed reporter has none in its URL)."""
+    path = f"{base.rstrip('/')}/report/{slug}/" + ("" if signed else "<secret>/")
+    query = "&".join(f"{name}={ACROBITS_VARIABLES[key]}" for key, name in parameters.items()
+                     if key in ACROBITS_VARIABLES)
+    return f"{path}?{query}" if query else path

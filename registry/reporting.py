@@ -38,6 +38,21 @@ def token_reporter_secret_new() -> str:
     return secrets.token_urlsafe(32)
 
 
+def token_reporter_mapping_check(*, parameters: object, fixed: object, token_encoding: str) -> None:
+    """Raise PusherError (code reporter_invalid) for a mapping a report could not use (the admin's
+    form asks this before saving; create and update ask it again)."""
+    problems = reporter_config_problems(parameters=parameters, fixed=fixed, token_encoding=token_encoding)
+    if problems:
+        raise PusherError("; ".join(problems), code="reporter_invalid")
+
+
+def token_reporter_secret_check(*, secret: object) -> None:
+    """Raise PusherError (code reporter_invalid) for a secret too short or not URL-safe."""
+    problem = secret_problem(secret)
+    if problem:
+        raise PusherError(problem, code="reporter_invalid")
+
+
 def _reporter_check(reporter: TokenReporter) -> None:
     """A reporter is saved only if a report can use it: the model's validators (the User-Agent
     regex compiled as a rule's, choices, lengths) and the mapping's own checks."""
@@ -52,11 +67,6 @@ def _reporter_check(reporter: TokenReporter) -> None:
     if problems:
         raise PusherError(f"token reporter {reporter.slug!r}: {'; '.join(problems)}", code="reporter_invalid")
 
-
-def _secret_check(secret: object) -> None:
-    problem = secret_problem(secret)
-    if problem:
-        raise PusherError(problem, code="reporter_invalid")
 
 
 def _reporters_changed() -> None:
@@ -82,7 +92,7 @@ def token_reporter_create(
 ) -> TokenReporter:
     """Add a token reporter. Raises PusherError (code reporter_invalid) for a mapping a report could
     not use, a regex that does not compile, a slug taken, or a secret too short or not URL-safe."""
-    _secret_check(secret)
+    token_reporter_secret_check(secret=secret)
     reporter = TokenReporter(
         slug=slug, secret=secret, parameters=dict(parameters if parameters is not None else
                                                   reporter_parameters_default()),
@@ -105,9 +115,11 @@ def token_reporter_update(*, reporter: TokenReporter, secret: str | None = None,
         raise PusherError(f"unknown token reporter field(s): {', '.join(unknown)}", code="reporter_invalid")
     reporter = TokenReporter.objects.select_for_update().get(pk=reporter.pk)
     for name, value in changes.items():
+        if name == "fixed" and value is None:
+            value = {}  # (a form's empty JSON field)
         setattr(reporter, name, dict(value) if isinstance(value, Mapping) else value)
     if secret is not None:
-        _secret_check(secret)
+        token_reporter_secret_check(secret=secret)
         reporter.secret = secret
     _reporter_check(reporter)
     reporter.save()

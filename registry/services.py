@@ -30,6 +30,7 @@ from registry.pushobject import (
     REASON_NO_TOKEN_PROPERTY,
     PushBuild,
     Rule,
+    is_unregister,
     push_object_build,
     push_object_equal,
 )
@@ -208,7 +209,7 @@ def _registration_prepare(
 def _learning_reporter(build: PushBuild, fields: Mapping[str, Any]) -> str | None:
     """The token reporter that wants this registration's identity (its User-Agent regex matches),
     when it has one to learn: account and device ids, and no push object of its own."""
-    if build.reason not in _LEARNABLE or not build.account_id or not build.device_id:
+    if build.reason not in _LEARNABLE or not build.account_id or not build.device_id or is_unregister(fields):
         return None
     return selectors.token_reporter_for_user_agent(
         user_agent=fields.get("User-Agent"), timeout=settings.PUSHER_REGEX_TIMEOUT_S

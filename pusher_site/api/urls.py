@@ -13,6 +13,7 @@ from pusher_site.api.push_api import (
     SendViewSet,
 )
 from pusher_site.api.registry_api import DeviceViewSet, PushTokenViewSet, UserAgentRuleViewSet
+from pusher_site.api.reporter_api import TokenReporterViewSet
 
 
 class ApiRootView(routers.APIRootView):
@@ -33,6 +34,7 @@ router.register("deliveries", DeliveryViewSet, basename="delivery")
 router.register("user-agent-rules", UserAgentRuleViewSet, basename="useragentrule")
 router.register("devices", DeviceViewSet, basename="device")
 router.register("tokens", PushTokenViewSet, basename="pushtoken")
+router.register("token-reporters", TokenReporterViewSet, basename="tokenreporter")
 router.register("push", PushRequestViewSet, basename="push")
 
 
