@@ -206,9 +206,13 @@ def _params(request: HttpRequest, query: str, body: bytes) -> dict[str, str]:
             except UnicodeDecodeError:
                 raise _Refused(400, "bad_request", "the body is not UTF-8") from None
             sources.append(("body", list(QueryDict(text).lists())))
+        elif content_type == "multipart/form-data":
+            if request.FILES:
+                raise _Refused(400, "bad_request", "a report carries no files")
+            sources.append(("body", list(request.POST.lists())))
         else:
             raise _Refused(415, "unsupported_media_type",
-                           "send a form (application/x-www-form-urlencoded) or a JSON object")
+                           "send a form (application/x-www-form-urlencoded or multipart) or a JSON object")
     params: dict[str, str] = {}
     for where, pairs in sources:
         for name, values in pairs:

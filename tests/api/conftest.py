@@ -14,7 +14,8 @@ from rest_framework.test import APIClient
 
 from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
-from registry.models import Device, PushToken, UserAgentRule
+from registry.models import Device, PushToken, TokenReporter, UserAgentRule
+from registry.reporting import token_reporter_create
 from registry.services import registration_apply
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_service_account
 from tests.fixtures import sample
@@ -26,7 +27,8 @@ REMOTE_TOKEN = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233
 LEGACY_KEY = "AAAAlegacy-SECRET-server-key:APA91bLEAKCANARY0123456789abcdefghijklmnop"
 P8_KEY_ID = "ABCDE12345"
 MODELS = ["push.pushapp", "push.credential", "push.delivery", "registry.useragentrule", "registry.device",
-          "registry.pushtoken"]
+          "registry.pushtoken", "registry.tokenreporter"]
+REPORTER_SECRET = "SECRETreporter-0123456789abcdef"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Seed:
     rule: UserAgentRule
     device: Device
     delivery: Delivery
+    reporter: TokenReporter
     # Substrings of the secrets that must never appear in any answer.
     secrets: list[str] = field(default_factory=list)
 
@@ -84,10 +87,13 @@ def seed(db, acme_rule) -> Seed:
         "Token-ID": VOIP_TOKEN, "Token-Type": "apple", "Token-App": "com.unconfigured.app", "Call-ID": "seed-call",
         "Account-ID": device.account_id, "Payload": {"call-id": "seed-call"},
     }, source="amqp")
+    reporter = token_reporter_create(slug="groundwire", secret=REPORTER_SECRET, fixed={"Token-Type": "apple"},
+                                     user_agent_regex="^Groundwire")
     secrets = [*_key_lines(cert_key), *_key_lines(p8), *_key_lines(account["private_key"]), LEGACY_KEY,
-               "PRIVATE KEY"]
+               "PRIVATE KEY", REPORTER_SECRET]
     return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
-                firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, secrets=secrets)
+                firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, reporter=reporter,
+                secrets=secrets)
 
 
 @pytest.fixture

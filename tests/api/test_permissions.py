@@ -26,6 +26,7 @@ ALLOWED = {
 RULE_BODY = {"name": "NewPhone", "regex": "^NewPhone", "properties": {"Token-ID": "pn-tok", "Token-App": "app-id",
                                                                      "Token-Type": "pn-type"}}
 IMPORT_DOC = {"default": {"User-Agents": {"Imported": {"regex": "^Imported", "properties": {"Token-ID": "pn-tok"}}}}}
+REPORTER_BODY = {"slug": "bria", "secret": "bria-SECRET-0123456789abcdefgh", "fixed": {"Token-Type": "firebase"}}
 PUSH_REQ = {"Token-ID": "ab" * 32, "Token-Type": "apple", "Token-App": "com.nobody.app", "Call-ID": "c1",
             "Payload": {"call-id": "c1"}}
 
@@ -44,6 +45,7 @@ class Row:
         return self.url.format(
             app=seed.apple_app.pk, cred=seed.cert.pk, unused_cred=seed.p8.pk, delivery=seed.delivery.pk,
             rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
+            reporter=seed.reporter.pk,
         )
 
 
@@ -92,6 +94,14 @@ ROWS = [
     Row("tokens deactivate", "post", "/api/v1/tokens/{token}/deactivate/", "write", 200, {"reason": "lost phone"},
         True),
     Row("tokens reactivate", "post", "/api/v1/tokens/{token}/reactivate/", "write", 200, None, True),
+    Row("token reporters list", "get", "/api/v1/token-reporters/", "read", 200),
+    Row("token reporters retrieve", "get", "/api/v1/token-reporters/{reporter}/", "read", 200),
+    Row("token reporters create", "post", "/api/v1/token-reporters/", "write", 201, REPORTER_BODY, True),
+    Row("token reporters update", "put", "/api/v1/token-reporters/{reporter}/", "write", 200,
+        {"slug": "groundwire", "fixed": {"Token-Type": "apple"}, "description": "put"}, True),
+    Row("token reporters partial update", "patch", "/api/v1/token-reporters/{reporter}/", "write", 200,
+        {"secret": "another-SECRET-0123456789abcdef"}, True),
+    Row("token reporters delete", "delete", "/api/v1/token-reporters/{reporter}/", "delete", 204, None, True),
     Row("push_req", "post", "/api/v1/push/", "push", 200, PUSH_REQ),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),

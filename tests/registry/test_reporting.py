@@ -253,3 +253,30 @@ def test_deleting_a_reporter_keeps_the_push_objects_it_stored(groundwire) -> Non
     reporting.token_reporter_delete(reporter=groundwire)
     assert Device.objects.get().push["Token-ID"] == VOIP
     assert register(account="f" * 32).outcome == "ignored"  # no longer remembered for it
+
+
+def test_credentials_reencrypt_rewrites_the_reporters_secrets_too(settings) -> None:
+    import io
+
+    from django.core.management import call_command
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEY = [old]
+    fields._fernet.cache_clear()
+    reporting.token_reporter_create(slug="kept", secret=SECRET, fixed={"Token-Type": "apple"})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secret FROM registry_tokenreporter")
+        (before,) = cursor.fetchone()
+    settings.FIELD_ENCRYPTION_KEY = [new, old]
+    fields._fernet.cache_clear()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("credentials_reencrypt", stdout=out, stderr=err)
+    assert "re-encrypted 1 token reporter secret(s)" in out.getvalue() and not err.getvalue()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secret FROM registry_tokenreporter")
+        (after,) = cursor.fetchone()
+    assert after != before
+    settings.FIELD_ENCRYPTION_KEY = [new]
+    fields._fernet.cache_clear()
+    assert reporting.token_reporter_secret_matches(reporter=TokenReporter.objects.get(), given=SECRET)
+    fields._fernet.cache_clear()
