@@ -41,7 +41,9 @@ MAX_PARAMETERS = 50
 MAX_VALUE_CHARS = 2048
 # An app reports at every start: a dozen reports a minute for one account is already a loop.
 REPORTS_PER_ACCOUNT_PER_MINUTE = 12
-# Failed secrets or signatures from one address to one reporter before it waits for the minute to pass.
+# Failed secrets or signatures from one address to one reporter in a minute; past them, failures are
+# answered 429 without a log line each. A right secret is still taken: behind a reverse proxy every
+# app shares the proxy's address, and one client's guesses must not lock the others out.
 AUTH_FAILURES_PER_MINUTE = 20
 
 
@@ -92,9 +94,10 @@ def limits_reset() -> None:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, *, retry_after: float = 0.0) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float = 0.0, quiet: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.quiet = quiet  # already said in the log (a lockout's later failures)
 
 
 def _answer(status: int, body: dict[str, Any], *, retry_after: float = 0.0) -> JsonResponse:
@@ -117,9 +120,10 @@ def token_report(request: HttpRequest, slug: str, secret: str | None = None) -> 
         _account_limit(reporter, params)
         result = token_report_apply(reporter=reporter, params=params)
     except _Refused as refused:
-        log.warning("token report refused: %s %s reporter %r from %s: %s (%s)", request.method,
-                    "with a path secret" if secret else "without a path secret", slug, client, refused.message,
-                    refused.code)
+        if not refused.quiet:
+            log.warning("token report refused: %s %s reporter %r from %s: %s (%s)", request.method,
+                        "with a path secret" if secret else "without a path secret", slug, client, refused.message,
+                        refused.code)
         return _answer(refused.status, {"code": refused.code, "message": refused.message},
                        retry_after=refused.retry_after)
     except (InvalidInput, UnknownDevice, PusherError) as exc:
@@ -143,9 +147,6 @@ def _authenticated_params(
         raise _Refused(404, "reporter_unknown", "no such token reporter")
     now = time.time()
     failures_key = (reporter.slug, client)
-    wait = _auth_failures.wait_s(failures_key, now)
-    if wait:
-        raise _Refused(429, "too_many_failures", "too many failed attempts; wait", retry_after=wait)
     body = _body(request)
     try:
         if reporter.auth == ReporterAuth.SIGNATURE:
@@ -158,7 +159,14 @@ def _authenticated_params(
         log.error("token reporter %r cannot authenticate reports: %s", reporter.slug, exc.message)
         raise _Refused(503, "reporter_unusable", "this reporter cannot take reports now") from None
     if not authentic:
+        wait = _auth_failures.wait_s(failures_key, now)
+        if wait:
+            raise _Refused(429, "too_many_failures", "too many failed attempts; wait", retry_after=wait, quiet=True)
         _auth_failures.hit(failures_key, now)
+        if _auth_failures.wait_s(failures_key, now):
+            log.warning("token reporter %r: %d failed attempts from %s within a minute; further failures from there "
+                        "are answered 429 without a log line until it passes", reporter.slug, AUTH_FAILURES_PER_MINUTE,
+                        client)
         raise _Refused(403, "authentication_failed", "wrong secret or signature")
     return reporter, _params(request, query, body)
 
