@@ -122,7 +122,7 @@ class PushTokenInline(admin.TabularInline):
 DEVICE_FIELDS = (
     "account_id", "device_id", "username", "realm", "push", "push_changed_at", "rule_name", "registration_digest",
     "sync_status", "push_synced_at", "sync_attempts", "sync_next_at", "sync_error", "last_user_agent",
-    "last_contact", "last_registration_at", "last_seen_at", "created_at",
+    "last_contact", "last_proxy_path", "last_registration_at", "last_seen_at", "created_at",
 )
 
 
