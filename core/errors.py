@@ -35,3 +35,10 @@ class CredentialError(PusherError):
     """A certificate or key that cannot be parsed or cannot send."""
 
     code = "credential_invalid"
+
+
+class UnknownDevice(PusherError):
+    """No device answers to what a request names, or the request may not name it: one answer for
+    both, so that it tells nobody which accounts exist."""
+
+    code = "device_unknown"

@@ -45,6 +45,7 @@ PROVIDER_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
 )
 REGISTRATIONS = Counter("pusher_reg_success_total", "reg_success messages by outcome", ["outcome"])
+TOKEN_REPORTS = Counter("pusher_token_reports_total", "Push token reports (HTTP) stored, by outcome", ["outcome"])
 MESSAGES = Counter("pusher_messages_total", "AMQP messages handled, by event", ["event", "outcome"])
 DEAD_LETTERS = Counter("pusher_dead_letters_total", "Messages dead-lettered, by event and reason", ["event", "reason"])
 KAZOO_SYNC_FAILURES = Counter("pusher_kazoo_sync_failures_total", "Failed device syncs to Kazoo Crossbar")

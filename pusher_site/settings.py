@@ -360,7 +360,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Token report URLs hold a secret and push tokens: masked in every line (pusher_site.report).
+    "filters": {"report_path": {"()": "pusher_site.logfilters.ReportPathFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["report_path"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "pika": {"level": "WARNING"},

@@ -3,6 +3,7 @@
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from core.fields import EncryptedTextField
 from core.text import mask_token
 
 
@@ -87,6 +88,10 @@ class Device(models.Model):
 
     last_user_agent = models.CharField(max_length=500, blank=True)
     last_contact = models.TextField(blank=True)
+    last_proxy_path = models.CharField(
+        "last Proxy-Path", max_length=500, blank=True,
+        help_text="The Kamailio that took the device's last registration (its reg_success's Proxy-Path)",
+    )
     last_registration_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -137,3 +142,64 @@ class PushToken(models.Model):
     @property
     def token_masked(self) -> str:
         return mask_token(self.token)
+
+
+def reporter_parameters_default() -> dict[str, str]:
+    from registry.reporter import DEFAULT_PARAMETERS
+
+    return dict(DEFAULT_PARAMETERS)
+
+
+class ReporterAuth(models.TextChoices):
+    URL_SECRET = "url_secret", "secret in the URL path"
+    SIGNATURE = "signature", "HMAC-SHA256 signature (X-Pusher-Timestamp, X-Pusher-Signature)"
+
+
+class TokenEncoding(models.TextChoices):
+    AS_SENT = "as_sent", "as sent"
+    BASE64 = "base64", "base64 (APNs tokens decoded to hex)"
+
+
+class TokenReporter(models.Model):
+    """An app whose push tokens come over HTTP instead of in its Contact (Acrobits' Push Token
+    Reporter: Groundwire and white-label apps): the URL it reports to (/report/<slug>/), the secret
+    that authenticates it, and how its parameters map to a device's push object, as a User-Agent
+    rule maps Contact parameters. registry.reporting stores each report as a reg_success would."""
+
+    slug = models.SlugField(max_length=64, unique=True, help_text="Its URL: /report/<slug>/...")
+    enabled = models.BooleanField(default=True)
+    description = models.CharField(max_length=300, blank=True)
+    auth = models.CharField(max_length=16, choices=ReporterAuth.choices, default=ReporterAuth.URL_SECRET)
+    # Write-only: set through registry.reporting, never shown again.
+    secret = EncryptedTextField(editable=False)
+    parameters = models.JSONField(
+        default=reporter_parameters_default,
+        help_text='Key -> the request parameter holding it, e.g. {"Username": "username", "Realm": "realm", '
+        '"Token-ID": "pushToken", "VoIP-Token-ID": "pushTokenIncomingCall", "Token-App": "pushappid"}',
+    )
+    fixed = models.JSONField(
+        default=dict, blank=True,
+        help_text='Values no request carries, e.g. {"Token-Type": "apple"}; a fixed Realm also limits the reporter '
+        "to that realm",
+    )
+    token_encoding = models.CharField(max_length=8, choices=TokenEncoding.choices, default=TokenEncoding.AS_SENT)
+    user_agent_regex = models.CharField(
+        "User-Agent regex", max_length=1000, blank=True, validators=[validate_rule_regex],
+        help_text="Registrations whose User-Agent this matches are remembered without a token (account, device, "
+        "SIP username and realm), so that a report finds its device; and only those devices take this "
+        "reporter's reports. Empty: any device pusher knows",
+    )
+    proxy = models.CharField(
+        "Token-Proxy", max_length=500, blank=True,
+        help_text="Token-Proxy of the push objects stored (the Kamailio the woken app registers with). Empty: the "
+        "Proxy-Path of the device's last registration",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "token reporter"
+
+    def __str__(self) -> str:
+        return self.slug

@@ -40,6 +40,7 @@ __all__ = [
     "TokenInfo",
     "compile_rule_regex",
     "family_properties",
+    "is_unregister",
     "rule_family",
     "rule_positions_assign",
     "rule_regex_caches_clear",
@@ -47,6 +48,7 @@ __all__ = [
     "push_object_build",
     "push_object_equal",
     "push_token_problem",
+    "token_type_decode",
     "rule_match",
 ]
 
@@ -307,7 +309,7 @@ def push_object_build(
     # registration (fs_path), whatever the operator configured.
     properties["Token-Proxy"] = "Proxy-Path"
     token_source = properties.get("Token-ID")
-    unregister = _is_unregister(fields)
+    unregister = is_unregister(fields)
     if not isinstance(token_source, str) or not token_source:
         return result(REASON_UNREGISTER if unregister else REASON_NO_TOKEN_PROPERTY)
 
@@ -461,7 +463,7 @@ def _build_from_contact(
         if not value:
             continue
         if source == PN_PROVIDER:
-            value, sandbox = _decode_pn_provider(value)
+            value, sandbox = token_type_decode(value)
         elif source == PN_PRID:
             prid_tokens = _decode_pn_prid(value)
             if not prid_tokens:
@@ -489,9 +491,10 @@ def _build_from_contact(
     return push, tokens
 
 
-def _decode_pn_provider(value: str) -> tuple[str, bool]:
-    # RFC 8599 names providers "apns"/"fcm"; Kazoo's push path and Kamailio speak "apple" and
-    # "firebase". Kazoo aliases (apple/firebase/google/android) pass through for the push path.
+def token_type_decode(value: str) -> tuple[str, bool]:
+    """(Token-Type, sandbox) from a provider name: RFC 8599's "apns"/"apns.dev"/"fcm" become
+    the "apple"/"firebase" Kazoo's push path and Kamailio speak; Kazoo's aliases (apple, firebase,
+    google, android) pass through for the push path."""
     lowered = value.lower()
     if lowered == "apns":
         return "apple", False
@@ -557,7 +560,7 @@ def _id_field(fields: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def _is_unregister(fields: Mapping[str, Any]) -> bool:
+def is_unregister(fields: Mapping[str, Any]) -> bool:
     status = fields.get("Status")
     if isinstance(status, str) and status.strip().lower() == "unregistered":
         return True

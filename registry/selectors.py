@@ -9,12 +9,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from core.errors import InvalidInput
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import Rule, rule_regex_caches_clear
+from registry.models import Device, PushToken, SyncStatus, TokenReporter, UserAgentRule
+from registry.pushobject import Rule, rule_match, rule_regex_caches_clear
 from tenancy.scope import EVERY_ACCOUNT, AccountScope
 
 # Rules are read on every reg_success; a short cache keeps that off the database while an
@@ -43,11 +43,37 @@ def user_agent_rules_enabled(*, fresh: bool = False) -> tuple[Rule, ...]:
 
 
 def rules_cache_clear() -> None:
-    """The rules changed (registry.services._rules_changed, the Kazoo config import): read them
-    again, and drop the compiled regexes cached for them at once."""
-    global _rules_cache
+    """The rules or the token reporters changed (registry.rules, registry.reporting, the Kazoo
+    config import): read them again, and drop the compiled regexes cached for them at once."""
+    global _rules_cache, _reporters_cache
     _rules_cache = None
+    _reporters_cache = None
     rule_regex_caches_clear()
+
+
+# The enabled token reporters' User-Agent regexes, as rules named after the reporters: every
+# reg_success without a push object asks them, so they are cached like the rules.
+_reporters_cache: tuple[float, tuple[Rule, ...]] | None = None
+
+
+def token_reporter_user_agents() -> tuple[Rule, ...]:
+    global _reporters_cache
+    now = time.monotonic()
+    if _reporters_cache is None or now - _reporters_cache[0] > RULES_TTL_S:
+        reporters = TokenReporter.objects.filter(enabled=True).exclude(user_agent_regex="").order_by("slug")
+        _reporters_cache = (now, tuple(Rule(name=r.slug, regex=r.user_agent_regex, properties={})
+                                       for r in reporters.only("slug", "user_agent_regex")))
+    return _reporters_cache[1]
+
+
+def token_reporter_for_user_agent(*, user_agent: object, timeout: float) -> str | None:
+    """The slug of the first enabled token reporter whose User-Agent regex matches (time-boxed, as
+    a rule's), or None."""
+    rules = token_reporter_user_agents()
+    if not rules or not isinstance(user_agent, str):
+        return None
+    rule = rule_match(rules, user_agent, timeout=timeout)
+    return rule.name if rule else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +182,13 @@ def aor_split(aor: str) -> tuple[str, str]:
     if not at or not user or not realm:
         raise InvalidInput(f"{aor!r} is not an AOR (sip:user@realm)", code="aor_invalid")
     return unquote(user), realm
+
+
+def devices_for_account(*, username: str, realm: str) -> list[Device]:
+    """The devices registered as username@realm (the realm case-insensitive), the most recently
+    registered first."""
+    return list(Device.objects.filter(username=username, realm__iexact=realm).order_by(
+        F("last_registration_at").desc(nulls_last=True), "-pk"))
 
 
 def device_list_for_aor(*, aor: str, scope: AccountScope = EVERY_ACCOUNT) -> list[Device]:

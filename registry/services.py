@@ -18,15 +18,32 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import metrics
-from core.errors import ContactParseError, InvalidInput, PusherError, RuleError
+from core.errors import ContactParseError, InvalidInput, PusherError
 from core.events import event_publish
 from core.text import mask_token
 from hooks.models import WebhookEventType
 from hooks.services import WebhookEvent, webhook_event_record
 from registry import selectors
 from registry.ids import kazoo_id_check
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
-from registry.pushobject import PushBuild, Rule, push_object_build, push_object_equal
+from registry.models import Device, PushToken, SyncStatus
+from registry.pushobject import (
+    REASON_NO_RULE,
+    REASON_NO_TOKEN,
+    REASON_NO_TOKEN_PROPERTY,
+    PushBuild,
+    Rule,
+    is_unregister,
+    push_object_build,
+    push_object_equal,
+)
+
+# The rules' writes live in registry.rules; the faces and the config import call them by this module too.
+from registry.rules import (  # noqa: F401
+    USER_AGENT_RULE_FIELDS,
+    user_agent_rule_create,
+    user_agent_rule_delete,
+    user_agent_rule_update,
+)
 from registry.tokenwrites import tokens_retire, tokens_seen
 
 log = logging.getLogger(__name__)
@@ -34,7 +51,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    outcome: str  # "ignored", "unchanged", "refreshed", "created", "updated"
+    outcome: str  # "ignored", "unchanged", "refreshed", "created", "updated", "learned"
     reason: str
     build: PushBuild
     device: Device | None = None
@@ -66,7 +83,7 @@ def _sizes_check(build: PushBuild) -> None:
             raise InvalidInput("a push token, its type or its app id is longer than can be stored (1024/32/255)")
 
 
-def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
+def _digest(build: PushBuild, fields: Mapping[str, Any], *, learned: str = "") -> str:
     material = {
         "push": build.push,
         "tokens": sorted((t.token, t.type, t.app, t.kind, t.sandbox) for t in build.tokens),
@@ -75,14 +92,20 @@ def _digest(build: PushBuild, fields: Mapping[str, Any]) -> str:
         "realm": fields.get("Realm"),
         "rule": build.rule,
     }
+    if learned:
+        # Only a learned identity has its proxy in the digest (a push object holds it already).
+        material["learned"] = [learned, fields.get("Proxy-Path")]
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
+def registration_apply(*, fields: Mapping[str, Any], build: PushBuild | None = None) -> RegistrationResult:
     """Apply one reg_success (a batch of one). Idempotent: a redelivered or repeated registration
     changes nothing (apart from a last-seen time refreshed at most once per
-    PUSHER_LAST_SEEN_INTERVAL_S). Raises InvalidInput for a body that cannot be handled."""
-    result = registration_apply_batch(fields=[fields])[0]
+    PUSHER_LAST_SEEN_INTERVAL_S). Raises InvalidInput for a body that cannot be handled.
+
+    `build`: the push object and tokens the caller read itself (a token report: registry.reporting)
+    instead of matching `fields` against the rules; from there on it is stored as a reg_success's."""
+    result = registration_apply_batch(fields=[fields], builds=None if build is None else [build])[0]
     if isinstance(result, InvalidInput):
         raise result
     return result
@@ -90,20 +113,25 @@ def registration_apply(*, fields: Mapping[str, Any]) -> RegistrationResult:
 
 @dataclass(frozen=True, slots=True)
 class _Registration:
-    """A reg_success that carries a push object, ready to compare with the stored device."""
+    """A reg_success that carries a push object, ready to compare with the stored device; or one
+    whose identity is learned (`learned`: the token reporter whose User-Agent regex it matched)."""
 
     index: int
     fields: Mapping[str, Any]
     build: PushBuild
     digest: str
+    learned: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.build.account_id or "", self.build.device_id or "")
 
 
-def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[RegistrationResult | InvalidInput]:
-    """Apply reg_success bodies with the effect of applying them one by one, in order.
+def registration_apply_batch(
+    *, fields: Sequence[Mapping[str, Any]], builds: Sequence[PushBuild] | None = None
+) -> list[RegistrationResult | InvalidInput]:
+    """Apply reg_success bodies with the effect of applying them one by one, in order. `builds`
+    (one per body) are given instead of matching the bodies against the rules (registration_apply).
 
     Returns one entry per body: its RegistrationResult, or the InvalidInput that refused it (the
     others go on). One query reads the stored digest of every device; an unchanged registration
@@ -117,7 +145,8 @@ def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[Reg
     rules = selectors.user_agent_rules_enabled()  # one rule set for the whole batch
     for index, body in enumerate(fields):
         try:
-            registration = _registration_prepare(index=index, fields=body, rules=rules)
+            given = builds[index] if builds is not None else None
+            registration = _registration_prepare(index=index, fields=body, rules=rules, build=given)
         except InvalidInput as exc:
             results[index] = exc
             continue
@@ -151,20 +180,42 @@ def registration_apply_batch(*, fields: Sequence[Mapping[str, Any]]) -> list[Reg
             results[index] = result
 
     outcomes = Counter(r.outcome for r in results if isinstance(r, RegistrationResult))
+    counter = metrics.REGISTRATIONS if builds is None else metrics.TOKEN_REPORTS  # (reports are no reg_success)
     for outcome, count in outcomes.items():
-        metrics.REGISTRATIONS.labels(outcome=outcome).inc(count)
+        counter.labels(outcome=outcome).inc(count)
     return [r for r in results if r is not None]
 
 
+# Registrations without a push object whose device a token reporter may still need to find: no rule
+# matched, or the rule found no token (the Contact of an app that reports its token over HTTP).
+_LEARNABLE = frozenset({REASON_NO_RULE, REASON_NO_TOKEN, REASON_NO_TOKEN_PROPERTY})
+
+
 def _registration_prepare(
-    *, index: int, fields: Mapping[str, Any], rules: Sequence[Rule]
+    *, index: int, fields: Mapping[str, Any], rules: Sequence[Rule], build: PushBuild | None = None
 ) -> _Registration | RegistrationResult:
     """Match and check one body (no write): an "ignored" result, or what to compare and store."""
-    build = registration_match(fields=fields, rules=rules)
+    given = build is not None
+    build = build if build is not None else registration_match(fields=fields, rules=rules)
     if build.push is None or not build.account_id or not build.device_id:
-        return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
+        reporter = _learning_reporter(build, fields) if not given else None
+        if reporter is None:
+            return RegistrationResult(outcome="ignored", reason=build.reason, build=build)
+        _sizes_check(build)
+        digest = _digest(build, fields, learned=reporter)
+        return _Registration(index=index, fields=fields, build=build, digest=digest, learned=reporter)
     _sizes_check(build)
     return _Registration(index=index, fields=fields, build=build, digest=_digest(build, fields))
+
+
+def _learning_reporter(build: PushBuild, fields: Mapping[str, Any]) -> str | None:
+    """The token reporter that wants this registration's identity (its User-Agent regex matches),
+    when it has one to learn: account and device ids, and no push object of its own."""
+    if build.reason not in _LEARNABLE or not build.account_id or not build.device_id or is_unregister(fields):
+        return None
+    return selectors.token_reporter_for_user_agent(
+        user_agent=fields.get("User-Agent"), timeout=settings.PUSHER_REGEX_TIMEOUT_S
+    )
 
 
 _Stored = tuple[_Registration, selectors.DeviceDigest | None]
@@ -203,9 +254,10 @@ def _registrations_compare(
 
 
 # What every changed registration rewrites (a changed push object adds push, push_changed_at and
-# the sync state).
-_DEVICE_FIELDS = ("username", "realm", "rule_name", "last_user_agent", "last_contact", "last_registration_at",
-                  "last_seen_at", "registration_digest")
+# the sync state); a learned identity leaves the push object, its rule and its tokens alone.
+_IDENTITY_FIELDS = ("username", "realm", "last_user_agent", "last_contact", "last_proxy_path", "last_registration_at",
+                    "last_seen_at", "registration_digest")
+_DEVICE_FIELDS = (*_IDENTITY_FIELDS, "rule_name")
 _TOKEN_FIELDS = ["token_type", "app", "kind", "sandbox", "proxy", "active", "deactivated_at", "deactivated_reason",
                  "last_seen_at"]
 
@@ -237,6 +289,10 @@ def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now:
     push_rows: list[Device] = []
     detail_rows: list[Device] = []
     writes: list[_Write] = []
+    learned = [(registration, row) for registration, row in change if registration.learned]
+    if learned:
+        results.update(_identities_write(learned, existing=existing, now=now))
+        change = [(registration, row) for registration, row in change if not registration.learned]
     for registration, row in change:
         build = registration.build
         device = existing.get(row.pk) if row is not None else None
@@ -314,9 +370,33 @@ def _device_values(*, registration: _Registration, device: Device | None, now: A
         "rule_name": registration.build.rule or "",
         "last_user_agent": str(fields.get("User-Agent") or "")[:500],
         "last_contact": str(fields.get("Contact") or ""),
+        "last_proxy_path": str(fields.get("Proxy-Path") or "")[:500],
         "last_registration_at": now,
         "last_seen_at": now,
         "registration_digest": registration.digest,
+    }
+
+
+def _identities_write(
+    learned: list[_Stored], *, existing: dict[int, Device], now: Any
+) -> dict[int, RegistrationResult]:
+    """Store who registered (account, device, SIP username and realm, proxy), without touching a
+    push object or tokens: what a token report needs to find its device. One upsert."""
+    rows = []
+    for registration, row in learned:
+        device = existing.get(row.pk) if row is not None else None
+        values = {name: value for name, value in _device_values(registration=registration, device=device,
+                                                                 now=now).items() if name in _IDENTITY_FIELDS}
+        account_id, device_id = registration.key
+        rows.append(Device(account_id=account_id, device_id=device_id, **values))
+    Device.objects.bulk_create(rows, update_conflicts=True, unique_fields=["account_id", "device_id"],
+                               update_fields=list(_IDENTITY_FIELDS))
+    return {
+        registration.index: RegistrationResult(
+            outcome="learned", build=registration.build, device=upsert,
+            reason=f"{registration.build.reason}; device kept for token reporter {registration.learned!r}",
+        )
+        for (registration, _), upsert in zip(learned, rows, strict=True)
     }
 
 
@@ -515,72 +595,3 @@ def push_token_reactivate(*, token: PushToken) -> PushToken:
              token.device.device_id)
     return token
 
-
-# --- REST API operations (registry/api.py calls these; so can the admin and commands) ------------
-
-USER_AGENT_RULE_FIELDS = frozenset({"name", "position", "enabled", "regex", "properties", "description"})
-
-
-def _rule_check(rule: UserAgentRule) -> None:
-    """A rule is saved only if the consumer can use it. The model's validators (the matcher's own
-    regex compilation, properties as strings) run in full_clean; their errors become a RuleError."""
-    from django.core.exceptions import ValidationError
-
-    try:
-        rule.full_clean()
-    except ValidationError as exc:
-        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
-        raise RuleError(f"User-Agent rule {rule.name!r}: {problems}") from None
-
-
-def _rules_changed() -> None:
-    # This process sees the change at once, the consumer within selectors.RULES_TTL_S.
-    selectors.rules_cache_clear()
-    transaction.on_commit(selectors.rules_cache_clear)
-
-
-@transaction.atomic
-def user_agent_rule_create(
-    *,
-    name: str,
-    regex: str,
-    properties: Mapping[str, str],
-    position: int = 100,
-    enabled: bool = True,
-    description: str = "",
-) -> UserAgentRule:
-    """Add a User-Agent rule. Raises RuleError for a regex that does not compile (Kazoo crashed on
-    every registration instead), bad properties, or a name already taken."""
-    rule = UserAgentRule(
-        name=name, regex=regex, properties=dict(properties), position=position, enabled=enabled,
-        description=description,
-    )
-    _rule_check(rule)
-    rule.save()
-    _rules_changed()
-    log.info("User-Agent rule %r created (position %d)", rule.name, rule.position)
-    return rule
-
-
-@transaction.atomic
-def user_agent_rule_update(*, rule: UserAgentRule, **changes: Any) -> UserAgentRule:
-    """Change a rule's fields (names: USER_AGENT_RULE_FIELDS). Raises RuleError as create does."""
-    unknown = sorted(set(changes) - USER_AGENT_RULE_FIELDS)
-    if unknown:
-        raise RuleError(f"unknown User-Agent rule field(s): {', '.join(unknown)}")
-    rule = UserAgentRule.objects.select_for_update().get(pk=rule.pk)
-    for name, value in changes.items():
-        setattr(rule, name, dict(value) if name == "properties" and isinstance(value, Mapping) else value)
-    _rule_check(rule)
-    rule.save()
-    _rules_changed()
-    log.info("User-Agent rule %r updated (%s)", rule.name, ", ".join(sorted(changes)))
-    return rule
-
-
-@transaction.atomic
-def user_agent_rule_delete(*, rule: UserAgentRule) -> None:
-    name = rule.name
-    rule.delete()
-    _rules_changed()
-    log.info("User-Agent rule %r deleted", name)

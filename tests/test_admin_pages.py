@@ -15,12 +15,14 @@ from django.utils import timezone
 
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, Provider, PushApp
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
+from registry.models import Device, PushToken, SyncStatus, TokenReporter, UserAgentRule
+from registry.reporting import token_reporter_create
 from tests.certs import TEAM_ID, make_apns_certificate, make_p8, make_p12, make_service_account
 
 BUNDLE = "com.example.adminphone"
 TOKEN = "5f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
 RED = '<strong style="color:#ba2121">'
+REPORTER_SECRET = "admin-pages-SECRET-0123456789ab"
 
 pytestmark = pytest.mark.django_db
 
@@ -127,6 +129,7 @@ def one_of_each() -> dict[type[models.Model], models.Model]:
         PushToken: push_token_factory(device),
         UserAgentRule: rule_factory(),
         Delivery: delivery_factory(app),
+        TokenReporter: token_reporter_create(slug="groundwire", secret=REPORTER_SECRET, fixed={"Token-Type": "apple"}),
     }
 
 
@@ -140,7 +143,7 @@ def admin_url(model: type[models.Model], view: str, *args: object) -> str:
 def test_admin_index_renders(staff_client) -> None:
     response = staff_client.get(reverse("admin:index"))
     assert response.status_code == 200
-    for model in (Credential, PushApp, Delivery, Device, PushToken, UserAgentRule):
+    for model in (Credential, PushApp, Delivery, Device, PushToken, UserAgentRule, TokenReporter):
         assert admin_url(model, "changelist") in page(response)
 
 
@@ -165,6 +168,7 @@ def test_every_change_page_renders(staff_client, one_of_each) -> None:
             continue
         response = staff_client.get(admin_url(model, "change", obj.pk))
         assert response.status_code == 200, f"{model.__name__} change page: {response.status_code}"
+        assert REPORTER_SECRET not in page(response)
 
 
 def test_changelist_search_and_filters_render(staff_client, one_of_each) -> None:

@@ -27,8 +27,10 @@ from hooks.models import Alert, WebhookDelivery, WebhookSubscription
 from kazoo.config import kazoo_config_import
 from push import services
 from push.models import Credential, CredentialKind, Delivery, Provider, PushApp
-from registry import selectors
-from registry.models import Device, PushToken, UserAgentRule
+from registry import reporting, selectors
+from registry.models import Device, PushToken, TokenReporter, UserAgentRule
+from registry.reporter import DEFAULT_PARAMETERS, secret_problem
+from registry.services import registration_apply
 from tests.certs import make_apns_certificate, make_service_account
 
 pytestmark = pytest.mark.django_db
@@ -576,6 +578,142 @@ def test_the_api_shows_full_tokens_only_to_users_who_may_view_devices(registered
     assert client.get(f"/api/v1/tokens/{token.pk}/").json()["token"] == token.token
 
 
+# --- Token reporters: configured, and their reports stored, the same way by every face --------------------
+
+REPORTER_SECRET = "reporter-SECRET-0123456789abcdef"
+GW_VOIP = "9f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+
+def reporter_form(**changes: Any) -> dict[str, Any]:
+    """The token reporter admin form as the browser posts it."""
+    data = {"slug": "groundwire", "enabled": "on", "description": "", "auth": "url_secret",
+            "new_secret": REPORTER_SECRET, "parameters": json.dumps(DEFAULT_PARAMETERS),
+            "fixed": json.dumps({"Token-Type": "apple"}), "token_encoding": "as_sent",
+            "user_agent_regex": "^Groundwire", "proxy": ""}
+    data.update(changes)
+    return data
+
+
+def reporter_through(face: str, *, staff_client: Any, api: APIClient, **changes: Any) -> str:
+    """Create the Groundwire reporter by one face; returns its refusal ("" if none)."""
+    if face == "admin":
+        form = reporter_form(**{k: json.dumps(v) if isinstance(v, dict) else v for k, v in changes.items()})
+        response = staff_client.post(reverse("admin:registry_tokenreporter_add"), form)
+        return "" if response.status_code == 302 else " ".join(" ".join(e) for e in form_errors(response).values())
+    values = {"slug": "groundwire", "secret": REPORTER_SECRET, "parameters": DEFAULT_PARAMETERS,
+              "fixed": {"Token-Type": "apple"}, "user_agent_regex": "^Groundwire", **changes}
+    if face == "api":
+        response = api.post("/api/v1/token-reporters/", values, format="json")
+        return "" if response.status_code == 201 else response.json()["message"]
+    try:
+        reporting.token_reporter_create(**values)
+    except PusherError as exc:
+        return exc.message
+    return ""
+
+
+@pytest.mark.parametrize("face", ["admin", "api", "service"])
+def test_a_reporter_that_cannot_work_is_refused_on_every_face(face, staff_client, api):
+    refusal = reporter_through(face, staff_client=staff_client, api=api, fixed={})
+    assert "Token-Type: map it to a parameter or give a fixed value" in refusal
+    refusal = reporter_through(face, staff_client=staff_client, api=api, parameters={"Token-ID": "pushToken"})
+    assert "Username is required" in refusal
+    assert not TokenReporter.objects.exists()
+    assert reporter_through(face, staff_client=staff_client, api=api) == ""
+    assert TokenReporter.objects.get().user_agent_regex == "^Groundwire"
+
+
+@pytest.mark.parametrize("face", ["admin", "api"])
+def test_a_reporters_secret_is_never_shown_after_saving(face, staff_client, api):
+    if face == "admin":
+        add_page = staff_client.get(reverse("admin:registry_tokenreporter_add")).content.decode()
+        offered = add_page.split('name="new_secret"', 1)[1].split('value="', 1)[1].split('"', 1)[0]
+        assert secret_problem(offered) is None  # a fresh one is offered before saving
+    assert reporter_through(face, staff_client=staff_client, api=api) == ""
+    reporter = TokenReporter.objects.get()
+    shown = "".join(page.content.decode() for page in (
+        staff_client.get(reverse("admin:registry_tokenreporter_changelist")),
+        staff_client.get(reverse("admin:registry_tokenreporter_change", args=[reporter.pk])),
+        api.get("/api/v1/token-reporters/"), api.get(f"/api/v1/token-reporters/{reporter.pk}/"),
+    ))
+    assert REPORTER_SECRET not in shown and "/report/groundwire/&lt;secret&gt;/" in shown
+    # Saving the change form without a new secret keeps the stored one.
+    response = staff_client.post(reverse("admin:registry_tokenreporter_change", args=[reporter.pk]),
+                                 reporter_form(new_secret="", description="iOS"))
+    assert response.status_code == 302, form_errors(response)
+    reporter = TokenReporter.objects.get()
+    assert reporter.description == "iOS" and reporting.token_reporter_secret_matches(reporter=reporter,
+                                                                                      given=REPORTER_SECRET)
+
+
+@pytest.mark.parametrize("face", ["admin", "api"])
+def test_a_reporter_change_reaches_the_registration_path_at_once(face, staff_client, api):
+    reporter = reporting.token_reporter_create(slug="groundwire", secret=REPORTER_SECRET,
+                                               fixed={"Token-Type": "apple"}, user_agent_regex="^Groundwire")
+
+    def registers(user_agent: str, device: str) -> str:
+        return registration_apply(fields={
+            "Username": device[:4], "Realm": "acme.example.com", "User-Agent": user_agent, "Expires": 600,
+            "Contact": "<sip:u@192.0.2.1>", "Proxy-Path": "sip:10.0.0.1:5060",
+            "Custom-Channel-Vars": {"Account-ID": "a" * 32, "Authorizing-ID": device}}).outcome
+
+    assert registers("Groundwire/6", "b" * 32) == "learned"  # the regexes are now cached
+    if face == "admin":
+        response = staff_client.post(reverse("admin:registry_tokenreporter_change", args=[reporter.pk]),
+                                     reporter_form(new_secret="", user_agent_regex="^Acrobits"))
+        assert response.status_code == 302, form_errors(response)
+    else:
+        response = api.patch(f"/api/v1/token-reporters/{reporter.pk}/", {"user_agent_regex": "^Acrobits"},
+                             format="json")
+        assert response.status_code == 200
+    assert registers("Groundwire/6", "c" * 32) == "ignored"
+    assert registers("Acrobits Softphone/6", "d" * 32) == "learned"
+
+
+def report_through(face: str, params: dict[str, str], client: Any) -> None:
+    reporter = TokenReporter.objects.get()
+    if face == "http":
+        response = client.get(f"/report/groundwire/{REPORTER_SECRET}/", params)
+        assert response.status_code == 200, response.content
+    elif face == "command":
+        output = command("token_report", "groundwire", *(f"{k}={v}" for k, v in params.items()))
+        assert output.startswith("updated: device ")
+    else:
+        reporting.token_report_apply(reporter=reporter, params=params)
+
+
+@pytest.mark.parametrize("face", ["http", "command", "service"])
+def test_a_report_stores_the_same_push_object_by_every_face(face, client):
+    reporting.token_reporter_create(slug="groundwire", secret=REPORTER_SECRET, fixed={"Token-Type": "apple"},
+                                    user_agent_regex="^Groundwire")
+    registration_apply(fields={
+        "Username": "1001", "Realm": "acme.example.com", "User-Agent": "Groundwire/6", "Expires": 600,
+        "Contact": "<sip:1001@192.0.2.1>", "Proxy-Path": "sip:10.0.0.1:5060;transport=udp",
+        "Custom-Channel-Vars": {"Account-ID": "a" * 32, "Authorizing-ID": "b" * 32}})
+
+    report_through(face, {"username": "1001", "realm": "acme.example.com", "pushTokenIncomingCall": GW_VOIP,
+                          "pushappid_incoming_call": "cz.acrobits.groundwire.voip"}, client)
+
+    device = Device.objects.get()
+    assert device.push == {"Token-ID": GW_VOIP, "Token-App": "cz.acrobits.groundwire.voip", "Token-Type": "apple",
+                           "Token-Proxy": "sip:10.0.0.1:5060;transport=udp"}
+    assert device.rule_name == "token reporter groundwire"
+    assert list(device.tokens.values_list("token", "kind", "active")) == [(GW_VOIP, "voip", True)]
+
+
+def test_the_command_refuses_what_the_endpoint_refuses():
+    reporting.token_reporter_create(slug="groundwire", secret=REPORTER_SECRET, fixed={"Token-Type": "apple"})
+    with pytest.raises(CommandError, match="no device answers to this account"):
+        command("token_report", "groundwire", "username=1001", "realm=acme.example.com", f"pushToken={GW_VOIP}",
+                "pushappid=x.y")
+    with pytest.raises(CommandError, match="report_invalid"):
+        command("token_report", "groundwire", "username=1001", "realm=acme.example.com", "pushappid=x.y")
+    with pytest.raises(CommandError, match="no token reporter 'bria'"):
+        command("token_report", "bria", "username=1001")
+    with pytest.raises(CommandError, match="expected NAME=VALUE"):
+        command("token_report", "groundwire", "username")
+
+
 # --- Every action the admin offers is in the API too -----------------------------------------------------
 
 # Admin action -> the API operation doing the same (method, path with {id}).
@@ -590,7 +728,8 @@ ACTION_ROUTES = {
 }
 RESOURCES = {PushApp: "apps", Credential: "credentials", Delivery: "deliveries", UserAgentRule: "user-agent-rules",
              Device: "devices", PushToken: "tokens", WebhookSubscription: "webhooks",
-             WebhookDelivery: "webhook-deliveries", Alert: "alerts"}
+             WebhookDelivery: "webhook-deliveries", Alert: "alerts",
+             TokenReporter: "token-reporters"}
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
 from pusher_site.admin.kazoo_admin import DeviceReconcileFields
-from registry import services
-from registry.models import Device, PushToken, SyncStatus, UserAgentRule
+from registry import reporting, services
+from registry.models import Device, PushToken, ReporterAuth, SyncStatus, TokenReporter, UserAgentRule
+from registry.reporter import acrobits_url_template
 
 # A test push rings a real phone: a mis-click on "select all" must not ring every user.
 TEST_PUSH_MAX_DEVICES = 20
@@ -121,7 +122,7 @@ class PushTokenInline(admin.TabularInline):
 DEVICE_FIELDS = (
     "account_id", "device_id", "username", "realm", "push", "push_changed_at", "rule_name", "registration_digest",
     "sync_status", "push_synced_at", "sync_attempts", "sync_next_at", "sync_error", "last_user_agent",
-    "last_contact", "last_registration_at", "last_seen_at", "created_at",
+    "last_contact", "last_proxy_path", "last_registration_at", "last_seen_at", "created_at",
 )
 
 
@@ -233,3 +234,80 @@ class PushTokenAdmin(admin.ModelAdmin):
         for token in tokens:
             services.push_token_reactivate(token=token)
         self.message_user(request, f"{len(tokens)} token(s) reactivated.", messages.SUCCESS)
+
+
+class TokenReporterForm(forms.ModelForm):
+    """The secret is write-only: a new reporter's form offers a fresh one (copy it before saving:
+    it is never shown again); an existing one's field is empty, and stays so unless changed."""
+
+    new_secret = forms.CharField(
+        label="Secret", required=False, strip=True,
+        widget=forms.TextInput(attrs={"size": 60, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="24 to 128 letters, digits, '-' or '_'. It goes in the app's report URL (or signs its requests): "
+        "copy it now, it is not shown after saving. Leave empty to keep the stored one.",
+    )
+
+    class Meta:
+        model = TokenReporter
+        fields = ["slug", "enabled", "description", "auth", "parameters", "fixed", "token_encoding",
+                  "user_agent_regex", "proxy"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.fields["new_secret"].required = True
+            self.fields["new_secret"].initial = reporting.token_reporter_secret_new()
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        # The services' own checks, asked here so that a refusal shows on the form (save_model calls
+        # the service, which checks again).
+        try:
+            if cleaned.get("new_secret"):
+                reporting.token_reporter_secret_check(secret=cleaned["new_secret"])
+            if "parameters" in cleaned and "fixed" in cleaned:
+                reporting.token_reporter_mapping_check(parameters=cleaned["parameters"], fixed=cleaned["fixed"] or {},
+                                                       token_encoding=cleaned.get("token_encoding", ""))
+        except PusherError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return cleaned
+
+
+@admin.register(TokenReporter)
+class TokenReporterAdmin(admin.ModelAdmin):
+    """Apps that report their push token over HTTP (Acrobits' Push Token Reporter); every write
+    through registry.reporting, the API's services."""
+
+    form = TokenReporterForm
+    list_display = ["slug", "enabled", "auth", "user_agent_regex", "token_encoding", "updated_at"]
+    list_filter = ["enabled", "auth"]
+    search_fields = ["slug", "description", "user_agent_regex"]
+    readonly_fields = ["url_template", "created_at", "updated_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["slug", "enabled", "description", "auth", "new_secret", "parameters", "fixed", "token_encoding",
+                "user_agent_regex", "proxy", *(["url_template", "created_at", "updated_at"] if obj else [])]
+
+    @admin.display(description="Acrobits pushTokenReporterUrl")
+    def url_template(self, obj: TokenReporter) -> str:
+        return acrobits_url_template(slug=obj.slug, parameters=obj.parameters or {},
+                                     signed=obj.auth == ReporterAuth.SIGNATURE, base="https://<pusher host>")
+
+    def save_model(self, request, obj, form, change):
+        cleaned = form.cleaned_data
+        secret = cleaned.get("new_secret") or None
+        if change:
+            changes = {name: cleaned[name] for name in form.changed_data if name in reporting.TOKEN_REPORTER_FIELDS}
+            reporter = reporting.token_reporter_update(reporter=obj, secret=secret, **changes)
+        else:
+            fields = {name: cleaned[name] for name in reporting.TOKEN_REPORTER_FIELDS if name in cleaned}
+            reporter = reporting.token_reporter_create(secret=secret or "", **fields)
+        obj.pk = reporter.pk
+
+    def delete_model(self, request, obj):
+        reporting.token_reporter_delete(reporter=obj)
+
+    def delete_queryset(self, request, queryset):
+        for reporter in queryset:
+            reporting.token_reporter_delete(reporter=reporter)

@@ -249,7 +249,8 @@ class DeviceSerializer(serializers.ModelSerializer):
         fields = [
             "id", "account_id", "device_id", "username", "realm", "push", "push_changed_at", "rule_name",
             "sync_status", "in_sync", "push_synced_at", "sync_attempts", "sync_next_at", "sync_error",
-            "last_user_agent", "last_contact", "last_registration_at", "last_seen_at", "created_at", "tokens",
+            "last_user_agent", "last_contact", "last_proxy_path", "last_registration_at", "last_seen_at", "created_at",
+            "tokens",
         ]
         read_only_fields = fields
 

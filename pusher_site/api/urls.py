@@ -14,6 +14,7 @@ from pusher_site.api.push_api import (
     SendViewSet,
 )
 from pusher_site.api.registry_api import DeviceViewSet, PushTokenViewSet, UserAgentRuleViewSet
+from pusher_site.api.reporter_api import TokenReporterViewSet
 from pusher_site.api.schema import ScopedTokenScheme  # noqa: F401 - registers the scheme with drf-spectacular
 from pusher_site.api.tenancy_api import ScopedTokenViewSet
 
@@ -36,6 +37,7 @@ router.register("deliveries", DeliveryViewSet, basename="delivery")
 router.register("user-agent-rules", UserAgentRuleViewSet, basename="useragentrule")
 router.register("devices", DeviceViewSet, basename="device")
 router.register("tokens", PushTokenViewSet, basename="pushtoken")
+router.register("token-reporters", TokenReporterViewSet, basename="tokenreporter")
 router.register("push", PushRequestViewSet, basename="push")
 router.register("scoped-tokens", ScopedTokenViewSet, basename="scopedtoken")
 router.register("webhooks", WebhookSubscriptionViewSet, basename="webhooksubscription")

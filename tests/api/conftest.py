@@ -18,7 +18,8 @@ from hooks import services as hooks_services
 from hooks.models import Alert, WebhookDelivery, WebhookSubscription
 from push import services as push_services
 from push.models import Credential, Delivery, Provider, PushApp
-from registry.models import Device, PushToken, UserAgentRule
+from registry.models import Device, PushToken, TokenReporter, UserAgentRule
+from registry.reporting import token_reporter_create
 from registry.services import registration_apply
 from tenancy import services as tenancy_services
 from tenancy.models import Grant, ScopedToken
@@ -35,7 +36,8 @@ LEGACY_KEY = "AAAAlegacy-SECRET-server-key:APA91bLEAKCANARY0123456789abcdefghijk
 WEBHOOK_SECRET = "whsec-LEAKCANARY-webhook-0123456789"
 P8_KEY_ID = "ABCDE12345"
 MODELS = ["push.pushapp", "push.credential", "push.delivery", "registry.useragentrule", "registry.device",
-          "registry.pushtoken"]
+          "registry.pushtoken", "registry.tokenreporter"]
+REPORTER_SECRET = "SECRETreporter-0123456789abcdef"
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Seed:
     webhook: WebhookSubscription
     webhook_delivery: WebhookDelivery
     alert: Alert
+    reporter: TokenReporter
     # Substrings of the secrets that must never appear in any answer.
     secrets: list[str] = field(default_factory=list)
 
@@ -107,11 +110,14 @@ def seed(db, acme_rule) -> Seed:
                                                          secret=WEBHOOK_SECRET, event_types=["push.failed"])
     hooks_services.webhook_event_record(event=hooks_services.WebhookEvent("push.failed", "push:seed", {"seed": 1}))
     hooks_services.alert_raise(key="consumer.down", event_type="consumer.down", summary="seed outage", data={})
+    reporter = token_reporter_create(slug="groundwire", secret=REPORTER_SECRET, fixed={"Token-Type": "apple"},
+                                     user_agent_regex="^Groundwire")
     secrets = [*_key_lines(cert_key), *_key_lines(p8), *_key_lines(account["private_key"]), LEGACY_KEY,
-               "PRIVATE KEY", WEBHOOK_SECRET]
+               "PRIVATE KEY", WEBHOOK_SECRET, REPORTER_SECRET]
     return Seed(cert=cert, p8=p8_cred, service_account=sa, legacy=legacy, apple_app=apple_app,
                 firebase_app=firebase_app, rule=rule, device=device, delivery=delivery, webhook=webhook,
                 webhook_delivery=WebhookDelivery.objects.get(subscription=webhook), alert=Alert.objects.get(),
+                reporter=reporter,
                 secrets=secrets)
 
 

@@ -32,6 +32,7 @@ SCOPED_GRANTS = {"scoped": set(), "scoped_granted": set(ALL_GRANTS), "scoped_oth
 RULE_BODY = {"name": "NewPhone", "regex": "^NewPhone", "properties": {"Token-ID": "pn-tok", "Token-App": "app-id",
                                                                      "Token-Type": "pn-type"}}
 IMPORT_DOC = {"default": {"User-Agents": {"Imported": {"regex": "^Imported", "properties": {"Token-ID": "pn-tok"}}}}}
+REPORTER_BODY = {"slug": "bria", "secret": "bria-SECRET-0123456789abcdefgh", "fixed": {"Token-Type": "firebase"}}
 PUSH_REQ = {"Token-ID": "ab" * 32, "Token-Type": "apple", "Token-App": "com.nobody.app", "Call-ID": "c1",
             "Payload": {"call-id": "c1"}}
 
@@ -48,6 +49,7 @@ class Row:
     grants: tuple[str, ...] = ()  # what a scoped token needs for it
     account_row: bool = False  # it names a row of the seed's account: another account's token gets 404
     scoped: int | None = None  # the status a scoped token of the seed's account gets, when not `ok`
+    scoped_denied: bool = False  # global configuration no scoped token manages, whatever its grants
 
     def path(self, seed: Seed, scoped: Scoped) -> str:
         return self.url.format(
@@ -55,6 +57,7 @@ class Row:
             rule=seed.rule.pk, device=seed.device.pk, token=seed.device.tokens.order_by("pk").first().pk,
             scoped_token=scoped.spare.pk,
             webhook=seed.webhook.pk, webhook_delivery=seed.webhook_delivery.pk, alert=seed.alert.pk,
+            reporter=seed.reporter.pk,
         )
 
 
@@ -128,6 +131,16 @@ ROWS = [
         None, True),
     Row("alerts list", "get", "/api/v1/alerts/", "staff", 200),
     Row("alerts retrieve", "get", "/api/v1/alerts/{alert}/", "staff", 200),
+    Row("token reporters list", "get", "/api/v1/token-reporters/", "read", 200, scoped_denied=True),
+    Row("token reporters retrieve", "get", "/api/v1/token-reporters/{reporter}/", "read", 200, scoped_denied=True),
+    Row("token reporters create", "post", "/api/v1/token-reporters/", "write", 201, REPORTER_BODY, True,
+        scoped_denied=True),
+    Row("token reporters update", "put", "/api/v1/token-reporters/{reporter}/", "write", 200,
+        {"slug": "groundwire", "fixed": {"Token-Type": "apple"}, "description": "put"}, True, scoped_denied=True),
+    Row("token reporters partial update", "patch", "/api/v1/token-reporters/{reporter}/", "write", 200,
+        {"secret": "another-SECRET-0123456789abcdef"}, True, scoped_denied=True),
+    Row("token reporters delete", "delete", "/api/v1/token-reporters/{reporter}/", "delete", 204, None, True,
+        scoped_denied=True),
     Row("send", "post", "/api/v1/send", "push", 404,
         {"name": "sip:nobody@nowhere.example.com", "type": "incoming_call", "payload": {"push_id": "c2"}}),
     Row("scoped tokens list", "get", "/api/v1/scoped-tokens/", "superuser", 200),
@@ -144,7 +157,7 @@ def _expected(row: Row, role: str) -> int:
         return 401
     if role in SCOPED_GRANTS:
         # Managing tokens, webhooks and alerts is never a scoped token's, whatever its owner may do.
-        if row.who in ("superuser", "staff") or not set(row.grants) <= SCOPED_GRANTS[role]:
+        if row.who in ("superuser", "staff") or row.scoped_denied or not set(row.grants) <= SCOPED_GRANTS[role]:
             return 403
         if role == "scoped_other" and row.account_row:
             return 404  # as a row that does not exist

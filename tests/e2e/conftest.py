@@ -25,6 +25,8 @@ from push.models import Delivery, Provider, PushApp
 from registry.models import Device
 from tests import amqp
 from tests.e2e.harness import Kamailio, Sipp, free_udp_port, tools_missing
+from tests.e2e.kazoo_registrar import FakeKazooRegistrar
+from tests.fakes.crossbar import FakeCrossbar
 
 REALM = "acme.e2e.test"
 T = TypeVar("T")
@@ -156,9 +158,10 @@ class E2E:
         return delivery
 
     def call(self, device: Device, phone: Phone, *, scenario: str = "media_server_invite.xml",
-             push_timeout_ms: int = 20000, timeout_s: float = 30.0) -> Call:
-        """The media server INVITEs the device with the headers Kazoo builds from its push object."""
-        push: dict[str, Any] = dict(device.push or {})
+             push_timeout_ms: int = 20000, timeout_s: float = 30.0, push: dict[str, Any] | None = None) -> Call:
+        """The media server INVITEs the device with the headers Kazoo builds from its push object
+        (`push`: the one Kazoo's device document holds; by default pusher's own copy)."""
+        push = dict(push if push is not None else device.push or {})
         headers = {"Token-ID", "Token-Type", "Token-App", "Token-Proxy"}
         assert set(push) <= headers, f"push object has keys the media-server scenario does not send: {push}"
         call_id = f"e2e-{uuid.uuid4()}@{self.kamailio.address}"
@@ -173,12 +176,15 @@ class E2E:
         agent.start()
         return Call(media_server=agent, call_id=call_id)
 
-    def wake(self, phone: Phone, call: Call, token: str, *, style: str = "header") -> Sipp:
+    def wake(self, phone: Phone, call: Call, token: str | None, *, style: str = "header") -> Sipp:
         """The woken app re-registers with the registration token from the push (same Contact URI,
-        same port), then answers the call."""
+        same port), then answers the call. Style "none": an app that presents no token (it reports
+        its push token over HTTP and registers as it always does)."""
         variables = phone.variables()
         if style == "header":
-            variables |= {"contact_header_params": "", "token_header": "X-Token-Reg", "token_value": token}
+            variables |= {"contact_header_params": "", "token_header": "X-Token-Reg", "token_value": str(token)}
+        elif style == "none":
+            variables |= {"contact_header_params": "", "token_header": "X-Wake", "token_value": "no token"}
         else:  # the token as a Contact header parameter
             variables |= {"contact_header_params": f";x-token-reg={token}", "token_header": "X-Wake",
                           "token_value": "token in Contact"}
@@ -192,10 +198,10 @@ class E2E:
         self.kamailio.stop()
 
 
-@pytest.fixture
-def e2e(tmp_path: Path, e2e_amqp_url: str) -> Iterator[E2E]:
+def _e2e_run(tmp_path: Path, amqp_url: str, *, authn_query: bool = False) -> Iterator[E2E]:
     kamailio = Kamailio(
-        workdir=tmp_path, port=free_udp_port(), media_port=free_udp_port(), amqp_url=kamailio_amqp_url(e2e_amqp_url)
+        workdir=tmp_path, port=free_udp_port(), media_port=free_udp_port(), amqp_url=kamailio_amqp_url(amqp_url),
+        authn_query=authn_query,
     )
     run = E2E(tmp_path, kamailio)
     try:
@@ -203,6 +209,42 @@ def e2e(tmp_path: Path, e2e_amqp_url: str) -> Iterator[E2E]:
         yield run
     finally:
         run.stop()
+
+
+@pytest.fixture
+def e2e(tmp_path: Path, e2e_amqp_url: str) -> Iterator[E2E]:
+    yield from _e2e_run(tmp_path, e2e_amqp_url)
+
+
+@pytest.fixture
+def kazoo_devices(settings, fake_crossbar) -> FakeCrossbar:
+    """Kazoo's device documents: the fake Crossbar, where pusher's sync writes push objects."""
+    settings.KAZOO_CROSSBAR_URL, settings.KAZOO_API_KEY = fake_crossbar.url, fake_crossbar.api_key
+    return fake_crossbar
+
+
+@pytest.fixture
+def kazoo_registrar(e2e_amqp_url: str, kazoo_devices: FakeCrossbar) -> Iterator[FakeKazooRegistrar]:
+    """Kazoo's registrar app answering Kamailio's authn_req from the device documents (ids as
+    kamailio.cfg derives them without it: account_id / device_id)."""
+
+    def directory(user: str, realm: str) -> tuple[str, str, dict[str, Any]] | None:
+        key = (account_id(realm), device_id(user, realm))
+        document = kazoo_devices.devices.get(key)
+        return None if document is None else (*key, document)
+
+    registrar = FakeKazooRegistrar(e2e_amqp_url, directory).start()
+    try:
+        yield registrar
+    finally:
+        registrar.stop()
+
+
+@pytest.fixture
+def e2e_kazoo(tmp_path: Path, e2e_amqp_url: str, kazoo_registrar: FakeKazooRegistrar) -> Iterator[E2E]:
+    """The end-to-end run whose REGISTERs are authenticated by Kazoo's registrar on the bus (the fake
+    above), as registrar-role.cfg has them, so that their CCVs say which devices wake by push."""
+    yield from _e2e_run(tmp_path, e2e_amqp_url, authn_query=True)
 
 
 @pytest.fixture

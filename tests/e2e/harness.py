@@ -92,6 +92,8 @@ class Kamailio:
     media_port: int
     amqp_url: str
     node_hostname: str = "e2e.pusher.test"
+    # REGISTERs ask Kazoo's registrar (an authn_req on the bus) for their CCVs, as registrar-role.cfg.
+    authn_query: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -117,6 +119,7 @@ class Kamailio:
             "-A", f'KZ_NODE_HOSTNAME="{self.node_hostname}"',
             "-A", f'MEDIA_SERVER_IP="{LOOPBACK}"',
             "-A", f"MEDIA_SERVER_PORT={self.media_port}",
+            *(["-A", "KZ_AUTHN_QUERY=1"] if self.authn_query else []),
         ]
 
     def start(self, timeout: float = 15.0) -> None:

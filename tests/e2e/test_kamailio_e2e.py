@@ -9,14 +9,19 @@ phone presents the registration token it finds in the push the fake provider rec
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
 from push.models import DeliveryStatus
 from registry.models import Device, UserAgentRule
-from tests.e2e.conftest import E2E, Call, Phone, apple_app, device_id, poll
+from registry.reporter import acrobits_url_template
+from registry.reporting import token_reporter_create
+from tests.e2e.conftest import E2E, Call, Phone, account_id, apple_app, device_id, poll
 from tests.e2e.harness import Sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -224,3 +229,77 @@ def test_linphone_rfc8599_phone_registers_is_pushed_wakes_and_takes_the_call(
     wake = e2e.wake(phone, call, token, style="contact")
     answered(e2e, call, wake, timings, "apns_linphone_rfc8599", request.received_at)
 
+
+
+# --- An app that reports its token over HTTP (Acrobits' Push Token Reporter) ----------------------------
+
+SOFTPHONE_VOIP = "7c6b5a49382716f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d"
+REPORT_SECRET = "e2e-report-SECRET-0123456789abcdef"
+
+
+def acrobits_report(base_url: str, reporter, values: dict[str, str]) -> dict:
+    """What the app does at start: fill its provisioned pushTokenReporterUrl (the template pusher's
+    admin shows for the reporter) with its account's values and GET it."""
+    url = acrobits_url_template(slug=reporter.slug, parameters=reporter.parameters, signed=False, base=base_url)
+    url = url.replace("<secret>", REPORT_SECRET)
+    for variable, value in values.items():
+        url = url.replace(variable, urllib.parse.quote(value, safe=""))
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_an_app_with_no_token_in_its_contact_reports_it_is_pushed_wakes_and_takes_the_call(
+    e2e_kazoo, kazoo_registrar, kazoo_devices, pusher_consumer, apns_trusting_fake, live_server, timings
+):
+    e2e = e2e_kazoo
+    apple_app(apns_trusting_fake, "com.acme.softphone.voip", "com.acme.softphone")
+    reporter = token_reporter_create(slug="acme-softphone", secret=REPORT_SECRET, fixed={"Token-Type": "apple"},
+                                     user_agent_regex="^Groundwire")
+    phone = Phone(user="user_4004", user_agent="Groundwire/6.2.1 (AcmeSoft white label)", contact_params="")
+    ids = (account_id(phone.realm), device_id(phone.user, phone.realm))
+    kazoo_devices.add_device(*ids, {"name": "Ann's phone", "sip": {"username": phone.user, "realm": phone.realm}})
+
+    # 1. It registers as any SIP phone does: nothing about push in its Contact. Kazoo's registrar
+    # knows the device but it has no push object yet; pusher remembers who registered (the
+    # reporter's User-Agent regex matches), without a push object.
+    e2e.register(phone)
+    learned = poll(lambda: Device.objects.filter(account_id=ids[0], device_id=ids[1]).first(), 10)
+    assert learned is not None and learned.push is None and learned.username == phone.user
+    assert "Pusher-Application" not in kazoo_registrar.answers_for(phone.user)[0]["Custom-Channel-Vars"]
+
+    # 2. It reports its tokens over HTTP, through the Acrobits URL template.
+    answer = acrobits_report(live_server.url, reporter, {
+        "%account[username]%": phone.user, "%account[host]%": phone.realm, "%selector%": "A1B2C3D4E5F6:7C3A0D14",
+        "%pushToken%": "", "%pushappid%": "com.acme.softphone",
+        "%pushTokenIncomingCall%": SOFTPHONE_VOIP, "%pushappid_incoming_call%": "com.acme.softphone.voip",
+    })
+    assert answer == {"outcome": "updated"}
+    device = Device.objects.get(account_id=ids[0], device_id=ids[1])
+    assert device.push == {"Token-ID": SOFTPHONE_VOIP, "Token-App": "com.acme.softphone.voip",
+                           "Token-Type": "apple", "Token-Proxy": proxy_of(e2e)}
+    # ... and pusher's sync writes it into Kazoo's device document, as for a registered token.
+    kazoo_push = poll(lambda: kazoo_devices.devices[ids].get("push"), 10)
+    assert kazoo_push == device.push
+
+    # 3. A call: Kazoo builds the X-KAZOO-PUSHER-* headers from its device document's push object.
+    call = e2e.call(device, phone, push=kazoo_push)
+    (request,) = apns_trusting_fake.wait_for_requests(1, timeout=15)
+    assert request.path == f"/3/device/{SOFTPHONE_VOIP}"
+    assert request.headers["apns-topic"] == "com.acme.softphone.voip"
+    check_push_payload(request.body, call, device.push["Token-Proxy"])
+
+    # 4. The woken app registers as it always does: no X-Token-Reg, no x-token-reg. Kazoo's
+    # registrar now answers with CCV Pusher-Application (the document has a push object), and
+    # Kamailio resumes the call held for the AOR, as the stock pusher role does.
+    wake = e2e.wake(phone, call, None, style="none")
+    answered(e2e, call, wake, timings, "apns_token_reporter", request.received_at)
+    wake_ccvs = kazoo_registrar.answers_for(phone.user)[-1]["Custom-Channel-Vars"]
+    assert wake_ccvs["Pusher-Application"] == "com.acme.softphone.voip"
+    assert "registers without a token, resuming by AOR" in e2e.kamailio.log_text()
+    assert "X-Token-Reg" not in (e2e.workdir / f"{wake.name}_messages.log").read_text()
+
+    # The wake REGISTER's reg_success (1 REGISTER + push_req + wake REGISTER) left the reported push
+    # object as it was.
+    pusher_consumer.wait_handled(3)
+    assert poll(lambda: Device.objects.filter(pk=device.pk).values_list("push", flat=True).first(), 5) == device.push

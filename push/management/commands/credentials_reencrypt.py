@@ -1,5 +1,6 @@
-"""`manage.py credentials_reencrypt`: re-encrypt every stored secret with the first FIELD_ENCRYPTION_KEY
-(after prepending a new key), so the old key can then be dropped."""
+"""`manage.py credentials_reencrypt`: re-encrypt every stored secret (credentials, webhook and token reporter
+secrets) with the first FIELD_ENCRYPTION_KEY (after prepending a new key), so the old key can then
+be dropped."""
 
 from typing import Any
 
@@ -7,10 +8,12 @@ from django.core.management.base import BaseCommand
 
 from hooks.services import webhook_secrets_reencrypt
 from push.services import credentials_reencrypt
+from registry.reporting import token_reporters_reencrypt
 
 
 class Command(BaseCommand):
-    help = ("Re-encrypt stored credentials and webhook secrets with the first key of FIELD_ENCRYPTION_KEY "
+    help = ("Re-encrypt stored credentials, webhook secrets and token reporter secrets with the first key of "
+            "FIELD_ENCRYPTION_KEY "
             "(key rotation).")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -29,4 +32,12 @@ class Command(BaseCommand):
                 f"{len(hooks_lost)} webhook secret(s) cannot be decrypted with any key of FIELD_ENCRYPTION_KEY and "
                 f"were left as they are: {', '.join(hooks_lost)}. Add the key they were written with to the list "
                 "and run this again, or set a new secret on those subscriptions."
+            )
+        count, undecryptable = token_reporters_reencrypt()
+        self.stdout.write(f"re-encrypted {count} token reporter secret(s) with the current key")
+        if undecryptable:
+            self.stderr.write(
+                f"{len(undecryptable)} token reporter secret(s) cannot be decrypted with any key of "
+                f"FIELD_ENCRYPTION_KEY and were left as they are: {', '.join(undecryptable)}. Add the key they were "
+                "written with to the list and run this again, or set those secrets again."
             )
