@@ -81,7 +81,7 @@ DELIVERY_PUSH_TYPES = ("alert", "background", "voip", "data", "notification")
 
 def delivery_push_types() -> list[str]:
     """The push types a delivery can carry, from the push apps (a few rows), not from the log."""
-    own = PushApp.objects.exclude(push_type="").values_list("push_type", flat=True).distinct()
+    own = PushApp.objects.exclude(push_type="").order_by().values_list("push_type", flat=True).distinct()
     return sorted({*DELIVERY_PUSH_TYPES, *own})
 
 

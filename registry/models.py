@@ -101,6 +101,15 @@ class Device(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["account_id", "device_id"], name="device_unique_account_device")
         ]
+        indexes = [
+            # The devices waiting to reach Kazoo, oldest change first (the dashboard, every refresh):
+            # a few rows among all the devices, so an index of those alone (bench.retention: 115-150 ms
+            # for two scans of 100,000 devices before, per dashboard view).
+            models.Index(
+                fields=["push_changed_at", "id"], name="device_waiting_sync_idx",
+                condition=models.Q(sync_status__in=["pending", "failed"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         name = f"{self.username}@{self.realm}" if self.username else self.device_id
