@@ -27,7 +27,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("registry", "0002_rule_properties_may_be_empty"),
+        ("registry", "0003_token_reporter"),
     ]
 
     operations = [
