@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -122,31 +122,40 @@ class Supervisor:
     def _serve(self, metrics_dir: Path) -> ThreadingHTTPServer:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(metrics_dir))
-        supervisor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, status = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path in ("/ready", "/healthz"):
-                    state = supervisor.ready()
-                    body, ctype, status = json.dumps(state).encode(), "application/json", 200 if state["ready"] else 503
-                else:
-                    body, ctype, status = b"not found", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer((self.metrics_host, self.metrics_port), Handler)
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        server = metrics_serve(self.metrics_host, self.metrics_port, metrics=lambda: generate_latest(registry),
+                               ready=self.ready)
         log.info("merged metrics and readiness of %d processes on http://%s:%d/metrics and /ready",
                  self.processes, self.metrics_host, self.metrics_port)
         return server
+
+
+def metrics_serve(host: str, port: int, *, metrics: Callable[[], bytes],
+                  ready: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
+    """/metrics (`metrics()`, Prometheus text) and /ready or /healthz (`ready()` as JSON: 200 when its
+    "ready" is true, else 503) on a thread of their own: a consumer's, or the supervisor's for all of
+    them. Raises OSError/OverflowError when the address cannot be served."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, ctype, status = metrics(), CONTENT_TYPE_LATEST, 200
+            elif self.path in ("/ready", "/healthz"):
+                state = ready()
+                body, ctype, status = json.dumps(state).encode(), "application/json", 200 if state["ready"] else 503
+            else:
+                body, ctype, status = b"not found", "text/plain", 404
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 def _metrics_dir() -> tuple[Path, bool]:

@@ -1,27 +1,26 @@
 """`python manage.py runconsumer`: the AMQP consumer, a thin command around kazoo.worker."""
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.utils import timezone
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from core.logqueue import log_queue_start, log_queue_stop
 from kazoo.alerting import alerting_loop
 from kazoo.models import ConsumerStatus
 from kazoo.reconcile import reconcile_loop
 from kazoo.retention import prune_loop
-from kazoo.supervisor import Supervisor
+from kazoo.supervisor import Supervisor, metrics_serve
 from kazoo.sync import sync_loop
 from kazoo.topology import QueueDeclaration
 from kazoo.warmup import warm_thread_start
@@ -184,30 +183,13 @@ def _heartbeat_loop(worker: Worker) -> None:
 
 
 def _serve_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, ctype, status = generate_latest(), CONTENT_TYPE_LATEST, 200
-            elif self.path in ("/ready", "/healthz"):
-                ready = worker.connected.is_set()
-                body = json.dumps({"ready": ready, "messages_total": worker.messages_total}).encode()
-                ctype, status = "application/json", 200 if ready else 503
-            else:
-                body, ctype, status = b"not found", "text/plain", 404
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def ready() -> dict[str, Any]:
+        return {"ready": worker.connected.is_set(), "messages_total": worker.messages_total}
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = metrics_serve(host, port, metrics=generate_latest, ready=ready)
     except (OSError, OverflowError) as exc:  # in use, not an address of this host, no such host
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise CommandError(f"cannot serve metrics on {host}:{port}: {reason}") from None
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics and readiness on http://%s:%d/metrics and /ready", host, port)
     return server
