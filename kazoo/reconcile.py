@@ -4,7 +4,7 @@ The sync loop writes a push object only when pusher's copy changes, so a `push` 
 in Kazoo (the Kazoo UI, a script, a restored database) stays wrong until the phone's token changes.
 `devices_reconcile` reads the device documents of devices pusher believes in step (GET through
 Crossbar, outside any transaction), compares their `push` with pusher's and queues each that
-differs for the sync loop (`registry.services.device_sync_pending`), which PATCHes it again. Each
+differs for the sync loop (`registry.syncstate.device_sync_pending`), which PATCHes it again. Each
 check's result is kept per device in `kazoo.models.DeviceReconcile`. Run by `manage.py
 kazoo_reconcile` and, a bounded batch per tick, by the consumer (`reconcile_loop`).
 
@@ -30,7 +30,7 @@ from kazoo.models import DeviceReconcile, ReconcileResult
 from kazoo.sync import kazoo_client
 from registry.models import Device
 from registry.pushobject import push_object_equal
-from registry.services import device_sync_pending, kazoo_configured
+from registry.syncstate import device_sync_pending, kazoo_configured
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from kazoo.crossbar import CrossbarClient, KazooSyncError
-from registry import selectors
 from registry.models import Device
-from registry.services import (
+from registry.syncstate import (
     device_sync_done,
     device_sync_failed,
     device_sync_local,
+    devices_sync_claim,
     kazoo_configured,
     sync_wait,
 )
@@ -56,7 +56,7 @@ def device_sync_due(*, limit: int = 50) -> int:
     """Sync the devices whose turn has come; returns how many were tried."""
     if not kazoo_configured():
         return 0
-    due = selectors.devices_sync_due(limit=limit)
+    due = devices_sync_claim(limit=limit)
     for device in due:
         device_sync(device=device)
     return len(due)
@@ -66,6 +66,8 @@ def sync_loop(stop: threading.Event) -> None:
     """The consumer runs this in a thread: wake on a changed push object, else every second."""
     while not stop.is_set():
         sync_wait(1.0)
+        if stop.is_set():
+            break
         if not kazoo_configured():
             continue
         try:

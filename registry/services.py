@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from registry.rules import (  # noqa: F401
     user_agent_rule_delete,
     user_agent_rule_update,
 )
+from registry.syncstate import sync_fields, sync_mark_pending, sync_wake
 from registry.tokenwrites import tokens_retire, tokens_seen
 
 log = logging.getLogger(__name__)
@@ -299,12 +298,12 @@ def _registrations_write(*, refresh: list[_Refresh], change: list[_Stored], now:
         values = _device_values(registration=registration, device=device, now=now)
         push_changed = device is None or not push_object_equal(device.push, build.push)
         if push_changed:
-            values.update(push_changed_at=now, **_sync_fields(now))
+            values.update(push_changed_at=now, **sync_fields(now))
         account_id, device_id = registration.key  # (both set: _registration_prepare ignores the others)
         upsert = Device(account_id=account_id, device_id=device_id, push=build.push, **values)
         (push_rows if push_changed else detail_rows).append(upsert)
         writes.append(_Write(registration, upsert, device or upsert, created=device is None, push_changed=push_changed))
-    push_fields = ("push", "push_changed_at", *_sync_fields(now))
+    push_fields = ("push", "push_changed_at", *sync_fields(now))
     for rows, fields in ((push_rows, (*_DEVICE_FIELDS, *push_fields)), (detail_rows, _DEVICE_FIELDS)):
         if rows:
             Device.objects.bulk_create(
@@ -400,92 +399,6 @@ def _identities_write(
     }
 
 
-# --- Sync state of the push object in Kazoo (kazoo.sync talks to Crossbar) ----------------
-
-_sync_event = threading.Event()
-
-
-def kazoo_configured() -> bool:
-    return bool(settings.KAZOO_CROSSBAR_URL and settings.KAZOO_API_KEY)
-
-
-def _sync_fields(now: Any) -> dict[str, Any]:
-    """What a changed push object does to the device's sync state."""
-    if kazoo_configured():
-        return {"sync_status": SyncStatus.PENDING, "sync_next_at": now, "sync_attempts": 0, "sync_error": ""}
-    return {"sync_status": SyncStatus.LOCAL}
-
-
-def _sync_mark_pending(device: Device, now: Any) -> None:
-    for key, value in _sync_fields(now).items():
-        setattr(device, key, value)
-
-
-def sync_wake() -> None:
-    """Tell the sync loop (if this process runs one) that a device waits."""
-    _sync_event.set()
-
-
-def sync_wait(timeout: float) -> None:
-    _sync_event.wait(timeout)
-    _sync_event.clear()
-
-
-def device_sync_local(*, device: Device) -> Device:
-    """No Kazoo to sync with: the push object is kept here only."""
-    Device.objects.filter(pk=device.pk).update(sync_status=SyncStatus.LOCAL)
-    device.sync_status = SyncStatus.LOCAL
-    return device
-
-
-def device_sync_failed(*, device: Device, error: str) -> Device:
-    """Kazoo refused or could not be reached: retry later, with backoff."""
-    attempts = device.sync_attempts + 1
-    delay = min(600.0, 2.0 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
-    Device.objects.filter(pk=device.pk).update(
-        sync_status=SyncStatus.FAILED,
-        sync_attempts=attempts,
-        sync_error=error[:500],
-        sync_next_at=timezone.now() + timedelta(seconds=delay),
-    )
-    device.refresh_from_db()
-    metrics.KAZOO_SYNC_FAILURES.inc()
-    log.warning("kazoo sync failed for device %s/%s (attempt %d, next in %.0fs): %s",
-                device.account_id, device.device_id, attempts, delay, error)
-    event_publish("kazoo.sync_failed", account=device.account_id, device=device.device_id, outcome=error[:200])
-    return device
-
-
-def device_sync_done(*, device: Device, changed_at: Any) -> Device:
-    """Kazoo took the push object as it was at `changed_at`: synced, unless it changed meanwhile."""
-    Device.objects.filter(pk=device.pk, push_changed_at=changed_at).update(
-        sync_status=SyncStatus.SYNCED, push_synced_at=timezone.now(), sync_attempts=0, sync_error="",
-        sync_next_at=None,
-    )
-    device.refresh_from_db()
-    log.info("kazoo sync ok for device %s/%s", device.account_id, device.device_id)
-    return device
-
-
-def device_sync_pending(*, device: Device, reason: str) -> Device:
-    """Have the sync loop write the device's push object again (it is found to differ from the
-    copy the other side holds); the push object itself is unchanged. A device already waiting to
-    sync keeps its turn and backoff."""
-    if not kazoo_configured():
-        return device
-    now = timezone.now()
-    fields = _sync_fields(now)
-    updated = Device.objects.filter(pk=device.pk, sync_status__in=[SyncStatus.SYNCED, SyncStatus.LOCAL]).update(
-        **fields
-    )
-    if updated:
-        for key, value in fields.items():
-            setattr(device, key, value)
-        log.info("device %s/%s queued for sync: %s", device.account_id, device.device_id, reason)
-        transaction.on_commit(sync_wake)
-    return device
-
-
 @transaction.atomic
 def device_push_clear(*, device: Device, reason: str) -> Device:
     """Clear the push object (dead token) so Kazoo stops building push endpoints for the device;
@@ -497,7 +410,7 @@ def device_push_clear(*, device: Device, reason: str) -> Device:
     device.push = None
     device.push_changed_at = now
     device.registration_digest = ""
-    _sync_mark_pending(device, now)
+    sync_mark_pending(device, now)
     device.save()
     log.info("push object cleared for device %s/%s: %s", device.account_id, device.device_id, reason)
     if device.sync_status == SyncStatus.PENDING:

@@ -14,7 +14,7 @@ from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
 from pusher_site.admin.kazoo_admin import DeviceReconcileFields
-from registry import reporting, services
+from registry import reporting, services, syncstate
 from registry.models import Device, PushToken, ReporterAuth, SyncStatus, TokenReporter, UserAgentRule
 from registry.reporter import acrobits_url_template
 
@@ -168,7 +168,7 @@ class DeviceAdmin(DeviceReconcileFields, admin.ModelAdmin):
 
     @admin.action(description="Sync to Kazoo now")
     def sync_to_kazoo(self, request: HttpRequest, queryset: Any) -> None:
-        if not services.kazoo_configured():
+        if not syncstate.kazoo_configured():
             self.message_user(request, "Kazoo is not configured (KAZOO_CROSSBAR_URL, KAZOO_API_KEY): nothing to "
                               "sync to.", messages.WARNING)
             return

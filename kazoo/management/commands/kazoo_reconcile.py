@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from kazoo.models import ReconcileResult
 from kazoo.reconcile import devices_reconcile
 from registry.ids import kazoo_id_valid
-from registry.services import kazoo_configured
+from registry.syncstate import kazoo_configured
 
 
 class Command(BaseCommand):
