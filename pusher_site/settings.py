@@ -60,8 +60,13 @@ except ValueError:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# daphne's app is here (first) only so that `manage.py runserver` serves ASGI (the websocket);
+# importing it loads Twisted and autobahn, about 35 MB, so the consumer, which serves no HTTP, goes
+# without it (daphne has no models: the app registry is otherwise the same in every process).
+_WEB_APPS = [] if sys.argv[1:2] == ["runconsumer"] else ["daphne"]
+
 INSTALLED_APPS = [
-    "daphne",
+    *_WEB_APPS,
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

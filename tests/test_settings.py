@@ -149,6 +149,31 @@ def test_the_queue_is_declared_as_kazoo_declares_it_unless_told_otherwise(tmp_pa
     }
 
 
+_APPS_PROBE = """
+import json, os, sys
+sys.argv = ["manage.py", sys.argv[1]]
+os.environ["DJANGO_SETTINGS_MODULE"] = "pusher_site.settings"
+import django
+django.setup()
+from django.conf import settings
+from django.core.management import get_commands
+print(json.dumps({"daphne_app": "daphne" in settings.INSTALLED_APPS, "twisted": "twisted" in sys.modules,
+                  "runserver": get_commands()["runserver"]}))
+"""
+
+
+@pytest.mark.parametrize(("command", "web"), [("runconsumer", False), ("runserver", True), ("migrate", True)])
+def test_the_consumer_process_goes_without_daphne_and_twisted(tmp_path: Path, _no_dotenv, command, web) -> None:
+    """daphne's app makes `runserver` serve ASGI; the consumer serves no HTTP and does not load it
+    (Twisted and autobahn: ~15 MB of a consumer's RSS, measured with bench.push)."""
+    result = subprocess.run([sys.executable, "-c", _APPS_PROBE, command], cwd=BASE_DIR, env=production_env(tmp_path),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "daphne_app": web, "twisted": web, "runserver": "daphne" if web else "django.contrib.staticfiles",
+    }
+
+
 def test_a_malformed_queue_limit_stops_the_boot_in_one_line(tmp_path: Path, _no_dotenv) -> None:
     result = manage(production_env(tmp_path, PUSHER_QUEUE_MAX_LENGTH="unlimited"), "check")
 
