@@ -4,19 +4,23 @@ A push spends ~30 ms waiting for Apple or Google and well under a millisecond of
 keeps hundreds in flight as coroutines on one event loop (the APNs client's own, so a push reaches
 its HTTP/2 connection without a thread hop). On that path:
 
-* a fresh push_req (not redelivered) is claimed first: every claim waiting is one pipelined
-  `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread, committed without waiting for
-  the WAL flush (visible to every consumer at once, never held up by a slow disk; a claim that a
-  database crash loses only lets a redelivery send again). Then it is sent through
-  `push_attempts`, the attempt loop every sender shares;
+* a fresh push_req (not redelivered) goes to the provider at once, through `push_attempts`, the
+  attempt loop every sender shares. Its claim is written meanwhile, not in front of it: every claim
+  waiting is one pipelined `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread,
+  committed without waiting for the WAL flush (visible to every consumer at once, never held up by
+  a slow disk), so a redelivery of the push_req finds its sender. A claim a database crash loses,
+  or one not yet written when the consumer dies, only lets a redelivery send again: a second VoIP
+  push for one Call-ID is harmless to the phone (CallKit keys calls by it), a missing one is a
+  missed call;
 * its outcome is written durably in batches on the store thread (one pipelined UPDATE for every
   push that finished together), and only then is the message acked: nothing is lost;
 * the app a push goes through comes from the app cache; an entry that is missing (the first push
   of an app) or stale is read on a reader thread of its own, never behind a write;
 * duplicates are checked where they can arise: a redelivered push_req (its consumer died, or its
   channel closed) goes to `push_request_handle`, whose claim waits for a live sender or takes over
-  a dead one's row; a claim that finds the Msg-ID taken (a republish another consumer holds) goes
-  there too; a Msg-ID published twice to this consumer is caught by the lane's memory.
+  a dead one's row; a Msg-ID published twice to this consumer is caught by the lane's memory; one
+  published twice to two consumers is sent by both (the second claim finds the row taken and its
+  message is acked as a duplicate).
 
 The domain decisions are `push.services`'; this module only turns them into acks and dead letters.
 """
@@ -84,7 +88,8 @@ class _Push:
     delivery: Delivery
     app: PushApp | None = None
     finish: Finish | None = None
-    claimed: asyncio.Future[bool] | None = None  # True once the claim is committed (pk set unless taken)
+    claimed: asyncio.Future[bool] | None = None  # True once the claim is committed (pk set unless taken);
+    # None: never claimed (no app to send through) or the claim failed: the outcome is inserted
 
 
 class PushLane:
@@ -208,6 +213,7 @@ class PushLane:
 
     async def _send(self, push: _Push) -> None:
         job, delivery = push.job, push.delivery
+        claimed: asyncio.Future[bool] | None = None
         try:
             await self._app_ready(job)
             app, reason, problem = push_app_for(job, delivery, app_get=_app_cached)
@@ -216,14 +222,15 @@ class PushLane:
             else:
                 assert app is not None
                 push.app = app
-                if not await self._claim(push):
-                    return  # its Msg-ID has a row (another consumer, a republish), or stopping: handed on
+                claimed = self._claim(push)  # written beside the send, not in front of it
                 push.finish = await push_attempts(
                     job, app, touch=lambda done: self._touch(push, done), fcm_executor=self._fcm
                 )
         except Exception as exc:
             log.exception("sending push_req msg_id=%s failed unexpectedly", job.msg_id or "-")
             push.finish = Finish(DeliveryStatus.FAILED, "internal_error", f"internal error: {type(exc).__name__}")
+        if claimed is not None and not await claimed:
+            push.claimed = None  # not written (database down while stopping, or failed): the outcome is inserted
         self._record(push)
 
     async def _app_ready(self, job: PushJob) -> None:
@@ -260,34 +267,30 @@ class PushLane:
         except Exception as exc:  # noqa: BLE001 - the lease is a hint; the send goes on
             log.warning("could not renew the lease of delivery #%s (%s)", delivery.pk, str(exc).strip()[:200])
 
-    async def _claim(self, push: _Push) -> bool:
-        """The push's claim, committed before it is sent: one `INSERT ... ON CONFLICT (msg_id) DO
-        NOTHING` for every push waiting, on the claim thread, committed without waiting for the WAL
-        flush (`deliveries_insert(durable=False)`): other consumers see it at once, so two copies of
-        one Msg-ID never both ring, and no disk stall holds the send. (A claim a database crash
-        loses only lets a redelivery send again; the message is acked after its durable outcome.)
-        False when the push is not to be sent here: its Msg-ID already has a row (handed to
-        `push_request_handle`, which waits for or takes over that sender), or the consumer stops
-        while the database is down (back to the queue)."""
+    def _claim(self, push: _Push) -> asyncio.Future[bool]:
+        """The push's claim, written while it is being sent: every claim waiting goes into one
+        `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread, committed without waiting
+        for the WAL flush (`deliveries_insert(durable=False)`), so other consumers see the Msg-ID
+        taken at once and a redelivery of this push_req waits for this sender (or takes over if it
+        dies). The future says True once written (pk set, or None if another consumer held the
+        Msg-ID first: both sent it, the outcome is acked as a duplicate), False if the consumer
+        stops while the database is down or the write fails (the outcome is then inserted)."""
         push.claimed = asyncio.get_running_loop().create_future()
         self._to_claim.append(push)
         if not self._claiming:
             self._claiming = True
             self._spawn(self._claim_batches())
-        if not await push.claimed:
-            self._complete([(push.ticket, push.message, _requeue())])
-            return False
-        if push.delivery.pk is None:
-            self._hand_back(push.ticket, push.message)
-            return False
-        return True
+        return push.claimed
 
     async def _claim_batches(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._to_claim:
                 batch, self._to_claim = self._to_claim, []
-                written = await loop.run_in_executor(self._claimer, self._claims_write, batch)
+                try:
+                    written = await loop.run_in_executor(self._claimer, self._claims_write, batch)
+                except RuntimeError:  # the claim thread is shut down (the lane is closing)
+                    written = False
                 for push in batch:
                     assert push.claimed is not None
                     push.claimed.set_result(written)
@@ -346,7 +349,7 @@ class PushLane:
             for chunk in _chunks([p.delivery for p in records if p.claimed is None]):
                 database_wait(functools.partial(deliveries_insert, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
-            for chunk in _chunks([p.delivery for p in records if p.claimed is not None]):
+            for chunk in _chunks([p.delivery for p in records if p.claimed is not None and p.delivery.pk is not None]):
                 database_wait(functools.partial(deliveries_save_finished, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
         except WaitStopped:
@@ -356,9 +359,11 @@ class PushLane:
             return [(p.ticket, p.message, _requeue()) for p in records]
         completed: list[Completed] = []
         for push in records:
-            if push.delivery.pk is None:  # never claimed, and its Msg-ID had a row meanwhile
+            if push.delivery.pk is None:  # its Msg-ID had a row already: another consumer holds it
                 completed.append((push.ticket, push.message, Handled(
-                    Action.ACK, "push_req", DeliveryStatus.DUPLICATE, "Msg-ID also taken by another consumer",
+                    Action.ACK, "push_req", DeliveryStatus.DUPLICATE,
+                    "Msg-ID also taken by another consumer" + (
+                        ", sent by both" if push.finish and push.finish.status == DeliveryStatus.SENT else ""),
                     push.job.msg_id[:200],
                 )))
                 continue

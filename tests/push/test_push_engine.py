@@ -170,3 +170,65 @@ def test_the_lane_fills_a_push_reqs_device_from_its_token(apple_app, apns_trusti
     delivery = Delivery.objects.get(msg_id="no-ids")
     assert delivery.status == DeliveryStatus.SENT
     assert (delivery.account_id, delivery.device_id) == (registered_device.account_id, registered_device.device_id)
+
+
+def _settled(consumer) -> list:
+    """What the consumer settled each message with, as it settles them."""
+    handled, settle = [], consumer.worker._settle
+
+    def recording(channel, tag, message, outcome):
+        handled.append(outcome)
+        return settle(channel, tag, message, outcome)
+
+    consumer.worker._settle = recording
+    return handled
+
+
+@pytest.mark.rabbitmq
+def test_a_fresh_push_req_reaches_the_provider_before_its_claim_is_written(apple_app, apns_trusting_fake, monkeypatch):
+    """Nothing on the disk in front of the send: the claim thread is held until the fake APNs has the
+    request (it would wait 10 s in vain if the send waited for the claim), then the claim and the
+    outcome land as usual."""
+    insert = store.deliveries_insert
+    seen_first: list[bool] = []
+
+    def claim_after_the_send(deliveries, *, durable=True):
+        if not durable:  # the claim
+            deadline = time.monotonic() + 10
+            while not apns_trusting_fake.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_first.append(bool(apns_trusting_fake.requests))
+        return insert(deliveries, durable=durable)
+
+    monkeypatch.setattr("kazoo.pushlane.deliveries_insert", claim_after_the_send)
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "fast-1"}))
+        consumer.wait_handled(1, timeout=30)
+    assert seen_first == [True]
+    (delivery,) = Delivery.objects.filter(msg_id="fast-1")
+    assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 1
+    assert len(apns_trusting_fake.requests) == 1
+
+
+@pytest.mark.rabbitmq
+def test_a_msg_id_another_consumer_holds_is_sent_and_acked_as_a_duplicate(apple_app, apns_trusting_fake):
+    """The same Msg-ID published to two consumers: both send it (a second VoIP push for one call is
+    harmless; a missing one is a missed call); this one's claim finds the row taken, leaves it to its
+    sender and acks its message as a duplicate."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    held = Delivery.objects.create(
+        msg_id="held-1", source="amqp", status=DeliveryStatus.QUEUED, token=TOKEN, app_id=PUSH["body"]["Token-App"],
+        created_at=now, claimed_at=now, deadline_at=now + timezone.timedelta(seconds=20),
+    )
+    with consumer_running() as consumer, broker_channel() as channel:
+        handled = _settled(consumer)
+        publish_push(channel, push_req(**{"Msg-ID": "held-1"}))
+        consumer.wait_handled(1, timeout=30)
+        assert queue_depth(channel, consumer.config.queue) == 0
+    assert len(apns_trusting_fake.requests) == 1
+    (outcome,) = handled
+    assert outcome.outcome == DeliveryStatus.DUPLICATE
+    assert outcome.reason == "Msg-ID also taken by another consumer, sent by both"
+    assert list(Delivery.objects.values_list("pk", "status")) == [(held.pk, DeliveryStatus.QUEUED)]  # its sender's
