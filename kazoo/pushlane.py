@@ -5,22 +5,23 @@ keeps hundreds in flight as coroutines on one event loop (the APNs client's own,
 its HTTP/2 connection without a thread hop). On that path:
 
 * a fresh push_req (not redelivered) goes to the provider at once, through `push_attempts`, the
-  attempt loop every sender shares. Its claim is written meanwhile, not in front of it: every claim
-  waiting is one pipelined `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread,
-  committed without waiting for the WAL flush (visible to every consumer at once, never held up by
-  a slow disk), so a redelivery of the push_req finds its sender. A claim a database crash loses,
-  or one not yet written when the consumer dies, only lets a redelivery send again: a second VoIP
-  push for one Call-ID is harmless to the phone (CallKit keys calls by it), a missing one is a
-  missed call;
-* its outcome is written durably in batches on the store thread (one pipelined UPDATE for every
-  push that finished together), and only then is the message acked: nothing is lost;
+  attempt loop every sender shares. Nothing is written in front of it: a push still unanswered
+  CLAIM_AFTER_S after it was sent gets its claim row meanwhile (every claim waiting is one
+  pipelined `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread, committed without
+  waiting for the WAL flush), so a redelivery of the push_req finds its sender and waits for it;
+* its outcome is written durably in batches on the store thread, one pipelined statement for every
+  push that finished together (an UPDATE of the claimed ones; the others, most pushes, get their
+  row here, INSERTed with their outcome), and only then is the message acked: nothing is lost. A
+  claim not yet written (or lost in a database crash) when the consumer dies only lets a
+  redelivery send again: a second VoIP push for one Call-ID is harmless to the phone (CallKit keys
+  calls by it), a missing one is a missed call;
 * the app a push goes through comes from the app cache; an entry that is missing (the first push
   of an app) or stale is read on a reader thread of its own, never behind a write;
 * duplicates are checked where they can arise: a redelivered push_req (its consumer died, or its
   channel closed) goes to `push_request_handle`, whose claim waits for a live sender or takes over
   a dead one's row; a Msg-ID published twice to this consumer is caught by the lane's memory; one
-  published twice to two consumers is sent by both (the second claim finds the row taken and its
-  message is acked as a duplicate).
+  published twice to two consumers is sent by both (the second row written finds the Msg-ID taken
+  and its message is acked as a duplicate).
 
 The domain decisions are `push.services`'; this module only turns them into acks and dead letters.
 """
@@ -73,6 +74,12 @@ log = logging.getLogger("pusher.messages")
 # statement short.
 BATCH_MAX = 200
 FCM_THREADS = 32
+# A push still unanswered this long after it was sent gets its claim row; one answered sooner is
+# written once, with its outcome. Apple and Google answer most pushes in 20-100 ms, so most pushes
+# cost one INSERT instead of an INSERT and an UPDATE. The claim is what a redelivery of the push_req
+# (its channel closed) finds to wait for this sender instead of sending again; without it, a second
+# push for the same call, which the phone ignores.
+CLAIM_AFTER_S = 0.05
 # Msg-IDs this lane remembers: a push_req published twice reaches a consumer moments apart.
 RECENT_MSG_IDS = 20_000
 
@@ -89,7 +96,8 @@ class _Push:
     app: PushApp | None = None
     finish: Finish | None = None
     claimed: asyncio.Future[bool] | None = None  # True once the claim is committed (pk set unless taken);
-    # None: never claimed (no app to send through) or the claim failed: the outcome is inserted
+    # None: not claimed (answered within CLAIM_AFTER_S, no app to send through, or the claim
+    # failed): the outcome is inserted
 
 
 class PushLane:
@@ -121,6 +129,8 @@ class PushLane:
         # Loop-only state, reset if the APNs client (and so the loop) is replaced.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._to_claim: list[_Push] = []
+        self._claim_later: collections.deque[tuple[float, _Push]] = collections.deque()
+        self._claim_timer: asyncio.TimerHandle | None = None
         self._to_record: list[_Push] = []
         self._claiming = False
         self._writing = False
@@ -165,6 +175,7 @@ class PushLane:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or the APNs client was reconfigured
             self._loop, self._to_claim, self._to_record = loop, [], []
+            self._claim_later, self._claim_timer = collections.deque(), None
             self._claiming = self._writing = False
             self._reading = {}
         with self._wake_lock:
@@ -213,7 +224,6 @@ class PushLane:
 
     async def _send(self, push: _Push) -> None:
         job, delivery = push.job, push.delivery
-        claimed: asyncio.Future[bool] | None = None
         try:
             await self._app_ready(job)
             app, reason, problem = push_app_for(job, delivery, app_get=_app_cached)
@@ -222,14 +232,14 @@ class PushLane:
             else:
                 assert app is not None
                 push.app = app
-                claimed = self._claim(push)  # written beside the send, not in front of it
+                self._claim_soon(push)  # if it is still being sent by then: written beside it
                 push.finish = await push_attempts(
                     job, app, touch=lambda done: self._touch(push, done), fcm_executor=self._fcm
                 )
         except Exception as exc:
             log.exception("sending push_req msg_id=%s failed unexpectedly", job.msg_id or "-")
             push.finish = Finish(DeliveryStatus.FAILED, "internal_error", f"internal error: {type(exc).__name__}")
-        if claimed is not None and not await claimed:
+        if push.claimed is not None and not await push.claimed:
             push.claimed = None  # not written (database down while stopping, or failed): the outcome is inserted
         self._record(push)
 
@@ -267,12 +277,31 @@ class PushLane:
         except Exception as exc:  # noqa: BLE001 - the lease is a hint; the send goes on
             log.warning("could not renew the lease of delivery #%s (%s)", delivery.pk, str(exc).strip()[:200])
 
-    def _claim(self, push: _Push) -> asyncio.Future[bool]:
+    def _claim_soon(self, push: _Push) -> None:
+        """Claim the push CLAIM_AFTER_S from now unless it is answered by then (its row is then
+        written once, with its outcome)."""
+        loop = asyncio.get_running_loop()
+        self._claim_later.append((loop.time() + CLAIM_AFTER_S, push))
+        if self._claim_timer is None:
+            self._claim_timer = loop.call_later(CLAIM_AFTER_S, self._claims_due)
+
+    def _claims_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._claim_timer = None
+        now = loop.time()
+        while self._claim_later and self._claim_later[0][0] <= now:
+            _, push = self._claim_later.popleft()
+            if push.finish is None:  # still being sent
+                self._claim(push)
+        if self._claim_later:
+            self._claim_timer = loop.call_at(self._claim_later[0][0], self._claims_due)
+
+    def _claim(self, push: _Push) -> None:
         """The push's claim, written while it is being sent: every claim waiting goes into one
         `INSERT ... ON CONFLICT (msg_id) DO NOTHING` on the claim thread, committed without waiting
         for the WAL flush (`deliveries_insert(durable=False)`), so other consumers see the Msg-ID
         taken at once and a redelivery of this push_req waits for this sender (or takes over if it
-        dies). The future says True once written (pk set, or None if another consumer held the
+        dies). `push.claimed` says True once written (pk set, or None if another consumer held the
         Msg-ID first: both sent it, the outcome is acked as a duplicate), False if the consumer
         stops while the database is down or the write fails (the outcome is then inserted)."""
         push.claimed = asyncio.get_running_loop().create_future()
@@ -280,7 +309,6 @@ class PushLane:
         if not self._claiming:
             self._claiming = True
             self._spawn(self._claim_batches())
-        return push.claimed
 
     async def _claim_batches(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,7 +336,7 @@ class PushLane:
         except WaitStopped:
             return False
         except Exception:
-            log.exception("claiming %d push_req failed; they go back to the queue", len(batch))
+            log.exception("claiming %d push_req failed; their outcomes will be inserted instead", len(batch))
             return False
         return True
 
@@ -336,8 +364,8 @@ class PushLane:
     # --- on the store thread ------------------------------------------------------------------
 
     def _write(self, records: list[_Push]) -> list[Completed]:
-        """Write the outcomes (a push never claimed, with no app to send through, gets its row with
-        its outcome), then say what to ack. The pushes went out already, so a database outage is
+        """Write the outcomes (a push not claimed, answered quickly or with no app to send through,
+        gets its row with its outcome), then say what to ack. The pushes went out already, so a database outage is
         waited out; if the consumer stops meanwhile, the messages go back to the queue, and a
         redelivery finds the row still queued and is handled by `push_request_handle`."""
         try:

@@ -186,9 +186,9 @@ def _settled(consumer) -> list:
 
 @pytest.mark.rabbitmq
 def test_a_fresh_push_req_reaches_the_provider_before_its_claim_is_written(apple_app, apns_trusting_fake, monkeypatch):
-    """Nothing on the disk in front of the send: the claim thread is held until the fake APNs has the
-    request (it would wait 10 s in vain if the send waited for the claim), then the claim and the
-    outcome land as usual."""
+    """Nothing on the disk in front of the send: a push still unanswered after CLAIM_AFTER_S is claimed
+    while it is sent. The claim thread is held until the fake APNs has the request (it would wait
+    10 s in vain if the send waited for the claim), then the claim and the outcome land as usual."""
     insert = store.deliveries_insert
     seen_first: list[bool] = []
 
@@ -201,6 +201,7 @@ def test_a_fresh_push_req_reaches_the_provider_before_its_claim_is_written(apple
         return insert(deliveries, durable=durable)
 
     monkeypatch.setattr("kazoo.pushlane.deliveries_insert", claim_after_the_send)
+    apns_trusting_fake.set_default(Answer.ok(delay=0.5))  # unanswered long enough to be claimed
     with consumer_running() as consumer, broker_channel() as channel:
         publish_push(channel, push_req(**{"Msg-ID": "fast-1"}))
         consumer.wait_handled(1, timeout=30)
@@ -232,3 +233,22 @@ def test_a_msg_id_another_consumer_holds_is_sent_and_acked_as_a_duplicate(apple_
     assert outcome.outcome == DeliveryStatus.DUPLICATE
     assert outcome.reason == "Msg-ID also taken by another consumer, sent by both"
     assert list(Delivery.objects.values_list("pk", "status")) == [(held.pk, DeliveryStatus.QUEUED)]  # its sender's
+
+
+@pytest.mark.rabbitmq
+def test_a_push_answered_quickly_is_written_once_with_its_outcome(apple_app, apns_trusting_fake, monkeypatch):
+    """Answered within CLAIM_AFTER_S: no claim, one durable INSERT carrying the outcome."""
+    insert, writes = store.deliveries_insert, []
+
+    def counting(deliveries, *, durable=True):
+        writes.append((len(deliveries), durable))
+        return insert(deliveries, durable=durable)
+
+    monkeypatch.setattr("kazoo.pushlane.deliveries_insert", counting)
+    monkeypatch.setattr("kazoo.pushlane.CLAIM_AFTER_S", 5.0)  # however slow the machine
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "quick-1"}))
+        consumer.wait_handled(1, timeout=30)
+    assert writes == [(1, True)]
+    (delivery,) = Delivery.objects.filter(msg_id="quick-1")
+    assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 1 and delivery.http_status == 200
