@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from django.db import IntegrityError, connection, transaction
 
+from core.fields import is_undecryptable
 from push.models import ApnsProviderToken
 from push.providers.apns_tokens import SharedToken
 
@@ -18,8 +19,8 @@ class DatabaseTokenStore:
     def current(self, *, team_id: str, key_id: str, key_fingerprint: str) -> SharedToken | None:
         with _closing_connection():
             row = ApnsProviderToken.objects.filter(team_id=team_id, key_id=key_id).first()
-        if row is None or row.key_fingerprint != key_fingerprint:
-            return None
+        if row is None or row.key_fingerprint != key_fingerprint or is_undecryptable(row.token):
+            return None  # (a token encrypted with a key since dropped is minted again, never sent as is)
         return SharedToken(row.token, row.issued_at)
 
     def offer(self, *, team_id: str, key_id: str, key_fingerprint: str, token: SharedToken,
@@ -29,7 +30,7 @@ class DatabaseTokenStore:
                 with _closing_connection(), transaction.atomic():
                     row = ApnsProviderToken.objects.select_for_update().filter(team_id=team_id, key_id=key_id).first()
                     if (row is not None and row.key_fingerprint == key_fingerprint and row.token != replacing
-                            and now - row.issued_at < max_age):
+                            and not is_undecryptable(row.token) and now - row.issued_at < max_age):
                         return SharedToken(row.token, row.issued_at)  # another process renewed it first
                     if row is None:
                         ApnsProviderToken.objects.create(
@@ -54,3 +55,20 @@ def _closing_connection() -> Iterator[None]:
     finally:
         if not connection.in_atomic_block:
             connection.close()
+
+
+@transaction.atomic
+def apns_provider_tokens_reencrypt() -> tuple[int, int]:
+    """Rewrite the shared provider tokens with the first FIELD_ENCRYPTION_KEY (key rotation, as
+    `credentials_reencrypt` does for credentials). One no key decrypts is deleted rather than kept:
+    it is a copy of what the signing key makes again, and the next push mints one. Returns
+    (re-encrypted, deleted)."""
+    count, dropped = 0, []
+    for pk, stored in ApnsProviderToken.objects.select_for_update().values_list("pk", "token").order_by("pk"):
+        if is_undecryptable(stored):
+            dropped.append(pk)
+            continue
+        ApnsProviderToken.objects.filter(pk=pk).update(token=stored)
+        count += 1
+    ApnsProviderToken.objects.filter(pk__in=dropped).delete()
+    return count, len(dropped)

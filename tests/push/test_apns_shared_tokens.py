@@ -128,3 +128,47 @@ def test_a_store_that_fails_never_fails_the_push(token_key: TokenKey, caplog: py
     tokens = ProviderTokens(max_age=3000, clock=lambda: 1_000_000.0, store=BrokenStore())
     assert tokens.fetch(token_credential(token_key)).count(".") == 2  # a JWT of this process's own
     assert "shared APNs provider tokens unavailable (ConnectionError)" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shared_token_after_a_key_rotation(fake_apns: FakeApns, token_key: TokenKey, settings) -> None:
+    """Key rotation: `credentials_reencrypt` rewrites the shared token with the new key; one written
+    with a key since dropped is never sent as it is read (ciphertext): a fresh one is minted."""
+    import io
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    from core import fields
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEY = [old]
+    fields._fernet.cache_clear()
+    _send_each(_clients(fake_apns, DatabaseTokenStore(), n=1), fake_apns, token_key)
+    first = fake_apns.requests[-1].headers["authorization"]
+
+    settings.FIELD_ENCRYPTION_KEY = [new, old]  # a new key prepended: the command rewrites with it
+    fields._fernet.cache_clear()
+    out = io.StringIO()
+    call_command("credentials_reencrypt", stdout=out, stderr=io.StringIO())
+    assert "re-encrypted 1 APNs provider token(s)" in out.getvalue()
+    settings.FIELD_ENCRYPTION_KEY = [new]  # the old key dropped: the token still reads
+    fields._fernet.cache_clear()
+    row = ApnsProviderToken.objects.get()
+    assert f"bearer {row.token}" == first
+
+    settings.FIELD_ENCRYPTION_KEY = [Fernet.generate_key().decode()]  # now nothing decrypts it
+    fields._fernet.cache_clear()
+    assert DatabaseTokenStore().current(team_id=token_key.team_id, key_id=token_key.key_id,
+                                        key_fingerprint=key_fingerprint(token_key.key_pem)) is None
+    results = _send_each(_clients(fake_apns, DatabaseTokenStore(), n=1), fake_apns, token_key)
+    assert [r[0] for r in results] == [Outcome.SENT]
+    sent = fake_apns.requests[-1].headers["authorization"]
+    assert sent != first and sent.count(".") == 2  # a JWT, not the stored ciphertext
+    assert f"bearer {ApnsProviderToken.objects.get().token}" == sent  # and shared in its place
+
+    out = io.StringIO()
+    settings.FIELD_ENCRYPTION_KEY = [Fernet.generate_key().decode()]
+    fields._fernet.cache_clear()
+    call_command("credentials_reencrypt", stdout=out, stderr=io.StringIO())
+    assert "deleted 1 no key decrypts" in out.getvalue() and not ApnsProviderToken.objects.exists()

@@ -1,6 +1,6 @@
-"""`manage.py credentials_reencrypt`: re-encrypt every stored secret (credentials, webhook and token reporter
-secrets) with the first FIELD_ENCRYPTION_KEY (after prepending a new key), so the old key can then
-be dropped."""
+"""`manage.py credentials_reencrypt`: re-encrypt every stored secret (credentials, webhook and token
+reporter secrets, the shared APNs provider tokens) with the first FIELD_ENCRYPTION_KEY (after
+prepending a new key), so the old key can then be dropped."""
 
 from typing import Any
 
@@ -8,11 +8,13 @@ from django.core.management.base import BaseCommand
 
 from hooks.services import webhook_secrets_reencrypt
 from push.services import credentials_reencrypt
+from push.services.apns_tokens import apns_provider_tokens_reencrypt
 from registry.reporting import token_reporters_reencrypt
 
 
 class Command(BaseCommand):
-    help = ("Re-encrypt stored credentials, webhook secrets and token reporter secrets with the first key of "
+    help = ("Re-encrypt stored credentials, webhook secrets, token reporter secrets and the shared APNs provider "
+            "tokens with the first key of "
             "FIELD_ENCRYPTION_KEY "
             "(key rotation).")
 
@@ -41,3 +43,7 @@ class Command(BaseCommand):
                 f"FIELD_ENCRYPTION_KEY and were left as they are: {', '.join(undecryptable)}. Add the key they were "
                 "written with to the list and run this again, or set those secrets again."
             )
+        tokens_done, tokens_dropped = apns_provider_tokens_reencrypt()
+        self.stdout.write(f"re-encrypted {tokens_done} APNs provider token(s) with the current key"
+                          + (f"; deleted {tokens_dropped} no key decrypts (minted again on the next push)"
+                             if tokens_dropped else ""))
