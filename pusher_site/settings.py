@@ -4,6 +4,7 @@ Dev defaults are obviously fake and only apply when DEBUG is on; in production t
 secrets have no default and a missing one stops the boot with a clear message.
 """
 
+import math
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -26,6 +27,23 @@ def _stop(message: str) -> NoReturn:
     sys.stderr.write(f"pusher: {message}\n")
     sys.stderr.flush()
     raise SystemExit(2)
+
+
+def _at_least(name: str, raw: str, minimum: float, cast: type[float] | type[int] = float) -> float:
+    """A number read from the environment (as text: django-environ would turn "abc" into a
+    traceback and take "nan" or "inf"), finite and at least `minimum`, or the boot stops in one line."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= minimum and math.isfinite(value)):  # (also refuses NaN and infinity)
+        _stop(f"{name} must be {'a whole number' if cast is int else 'a number'} of at least {minimum:g}; "
+              f"got {raw!r}")
+    return value
+
+
+def _whole(name: str, raw: str, minimum: int) -> int:
+    return int(_at_least(name, raw, minimum, int))
 
 
 def _required_secret(name: str, dev_value: str) -> str:
@@ -124,7 +142,7 @@ DATABASES = {
 }
 # The consumer is long-lived: keep connections, but check them so a restarted
 # PostgreSQL is noticed instead of failing the next query.
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_MAX_AGE", _whole("DB_CONN_MAX_AGE", env.str("DB_CONN_MAX_AGE", default="60"), 0))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -184,22 +202,30 @@ PUSHER_DEAD_LETTER_QUEUE = env.str("PUSHER_DEAD_LETTER_QUEUE", default="pusher_d
 # Unacked messages in hand. The push engine keeps them all in flight at once (coroutines, not
 # threads) and claims/records them in batches as big as what is in hand: bigger batches cost less
 # per push, and 1,000 in hand lets one process sustain ~1,000 pushes/s at 30 ms per push.
-PUSHER_PREFETCH = env.int("PUSHER_PREFETCH", default=1000)
-PUSHER_WORKERS = env.int("PUSHER_WORKERS", default=32)
-PUSHER_CONSUMER_PROCESSES = env.int("PUSHER_CONSUMER_PROCESSES", default=1)
-PUSHER_MAX_MESSAGE_BYTES = env.int("PUSHER_MAX_MESSAGE_BYTES", default=256 * 1024)
+PUSHER_PREFETCH = _whole("PUSHER_PREFETCH", env.str("PUSHER_PREFETCH", default="1000"), 1)
+PUSHER_WORKERS = _whole("PUSHER_WORKERS", env.str("PUSHER_WORKERS", default="32"), 1)
+PUSHER_CONSUMER_PROCESSES = _whole("PUSHER_CONSUMER_PROCESSES", env.str("PUSHER_CONSUMER_PROCESSES", default="1"), 1)
+PUSHER_MAX_MESSAGE_BYTES = _whole(
+    "PUSHER_MAX_MESSAGE_BYTES", env.str("PUSHER_MAX_MESSAGE_BYTES", default=str(256 * 1024)), 1024
+)
 # An unchanged re-REGISTER costs no write, except this refresh of last-seen times.
-PUSHER_LAST_SEEN_INTERVAL_S = env.int("PUSHER_LAST_SEEN_INTERVAL_S", default=3600)
-PUSHER_REGEX_TIMEOUT_S = env.float("PUSHER_REGEX_TIMEOUT_S", default=0.1)
+PUSHER_LAST_SEEN_INTERVAL_S = _whole(
+    "PUSHER_LAST_SEEN_INTERVAL_S", env.str("PUSHER_LAST_SEEN_INTERVAL_S", default="3600"), 0
+)
+PUSHER_REGEX_TIMEOUT_S = _at_least("PUSHER_REGEX_TIMEOUT_S", env.str("PUSHER_REGEX_TIMEOUT_S", default="0.1"), 0.001)
 
 # --- Push path ----------------------------------------------------------------------
-PUSHER_PUSH_DEADLINE_S = env.float("PUSHER_PUSH_DEADLINE_S", default=20.0)
+PUSHER_PUSH_DEADLINE_S = _at_least("PUSHER_PUSH_DEADLINE_S", env.str("PUSHER_PUSH_DEADLINE_S", default="20.0"), 1)
 PUSHER_APNS_CA_FILE = env.str("PUSHER_APNS_CA_FILE", default="") or None
-PUSHER_APNS_JWT_MAX_AGE_S = env.int("PUSHER_APNS_JWT_MAX_AGE_S", default=50 * 60)
+PUSHER_APNS_JWT_MAX_AGE_S = _whole(
+    "PUSHER_APNS_JWT_MAX_AGE_S", env.str("PUSHER_APNS_JWT_MAX_AGE_S", default="3000"), 60
+)
 PUSHER_FCM_ENDPOINT = env.str("PUSHER_FCM_ENDPOINT", default="https://fcm.googleapis.com")
 PUSHER_FCM_CA_FILE = env.str("PUSHER_FCM_CA_FILE", default="") or None
 PUSHER_LEGACY_PUSH_RESP = env.bool("PUSHER_LEGACY_PUSH_RESP", default=False)
-PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = env.int("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", default=5)
+PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER = _whole(
+    "PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", env.str("PUSHER_BAD_DEVICE_TOKEN_FLAG_AFTER", default="5"), 1
+)
 # The consumer opens provider connections (APNs TLS + HTTP/2 + JWT, FCM access tokens) in the
 # background once it is consuming (kazoo.warmup). Off when warming would only log noise (e.g. many
 # apps with broken credentials): each connection then opens on its app's first push.
@@ -211,8 +237,10 @@ KAZOO_API_KEY = env.str("KAZOO_API_KEY", default="")
 KAZOO_CA_FILE = env.str("KAZOO_CA_FILE", default="") or None
 # Drift repair: every this many seconds the consumer compares a batch of Kazoo's device documents'
 # push objects with pusher's and queues the ones that differ for sync (0 = off).
-PUSHER_RECONCILE_INTERVAL_S = env.float("PUSHER_RECONCILE_INTERVAL_S", default=3600.0)
-PUSHER_RECONCILE_BATCH = env.int("PUSHER_RECONCILE_BATCH", default=500)
+PUSHER_RECONCILE_INTERVAL_S = _at_least(
+    "PUSHER_RECONCILE_INTERVAL_S", env.str("PUSHER_RECONCILE_INTERVAL_S", default="3600.0"), 0
+)
+PUSHER_RECONCILE_BATCH = _whole("PUSHER_RECONCILE_BATCH", env.str("PUSHER_RECONCILE_BATCH", default="500"), 1)
 
 # --- Retention (push.services.retention, `manage.py prune`) ---------------------------------
 
@@ -247,19 +275,6 @@ PUSHER_PRUNE_INTERVAL_S = _whole_number(
 
 
 # --- Webhooks and alerts (README, "Webhooks and alerts") ----------------------------------------
-
-
-def _at_least(name: str, raw: str, minimum: float, cast: type[float] | type[int] = float) -> float:
-    """A number read from the environment (as text: django-environ would turn "nan" or "1e3" into
-    a traceback), at least `minimum`, or the boot stops in one line."""
-    try:
-        value = cast(raw)
-    except ValueError:
-        value = float("nan")
-    if not value >= minimum:  # (also refuses NaN)
-        _stop(f"{name} must be {'a whole number' if cast is int else 'a number'} of at least {minimum:g}; "
-              f"got {raw!r}")
-    return value
 
 
 # The consumer's webhook thread: checks (consumers, credentials), queues events, sends (0 = off).
@@ -352,7 +367,9 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SESSION_COOKIE_SECURE = PUSHER_TRUST_X_FORWARDED_PROTO or SECURE_SSL_REDIRECT
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # Sent only on secure requests (Django never sends HSTS over plain HTTP).
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_SECONDS = _whole(
+    "SECURE_HSTS_SECONDS", env.str("SECURE_HSTS_SECONDS", default=str(0 if DEBUG else 31536000)), 0
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True

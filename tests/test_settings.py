@@ -217,6 +217,30 @@ def test_a_malformed_retention_setting_stops_the_boot_in_one_line(
     assert result.stderr == f"pusher: {name} must be a whole number {message}\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PUSHER_PUSH_DEADLINE_S", "nan", "a number of at least 1; got 'nan'"),
+        ("PUSHER_REGEX_TIMEOUT_S", "inf", "a number of at least 0.001; got 'inf'"),
+        ("PUSHER_REGEX_TIMEOUT_S", "0", "a number of at least 0.001; got '0'"),
+        ("PUSHER_RECONCILE_INTERVAL_S", "-1", "a number of at least 0; got '-1'"),
+        ("PUSHER_WORKERS", "many", "a whole number of at least 1; got 'many'"),
+        ("PUSHER_PREFETCH", "1e3", "a whole number of at least 1; got '1e3'"),
+        ("PUSHER_MAX_MESSAGE_BYTES", "10", "a whole number of at least 1024; got '10'"),
+        ("PUSHER_APNS_JWT_MAX_AGE_S", "3000.5", "a whole number of at least 60; got '3000.5'"),
+        ("DB_CONN_MAX_AGE", "forever", "a whole number of at least 0; got 'forever'"),
+    ],
+)
+def test_a_malformed_number_stops_the_boot_in_one_line(
+    tmp_path: Path, _no_dotenv, name: str, value: str, message: str
+) -> None:
+    """Not a traceback (django-environ's int("many")), and not NaN or infinity taken as a number."""
+    result = manage(production_env(tmp_path, **{name: value}), "check")
+
+    assert result.returncode == 2
+    assert result.stderr == f"pusher: {name} must be {message}\n"
+
+
 def test_a_trusted_tls_proxy_is_declared_explicitly(tmp_path: Path, _no_dotenv) -> None:
     trusted = settings_values(production_env(tmp_path, PUSHER_TRUST_X_FORWARDED_PROTO="1"), *_TLS_SETTINGS)
     redirected = settings_values(
