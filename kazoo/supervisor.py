@@ -37,6 +37,7 @@ from django.db import close_old_connections
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from core.signals import stop_on_signals
 from kazoo.selectors import consumers_connected
 
 log = logging.getLogger("pusher.consumer")
@@ -58,11 +59,7 @@ class Supervisor:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def install_signal_handlers(self) -> None:
-        def stop(signum: int, frame: Any) -> None:  # a handler only sets a flag
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop_on_signals(self.stopping)
 
     def run(self) -> int:
         """Until stopped (0) or until a child stops on its own (its exit code, 1 if that was 0)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ from core import bus, metrics
 from core.dbwait import WaitStopped, connections_check, database_wait
 from core.errors import InvalidInput
 from core.events import event_publish
+from core.signals import stop_on_signals
 from kazoo import topology
 from kazoo.wire import (
     Action,
@@ -154,11 +154,7 @@ class Worker:
 
     # --- lifecycle ----------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        def stop(signum: int, frame: Any) -> None:  # handlers only set a flag
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop_on_signals(self.stopping)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -62,6 +62,7 @@ class H2Transport(httpx.AsyncBaseTransport):
         self._origin: tuple[str, int] | None = None
         self._current: _H2Connection | None = None
         self._connecting: asyncio.Task[_H2Connection] | None = None
+        self._connect_waiters = 0  # requests waiting for `_connecting`: they go before later ones
         # Every connection not yet lost, including replaced ones still draining their streams.
         self._connections: set[_H2Connection] = set()
         self._closed = False
@@ -86,6 +87,11 @@ class H2Transport(httpx.AsyncBaseTransport):
             conn = self._current
             if conn is None or not conn.accepting:
                 conn = await self._connection()
+            else:
+                while self._connect_waiters and conn.accepting:
+                    # Requests that waited for this connection to open take their streams (or
+                    # their places in its queue) first: first come, first served.
+                    await asyncio.sleep(0)
             try:
                 return await conn.request(request, headers, body)
             except _Unavailable as unavailable:
@@ -139,7 +145,11 @@ class H2Transport(httpx.AsyncBaseTransport):
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._connecting = task
         # Shielded: one caller's cancellation must not abort the handshake the others wait for.
-        return await asyncio.shield(self._connecting)
+        self._connect_waiters += 1
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            self._connect_waiters -= 1
 
     async def _connect(self) -> _H2Connection:
         assert self._origin is not None

@@ -885,6 +885,39 @@ def test_requests_beyond_max_concurrent_streams_wait_in_order(fake_apns: FakeApn
     assert elapsed >= 4 * 0.15 * 0.9  # two at a time
 
 
+def test_requests_that_waited_for_the_connection_go_before_a_newcomer(fake_apns: FakeApns) -> None:
+    """First come, first served across the handshake: a request started just as the connection opens
+    (it finds the connection ready) must not take the one stream before those that waited for it."""
+    waited, newcomer = [f"{i:064x}" for i in range(3)], "ee" * 32
+    with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=1, delay=0.02) as server:
+        transport = H2Transport(ssl_context=ssl.create_default_context(cafile=server.ca_file), connect_timeout=5)
+
+        def post(token: str) -> Any:
+            request = httpx.Request("POST", f"https://{server.address}/3/device/{token}", content=b'{"aps":{}}')
+            return asyncio.ensure_future(transport.handle_async_request(request))
+
+        async def scenario() -> None:
+            gate, pushes = asyncio.Event(), []
+            connect = transport._connect
+
+            async def gated_connect() -> Any:
+                await gate.wait()
+                conn = await connect()
+                pushes.append(post(newcomer))  # runs before the waiters are woken: the race
+                return conn
+
+            transport._connect = gated_connect  # type: ignore[method-assign]
+            pushes.extend(post(token) for token in waited)
+            await asyncio.sleep(0.05)  # all three wait for the connection
+            gate.set()
+            await asyncio.gather(*pushes)
+            await transport.aclose()
+
+        asyncio.run(scenario())
+        seen = [r.token for r in server.requests]
+    assert seen == [*waited, newcomer]
+
+
 def test_cancelled_request_frees_its_stream_for_the_next(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
     stalled, waiting, later = "aa" * 32, "bb" * 32, "cc" * 32
     with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=1) as server:

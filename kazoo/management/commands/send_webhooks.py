@@ -1,13 +1,13 @@
 """`python manage.py send_webhooks [--loop]`: the webhook and alert round the consumer runs in a
 thread (kazoo.alerting), on demand or as a process of its own."""
 
-import signal
 import threading
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from core.signals import stop_on_signals
 from kazoo.alerting import alerting_loop, alerting_round
 
 
@@ -29,7 +29,6 @@ class Command(BaseCommand):
         if settings.PUSHER_WEBHOOK_INTERVAL_S <= 0:
             raise CommandError("PUSHER_WEBHOOK_INTERVAL_S is 0 (off): set the seconds between rounds")
         stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        stop_on_signals(stop)
         self.stdout.write(f"sending webhooks every {settings.PUSHER_WEBHOOK_INTERVAL_S:g} s until stopped")
         alerting_loop(stop)
