@@ -80,6 +80,10 @@ FCM_THREADS = 32
 # (its channel closed) finds to wait for this sender instead of sending again; without it, a second
 # push for the same call, which the phone ignores.
 CLAIM_AFTER_S = 0.05
+# How long a finished push waits for others to share its outcome write. Its push has gone out: this
+# only delays the write and the ack, and at low rates it shares one write among several pushes
+# (bench.push --steady, 100/s: 2.2-2.3 ms of consumer CPU per push with it, 2.7-3.0 without).
+RECORD_GATHER_S = 0.02
 # Msg-IDs this lane remembers: a push_req published twice reaches a consumer moments apart.
 RECENT_MSG_IDS = 20_000
 
@@ -350,9 +354,11 @@ class PushLane:
 
     async def _write_batches(self) -> None:
         """While there are finished pushes: their outcomes in one batch on the store thread, then
-        their acks. Batches form by themselves: while one is written, the next pushes queue."""
+        their acks. Batches form by themselves: while one is written, the next pushes queue; and
+        the first outcome waits RECORD_GATHER_S for others to join it (its push is out already)."""
         loop = asyncio.get_running_loop()
         try:
+            await asyncio.sleep(RECORD_GATHER_S)
             while self._to_record:
                 records, self._to_record = self._to_record, []
                 completed = await loop.run_in_executor(self._store, self._write, records)
