@@ -232,9 +232,11 @@ def drain(
     `window` is entered once the consumer is connected and left as soon as the last message is
     handled, before the consumer stops (its lanes close their PostgreSQL sessions on the way out,
     and an exited backend's CPU can no longer be read)."""
+    from core.logqueue import log_queue_start, log_queue_stop
     from kazoo.worker import Worker
 
     worker = Worker(config, handler=handler, batch_handler=handler.batch if handler.process_batch else None)
+    logs = log_queue_start()  # as runconsumer does: the lanes hand their log lines to one writer thread
     thread = threading.Thread(target=worker.run, name="bench-consumer", daemon=True)
     thread.start()
     try:
@@ -247,6 +249,7 @@ def drain(
     finally:
         worker.stop()
         thread.join(timeout=40)
+        log_queue_stop(logs)
         if thread.is_alive():
             say("  ! the consumer did not stop within 40 s")
 

@@ -68,3 +68,67 @@ def test_stop_puts_the_handlers_back():
     assert all(isinstance(h, logging.handlers.QueueHandler) for h in root.handlers)
     log_queue_stop(listener)
     assert root.handlers == before
+
+
+class _FlushCountingStream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def _with_root_handler(handler, work):
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for h in saved:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    logger = logging.getLogger("pusher.messages")
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        work(logger)
+    finally:
+        logger.setLevel(old_level)
+        root.removeHandler(handler)
+        for h in saved:
+            root.addHandler(h)
+
+
+def test_a_burst_of_lines_is_written_with_few_flushes_in_order():
+    stream = _FlushCountingStream()
+    handler = logging.StreamHandler(stream)
+
+    def work(logger):
+        listener = log_queue_start()
+        try:
+            for n in range(2000):
+                logger.info("line %d", n)
+        finally:
+            log_queue_stop(listener)
+
+    _with_root_handler(handler, work)
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(2000)]
+    assert stream.flushes < 2000 // 10  # one per batch taken off the queue, not one per line
+
+
+def test_lines_to_a_file_descriptor_go_through_a_buffer_and_all_arrive(tmp_path):
+    path = tmp_path / "consumer.log"
+    with path.open("w", encoding="utf-8") as file:
+        handler = logging.StreamHandler(file)
+
+        def work(logger):
+            listener = log_queue_start()
+            try:
+                assert handler.stream is not file  # a block-buffered stream on the same descriptor
+                for n in range(3000):
+                    logger.info("line %d é", n)
+            finally:
+                log_queue_stop(listener)
+            assert handler.stream is file
+
+        _with_root_handler(handler, work)
+    assert path.read_text(encoding="utf-8").splitlines() == [f"line {n} é" for n in range(3000)]
