@@ -6,7 +6,7 @@ from functools import lru_cache
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
+from django.db import models, transaction
 
 PREFIX = "fernet:"
 UNDECRYPTABLE_REASON = (
@@ -108,3 +108,20 @@ class EncryptedTextField(models.TextField):
         if value is None or value == "":
             return value
         return encrypt(value)
+
+
+def rows_reencrypt(model: type[models.Model], *, field: str, label: str) -> tuple[int, tuple[str, ...]]:
+    """Rewrite `field` (an EncryptedTextField) of every row of `model` with the first
+    FIELD_ENCRYPTION_KEY, the key rotation step (`manage.py credentials_reencrypt`): reading
+    decrypts with any key of the list, writing encrypts with the first. Rows locked meanwhile, in
+    one transaction. Returns (rows rewritten, `label` of each row no key decrypts, left as it is)."""
+    count, undecryptable = 0, []
+    with transaction.atomic():
+        rows = model._default_manager.select_for_update().values_list("pk", label, field).order_by(label)
+        for pk, name, stored in rows.iterator():
+            if is_undecryptable(stored):
+                undecryptable.append(str(name))
+                continue
+            model._default_manager.filter(pk=pk).update(**{field: stored})
+            count += 1
+    return count, tuple(undecryptable)

@@ -133,8 +133,6 @@ class PushLane:
         # Loop-only state, reset if the APNs client (and so the loop) is replaced.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._to_claim: list[_Push] = []
-        self._claim_later: collections.deque[tuple[float, _Push]] = collections.deque()
-        self._claim_timer: asyncio.TimerHandle | None = None
         self._to_record: list[_Push] = []
         self._claiming = False
         self._writing = False
@@ -179,7 +177,6 @@ class PushLane:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or the APNs client was reconfigured
             self._loop, self._to_claim, self._to_record = loop, [], []
-            self._claim_later, self._claim_timer = collections.deque(), None
             self._claiming = self._writing = False
             self._reading = {}
         with self._wake_lock:
@@ -284,21 +281,11 @@ class PushLane:
     def _claim_soon(self, push: _Push) -> None:
         """Claim the push CLAIM_AFTER_S from now unless it is answered by then (its row is then
         written once, with its outcome)."""
-        loop = asyncio.get_running_loop()
-        self._claim_later.append((loop.time() + CLAIM_AFTER_S, push))
-        if self._claim_timer is None:
-            self._claim_timer = loop.call_later(CLAIM_AFTER_S, self._claims_due)
+        asyncio.get_running_loop().call_later(CLAIM_AFTER_S, self._claim_unless_answered, push)
 
-    def _claims_due(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._claim_timer = None
-        now = loop.time()
-        while self._claim_later and self._claim_later[0][0] <= now:
-            _, push = self._claim_later.popleft()
-            if push.finish is None:  # still being sent
-                self._claim(push)
-        if self._claim_later:
-            self._claim_timer = loop.call_at(self._claim_later[0][0], self._claims_due)
+    def _claim_unless_answered(self, push: _Push) -> None:
+        if push.finish is None:  # still being sent
+            self._claim(push)
 
     def _claim(self, push: _Push) -> None:
         """The push's claim, written while it is being sent: every claim waiting goes into one
@@ -371,9 +358,9 @@ class PushLane:
 
     def _write(self, records: list[_Push]) -> list[Completed]:
         """Write the outcomes (a push not claimed, answered quickly or with no app to send through,
-        gets its row with its outcome), then say what to ack. The pushes went out already, so a database outage is
-        waited out; if the consumer stops meanwhile, the messages go back to the queue, and a
-        redelivery finds the row still queued and is handled by `push_request_handle`."""
+        gets its row with its outcome), then say what to ack. The pushes went out already, so a
+        database outage is waited out; if the consumer stops meanwhile, the messages go back to the
+        queue, and a redelivery finds the row still queued and is handled by `push_request_handle`."""
         try:
             connections_check()
             # The ids a push_req did not carry come from its token's device: one read per batch,
@@ -383,7 +370,8 @@ class PushLane:
             for chunk in _chunks([p.delivery for p in records if p.claimed is None]):
                 database_wait(functools.partial(deliveries_insert, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
-            for chunk in _chunks([p.delivery for p in records if p.claimed is not None and p.delivery.pk is not None]):
+            claimed = [p.delivery for p in records if p.claimed is not None and p.delivery.pk is not None]
+            for chunk in _chunks(claimed):
                 database_wait(functools.partial(deliveries_save_finished, chunk),
                               what=f"recording {len(chunk)} deliveries", stopping=self._stopping)
         except WaitStopped:

@@ -65,10 +65,12 @@ class Supervisor:
         """Until stopped (0) or until a child stops on its own (its exit code, 1 if that was 0)."""
         metrics_dir, made = _metrics_dir()
         env = {**os.environ, MULTIPROC_ENV: str(metrics_dir)}
-        server = self._serve(metrics_dir) if self.metrics_port else None
+        server = None
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runconsumer", "--processes", "1",
                    *self.child_args]
         try:
+            # In the try: a port that is taken must not leave the metrics directory behind.
+            server = self._serve(metrics_dir) if self.metrics_port else None
             for _ in range(self.processes):
                 self.children.append(subprocess.Popen(command, env=env))  # noqa: S603 - our own command
             log.info("supervising %d consumer processes (pids %s)", self.processes,

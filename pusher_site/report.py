@@ -30,8 +30,13 @@ from core.errors import InvalidInput, PusherError, UnknownDevice
 from core.jsonlimits import json_depth_exceeds
 from core.text import text_storable_problem
 from registry.models import ReporterAuth, TokenReporter
-from registry.reporter import KEY_REALM, KEY_USERNAME, report_signature_valid
-from registry.reporting import token_report_apply, token_reporter_secret, token_reporter_secret_matches
+from registry.reporter import report_signature_valid
+from registry.reporting import (
+    token_report_account,
+    token_report_apply,
+    token_reporter_secret,
+    token_reporter_secret_matches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +262,8 @@ def _json_pairs(body: bytes) -> list[tuple[str, list[str]]]:
 
 
 def _account_limit(reporter: TokenReporter, params: Mapping[str, str]) -> None:
-    mapping: Mapping[str, str] = reporter.parameters or {}
-    username = params.get(mapping.get(KEY_USERNAME, ""), "")
-    realm = params.get(mapping.get(KEY_REALM, ""), "") or (reporter.fixed or {}).get(KEY_REALM, "")
-    key = (reporter.slug, username[:255], realm[:255].lower())
+    username, realm = token_report_account(reporter=reporter, params=params)
+    key = (reporter.slug, username[:255], realm[:255])
     now = time.time()
     wait = _reports.wait_s(key, now)
     if wait:

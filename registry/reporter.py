@@ -152,16 +152,26 @@ def secret_problem(secret: object) -> str | None:
     return None
 
 
+def _given(config: ReporterConfig, params: Mapping[str, str], key: str) -> str:
+    """A report's value for `key`: its parameter's, stripped, else the reporter's fixed one."""
+    name = config.parameters.get(key)
+    given = params.get(name, "") if name else ""
+    return (given.strip() if isinstance(given, str) else "") or config.fixed.get(key, "")
+
+
+def report_account(*, config: ReporterConfig, params: Mapping[str, str]) -> tuple[str, str]:
+    """(username, realm) a report names, read as `report_map` reads them but not checked: what a
+    limit per account counts, so that spellings of one account (" 1001", "1001 ") count as one."""
+    return _given(config, params, KEY_USERNAME), _given(config, params, KEY_REALM).lower()
+
+
 def report_map(*, config: ReporterConfig, params: Mapping[str, str]) -> Report:
     """The report a request's parameters make under `config`. Raises InvalidInput naming the
     parameter (never quoting a token) for a missing or malformed value."""
 
     def value(key: str, pattern: re.Pattern[str] | None = None, *, required: bool = False) -> str:
         name = config.parameters.get(key)
-        given = params.get(name, "") if name else ""
-        text = given.strip() if isinstance(given, str) else ""
-        if not text:
-            text = config.fixed.get(key, "")
+        text = _given(config, params, key)
         if not text:
             if required:
                 where = f"parameter {name!r}" if name else "a fixed value"

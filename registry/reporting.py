@@ -17,12 +17,19 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from core.errors import PusherError, UnknownDevice
-from core.fields import is_undecryptable
+from core.fields import is_undecryptable, rows_reencrypt
 from core.text import mask_token
 from registry import selectors, services
 from registry.models import Device, ReporterAuth, TokenEncoding, TokenReporter, reporter_parameters_default
 from registry.pushobject import REASON_OK, PushBuild, Rule, rule_match
-from registry.reporter import Report, ReporterConfig, report_map, reporter_config_problems, secret_problem
+from registry.reporter import (
+    Report,
+    ReporterConfig,
+    report_account,
+    report_map,
+    reporter_config_problems,
+    secret_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +76,6 @@ def _reporter_check(reporter: TokenReporter) -> None:
 
 
 
-def _reporters_changed() -> None:
-    # The registration path asks the reporters' User-Agent regexes: this process at once, the
-    # consumer within selectors.RULES_TTL_S.
-    selectors.rules_cache_clear()
-    transaction.on_commit(selectors.rules_cache_clear)
-
 
 @transaction.atomic
 def token_reporter_create(
@@ -101,7 +102,7 @@ def token_reporter_create(
     )
     _reporter_check(reporter)
     reporter.save()
-    _reporters_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     log.info("token reporter %r created (%s)", reporter.slug, reporter.auth)
     return reporter
 
@@ -123,7 +124,7 @@ def token_reporter_update(*, reporter: TokenReporter, secret: str | None = None,
         reporter.secret = secret
     _reporter_check(reporter)
     reporter.save()
-    _reporters_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     named = sorted(changes) + (["secret"] if secret is not None else [])
     log.info("token reporter %r updated (%s)", reporter.slug, ", ".join(named) or "no change")
     return reporter
@@ -135,7 +136,7 @@ def token_reporter_delete(*, reporter: TokenReporter) -> None:
     phone's), and its devices' later REGISTERs are no longer remembered for it."""
     slug = reporter.slug
     reporter.delete()
-    _reporters_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     log.info("token reporter %r deleted", slug)
 
 
@@ -153,19 +154,10 @@ def token_reporter_secret(reporter: TokenReporter) -> str:
     return str(reporter.secret)
 
 
-@transaction.atomic
 def token_reporters_reencrypt() -> tuple[int, tuple[str, ...]]:
     """Rewrite every reporter's secret with the first FIELD_ENCRYPTION_KEY (key rotation, with the
     credentials: push.services.credentials_reencrypt). Returns (count, slugs no key decrypts)."""
-    count, undecryptable = 0, []
-    rows = TokenReporter.objects.select_for_update().values_list("pk", "slug", "secret").order_by("slug")
-    for pk, slug, stored in rows.iterator():
-        if is_undecryptable(stored):
-            undecryptable.append(slug)
-            continue
-        TokenReporter.objects.filter(pk=pk).update(secret=stored)
-        count += 1
-    return count, tuple(undecryptable)
+    return rows_reencrypt(TokenReporter, field="secret", label="slug")
 
 
 # --- A report ------------------------------------------------------------------------------------
@@ -179,6 +171,16 @@ class TokenReportResult:
     report: Report
 
 
+def _config(reporter: TokenReporter) -> ReporterConfig:
+    return ReporterConfig(slug=reporter.slug, parameters=dict(reporter.parameters or {}),
+                          fixed=dict(reporter.fixed or {}), token_encoding=reporter.token_encoding)
+
+
+def token_report_account(*, reporter: TokenReporter, params: Mapping[str, str]) -> tuple[str, str]:
+    """(username, realm) the report names, normalised as `token_report_apply` reads them."""
+    return report_account(config=_config(reporter), params=params)
+
+
 def token_report_apply(*, reporter: TokenReporter, params: Mapping[str, str]) -> TokenReportResult:
     """Store what a report says for the device its SIP username and realm name, exactly as a
     reg_success carrying those tokens would: the push object (Token-Proxy: the reporter's, else
@@ -187,9 +189,7 @@ def token_report_apply(*, reporter: TokenReporter, params: Mapping[str, str]) ->
     Raises InvalidInput (code report_invalid) for a malformed report, UnknownDevice when no device
     this reporter may write answers to the account (one answer, whatever the reason), PusherError
     (code device_unroutable) when the device's registrar is not known yet."""
-    config = ReporterConfig(slug=reporter.slug, parameters=dict(reporter.parameters or {}),
-                            fixed=dict(reporter.fixed or {}), token_encoding=reporter.token_encoding)
-    report = report_map(config=config, params=params)
+    report = report_map(config=_config(reporter), params=params)
     device = _report_device(reporter, report)
     proxy = reporter.proxy or device.last_proxy_path or (device.push or {}).get("Token-Proxy", "")
     if not proxy:

@@ -31,11 +31,6 @@ def _rule_check(rule: UserAgentRule) -> None:
         raise RuleError(f"User-Agent rule {rule.name!r}: {problems}") from None
 
 
-def _rules_changed() -> None:
-    # This process sees the change at once, the consumer within selectors.RULES_TTL_S.
-    selectors.rules_cache_clear()
-    transaction.on_commit(selectors.rules_cache_clear)
-
 
 @transaction.atomic
 def user_agent_rule_create(
@@ -55,7 +50,7 @@ def user_agent_rule_create(
     )
     _rule_check(rule)
     rule.save()
-    _rules_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     log.info("User-Agent rule %r created (position %d)", rule.name, rule.position)
     return rule
 
@@ -71,7 +66,7 @@ def user_agent_rule_update(*, rule: UserAgentRule, **changes: Any) -> UserAgentR
         setattr(rule, name, dict(value) if name == "properties" and isinstance(value, Mapping) else value)
     _rule_check(rule)
     rule.save()
-    _rules_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     log.info("User-Agent rule %r updated (%s)", rule.name, ", ".join(sorted(changes)))
     return rule
 
@@ -80,5 +75,5 @@ def user_agent_rule_update(*, rule: UserAgentRule, **changes: Any) -> UserAgentR
 def user_agent_rule_delete(*, rule: UserAgentRule) -> None:
     name = rule.name
     rule.delete()
-    _rules_changed()
+    selectors.rules_cache_clear_now_and_on_commit()
     log.info("User-Agent rule %r deleted", name)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -49,6 +49,13 @@ def rules_cache_clear() -> None:
     _rules_cache = None
     _reporters_cache = None
     rule_regex_caches_clear()
+
+
+def rules_cache_clear_now_and_on_commit() -> None:
+    """After a write to the rules or the reporters: this process reads them again at once and once
+    the write commits; the consumer within RULES_TTL_S."""
+    rules_cache_clear()
+    transaction.on_commit(rules_cache_clear)
 
 
 # The enabled token reporters' User-Agent regexes, as rules named after the reporters: every

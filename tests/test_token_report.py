@@ -205,6 +205,18 @@ def test_reports_for_one_account_are_limited(groundwire, app) -> None:
     assert 1 <= int(response["Retry-After"]) <= 60
 
 
+def test_spellings_of_one_account_share_its_limit(groundwire, app) -> None:
+    """" 1001", "1001 " (a "+" left unencoded in a query string arrives as a space) and
+    "ACME.example.com " store to the one device: they count against its one limit."""
+    spellings = [("1001", "acme.example.com"), (" 1001", "acme.example.com"), ("1001 ", "ACME.example.com"),
+                 ("1001", " acme.example.com ")]
+    for n in range(report_view.REPORTS_PER_ACCOUNT_PER_MINUTE):
+        username, realm = spellings[n % len(spellings)]
+        assert app.get(URL, {**PARAMS, "username": username, "realm": realm}).status_code == 200
+    response = app.get(URL, {**PARAMS, "username": " 1001 "})
+    assert response.status_code == 429 and response.json()["code"] == "too_many_reports"
+
+
 def test_failures_past_the_limit_are_429_and_logged_once_and_the_right_secret_still_works(groundwire, app,
                                                                                             caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="pusher_site.report"):

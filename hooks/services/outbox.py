@@ -71,6 +71,8 @@ def alert_raise(*, key: str, event_type: str, summary: str, data: dict[str, Any]
     PUSHER_ALERT_EMAILS (now, and on the next checks while sending fails). `quiet` only marks it
     raised: a threshold passed together with a tighter one, which speaks for both. Returns whether
     it was raised now (by this call: of two processes checking at once, one raises it)."""
+    if Alert.objects.filter(key=key, active=True).exists():
+        return False  # up already: the common case, every round while the condition lasts
     now = now or timezone.now()
     summary = " ".join(summary.split())[:500]
     email_wanted = bool(email_text and settings.PUSHER_ALERT_EMAILS and not quiet)
@@ -85,7 +87,7 @@ def alert_raise(*, key: str, event_type: str, summary: str, data: dict[str, Any]
                 with transaction.atomic():  # a savepoint: the conflict must not break the outer transaction
                     Alert.objects.create(key=key, **values)
             except IntegrityError:
-                return False  # up already
+                return False  # raised meanwhile by another process
         if not quiet:
             webhook_event_record(event=WebhookEvent(event_type, f"alert:{key}:{now.isoformat()}", data), now=now)
     if not quiet:

@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import InvalidInput
-from core.fields import is_undecryptable
+from core.fields import rows_reencrypt
 from core.text import text_storable_problem
 from hooks.models import (
     PUSH_LOG_EVENTS,
@@ -144,7 +144,9 @@ def webhook_subscription_delete(*, subscription: WebhookSubscription) -> None:
 def webhook_subscriptions_for(*, event_types: set[str] | frozenset[str]) -> list[WebhookSubscription]:
     """Enabled subscriptions that chose any of `event_types` (a handful of rows: filtered here,
     as SQLite's JSON has no `contains`)."""
-    return [s for s in WebhookSubscription.objects.filter(enabled=True).order_by("pk")
+    # The secret is left undecrypted: none of the callers signs here (a token deactivation on the
+    # push path asks too).
+    return [s for s in WebhookSubscription.objects.filter(enabled=True).defer("secret").order_by("pk")
             if event_types & set(s.event_types)]
 
 
@@ -155,17 +157,9 @@ def webhook_subscription_scanned(*, subscription: WebhookSubscription, until: An
     WebhookSubscription.objects.filter(behind, pk=subscription.pk).update(push_scan_from=until)
 
 
-@transaction.atomic
 def webhook_secrets_reencrypt() -> tuple[int, list[str]]:
     """Rewrite every subscription's secret with the first FIELD_ENCRYPTION_KEY (the key rotation
     step of `manage.py credentials_reencrypt`). Returns (how many, names of those no key decrypts,
     left as they are)."""
-    count, undecryptable = 0, []
-    rows = WebhookSubscription.objects.select_for_update().values_list("pk", "name", "secret").order_by("name")
-    for pk, name, stored in rows.iterator():
-        if is_undecryptable(stored):
-            undecryptable.append(name)
-            continue
-        WebhookSubscription.objects.filter(pk=pk).update(secret=stored)  # encrypted again with the first key
-        count += 1
-    return count, undecryptable
+    count, undecryptable = rows_reencrypt(WebhookSubscription, field="secret", label="name")
+    return count, list(undecryptable)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from django.db import IntegrityError, connection, transaction
 
-from core.fields import is_undecryptable
+from core.fields import is_undecryptable, rows_reencrypt
 from push.models import ApnsProviderToken
 from push.providers.apns_tokens import SharedToken
 
@@ -63,12 +63,6 @@ def apns_provider_tokens_reencrypt() -> tuple[int, int]:
     `credentials_reencrypt` does for credentials). One no key decrypts is deleted rather than kept:
     it is a copy of what the signing key makes again, and the next push mints one. Returns
     (re-encrypted, deleted)."""
-    count, dropped = 0, []
-    for pk, stored in ApnsProviderToken.objects.select_for_update().values_list("pk", "token").order_by("pk"):
-        if is_undecryptable(stored):
-            dropped.append(pk)
-            continue
-        ApnsProviderToken.objects.filter(pk=pk).update(token=stored)
-        count += 1
-    ApnsProviderToken.objects.filter(pk__in=dropped).delete()
+    count, dropped = rows_reencrypt(ApnsProviderToken, field="token", label="pk")
+    ApnsProviderToken.objects.filter(pk__in=[int(pk) for pk in dropped]).delete()
     return count, len(dropped)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from core import metrics
 from core.errors import CredentialError, PusherError
-from core.fields import is_undecryptable
+from core.fields import rows_reencrypt
 from push.credentials import ParsedCredential, parse_credential
 from push.models import (
     Credential,
@@ -223,20 +223,11 @@ def credential_secret(credential: Credential) -> str:
     return credential.secret
 
 
-@transaction.atomic
 def credentials_reencrypt() -> Reencrypted:
     """Rewrite every secret with the first FIELD_ENCRYPTION_KEY (MultiFernet.rotate): the step that
     lets an old key be removed from the list. A secret no key decrypts is left as it is and named."""
-    count, undecryptable = 0, []
-    rows = Credential.objects.select_for_update().values_list("pk", "name", "secret").order_by("name")
-    for pk, name, stored in rows.iterator():
-        # values_list decrypts through the field; re-saving encrypts with the first key.
-        if is_undecryptable(stored):
-            undecryptable.append(name)
-            continue
-        Credential.objects.filter(pk=pk).update(secret=stored)
-        count += 1
-    return Reencrypted(count=count, undecryptable=tuple(undecryptable))
+    count, undecryptable = rows_reencrypt(Credential, field="secret", label="name")
+    return Reencrypted(count=count, undecryptable=undecryptable)
 
 
 _expiry_lock = threading.Lock()

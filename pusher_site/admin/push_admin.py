@@ -345,11 +345,11 @@ class DeliveryAdmin(admin.ModelAdmin):
         "replied_at",
     )
 
-    @admin.display(description="app", ordering="app_id")
+    @admin.display(description="app")
     def app_shown(self, obj: Delivery) -> str:
         return f"{obj.app_id} ({obj.provider})" if obj.provider else obj.app_id
 
-    @admin.display(description="latency", ordering="latency_ms")
+    @admin.display(description="latency")
     def latency(self, obj: Delivery) -> str:
         return duration_ms_text(obj.latency_ms)
 

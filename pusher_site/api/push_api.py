@@ -18,6 +18,7 @@ from rest_framework.filters import OrderingFilter
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 
 from core.errors import PusherError
 from push import selectors as push_selectors
@@ -89,6 +90,27 @@ class DeliveryPagination(Pagination):
 
     def get_count(self, queryset: Any) -> int:
         return rows_count(queryset)[0]
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any] | None:
+        """As DRF's, but the page and `next` go by the rows themselves (one more is read to know
+        whether a page follows), never by `count`: an estimate below the real number would end the
+        list early, and one above it would offer an empty next page."""
+        self.request = request
+        self.limit = self.get_limit(request)
+        if self.limit is None:
+            return None
+        self.offset = self.get_offset(request)
+        self.count = self.get_count(queryset)
+        rows = list(queryset[self.offset:self.offset + self.limit + 1])
+        self._more = len(rows) > self.limit
+        return rows[:self.limit]
+
+    def get_next_link(self) -> str | None:
+        if not self._more or self.request is None or self.limit is None:
+            return None
+        url = self.request.build_absolute_uri()
+        url = replace_query_param(url, self.limit_query_param, self.limit)
+        return replace_query_param(url, self.offset_query_param, (self.offset or 0) + self.limit)
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         answer = super().get_paginated_response_schema(schema)

@@ -64,9 +64,7 @@ def test_other_apps_without_a_token_are_ignored_as_before(groundwire) -> None:
     assert register(user_agent="Yealink SIP-T46S 66.85").outcome == "ignored"
     assert register(user_agent="Groundwire/6", Expires=0).outcome == "ignored"  # an un-REGISTER teaches nothing
     assert not Device.objects.exists()
-    groundwire.enabled = False
-    groundwire.save()
-    reporting._reporters_changed()
+    reporting.token_reporter_update(reporter=groundwire, enabled=False)
     assert register().outcome == "ignored"
 
 

@@ -67,10 +67,7 @@ class Command(BaseCommand):
             try:
                 code = supervisor.run()
             except (OSError, OverflowError) as exc:  # the metrics port: in use, not an address of this host
-                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                raise CommandError(
-                    f"cannot serve metrics on {options['metrics_host']}:{options['metrics_port']}: {reason}"
-                ) from None
+                raise _metrics_error(options["metrics_host"], options["metrics_port"], exc) from None
             raise SystemExit(code)
         try:  # a consumer that cannot build its APNs client would only dead-letter every push: say so now
             apns.get_client()
@@ -182,6 +179,11 @@ def _heartbeat_loop(worker: Worker) -> None:
             log.debug("heartbeat not written", exc_info=True)
 
 
+def _metrics_error(host: str, port: int, exc: BaseException) -> CommandError:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return CommandError(f"cannot serve metrics on {host}:{port}: {reason}")
+
+
 def _serve_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
     def ready() -> dict[str, Any]:
         return {"ready": worker.connected.is_set(), "messages_total": worker.messages_total}
@@ -189,7 +191,6 @@ def _serve_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
     try:
         server = metrics_serve(host, port, metrics=generate_latest, ready=ready)
     except (OSError, OverflowError) as exc:  # in use, not an address of this host, no such host
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise CommandError(f"cannot serve metrics on {host}:{port}: {reason}") from None
+        raise _metrics_error(host, port, exc) from None
     log.info("metrics and readiness on http://%s:%d/metrics and /ready", host, port)
     return server
