@@ -10,6 +10,7 @@ lane (kazoo/pushlane.py), which keeps them all in flight at once because each wa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -133,7 +134,7 @@ class Worker:
         if batch_handler is None and handler is message_process:
             batch_handler = message_process_batch
         self.batch_handler = batch_handler
-        self.stopping = threading.Event()
+        self.stopping = _StopEvent(self._wake_connection)
         self.connected = threading.Event()
         self._generation = 0
         # Delivery tags of the current channel not yet acked or nacked (connection thread only).
@@ -156,6 +157,13 @@ class Worker:
         self._channel: Any = None
 
     # --- lifecycle ----------------------------------------------------------------
+    def _wake_connection(self) -> None:
+        """From any thread: the connection thread returns from waiting for the broker."""
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closed or closing: it is not waiting
+                connection.add_callback_threadsafe(_nothing)
+
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stopping)
 
@@ -245,7 +253,9 @@ class Worker:
         log.info("consuming from %s on %s", self.config.queue, _safe_url(self.config.amqp_url))
         event_publish("consumer.connected", outcome=self.config.queue)
         while not self.stopping.is_set():
-            connection.process_data_events(time_limit=0.2)
+            # Without a time limit: pika adds and removes no timer per call (a quarter of this
+            # thread's CPU at 100 push_req/s); `stopping.set()` wakes it (_StopEvent).
+            connection.process_data_events(time_limit=None)
             self._lanes_feed()
         # Graceful stop: no new deliveries, finish and ack what is in hand, then close.
         channel.basic_cancel(consumer_tag)
@@ -441,6 +451,23 @@ class Worker:
                 channel.basic_publish(exchange, routing_key, body, properties)
 
         connection.add_callback_threadsafe(publish)
+
+
+class _StopEvent(threading.Event):
+    """The worker's stop flag: setting it also wakes the connection thread, which waits for the
+    broker without a time limit."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake()
+
+
+def _nothing() -> None:
+    pass
 
 
 _pika_log = logging.getLogger("pika")

@@ -4,6 +4,7 @@ import io
 import logging
 import logging.handlers
 import threading
+import time
 from types import SimpleNamespace
 
 from core.logqueue import log_queue_start, log_queue_stop
@@ -132,3 +133,32 @@ def test_lines_to_a_file_descriptor_go_through_a_buffer_and_all_arrive(tmp_path)
 
         _with_root_handler(handler, work)
     assert path.read_text(encoding="utf-8").splitlines() == [f"line {n} é" for n in range(3000)]
+
+
+def test_lines_logged_one_at_a_time_are_written_a_batch_at_a_time():
+    """Lines logged a few ms apart (a push_req's line at 100/s) wait LINGER_S for each other: the
+    writer thread wakes once per batch, not once per line, and each still arrives within LINGER_S."""
+    stream = _FlushCountingStream()
+    handler = logging.StreamHandler(stream)
+    seen: list[float] = []
+
+    def work(logger):
+        listener = log_queue_start()
+        try:
+            logger.info("first")
+            deadline = time.monotonic() + 5
+            while stream.flushes < 1 and time.monotonic() < deadline:  # "first" written and flushed
+                time.sleep(0.001)
+            flushes_before = stream.flushes
+            for n in range(5):  # within one linger of the first line's write
+                logger.info("line %d", n)
+                time.sleep(0.002)
+            while "line 4" not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            seen.append(stream.flushes - flushes_before)
+        finally:
+            log_queue_stop(listener)
+
+    _with_root_handler(handler, work)
+    assert stream.getvalue().splitlines() == ["first", *[f"line {n}" for n in range(5)]]
+    assert seen == [1]  # the five lines in one write (without the linger: one flush each)

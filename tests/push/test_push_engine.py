@@ -252,3 +252,26 @@ def test_a_push_answered_quickly_is_written_once_with_its_outcome(apple_app, apn
     assert writes == [(1, True)]
     (delivery,) = Delivery.objects.filter(msg_id="quick-1")
     assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 1 and delivery.http_status == 200
+
+
+@pytest.mark.rabbitmq
+def test_a_push_answered_before_its_claim_time_leaves_no_timer_to_wake_for(apple_app, apns_trusting_fake, monkeypatch):
+    """Each wake-up of the loop costs CPU: the claim timer of a push already answered is cancelled,
+    not left to fire and find nothing to do."""
+    from kazoo.pushlane import PushLane
+
+    fired = []
+    original = PushLane._claim_unless_answered
+
+    def counting(self, push):
+        fired.append(push.job.msg_id)
+        return original(self, push)
+
+    monkeypatch.setattr(PushLane, "_claim_unless_answered", counting)
+    monkeypatch.setattr("kazoo.pushlane.CLAIM_AFTER_S", 0.3)
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "answered-1"}))
+        consumer.wait_handled(1, timeout=30)
+        time.sleep(0.6)  # past the claim time
+    assert len(apns_trusting_fake.requests) == 1
+    assert fired == []
