@@ -53,6 +53,7 @@ from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabula
     _is_transport_error,
     _no_response,
     classify_response,
+    result_from_response,
 )
 from push.providers.apns_tokens import ProviderTokens, TokenProblem, TokenStore
 from push.providers.h2transport import H2Transport
@@ -75,6 +76,15 @@ USER_AGENT = "pusher-apns/1"
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"
 DEFAULT_PORT = 443
+
+
+# More than one connection per (credential, host, port): a connection whose every stream is taken
+# gets a sibling, up to this many, instead of queueing the pushes beyond its limit. Only at a real
+# capacity limit (SPREAD_MIN_STREAMS or more): APNs drops a connection's limit to 1 after a rejected
+# notification and restores it after the next success, a throttle that must not be sidestepped by
+# opening connections around it.
+MAX_CONNECTIONS_PER_ORIGIN = 4
+SPREAD_MIN_STREAMS = 100
 
 
 @dataclass(eq=False)  # identity semantics: kept in sets
@@ -122,6 +132,7 @@ class ApnsClient:
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
         token_store: TokenStore | None = None,
+        max_connections: int = MAX_CONNECTIONS_PER_ORIGIN,
     ) -> None:
         if not JWT_MIN_AGE_S <= jwt_max_age <= JWT_MAX_AGE_S:
             raise ValueError(
@@ -135,6 +146,7 @@ class ApnsClient:
         self._request_timeout = request_timeout
         self._jwt_max_age = jwt_max_age
         self._idle_timeout = idle_timeout
+        self._max_connections = max(1, max_connections)
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -142,7 +154,7 @@ class ApnsClient:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # Loop-thread-only state.
-        self._connections: dict[_ConnKey, _Connection] = {}
+        self._connections: dict[_ConnKey, list[_Connection]] = {}
         # Current and retired connections not closed yet, so close() can close every one of them.
         self._open: set[_Connection] = set()
         # asyncio keeps only weak references to tasks; closing tasks must not be collected mid-way.
@@ -154,7 +166,8 @@ class ApnsClient:
         self._token_ssl_context = self._new_ssl_context()
 
     def __repr__(self) -> str:
-        return f"<ApnsClient connections={len(self._connections)} closed={self._closed}>"
+        count = sum(len(conns) for conns in self._connections.values())
+        return f"<ApnsClient connections={count} closed={self._closed}>"
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -327,9 +340,19 @@ class ApnsClient:
         return context
 
     def _connection_for(self, key: _ConnKey, credential: ApnsCredential) -> _Connection:
-        conn = self._connections.get(key)
-        if conn is not None:
-            return conn
+        """The connection a request for `key` goes on: the first with a free stream; a new one when
+        every connection is full at a limit of SPREAD_MIN_STREAMS or more (up to max_connections;
+        beyond, the least busy, where the request waits for a stream)."""
+        conns = self._connections.get(key)
+        if conns:
+            limits = [conn.transport.stream_limit() for conn in conns]
+            known = next((limit for limit in limits if limit is not None), None)  # for one still opening
+            for conn, limit in zip(conns, limits, strict=True):
+                limit = known if limit is None else limit
+                if limit is None or limit < SPREAD_MIN_STREAMS or conn.inflight < limit:
+                    return conn
+            if len(conns) >= self._max_connections:
+                return min(conns, key=lambda c: c.inflight)
         if credential.kind == "certificate":
             context = self._certificate_ssl_context(credential)
         else:
@@ -344,13 +367,16 @@ class ApnsClient:
             unindexed_headers=_PER_PUSH_HEADERS,
         )
         conn = _Connection(transport)
-        self._connections[key] = conn
+        self._connections.setdefault(key, []).append(conn)
         self._open.add(conn)
         return conn
 
     def _retire(self, key: _ConnKey, conn: _Connection) -> None:
-        if self._connections.get(key) is conn:
-            del self._connections[key]
+        conns = self._connections.get(key, [])
+        if conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._connections[key]
         conn.retired = True
         self._maybe_close(conn)
 
@@ -362,9 +388,10 @@ class ApnsClient:
             task.add_done_callback(self._closing.discard)
 
     def _invalidate_in_loop(self, cache_key: str) -> None:
-        for key, conn in list(self._connections.items()):
+        for key, conns in list(self._connections.items()):
             if key[0] == cache_key:
-                self._retire(key, conn)
+                for conn in list(conns):
+                    self._retire(key, conn)
 
     async def _warm(self, credential: ApnsCredential, host: str, port: int) -> None:
         key: _ConnKey = (credential.cache_key, host, port)
@@ -491,7 +518,7 @@ class ApnsClient:
                 conn.inflight -= 1
                 self._maybe_close(conn)
 
-            result = self._result_from_response(request, response, started)
+            result = result_from_response(request, response, started)
             if result.reason in _CONNECTION_SCOPED_REASONS:
                 self._retire(key, conn)
             if result.reason == "ExpiredProviderToken" and credential.kind == "token" and not refreshed:
@@ -499,25 +526,6 @@ class ApnsClient:
                 refreshed = True
                 continue
             return result
-
-    @staticmethod
-    def _result_from_response(request: ApnsRequest, response: httpx.Response, started: float) -> ApnsResult:
-        latency = time.monotonic() - started
-        apns_id = response.headers.get("apns-id") or request.apns_id
-        status = response.status_code
-        if status == 200:
-            return ApnsResult(Outcome.SENT, status, "", "", apns_id, None, latency)
-        reason = ""
-        timestamp_ms: int | None = None
-        with contextlib.suppress(ValueError):
-            response.read()  # the transport received the whole body; this only hands it over
-            data = response.json()
-            if isinstance(data, dict):
-                reason = str(data.get("reason") or "")
-                if isinstance(data.get("timestamp"), int | float):
-                    timestamp_ms = int(data["timestamp"])
-        outcome, description = classify_response(status, reason)
-        return ApnsResult(outcome, status, reason, description, apns_id, timestamp_ms, latency)
 
 
 # ---- one client per process ---------------------------------------------------------------------

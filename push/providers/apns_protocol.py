@@ -346,3 +346,23 @@ def _no_response(
 
 class _CredentialProblem(Exception):
     """The credential could not be loaded (bad PEM, key/certificate mismatch...)."""
+
+
+def result_from_response(request: ApnsRequest, response: httpx.Response, started: float) -> ApnsResult:
+    """What APNs answered to `request` (its whole body received already), as the client's result."""
+    latency = time.monotonic() - started
+    apns_id = response.headers.get("apns-id") or request.apns_id
+    status = response.status_code
+    if status == 200:
+        return ApnsResult(Outcome.SENT, status, "", "", apns_id, None, latency)
+    reason = ""
+    timestamp_ms: int | None = None
+    with contextlib.suppress(ValueError):
+        response.read()  # the transport received the whole body; this only hands it over
+        data = response.json()
+        if isinstance(data, dict):
+            reason = str(data.get("reason") or "")
+            if isinstance(data.get("timestamp"), int | float):
+                timestamp_ms = int(data["timestamp"])
+    outcome, description = classify_response(status, reason)
+    return ApnsResult(outcome, status, reason, description, apns_id, timestamp_ms, latency)

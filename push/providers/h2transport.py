@@ -101,6 +101,14 @@ class H2Transport(httpx.AsyncBaseTransport):
                     unavailable.error.request = request
                     raise unavailable.error from None
 
+    def stream_limit(self) -> int | None:
+        """The server's current MAX_CONCURRENT_STREAMS on the connection new requests go to; None
+        until that connection has said it (or when there is none)."""
+        conn = self._current
+        if conn is None or not conn.accepting or not conn.ready.done():
+            return None
+        return conn.max_streams
+
     async def connect(self, host: str, port: int) -> None:
         """Open the connection to https://host:port now (TCP, TLS, HTTP/2 SETTINGS exchanged), ahead
         of the first request: a warm-up. Nothing to do when one is open and takes requests. Raises

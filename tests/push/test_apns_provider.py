@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -885,6 +886,44 @@ def test_requests_beyond_max_concurrent_streams_wait_in_order(fake_apns: FakeApn
     assert elapsed >= 4 * 0.15 * 0.9  # two at a time
 
 
+def _burst_after_one(server: FakeApns, client: ApnsClient, credential: ApnsCredential, count: int) -> list[ApnsResult]:
+    """One push (the connection opens and says its stream limit), then `count` at once."""
+
+    async def push_all() -> list[ApnsResult]:
+        first = await client.send(apns_request(server, token="ff" * 32), credential)
+        rest = await asyncio.gather(
+            *(client.send(apns_request(server, token=f"{i:064x}"), credential) for i in range(count))
+        )
+        return [first, *rest]
+
+    try:
+        return asyncio.run(push_all())
+    finally:
+        client.close()
+
+
+def test_a_connection_full_at_its_stream_limit_gets_siblings(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    """Every stream taken at a real capacity limit (SPREAD_MIN_STREAMS or more): the pushes beyond it
+    go out at once on more connections to the same origin instead of queueing on the first."""
+    with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=100, delay=0.3) as server:
+        results = _burst_after_one(server, ApnsClient(ca_file=server.ca_file), cert_credential(voip_cert), 250)
+        per_connection = collections.Counter(r.connection_id for r in server.requests)
+
+    # The fake's h2 enforces its limit: a connection carrying a 101st stream would be torn down.
+    assert [r.outcome for r in results] == [Outcome.SENT] * 251
+    assert len(server.connections) == 3
+    assert sorted(per_connection.values()) == [50, 100, 101]
+
+
+def test_siblings_stop_at_max_connections_and_the_rest_wait(fake_apns: FakeApns, voip_cert: ClientCert) -> None:
+    with FakeApns.start(ca=fake_apns.ca, max_concurrent_streams=100, delay=0.2) as server:
+        client = ApnsClient(ca_file=server.ca_file, max_connections=2)
+        results = _burst_after_one(server, client, cert_credential(voip_cert), 250)
+
+    assert [r.outcome for r in results] == [Outcome.SENT] * 251
+    assert len(server.connections) == 2
+
+
 def test_requests_that_waited_for_the_connection_go_before_a_newcomer(fake_apns: FakeApns) -> None:
     """First come, first served across the handshake: a request started just as the connection opens
     (it finds the connection ready) must not take the one stream before those that waited for it."""
@@ -973,7 +1012,7 @@ def test_many_concurrent_pushes_on_one_connection(
     assert [r.outcome for r in results] == [Outcome.SENT] * 900
     assert len({r.apns_id for r in results}) == 900
     assert len(fake_apns.connections) == 1
-    [conn] = client._connections.values()
+    [[conn]] = client._connections.values()
     assert conn.transport._current is not None
     # h2's table of streams is purged as they close: it does not grow with the number of pushes.
     assert len(conn.transport._current.h2.streams) <= 2 * 300 + 64
