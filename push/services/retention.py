@@ -7,7 +7,8 @@ queued row is never deleted (the push lane's claim and lease live on it; one tha
 orphan, counted and left for an operator), the rows it deletes are ones nothing writes any more,
 and it rests between batches. On PostgreSQL one prune runs at a time (an advisory lock; every
 consumer process runs the loop) and a batch's rows are locked with SKIP LOCKED. Dead devices and
-tokens go after PUSHER_DEVICE_RETENTION_DAYS (registry.retention says which). 0 days keeps
+tokens go after PUSHER_DEVICE_RETENTION_DAYS (registry.retention says which); the webhook
+delivery log and cleared alerts with the delivery log (hooks.services.retention). 0 days keeps
 everything.
 
 One path: `manage.py prune` and the consumer's loop (kazoo.retention) call `retention_prune`.
@@ -29,6 +30,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from core.errors import InvalidInput, PusherError
+from hooks.services.retention import HooksPruned, hooks_prune, hooks_prune_count
 from push.models import Delivery, DeliveryStatus
 from registry.retention import RegistryPruned, registry_prune, registry_prune_count
 
@@ -85,6 +87,8 @@ class PruneSummary:
     deliveries_queued_kept: int = 0  # older than the cutoff but still queued: never deleted
     tokens: int = 0
     devices: int = 0
+    webhook_deliveries: int = 0  # delivered or given up, older than the deliveries' cutoff
+    alerts: int = 0  # cleared before the deliveries' cutoff
     batches: int = 0
     seconds: float = 0.0
     stopped: bool = False  # asked to stop before the end
@@ -94,6 +98,9 @@ class PruneSummary:
         if self.deliveries_days:
             kept = f" (kept {self.deliveries_queued_kept} still queued)" if self.deliveries_queued_kept else ""
             done.append(f"{self.deliveries} deliveries older than {self.deliveries_days} days{kept}")
+            if self.webhook_deliveries or self.alerts:
+                done.append(f"{self.webhook_deliveries} webhook deliveries and {self.alerts} cleared alerts "
+                            f"older than {self.deliveries_days} days")
         if self.devices_days:
             done.append(f"{self.devices} devices and {self.tokens} tokens dead for {self.devices_days} days")
         if not done:
@@ -185,6 +192,7 @@ def retention_prune(
     started = time.monotonic()
     deliveries = queued_kept = batches = 0
     registry = RegistryPruned()
+    hooks = HooksPruned()
     deleting = not dry_run and bool(deliveries_days or devices_days)
     with _one_prune_at_a_time() if deleting else nullcontext():
         if deliveries_days:
@@ -192,8 +200,10 @@ def retention_prune(
             queued_kept = Delivery.objects.filter(created_at__lt=cutoff, status=DeliveryStatus.QUEUED).count()
             if dry_run:
                 deliveries = _finished_before(cutoff).count()
+                hooks = hooks_prune_count(cutoff=cutoff)
             else:
                 deliveries, batches = deliveries_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
+                hooks = hooks_prune(cutoff=cutoff, batch_size=batch_size, stop=stop, pace=pace)
         if devices_days:
             cutoff = now - timedelta(days=devices_days)
             if dry_run:
@@ -203,7 +213,8 @@ def retention_prune(
     summary = PruneSummary(
         dry_run=dry_run, deliveries_days=deliveries_days, devices_days=devices_days, deliveries=deliveries,
         deliveries_queued_kept=queued_kept, tokens=registry.tokens, devices=registry.devices,
-        batches=batches + registry.batches, seconds=time.monotonic() - started,
+        webhook_deliveries=hooks.webhook_deliveries, alerts=hooks.alerts,
+        batches=batches + registry.batches + hooks.batches, seconds=time.monotonic() - started,
         stopped=bool(stop and stop.is_set()),
     )
     log.info("%s", summary.as_line())

@@ -90,7 +90,7 @@ def test_batches_are_bounded_and_oldest_first():
     with CaptureQueriesContext(connection) as queries:
         summary = retention_prune(deliveries_days=30, devices_days=0, batch_size=5, now=NOW, stop=None)
 
-    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('DELETE FROM "push_delivery"')]
     assert summary.deliveries == 23
     assert summary.batches == 5  # 5 + 5 + 5 + 5 + 3
     assert len(deletes) == 5
@@ -120,7 +120,7 @@ def test_each_batch_is_committed_before_the_next_one_starts():
         connection.close()
 
     def before_each_delete(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.startswith("DELETE"):
+        if sql.startswith('DELETE FROM "push_delivery"'):
             thread = threading.Thread(target=other_session_count)
             thread.start()
             thread.join(10)
@@ -363,3 +363,83 @@ def test_one_prune_at_a_time_across_sessions(caplog: pytest.LogCaptureFixture):
 
     assert retention_prune(deliveries_days=30, devices_days=0, now=NOW).deliveries == 3
     assert retention_prune(deliveries_days=30, devices_days=0, now=NOW).deliveries == 0  # the lock was let go
+
+
+# --- the webhook delivery log and cleared alerts go with the delivery log ---------------------------
+
+
+def _webhook_rows(status: str, n: int, *, age: timedelta) -> None:
+    from hooks.models import WebhookDelivery
+
+    WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(subscription_name="ops", event_type="token.deactivated", event_key=f"{status}-{age}-{i}",
+                        status=status, created_at=NOW - age)
+        for i in range(n)
+    )
+
+
+def _alert(key: str, *, active: bool, cleared_age: timedelta | None) -> None:
+    from hooks.models import Alert
+
+    cleared_at = None if cleared_age is None else NOW - cleared_age
+    Alert.objects.create(key=key, event_type="consumer.down", active=active, summary=key,
+                         raised_at=NOW - timedelta(days=90), cleared_at=cleared_at)
+
+
+def _hooks_fixture() -> None:
+    from hooks.models import WebhookDeliveryStatus as S
+
+    _webhook_rows(S.DELIVERED, 3, age=timedelta(days=31))
+    _webhook_rows(S.GAVE_UP, 2, age=timedelta(days=31))
+    _webhook_rows(S.PENDING, 1, age=timedelta(days=31))  # still to be sent: kept
+    _webhook_rows(S.FAILED, 1, age=timedelta(days=31))  # being retried: kept
+    _webhook_rows(S.DELIVERED, 4, age=timedelta(days=29))
+    _alert("old-cleared", active=False, cleared_age=timedelta(days=40))
+    _alert("recently-cleared", active=False, cleared_age=timedelta(days=3))
+    _alert("still-up", active=True, cleared_age=None)
+
+
+def _hooks_left() -> tuple[dict[str, int], set[str]]:
+    from hooks.models import Alert, WebhookDelivery
+
+    counts: dict[str, int] = {}
+    for status in WebhookDelivery.objects.values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts, set(Alert.objects.values_list("key", flat=True))
+
+
+def test_done_webhook_deliveries_and_cleared_alerts_age_out_with_the_delivery_log():
+    _hooks_fixture()
+
+    dry = retention_prune(deliveries_days=30, devices_days=0, dry_run=True, now=NOW)
+    assert (dry.webhook_deliveries, dry.alerts) == (5, 1)
+    assert _hooks_left()[0] == {"delivered": 7, "gave_up": 2, "pending": 1, "failed": 1}
+
+    summary = retention_prune(deliveries_days=30, devices_days=0, batch_size=2, now=NOW)
+
+    assert (summary.webhook_deliveries, summary.alerts) == (5, 1)
+    # The deliveries' one statement (nothing to delete), webhook deliveries 2 + 2 + 1, one alert.
+    assert summary.batches == 5
+    assert _hooks_left() == ({"delivered": 4, "pending": 1, "failed": 1}, {"recently-cleared", "still-up"})
+    assert summary.as_line().startswith("prune: deleted 0 deliveries older than 30 days; 5 webhook deliveries and "
+                                        "1 cleared alerts older than 30 days in 5 batches, ")
+
+
+def test_the_prune_command_ages_out_webhook_deliveries_too(settings):
+    settings.PUSHER_DELIVERY_RETENTION_DAYS = 30
+    settings.PUSHER_DEVICE_RETENTION_DAYS = 0
+    _hooks_fixture()
+
+    out = command()
+
+    assert out.startswith("prune: deleted 0 deliveries older than 30 days; 5 webhook deliveries and 1 cleared alerts ")
+    assert _hooks_left() == ({"delivered": 4, "pending": 1, "failed": 1}, {"recently-cleared", "still-up"})
+
+
+def test_delivery_retention_zero_keeps_the_webhook_log_too():
+    _hooks_fixture()
+
+    summary = retention_prune(deliveries_days=0, devices_days=0, now=NOW)
+
+    assert (summary.webhook_deliveries, summary.alerts) == (0, 0)
+    assert _hooks_left()[0] == {"delivered": 7, "gave_up": 2, "pending": 1, "failed": 1}
