@@ -38,8 +38,8 @@ from pusher_site.api.conventions import (
     json_text_validator,
     perms_required,
 )
+from pusher_site.api.delivery_api import DeliverySerializer
 from pusher_site.api.parsers import JSONParser
-from pusher_site.api.push_api import DeliverySerializer
 from registry import selectors, services
 from registry.models import Device, PushToken, SyncStatus, TokenKind, UserAgentRule
 from tenancy.models import Grant

@@ -5,10 +5,10 @@ from django.urls import Resolver404, path, re_path, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import permissions, routers
 
+from pusher_site.api.delivery_api import DeliveryViewSet
 from pusher_site.api.hooks_api import AlertViewSet, WebhookDeliveryViewSet, WebhookSubscriptionViewSet
 from pusher_site.api.push_api import (
     CredentialViewSet,
-    DeliveryViewSet,
     PushAppViewSet,
     PushRequestViewSet,
     SendViewSet,

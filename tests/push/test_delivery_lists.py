@@ -215,9 +215,9 @@ def test_the_api_pages_follow_the_rows_not_an_estimated_count(staff_user, monkey
                                                                 estimate: int):
     """An estimate below the real number must not end the list early (nor one above it offer an
     empty page): `next` is there exactly while rows follow, and following it reaches every row."""
-    import pusher_site.api.push_api as push_api
+    import pusher_site.api.delivery_api as delivery_api
 
-    monkeypatch.setattr(push_api, "rows_count", lambda queryset, **_: (estimate, True))
+    monkeypatch.setattr(delivery_api, "rows_count", lambda queryset, **_: (estimate, True))
     log(12)
     api = APIClient()
     api.force_authenticate(staff_user)
@@ -229,3 +229,49 @@ def test_the_api_pages_follow_the_rows_not_an_estimated_count(staff_user, monkey
         seen += [row["id"] for row in body["results"]]
         url, pages = body["next"], pages + 1
     assert pages == 3 and len(seen) == len(set(seen)) == 12
+
+
+def test_a_deep_offset_is_refused_with_the_way_to_page_further(staff_user):
+    from pusher_site.api.delivery_api import DELIVERY_OFFSET_MAX
+
+    log(2)
+    api = APIClient()
+    api.force_authenticate(staff_user)
+
+    assert api.get("/api/v1/deliveries/", {"offset": DELIVERY_OFFSET_MAX}).status_code == 200
+    answer = api.get("/api/v1/deliveries/", {"offset": DELIVERY_OFFSET_MAX + 1})
+    assert answer.status_code == 400
+    assert answer.json()["offset"] == [
+        "At most 10,000: a deeper offset reads every delivery before the page. Follow `next` (past that depth it "
+        "pages by created_before), or narrow the list with created_before/created_after."
+    ]
+
+
+@pytest.mark.parametrize("ordering", [None, "-created_at", "created_at"])
+def test_following_next_past_the_offset_limit_pages_by_time_and_reaches_every_row_once(
+    staff_user, monkeypatch: pytest.MonkeyPatch, ordering: str | None
+):
+    """Past DELIVERY_OFFSET_MAX, `next` carries created_before (created_after oldest first) at the last
+    row shown and an offset of that instant's rows already shown: ties in time neither repeat nor drop."""
+    import pusher_site.api.delivery_api as delivery_api
+
+    monkeypatch.setattr(delivery_api, "DELIVERY_OFFSET_MAX", 4)
+    rows = log(13)
+    for i, row in enumerate(rows):  # instants shared by two or three rows, across page boundaries
+        row.created_at = NOW - timedelta(seconds=i // 3)
+    Delivery.objects.bulk_update(rows, ["created_at"])
+    newest_first = [r.pk for r in sorted(rows, key=lambda r: (r.created_at, r.pk), reverse=True)]
+    api = APIClient()
+    api.force_authenticate(staff_user)
+
+    seen, links = [], []
+    url = "/api/v1/deliveries/?limit=3" + (f"&ordering={ordering}" if ordering else "")
+    while url:
+        body = api.get(url).json()
+        seen += [row["id"] for row in body["results"]]
+        url = body["next"]
+        links.append(url)
+    assert seen == (newest_first[::-1] if ordering == "created_at" else newest_first)
+    by_time = "created_after=" if ordering == "created_at" else "created_before="
+    assert any(by_time in link for link in links if link)  # the cap was passed, and paged by time
+    assert all("offset=" in link for link in links if link)
