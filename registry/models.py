@@ -109,6 +109,9 @@ class Device(models.Model):
                 fields=["push_changed_at", "id"], name="device_waiting_sync_idx",
                 condition=models.Q(sync_status__in=["pending", "failed"]),
             ),
+            # The prune's candidates (registry.retention): a device with no push object is rare among
+            # live ones; without it each prune round read every device (0.6 s a round at 1M).
+            models.Index(fields=["id"], name="device_no_push_idx", condition=models.Q(push__isnull=True)),
         ]
 
     def __str__(self) -> str:
@@ -143,7 +146,11 @@ class PushToken(models.Model):
     class Meta:
         ordering = ["-last_seen_at"]
         constraints = [models.UniqueConstraint(fields=["device", "token"], name="pushtoken_unique_device_token")]
-        indexes = [models.Index(fields=["token"], name="pushtoken_token_idx")]
+        indexes = [
+            models.Index(fields=["token"], name="pushtoken_token_idx"),
+            # The prune's candidates (registry.retention): the inactive tokens, few among all.
+            models.Index(fields=["id"], name="pushtoken_inactive_idx", condition=models.Q(active=False)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.token_masked} ({self.token_type} {self.app})"
