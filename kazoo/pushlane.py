@@ -283,13 +283,9 @@ class PushLane:
             log.warning("could not renew the lease of delivery #%s (%s)", delivery.pk, str(exc).strip()[:200])
 
     def _claim_soon(self, push: _Push) -> None:
-        """Claim the push CLAIM_AFTER_S from now unless it is answered by then (its row is then
-        written once, with its outcome)."""
-        push.claim_timer = asyncio.get_running_loop().call_later(CLAIM_AFTER_S, self._claim_unless_answered, push)
-
-    def _claim_unless_answered(self, push: _Push) -> None:
-        if push.finish is None:  # still being sent
-            self._claim(push)
+        """Claim the push CLAIM_AFTER_S from now unless it is answered by then: `_send` cancels the
+        timer (its row is then written once, with its outcome)."""
+        push.claim_timer = asyncio.get_running_loop().call_later(CLAIM_AFTER_S, self._claim, push)
 
     def _claim(self, push: _Push) -> None:
         """The push's claim, written while it is being sent: every claim waiting goes into one

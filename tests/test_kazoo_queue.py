@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -158,8 +159,6 @@ def test_a_queue_declared_otherwise_stops_the_consumer_with_one_line(
 def test_an_idle_consumer_stops_without_waiting_for_a_message() -> None:
     """The connection thread waits for the broker with no time limit (no timer per wait); a stop
     wakes it at once instead of at the next message or heartbeat (15 s)."""
-    import time
-
     with consumer_running() as consumer:
         time.sleep(0.5)  # nothing arrives: the connection thread is waiting
         consumer.worker.stop()

@@ -7,18 +7,15 @@ cleared alert's key is raised afresh the next time its condition holds, row or n
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
-from django.db import connection, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 
+from core.prune import rows_delete_in_batches
 from hooks.models import Alert, WebhookDelivery, WebhookDeliveryStatus
 
-M = TypeVar("M", bound=Model)
 _FINAL = (WebhookDeliveryStatus.DELIVERED, WebhookDeliveryStatus.GAVE_UP)
 
 
@@ -50,27 +47,9 @@ def hooks_prune(
     """Delete the delivered or given-up webhook deliveries created before `cutoff`, then the alerts
     cleared before it, at most `batch_size` rows per statement, each batch committed on its own;
     `pace(seconds the batch took)` between two batches. `stop` set: ends after the batch in hand."""
-    webhook_deliveries, wd_batches = _prune(_webhook_deliveries_done(cutoff), batch_size, stop, pace)
-    alerts, alert_batches = _prune(_alerts_cleared(cutoff), batch_size, stop, pace)
-    return HooksPruned(webhook_deliveries=webhook_deliveries, alerts=alerts, batches=wd_batches + alert_batches)
-
-
-def _prune(
-    rows: QuerySet[M], batch_size: int, stop: threading.Event | None, pace: Callable[[float], None] | None,
-) -> tuple[int, int]:
-    """(rows deleted, statements that deleted some)."""
-    deleted = batches = 0
-    while not (stop and stop.is_set()):
-        started = time.monotonic()
-        batch = rows.order_by("pk").values("pk")[:batch_size]
-        if connection.vendor == "postgresql":
-            batch = batch.select_for_update(skip_locked=True)  # the lock re-reads the row: one retried meanwhile stays
-        with transaction.atomic():
-            count, _ = rows.model._default_manager.filter(pk__in=batch).delete()
-        deleted += count
-        batches += 1 if count else 0
-        if count < batch_size:
-            break
-        if pace:
-            pace(time.monotonic() - started)
-    return deleted, batches
+    webhook_deliveries = rows_delete_in_batches(_webhook_deliveries_done(cutoff), order_by="pk",
+                                                batch_size=batch_size, stop=stop, pace=pace)
+    alerts = rows_delete_in_batches(_alerts_cleared(cutoff), order_by="pk", batch_size=batch_size, stop=stop, pace=pace)
+    # Batches that deleted something: with nothing to age out, the prune's line is the delivery log's alone.
+    return HooksPruned(webhook_deliveries=sum(webhook_deliveries), alerts=sum(alerts),
+                       batches=sum(1 for count in webhook_deliveries + alerts if count))

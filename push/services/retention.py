@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from core.errors import InvalidInput, PusherError
+from core.prune import rows_delete_in_batches
 from hooks.services.retention import HooksPruned, hooks_prune, hooks_prune_count
 from push.models import Delivery, DeliveryStatus
 from registry.retention import RegistryPruned, registry_prune, registry_prune_count
@@ -135,21 +136,9 @@ def deliveries_prune(
     """Delete the finished deliveries created before `cutoff`, oldest first, at most `batch_size`
     per statement, each its own transaction; `pace(seconds the batch took)` between two batches.
     Returns (deleted, batches)."""
-    deleted = batches = 0
-    while not (stop and stop.is_set()):
-        started = time.monotonic()
-        batch = _finished_before(cutoff).order_by("created_at").values("pk")[:batch_size]
-        if connection.vendor == "postgresql":
-            batch = batch.select_for_update(skip_locked=True)  # another pruner's rows: skipped, not waited for
-        with transaction.atomic():
-            count, _ = Delivery.objects.filter(pk__in=batch).delete()
-        deleted += count
-        batches += 1
-        if count < batch_size:
-            break
-        if pace:
-            pace(time.monotonic() - started)
-    return deleted, batches
+    counts = rows_delete_in_batches(_finished_before(cutoff), order_by="created_at", batch_size=batch_size,
+                                    stop=stop, pace=pace)
+    return sum(counts), len(counts)
 
 
 def _pace(rest: float, stop: threading.Event | None) -> Callable[[float], None] | None:

@@ -261,13 +261,13 @@ def test_a_push_answered_before_its_claim_time_leaves_no_timer_to_wake_for(apple
     from kazoo.pushlane import PushLane
 
     fired = []
-    original = PushLane._claim_unless_answered
+    original = PushLane._claim
 
     def counting(self, push):
         fired.append(push.job.msg_id)
         return original(self, push)
 
-    monkeypatch.setattr(PushLane, "_claim_unless_answered", counting)
+    monkeypatch.setattr(PushLane, "_claim", counting)
     monkeypatch.setattr("kazoo.pushlane.CLAIM_AFTER_S", 0.3)
     with consumer_running() as consumer, broker_channel() as channel:
         publish_push(channel, push_req(**{"Msg-ID": "answered-1"}))
