@@ -433,15 +433,19 @@ class Worker:
 
     def _ack(self, channel: Any, tags: list[int]) -> None:
         """Every tag below the lowest still unsettled one is settled (tags grow with each delivery),
-        so one `multiple` ack covers those; each basic_ack is a socket write and a poll."""
+        so one `multiple` ack covers those; the rest are acked one by one, in one socket write:
+        BlockingChannel.basic_ack polls until the socket has taken its frame (a poll, a send and
+        ~0.1 ms of pika per tag, a fifth of the consumer's CPU on unchanged re-REGISTERs), so all
+        but the last frame go through the channel underneath it (the same basic_ack, unflushed)
+        and the last one's flush sends them together."""
         lowest_open = min(self._unsettled, default=None)
         covered = [tag for tag in tags if lowest_open is None or tag < lowest_open]
-        if covered:
-            channel.basic_ack(max(covered), multiple=True)
-        if len(covered) < len(tags):
-            for tag in tags:
-                if lowest_open is not None and tag > lowest_open:
-                    channel.basic_ack(tag)
+        frames = [(max(covered), True)] if covered else []
+        frames += [(tag, False) for tag in tags if lowest_open is not None and tag > lowest_open]
+        for tag, multiple in frames[:-1]:
+            channel._impl.basic_ack(delivery_tag=tag, multiple=multiple)
+        tag, multiple = frames[-1]
+        channel.basic_ack(tag, multiple=multiple)
 
     def _publish_threadsafe(self, connection: Any, channel: Any, exchange: str, routing_key: str, body: bytes) -> None:
         properties = pika.BasicProperties(content_type="application/json")
