@@ -53,6 +53,9 @@ T = TypeVar("T")
 Ticket = tuple[int, Any, int]
 # A registration lane takes every message waiting for it, up to this many, as one batch.
 LANE_BATCH_MAX = 100
+# A settled delivery above one still in hand waits up to this long for the ones below it, so that
+# one `multiple` ack covers them all (pika writes each ack frame with a send(2) of its own).
+ACK_HOLD_S = 0.05
 # Exit status for what no reconnect fixes: RabbitMQ refuses the login, or the shared queue exists
 # declared otherwise. EX_CONFIG (sysexits.h), for systemd's RestartPreventExitStatus.
 EXIT_LOGIN_REFUSED = EXIT_QUEUE_MISMATCH = 78
@@ -139,6 +142,9 @@ class Worker:
         self._generation = 0
         # Delivery tags of the current channel not yet acked or nacked (connection thread only).
         self._unsettled: set[int] = set()
+        # Settled ones waiting to be acked with those below them (ACK_HOLD_S; connection thread only).
+        self._held: set[int] = set()
+        self._held_timer: Any = None
         self._lanes = [_Lane(f"reg-lane-{i}", self._lane_handle) for i in range(config.registration_lanes)]
         # Deliveries for each lane, handed over once pika has dispatched all it read (one wake-up
         # per lane per read instead of one per message).
@@ -223,7 +229,7 @@ class Worker:
         metrics.CONSUMER_CONNECTED.set(0)
         bus.publisher_set(None)
         self._generation += 1  # acks for deliveries of the old channel are void: they will be redelivered
-        self._unsettled = set()
+        self._unsettled, self._held, self._held_timer = set(), set(), None
         self._lane_pending = [[] for _ in self._lanes]
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
@@ -264,6 +270,7 @@ class Worker:
         while self._unsettled and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.1)
             self._lanes_feed()
+        self._held_ack(channel)
         bus.publisher_set(None)
         connection.close()
         self.connected.clear()
@@ -433,15 +440,39 @@ class Worker:
 
     def _ack(self, channel: Any, tags: list[int]) -> None:
         """Every tag below the lowest still unsettled one is settled (tags grow with each delivery),
-        so one `multiple` ack covers those; the rest are acked one by one, in one socket write:
-        BlockingChannel.basic_ack polls until the socket has taken its frame (a poll, a send and
-        ~0.1 ms of pika per tag, a fifth of the consumer's CPU on unchanged re-REGISTERs), so all
-        but the last frame go through the channel underneath it (the same basic_ack, unflushed)
-        and the last one's flush sends them together."""
+        so one `multiple` ack covers those. The ones above it are held for ACK_HOLD_S: the
+        deliveries below them usually settle by then (the other registration lane's batch, a push
+        still out) and one `multiple` ack covers them too; the rest are then acked one by one."""
+        self._held.update(tags)
         lowest_open = min(self._unsettled, default=None)
-        covered = [tag for tag in tags if lowest_open is None or tag < lowest_open]
+        if lowest_open is None:
+            channel.basic_ack(max(self._held), multiple=True)
+            self._held.clear()
+            return
+        covered = [tag for tag in self._held if tag < lowest_open]
+        if covered:
+            channel.basic_ack(max(covered), multiple=True)
+            self._held.difference_update(covered)
+        if self._held and self._held_timer is None and self._connection is not None:
+            self._held_timer = self._connection.call_later(
+                ACK_HOLD_S, partial(self._held_ack, channel, self._generation)
+            )
+
+    def _held_ack(self, channel: Any, generation: int | None = None) -> None:
+        """Ack what is held: with one `multiple` ack below the lowest delivery still in hand, the
+        rest one by one in one socket write. BlockingChannel.basic_ack polls until the socket has
+        taken its frame, so all but the last frame go through the channel underneath it (the same
+        basic_ack, unflushed) and the last one's flush sends them together."""
+        if generation is None and self._held_timer is not None and self._connection is not None:
+            self._connection.remove_timeout(self._held_timer)  # acked now, at the graceful stop
+        self._held_timer = None
+        if (generation is not None and generation != self._generation) or not self._held or not channel.is_open:
+            return
+        lowest_open = min(self._unsettled, default=None)
+        covered = [tag for tag in self._held if lowest_open is None or tag < lowest_open]
         frames = [(max(covered), True)] if covered else []
-        frames += [(tag, False) for tag in tags if lowest_open is not None and tag > lowest_open]
+        frames += sorted((tag, False) for tag in self._held if lowest_open is not None and tag > lowest_open)
+        self._held.clear()
         for tag, multiple in frames[:-1]:
             channel._impl.basic_ack(delivery_tag=tag, multiple=multiple)
         tag, multiple = frames[-1]

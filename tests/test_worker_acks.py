@@ -1,9 +1,13 @@
-"""Acks leave in one socket write: the deliveries below the lowest one still in hand with one
-`multiple` ack, those above it one by one but flushed together, and the one in hand stays unacked."""
+"""How the consumer acks: deliveries below the lowest one still in hand with one `multiple` ack;
+those above it held (kazoo.worker.ACK_HOLD_S) until the ones below settle, so one `multiple` ack
+covers them too, or else acked one by one in one socket write; the one in hand stays unacked."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pika
 import pytest
@@ -12,8 +16,10 @@ from kazoo.worker import Worker, WorkerConfig
 from tests.amqp import amqp_url, broker_channel
 
 
-@pytest.mark.rabbitmq
-def test_settled_deliveries_around_an_open_one_are_acked_with_one_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextmanager
+def six_deliveries(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Worker, Any, list[int], list[tuple[int, bool]]]]:
+    """A worker (not running) and a channel holding six unacked deliveries m0..m5; yields them with
+    the list of BlockingChannel.basic_ack calls (each one flushes the socket)."""
     queue = f"pusher_test_acks_{uuid.uuid4().hex[:10]}"
     with broker_channel() as channel:
         channel.queue_declare(queue, auto_delete=False)
@@ -25,7 +31,6 @@ def test_settled_deliveries_around_an_open_one_are_acked_with_one_flush(monkeypa
     try:
         consumer = connection.channel()
         tags = [consumer.basic_get(queue)[0].delivery_tag for _ in range(6)]
-        worker._unsettled = {tags[2]}  # m2 is still being handled
         flushed: list[tuple[int, bool]] = []
         basic_ack = consumer.basic_ack
 
@@ -34,8 +39,8 @@ def test_settled_deliveries_around_an_open_one_are_acked_with_one_flush(monkeypa
             basic_ack(delivery_tag, multiple=multiple)
 
         monkeypatch.setattr(consumer, "basic_ack", counting)
-        worker._ack(consumer, [tags[0], tags[1], tags[3], tags[4], tags[5]])
-        assert flushed == [(tags[5], False)]  # one flushing call; the other frames went out with it
+        worker._unsettled = set(tags)
+        yield worker, consumer, tags, flushed
         consumer.close()  # whatever was not acked goes back to the queue
     finally:
         connection.close()
@@ -44,4 +49,28 @@ def test_settled_deliveries_around_an_open_one_are_acked_with_one_flush(monkeypa
         while (got := channel.basic_get(queue, auto_ack=True))[0] is not None:
             left.append(got[2])
         channel.queue_delete(queue)
-    assert left == [b"m2"]
+    worker.left = left  # type: ignore[attr-defined]
+
+
+def settle(worker: Worker, channel: Any, tags: list[int]) -> None:
+    worker._unsettled.difference_update(tags)  # as Worker._settle does
+    worker._ack(channel, tags)
+
+
+@pytest.mark.rabbitmq
+def test_acks_held_above_an_open_delivery_are_covered_by_one_multiple_ack_once_it_settles(monkeypatch) -> None:
+    with six_deliveries(monkeypatch) as (worker, channel, tags, flushed):
+        settle(worker, channel, [tags[0], tags[1], tags[3], tags[4], tags[5]])
+        assert flushed == [(tags[1], True)]  # m0, m1; m3..m5 held behind m2
+        settle(worker, channel, [tags[2]])
+        assert flushed == [(tags[1], True), (tags[5], True)]
+    assert worker.left == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.rabbitmq
+def test_acks_still_held_go_out_one_by_one_in_one_write_and_the_open_delivery_stays(monkeypatch) -> None:
+    with six_deliveries(monkeypatch) as (worker, channel, tags, flushed):
+        settle(worker, channel, [tags[3], tags[4], tags[5], tags[0], tags[1]])
+        worker._held_ack(channel)  # the hold ran out (or the consumer stops) with m2 still in hand
+        assert flushed == [(tags[1], True), (tags[5], False)]  # m3, m4 went out with m5's flush
+    assert worker.left == [b"m2"]  # type: ignore[attr-defined]
