@@ -26,6 +26,19 @@ def text_storable_problem(value: Any) -> str | None:
     return None
 
 
+# UTF-8 for U+D800..U+DFFF, which json.loads decodes (with surrogatepass) into lone surrogates.
+_UTF8_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def json_text_maybe_unstorable(body: bytes) -> bool:
+    """Whether JSON text `body` may decode to a value `text_storable_problem` refuses; False means
+    it cannot, so a consumer can skip re-encoding every message it decodes. A lone surrogate or a
+    NUL reaches the decoded strings only through a `\\u` escape, or through the UTF-8 of a
+    surrogate; raw NUL bytes are no JSON (json.loads refuses control characters in strings), and
+    UTF-16 and UTF-32 text (which json.loads also reads) always holds NUL bytes, so it is checked."""
+    return b"\\u" in body or b"\x00" in body or _UTF8_SURROGATE.search(body) is not None
+
+
 def text_storable_check(fields: dict[str, Any]) -> None:
     """Raises InvalidInput for a message whose text cannot be stored or sent (see above)."""
     problem = text_storable_problem(fields)

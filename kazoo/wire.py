@@ -16,7 +16,7 @@ from django.conf import settings
 
 from core import metrics
 from core.errors import InvalidInput
-from core.text import text_storable_check
+from core.text import json_text_maybe_unstorable, text_storable_check
 from kazoo.push_resp import push_resp_send
 
 log = logging.getLogger("pusher.messages")
@@ -101,7 +101,8 @@ def _decode(message: RawMessage) -> dict[str, Any]:
         raise InvalidInput(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(fields, dict):
         raise InvalidInput(f"body is JSON {type(fields).__name__}, not an object")
-    text_storable_check(fields)
+    if json_text_maybe_unstorable(body):
+        text_storable_check(fields)
     return fields
 
 

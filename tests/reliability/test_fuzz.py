@@ -17,6 +17,7 @@ signature meanwhile so that they keep guarding everything else.
 from __future__ import annotations
 
 import copy
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import ContactParseError, InvalidInput
+from core.text import json_text_maybe_unstorable, text_storable_problem
 from kazoo.wire import Handled, RawMessage, message_process
 from push.models import Delivery, DeliveryStatus
 from registry.models import Device, PushToken, UserAgentRule
@@ -255,6 +257,38 @@ def test_lone_surrogates_are_dead_lettered_with_their_reason(rules: None, apple_
     with pytest.raises(InvalidInput, match="surrogate"):
         message_process(RawMessage(body=body, received_at=time.time()))
     assert row_counts() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"Event-Category":"notification","Event-Name":"push_req","Call-ID":"\xed\xa0\x80"}',  # UTF-8 of U+D800
+    '{"Event-Category":"notification","Event-Name":"push_req","Call-ID":"\\u0000"}'.encode("utf-16"),
+])
+def test_surrogates_and_nul_without_an_ascii_escape_are_refused_too(body: bytes) -> None:
+    """The consumer checks the decoded text only when the body may carry such a string (see
+    core.text.json_text_maybe_unstorable): in raw UTF-8, or as an escape in UTF-16 text."""
+    with pytest.raises(InvalidInput, match="surrogate|NUL"):
+        message_process(RawMessage(body=body, received_at=time.time()))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(
+        alphabet=st.characters(codec=None) | st.sampled_from(["\x00", "\ud800", "\udfff", "\\", "u", "\ud7ff"]),
+        max_size=8,
+    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_JSON_VALUES, encoding=st.sampled_from(["ascii", "utf-8", "utf-16", "utf-32"]))
+def test_a_body_said_storable_decodes_to_storable_text(value: Any, encoding: str) -> None:
+    text = json.dumps({"v": value}, ensure_ascii=encoding == "ascii")
+    body = text.encode("utf-8" if encoding == "ascii" else encoding, "surrogatepass")
+    if not json_text_maybe_unstorable(body):
+        assert text_storable_problem(json.loads(body)) is None
+    if text_storable_problem(json.loads(body)) is not None:
+        assert json_text_maybe_unstorable(body)
 
 
 # --- hostile User-Agent rules ---------------------------------------------------------------------------
