@@ -239,7 +239,7 @@ def _rule_search(rule: Rule, user_agent: str, timeout: float) -> bool:
         try:
             if len(user_agent) <= _FOUND_CACHE_MAX_UA:
                 return _rule_found(rule.regex, user_agent, timeout)
-            return compile_rule_regex(rule.regex).search(user_agent, timeout=timeout, concurrent=False) is not None
+            return compile_rule_regex(rule.regex).search(user_agent, timeout=timeout) is not None
         except TimeoutError:
             if attempt == 2:
                 logger.warning(
@@ -251,10 +251,11 @@ def _rule_search(rule: Rule, user_agent: str, timeout: float) -> bool:
     return False
 
 
-# A fleet's User-Agents are a few hundred strings, each seen again at every re-REGISTER: the
-# consumer's registration lanes ask this cache first. (Searches pass concurrent=False: by default
-# the regex module gives up the GIL for each one, and under load taking it back costs ~300 µs; the
-# timeout still bounds a rule that backtracks.) Longer
+# A fleet's User-Agents are a few hundred strings, each seen again at every re-REGISTER. The
+# regex module releases the GIL for every search on a str, and under load getting it back costs
+# more than the search (~300 µs): the consumer's registration lanes ask this cache first. The GIL
+# stays released on purpose: a rule that backtracks until its timeout then holds up no other thread
+# (concurrent=False would stall the push lane for the whole timeout). Longer
 # User-Agents (none real) are searched every time, so the cache stays small.
 _FOUND_CACHE_MAX_UA = 512
 
@@ -263,7 +264,7 @@ _FOUND_CACHE_MAX_UA = 512
 def _rule_found(pattern: str, user_agent: str, timeout: float) -> bool:
     """Whether `pattern` is found in `user_agent`; a search that times out raises TimeoutError and a
     pattern that does not compile RuleError, neither cached (the next registration tries again)."""
-    return compile_rule_regex(pattern).search(user_agent, timeout=timeout, concurrent=False) is not None
+    return compile_rule_regex(pattern).search(user_agent, timeout=timeout) is not None
 
 
 def push_object_build(
