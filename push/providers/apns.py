@@ -93,6 +93,7 @@ class _Connection:
 
     transport: H2Transport
     inflight: int = 0
+    origin: httpx.Request | None = None  # what every request on it is sent as (H2Transport.send)
     # Retired connections take no new requests and are closed when their last request finishes, so a
     # broken connection is replaced at once without cutting streams that may still complete.
     retired: bool = False
@@ -459,10 +460,9 @@ class ApnsClient:
         return headers
 
     @staticmethod
-    def _url(request: ApnsRequest) -> httpx.URL:
+    def _origin(request: ApnsRequest) -> httpx.Request:
         host = f"[{request.host}]" if ":" in request.host else request.host
-        # Tokens come from SIP Contact parameters (untrusted): quoting keeps them inside the path.
-        return httpx.URL(f"https://{host}:{request.port}/3/device/{quote(request.token, safe='')}")
+        return httpx.Request("POST", f"https://{host}:{request.port}/3/device/")
 
     async def _send(self, request: ApnsRequest, credential: ApnsCredential, timeout: float) -> ApnsResult:
         started = time.monotonic()
@@ -482,7 +482,6 @@ class ApnsClient:
         self, request: ApnsRequest, credential: ApnsCredential, started: float, attempt: dict[str, Any]
     ) -> ApnsResult:
         key: _ConnKey = (credential.cache_key, request.host, request.port)
-        url = self._url(request)
         # Compact and UTF-8 (not \u escapes): the payload limit counts bytes.
         body = json.dumps(request.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         bearer: str | None = None
@@ -498,14 +497,14 @@ class ApnsClient:
             attempt["key"], attempt["conn"] = key, conn
             conn.inflight += 1
             try:
-                # The transport is called directly with a prebuilt request, not through httpx.AsyncClient:
-                # its cookie, auth, redirect and header-merging layer, none of which APNs uses, measured
-                # 0.18 ms of CPU per push on top of the transport's ~0.3 ms. stream= skips httpx's body
-                # encoding and its Host and Content-Length headers, which HTTP/2 does not need.
-                http_request = httpx.Request(
-                    "POST", url, headers=self._headers(request, bearer), stream=httpx.ByteStream(body)
-                )
-                response = await conn.transport.handle_async_request(http_request)
+                # The transport is called directly, not through httpx.AsyncClient (its cookie, auth,
+                # redirect and header-merging layer measured 0.18 ms of CPU per push), with the request
+                # to the connection's origin built once. Tokens come from SIP Contact parameters
+                # (untrusted): quoting keeps them inside the path.
+                conn.origin = conn.origin or self._origin(request)
+                path = b"/3/device/" + quote(request.token, safe="").encode("ascii")
+                fields = [(k.encode("ascii"), v.encode("ascii")) for k, v in self._headers(request, bearer).items()]
+                response = await conn.transport.send(conn.origin, path, fields, body)
             except Exception as exc:
                 self._retire(key, conn)
                 if not _is_transport_error(exc):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable
 
 import h2.config
 import h2.connection
@@ -60,6 +61,9 @@ class H2Transport(httpx.AsyncBaseTransport):
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._origin: tuple[str, int] | None = None
+        # The request `send` was last given as its origin, and that origin's :authority.
+        self._origin_request: httpx.Request | None = None
+        self._authority = b""
         self._current: _H2Connection | None = None
         self._connecting: asyncio.Task[_H2Connection] | None = None
         self._connect_waiters = 0  # requests waiting for `_connecting`: they go before later ones
@@ -68,6 +72,28 @@ class H2Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._origin_check(request)
+        url = request.url
+        headers = self._header_block(request.method, url.netloc, url.raw_path, request.headers.raw, request)
+        if isinstance(request.stream, httpx.ByteStream):
+            body = b"".join(request.stream)  # in memory already: no need to go through aread()
+        else:
+            body = await request.aread()
+        return await self._send(request, headers, body)
+
+    async def send(
+        self, origin: httpx.Request, path: bytes, fields: Iterable[tuple[bytes, bytes]], body: bytes
+    ) -> httpx.Response:
+        """A request to `origin`'s method, scheme and host with a path and header fields of its own,
+        as `handle_async_request` sends it. A client that sends everything to one origin builds that
+        request once instead of an httpx.Request and URL per request (~15 µs, a tenth of a push's CPU
+        on the APNs loop); errors and the response refer to `origin`."""
+        if origin is not self._origin_request:
+            self._origin_check(origin)
+            self._origin_request, self._authority = origin, origin.url.netloc
+        return await self._send(origin, self._header_block(origin.method, self._authority, path, fields, origin), body)
+
+    def _origin_check(self, request: httpx.Request) -> None:
         url = request.url
         if url.scheme != "https":
             raise httpx.UnsupportedProtocol(f"H2Transport only speaks https, not {url.scheme!r}", request=request)
@@ -76,12 +102,8 @@ class H2Transport(httpx.AsyncBaseTransport):
             self._origin = origin
         elif origin != self._origin:
             raise ValueError(f"H2Transport serves {self._origin}, not {origin}")
-        headers = self._header_block(request)
-        if isinstance(request.stream, httpx.ByteStream):
-            body = b"".join(request.stream)  # in memory already: no need to go through aread()
-        else:
-            body = await request.aread()
 
+    async def _send(self, request: httpx.Request, headers: list[tuple[bytes, bytes]], body: bytes) -> httpx.Response:
         reroutes = 0
         while True:
             conn = self._current
@@ -122,11 +144,11 @@ class H2Transport(httpx.AsyncBaseTransport):
         if conn is None or not conn.accepting:
             await self._connection()
 
-    def _header_block(self, request: httpx.Request) -> list[tuple[bytes, bytes]]:
-        url = request.url
-        authority = url.netloc
-        fields: list[tuple[bytes, bytes]] = []
-        for name, value in request.headers.raw:
+    def _header_block(
+        self, method: str, authority: bytes, path: bytes, fields: Iterable[tuple[bytes, bytes]], request: httpx.Request
+    ) -> list[tuple[bytes, bytes]]:
+        block: list[tuple[bytes, bytes]] = []
+        for name, value in fields:
             name = name.lower()
             if name == b"host":
                 authority = value
@@ -135,14 +157,13 @@ class H2Transport(httpx.AsyncBaseTransport):
                 continue
             if b"\r" in value or b"\n" in value or b"\0" in value:
                 raise httpx.LocalProtocolError(f"header {name!r} contains CR, LF or NUL", request=request)
-            fields.append(hpack.NeverIndexedHeaderTuple(name, value) if name in self._unindexed else (name, value))
-        path = url.raw_path
+            block.append(hpack.NeverIndexedHeaderTuple(name, value) if name in self._unindexed else (name, value))
         if b":path" in self._unindexed:
             path_field: tuple[bytes, bytes] = hpack.NeverIndexedHeaderTuple(b":path", path)
         else:
             path_field = (b":path", path)
-        pseudo = [(b":method", request.method.encode("ascii")), (b":scheme", b"https"), (b":authority", authority)]
-        return [*pseudo, path_field, *fields]
+        pseudo = [(b":method", method.encode("ascii")), (b":scheme", b"https"), (b":authority", authority)]
+        return [*pseudo, path_field, *block]
 
     async def _connection(self) -> _H2Connection:
         if self._closed:

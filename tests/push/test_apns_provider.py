@@ -94,6 +94,28 @@ def token_key(fake_apns: FakeApns) -> TokenKey:
 # ---- success paths ------------------------------------------------------------------------------
 
 
+def test_each_request_on_a_connection_has_its_own_quoted_path_and_headers(
+    fake_apns: FakeApns, client: ApnsClient, voip_cert: ClientCert
+) -> None:
+    # Requests on one connection share the request to its origin (H2Transport.send); the path and
+    # the fields are each push's own, a token with path characters stays inside the path, and a
+    # header that cannot be sent fails its push alone.
+    credential = cert_credential(voip_cert)
+    first = client.send_sync(apns_request(fake_apns, collapse_id="one"), credential, timeout=5)
+    second = client.send_sync(apns_request(fake_apns, token="ab/../c?d#e", collapse_id="two"), credential, timeout=5)
+    broken = client.send_sync(apns_request(fake_apns, collapse_id="caf\u00e9"), credential, timeout=5)
+    third = client.send_sync(apns_request(fake_apns, collapse_id="three"), credential, timeout=5)
+
+    # (the fake, like APNs, refuses a token that is not hex; the unsendable header retires the
+    # connection, so the third push goes on a new one, with an origin request of its own)
+    assert [first.outcome, second.outcome, third.outcome] == [Outcome.SENT, Outcome.BAD_DEVICE_TOKEN, Outcome.SENT]
+    assert broken.outcome is Outcome.FAILED and broken.reason == "InternalError"
+    assert [(seen.path, seen.headers["apns-collapse-id"]) for seen in fake_apns.requests] == [
+        (f"/3/device/{TOKEN}", "one"), ("/3/device/ab%2F..%2Fc%3Fd%23e", "two"), (f"/3/device/{TOKEN}", "three"),
+    ]
+
+
+
 def test_certificate_auth_sends_exact_headers_and_body_over_http2(
     fake_apns: FakeApns,
     client: ApnsClient,
