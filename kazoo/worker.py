@@ -270,7 +270,7 @@ class Worker:
         while self._unsettled and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.1)
             self._lanes_feed()
-        self._held_ack(channel)
+        self._held_flush(channel)
         bus.publisher_set(None)
         connection.close()
         self.connected.clear()
@@ -444,35 +444,39 @@ class Worker:
         deliveries below them usually settle by then (the other registration lane's batch, a push
         still out) and one `multiple` ack covers them too; the rest are then acked one by one."""
         self._held.update(tags)
-        lowest_open = min(self._unsettled, default=None)
-        if lowest_open is None:
-            channel.basic_ack(max(self._held), multiple=True)
-            self._held.clear()
-            return
-        covered = [tag for tag in self._held if tag < lowest_open]
-        if covered:
-            channel.basic_ack(max(covered), multiple=True)
-            self._held.difference_update(covered)
+        self._held_send(channel, all_of_them=False)
         if self._held and self._held_timer is None and self._connection is not None:
             self._held_timer = self._connection.call_later(
-                ACK_HOLD_S, partial(self._held_ack, channel, self._generation)
+                ACK_HOLD_S, partial(self._held_due, channel, self._generation)
             )
 
-    def _held_ack(self, channel: Any, generation: int | None = None) -> None:
-        """Ack what is held: with one `multiple` ack below the lowest delivery still in hand, the
-        rest one by one in one socket write. BlockingChannel.basic_ack polls until the socket has
-        taken its frame, so all but the last frame go through the channel underneath it (the same
-        basic_ack, unflushed) and the last one's flush sends them together."""
-        if generation is None and self._held_timer is not None and self._connection is not None:
-            self._connection.remove_timeout(self._held_timer)  # acked now, at the graceful stop
+    def _held_due(self, channel: Any, generation: int) -> None:
         self._held_timer = None
-        if (generation is not None and generation != self._generation) or not self._held or not channel.is_open:
-            return
+        if generation == self._generation:  # else the channel is gone, and what it held with it
+            self._held_flush(channel)
+
+    def _held_flush(self, channel: Any) -> None:
+        """Ack everything held now (the hold ran out, or the consumer stops)."""
+        if self._held_timer is not None and self._connection is not None:
+            self._connection.remove_timeout(self._held_timer)
+        self._held_timer = None
+        if self._held and channel.is_open:
+            self._held_send(channel, all_of_them=True)
+
+    def _held_send(self, channel: Any, *, all_of_them: bool) -> None:
+        """Ack the held tags below the lowest delivery still in hand with one `multiple` ack, and
+        with `all_of_them` the others one by one, in one socket write: BlockingChannel.basic_ack
+        polls until the socket has taken its frame, so all but the last frame go through the
+        channel underneath it (the same basic_ack, unflushed) and the last one's flush sends them."""
         lowest_open = min(self._unsettled, default=None)
         covered = [tag for tag in self._held if lowest_open is None or tag < lowest_open]
+        self._held.difference_update(covered)
         frames = [(max(covered), True)] if covered else []
-        frames += sorted((tag, False) for tag in self._held if lowest_open is not None and tag > lowest_open)
-        self._held.clear()
+        if all_of_them:
+            frames += sorted((tag, False) for tag in self._held)
+            self._held.clear()
+        if not frames:
+            return
         for tag, multiple in frames[:-1]:
             channel._impl.basic_ack(delivery_tag=tag, multiple=multiple)
         tag, multiple = frames[-1]

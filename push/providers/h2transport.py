@@ -61,9 +61,6 @@ class H2Transport(httpx.AsyncBaseTransport):
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._origin: tuple[str, int] | None = None
-        # The request `send` was last given as its origin, and that origin's :authority.
-        self._origin_request: httpx.Request | None = None
-        self._authority = b""
         self._current: _H2Connection | None = None
         self._connecting: asyncio.Task[_H2Connection] | None = None
         self._connect_waiters = 0  # requests waiting for `_connecting`: they go before later ones
@@ -88,10 +85,9 @@ class H2Transport(httpx.AsyncBaseTransport):
         as `handle_async_request` sends it. A client that sends everything to one origin builds that
         request once instead of an httpx.Request and URL per request (~15 µs, a tenth of a push's CPU
         on the APNs loop); errors and the response refer to `origin`."""
-        if origin is not self._origin_request:
-            self._origin_check(origin)
-            self._origin_request, self._authority = origin, origin.url.netloc
-        return await self._send(origin, self._header_block(origin.method, self._authority, path, fields, origin), body)
+        self._origin_check(origin)
+        headers = self._header_block(origin.method, origin.url.netloc, path, fields, origin)
+        return await self._send(origin, headers, body)
 
     def _origin_check(self, request: httpx.Request) -> None:
         url = request.url
