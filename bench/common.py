@@ -1,8 +1,8 @@
 """What both benchmarks share: the environment, the bench database, the broker, figures.
 
-`setup()` must run before anything imports Django models: it sets the dev environment
-defaults (DEBUG=1, the PostgreSQL bench database), creates that database if it is missing,
-then sets Django up and migrates.
+`setup()` must run before anything imports Django models: it sets the environment defaults
+(production-shaped: DEBUG off; the PostgreSQL bench database), creates that database if it is
+missing, then sets Django up and migrates.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def bench_environ() -> dict[str, str]:
-    """The environment the bench (and a consumer it starts) runs with: dev settings on
-    PostgreSQL unless the caller's environment says otherwise."""
+    """The environment the bench (and a consumer it starts) runs with, unless the caller's
+    environment says otherwise: production-shaped (DEBUG off: with DEBUG on, Django records every
+    SQL query, a cost and a memory no production process pays), on PostgreSQL."""
     defaults = {
-        "DEBUG": "1",
+        "DEBUG": "0",
         "DATABASE_URL": DEFAULT_DATABASE_URL,
         "AMQP_URL": DEFAULT_AMQP_URL,
         "DJANGO_SETTINGS_MODULE": "pusher_site.settings",
         "SECURE_SSL_REDIRECT": "0",
-        # Dev values, so that `DEBUG=0 python -m bench...` (production-shaped: no per-query
-        # logging) also boots; the key is settings.py's dev key, so stored credentials stay
-        # readable whichever way the bench runs.
+        # Dev values, so that the production-shaped settings boot; the key is settings.py's dev
+        # key, so stored credentials stay readable whether a run sets DEBUG=1 or not.
         "SECRET_KEY": "bench-insecure-not-a-secret-do-not-use-in-production",
         "FIELD_ENCRYPTION_KEY": "ZGV2LWZha2Uta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=",
     }

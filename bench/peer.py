@@ -268,9 +268,6 @@ def stderr_kinds(lines: list[str]) -> str:
 def peer_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.steady or args.first_push or not (1 <= args.repeat <= 50 and 1 <= args.throughput and 0 <= args.gap <= 600):
         parser.error("--peer: not with --steady or --first-push; --repeat 1..50, --throughput >= 1, --gap 0..600")
-    # Both sides production-shaped unless the caller sets DEBUG: with DEBUG on, Django records every
-    # SQL query, which the peer (one read, then no database) would hardly pay and pusher would.
-    os.environ.setdefault("DEBUG", "0")
     run = run_id()
     log_path = setup(log_name=f"bench_push_peer_{run}")
 

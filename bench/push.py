@@ -8,7 +8,8 @@ after --delay-ms. The consumer runs as it does in production, as a separate proc
 (`manage.py runconsumer --queue <bench queue> --prefetch N`) trusting the fake's CA, on the same
 database; its RSS is sampled from /proc. Push_req messages are the Kamailio sample with a unique
 Msg-ID and Call-ID, published as Kamailio publishes them; `Payload` carries `bench_sent_ns`,
-which APNs receives at the top level of the body.
+which APNs receives at the top level of the body. Runs with DEBUG off (production-shaped) unless
+the environment sets DEBUG, as every benchmark here does.
 
   A (latency)     push_req at a fixed rate (--rate/s for --seconds s); publish-to-receipt at the fake
   B (throughput)  --throughput push_req published as fast as possible; pushes/s received at the fake
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="py-spy profile of the consumer during B (or each --steady run) into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the bench deliveries in the database")
     parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the consumer only (repeatable), e.g. DEBUG=0")
+                        help="extra environment for the consumer only (repeatable), e.g. DEBUG=1")
     parser.add_argument("--processes", type=int, default=1,
                         help="consumer processes (runconsumer --processes N); CPU and RSS are their sums")
     parser.add_argument("--steady", default="", metavar="RATES",

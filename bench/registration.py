@@ -333,8 +333,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     run = run_id()
-    # Production-shaped unless the caller sets DEBUG: with DEBUG on, Django records every query.
-    os.environ.setdefault("DEBUG", "0")
     log_path = setup(log_name=f"bench_registration_{run}")
 
     from django.conf import settings

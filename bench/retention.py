@@ -54,7 +54,6 @@ WRITER_ALONE_S = 20.0
 def environ_defaults() -> None:
     """Its own database; production-shaped (DEBUG off: Django records no queries, no debug pages)."""
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
-    os.environ.setdefault("DEBUG", "0")
     os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 

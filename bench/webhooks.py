@@ -1,4 +1,4 @@
-"""Webhook benchmark: `DEBUG=0 python -m bench.webhooks [--failed 1000,10000,50000] [--send 2000]`.
+"""Webhook benchmark: `python -m bench.webhooks [--failed 1000,10000,50000] [--send 2000]`.
 
 What reading failed and expired pushes from the delivery log costs the consumer's webhook thread
 (push.services.alerts.push_outcomes_enqueue), against a subscription to push.failed:
