@@ -32,6 +32,10 @@ log = logging.getLogger("pusher.consumer")
 
 class Command(BaseCommand):
     help = "Consume reg_success and push_req from the Kazoo bus (RabbitMQ at AMQP_URL)."
+    # No system checks here: `migrate` (bin/serve runs it first) and `check` run them all, and in
+    # this process, which serves no URL, the URL checks alone would load the URLconf: the API, its
+    # serializers and the OpenAPI generator, ~9.5 MB of the consumer's RSS (98.5 -> 89 MB idle).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--queue", default=settings.PUSHER_QUEUE_NAME, help="default PUSHER_QUEUE_NAME")
