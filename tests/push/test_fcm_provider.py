@@ -1,4 +1,5 @@
-"""push.providers.fcm against the fake Google (real OAuth2 JWT-bearer grant + FCM HTTP v1 over HTTP)."""
+"""push.providers.fcm (its sender, push.providers.fcm_sender) against the fake Google (real OAuth2
+JWT-bearer grant + FCM HTTP v1 over HTTP)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import requests
 
 from push import services
 from push.models import DeliveryStatus
-from push.providers.fcm import _retry_after
+from push.providers.fcm_sender import _retry_after
 from push.services.policy import retry_pause
 from tests.fakes.fcm import FcmAnswer
 from tests.push.pushreq import push_req
