@@ -78,14 +78,16 @@ except ValueError:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# daphne's app is here (first) only so that `manage.py runserver` serves ASGI (the websocket);
-# importing it loads Twisted and autobahn, about 35 MB, so the consumer, which serves no HTTP, goes
-# without it (daphne has no models: the app registry is otherwise the same in every process).
-_WEB_APPS = [] if sys.argv[1:2] == ["runconsumer"] else ["daphne"]
+# The consumer (`manage.py runconsumer`) serves no HTTP, so it goes without what only pages need; the
+# app registry, and so the models, are the same in every process. daphne's app is here (first) only
+# so that `manage.py runserver` serves ASGI (the websocket); importing it loads Twisted and autobahn,
+# about 35 MB. The admin's SimpleAdminConfig registers no ModelAdmin (no autodiscover of admin.py
+# modules, their forms and widgets: 1.3 MB); the consumer runs no system checks that would look.
+_CONSUMER = sys.argv[1:2] == ["runconsumer"]
 
 INSTALLED_APPS = [
-    *_WEB_APPS,
-    "django.contrib.admin",
+    *([] if _CONSUMER else ["daphne"]),
+    "django.contrib.admin.apps.SimpleAdminConfig" if _CONSUMER else "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -157,20 +157,25 @@ import django
 django.setup()
 from django.conf import settings
 from django.core.management import get_commands
+from django.contrib import admin
+from push.models import PushApp
 print(json.dumps({"daphne_app": "daphne" in settings.INSTALLED_APPS, "twisted": "twisted" in sys.modules,
-                  "runserver": get_commands()["runserver"]}))
+                  "runserver": get_commands()["runserver"], "admin_pages": "pusher_site.admin" in sys.modules,
+                  "push_app_admin": admin.site.is_registered(PushApp)}))
 """
 
 
 @pytest.mark.parametrize(("command", "web"), [("runconsumer", False), ("runserver", True), ("migrate", True)])
-def test_the_consumer_process_goes_without_daphne_and_twisted(tmp_path: Path, _no_dotenv, command, web) -> None:
+def test_the_consumer_process_goes_without_daphne_and_the_admin_pages(tmp_path: Path, _no_dotenv, command, web) -> None:
     """daphne's app makes `runserver` serve ASGI; the consumer serves no HTTP and does not load it
-    (Twisted and autobahn: ~15 MB of a consumer's RSS, measured with bench.push)."""
+    (Twisted and autobahn: ~15 MB of a consumer's RSS, measured with bench.push), nor the admin's
+    pages (SimpleAdminConfig: no ModelAdmin registered, 1.3 MB); every other process has both."""
     result = subprocess.run([sys.executable, "-c", _APPS_PROBE, command], cwd=BASE_DIR, env=production_env(tmp_path),
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "daphne_app": web, "twisted": web, "runserver": "daphne" if web else "django.contrib.staticfiles",
+        "admin_pages": web, "push_app_admin": web,
     }
 
 
