@@ -1,7 +1,7 @@
 """Firebase Cloud Messaging, HTTP v1 API: what the service hands the transport and gets back.
 
 The request, result and credential types, and the message body they make, live here; the sender
-itself (`FcmSender`, push/providers/fcm_sender.py: requests, google-auth and pyfcm, 6.7 MB and 160
+itself (`FcmSender`, push/providers/fcm_sender.py: requests, google-auth and pyfcm, 6.7 MB and ~160
 modules once imported) is loaded the first time `fcm.FcmSender` is used, so a process that pushes
 only through Apple never loads it.
 """
