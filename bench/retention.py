@@ -52,7 +52,8 @@ WRITER_ALONE_S = 20.0
 
 
 def environ_defaults() -> None:
-    """Its own database; production-shaped (DEBUG off: Django records no queries, no debug pages)."""
+    """Its own database, the hosts its page requests use, fewer log lines; DEBUG is off as in every
+    benchmark (`bench_environ`)."""
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -106,12 +107,12 @@ FROM (
 _DEVICES_SQL = """
 INSERT INTO registry_device (
     account_id, device_id, username, realm, push, push_changed_at, rule_name, registration_digest, sync_status,
-    push_synced_at, sync_attempts, sync_next_at, sync_error, last_user_agent, last_contact, last_registration_at,
-    last_seen_at, created_at)
+    push_synced_at, sync_attempts, sync_next_at, sync_error, last_user_agent, last_contact, last_proxy_path,
+    last_registration_at, last_seen_at, created_at)
 SELECT md5('acct' || (g / %(per_account)s)), md5('dev' || g), 'user' || g, 'sip.example.com',
        CASE WHEN dead THEN NULL ELSE jsonb_build_object('Token-App', 'com.example.app1.voip.prod',
             'Token-Type', 'apple', 'Token-ID', md5('tok' || g) || md5('tok2' || g)) END,
-       seen, 'AcmePhone', '', 'synced', seen, 0, NULL, '', 'AcmePhone/1.0', '<sip:user@10.0.0.9>', seen, seen,
+       seen, 'AcmePhone', '', 'synced', seen, 0, NULL, '', 'AcmePhone/1.0', '<sip:user@10.0.0.9>', '', seen, seen,
        seen - interval '30 days'
 FROM (SELECT g, g %% 5 = 0 AS dead,
              now() - CASE WHEN g %% 5 = 0 THEN interval '90 days' ELSE random() * interval '20 days' END AS seen

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from push.providers.fcm_sender import FcmSender
 
 DEFAULT_ENDPOINT = "https://fcm.googleapis.com"
-FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 
 class Outcome(str, Enum):  # noqa: UP042 - same base as push.providers.apns.Outcome; values compare as str

@@ -51,7 +51,6 @@ from requests.adapters import HTTPAdapter
 
 from push.providers.fcm import (
     DEFAULT_ENDPOINT,
-    FCM_SCOPE,
     FcmCredential,
     FcmRequest,
     FcmResult,
@@ -59,6 +58,8 @@ from push.providers.fcm import (
     Outcome,
     fcm_message_build,
 )
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 # Refresh the access token this long before Google's stated expiry, so a token never expires between
 # being read and reaching FCM (Google issues 3600 s tokens, so this costs nothing).
