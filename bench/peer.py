@@ -61,6 +61,8 @@ EXCEPTION_LINE = re.compile(r"^([\w.]+(?:Error|Exception)):")
 TARGET_RATIO = 1.5
 TARGET_CPU_MS_PER_PUSH = 0.3
 TARGET_RSS_MB = 100.0
+# What pusher's pipeline needs beside the consumer, on the same cores in this bench (CpuMeter labels).
+BESIDE = ("RabbitMQ", "PostgreSQL", "bench + fake APNs")
 
 SETTINGS_MODULE = '''\
 """Written by bench/peer.py for one run of the peer (django-push-notifications); deleted after it."""
@@ -131,6 +133,9 @@ class Side:
     other_cores: float = 0.0  # CPU of processes other than the sides, the bench, PostgreSQL, RabbitMQ
     postgres_cores: float = 0.0  # every PostgreSQL process's, other databases' included
     busy_cores: float = 0.0  # the whole machine's
+    # pusher: CPU per push of what must run beside the consumer on this machine (RabbitMQ, PostgreSQL,
+    # this bench's publisher and the fake APNs), by label
+    beside_ms: dict[str, float] = field(default_factory=dict)
     own: str = ""  # what the side itself reports (pusher: delivery statuses; the peer: its outcomes)
     notes: list[str] = field(default_factory=list)
 
@@ -177,6 +182,8 @@ def pusher_burst(args: argparse.Namespace, *, run: str, index: int, fake: Any, t
         side.cpu_ms_settled = cpu_settled * 1000 / max(side.distinct, 1)
         side.other_cores = meter.cores.get("other processes", 0.0)
         side.postgres_cores, side.busy_cores = meter.cores.get("PostgreSQL", 0.0), meter.cores.get("machine busy", 0.0)
+        side.beside_ms = {label: meter.cores.get(label, 0.0) * meter.seconds * 1000 / max(side.distinct, 1)
+                          for label in BESIDE}
         side.own = " ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "-"
     finally:
         end = consumer_finish(consumer)
@@ -375,6 +382,7 @@ def peer_report(args: argparse.Namespace, sides: list[Side]) -> None:
     meets = ratio(*rate) >= TARGET_RATIO and cpu[0] <= TARGET_CPU_MS_PER_PUSH and rss[0] <= TARGET_RSS_MB and not any(
         s.lost or s.duplicated for s in pusher)
     say(f"pusher meets the issue's targets: {'yes' if meets else 'NO'}")
+    ceiling_report(pusher, consumer_ms=cpu[0], target_rate=TARGET_RATIO * rate[1])
     say()
     say("delivered = distinct pushes of the run at the fake (pusher: call-id; peer: device token); lost = asked -")
     say("delivered; dup = receipts - delivered. pushes/s = (delivered - 1) / (first to last receipt);")
@@ -387,3 +395,29 @@ def peer_report(args: argparse.Namespace, sides: list[Side]) -> None:
     say("cores over the side's run: busy = the whole machine; PG = every PostgreSQL process (other databases'")
     say("work included: the peer uses none); other = processes other than the side, this bench, PostgreSQL and")
     say("RabbitMQ (other work on the machine). load = 1-minute load average when the side's run started / ended.")
+
+
+def ceiling_report(pusher: list[Side], *, consumer_ms: float, target_rate: float) -> None:
+    """The most pushes/s this machine's cores carry through pusher's pipeline: the consumer shares
+    them with RabbitMQ, PostgreSQL, the publisher and the fake, whose CPU per push is measured in the
+    same runs. A lower bound on their cost: PostgreSQL's writes that end after the last receipt are
+    not counted, nor is any process's waiting for a core."""
+    beside = {label: statistics.median([s.beside_ms.get(label, 0.0) for s in pusher]) for label in BESIDE}
+    total = sum(beside.values())
+    cores = os.cpu_count() or 1
+    say()
+    say("What these cores can carry through pusher's pipeline (medians of pusher's runs): beside the consumer,")
+    say("a push costs this machine " + ", ".join(f"{label} {ms:.3f}" for label, ms in beside.items())
+        + f" = {total:.3f} ms of CPU.")
+    say(table(["consumer CPU per push", f"pushes/s on {cores} cores at most"], [
+        [f"{consumer_ms:.2f} ms (as measured)", _ceiling(cores, total + consumer_ms)],
+        [f"{TARGET_CPU_MS_PER_PUSH:g} ms (the issue's target)", _ceiling(cores, total + TARGET_CPU_MS_PER_PUSH)],
+        ["0 ms (a consumer that costs nothing)", _ceiling(cores, total)],
+    ]))
+    say(f"{TARGET_RATIO:g}x the peer's rate is {target_rate:,.0f} pushes/s"
+        + (": more than this machine carries even with a consumer that costs nothing." if
+           target_rate > _ceiling(cores, total) else "."))
+
+
+def _ceiling(cores: int, ms_per_push: float) -> float:
+    return cores * 1000 / ms_per_push if ms_per_push > 0 else float("inf")
