@@ -1,4 +1,5 @@
-"""The floor: `python -m bench.floor [--rates 100,500] [--seconds 10] [--repeat 3] [--delay-ms 30] [--disk-busy]`.
+"""The floor: `python -m bench.floor [--rates 100,500] [--seconds 10] [--repeat 3] [--delay-ms 30] [--disk-busy]
+[--record]`.
 
 The issue asks for <= 1 ms of consumer CPU per push at a steady 100/s; `python -m bench.push --steady`
 has measured pusher's consumer at about 1.7-2.4 ms/push at 100/s on the development host. This bench
@@ -25,6 +26,9 @@ the queue (default exchange: no consumer bound to `pushes` sees them); once the 
   p50/p99/max      publish (time.time_ns() in the Payload) to receipt at the fake
   threads          the runner's threads at the end of the run (1 is the design)
   load             1-minute load average at the start and at the end of the run
+--record: the runner also does what pusher does per push beyond the protocol, the floor's way, on its
+one loop: a log line, and the outcome written durably (gathered 100 ms, one INSERT per batch, on
+PostgreSQL at DATABASE_URL, default the bench database) before the ack (bench/floor_runner.py).
 --disk-busy runs bench.push --steady's dd/fsync loop (bench/steady.py `DiskBusy`) beside each run: this
 consumer touches no disk, so whatever its p99 loses then is the machine's (the loop's CPU and I/O on
 2 cores), not a design's.
@@ -49,8 +53,10 @@ from typing import Any
 
 from bench.common import (
     DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
     broker_channel,
     broker_cleanup,
+    database_create_if_missing,
     percentile,
     require_loopback,
     run_id,
@@ -96,9 +102,11 @@ def proc(pid: int) -> Proc:
     return Proc(cpu, voluntary, involuntary, threads)
 
 
-def runner_start(*, queue: str, fake: Any, cert_pem: str, log_path: str) -> subprocess.Popen[bytes]:
+def runner_start(*, queue: str, fake: Any, cert_pem: str, log_path: str, record: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "bench.floor_runner", "--queue", queue, "--host", fake.host,
                "--port", str(fake.port), "--ca-file", fake.ca_file, "--amqp-url", os.environ["AMQP_URL"]]
+    if record:
+        command += ["--record", record]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
     assert process.stdin is not None and process.stdout is not None
@@ -225,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="each run's duration")
     parser.add_argument("--repeat", type=int, default=3, help="runs per rate (rates alternating)")
     parser.add_argument("--delay-ms", type=float, default=30.0, help="fake APNs answer delay")
+    parser.add_argument("--record", action="store_true",
+                        help="the runner also logs each push and writes its outcome to PostgreSQL (DATABASE_URL, "
+                             "default the bench database) before the ack, on its one loop")
     parser.add_argument("--disk-busy", action="store_true",
                         help="each run with bench.push --steady's dd/fsync loop beside it (data/, from 1 s before)")
     args = parser.parse_args(argv)
@@ -237,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rates 0..5000 (exclusive of 0), --repeat 1..50, --seconds 0..300, --delay-ms 0..5000")
     os.environ.setdefault("AMQP_URL", DEFAULT_AMQP_URL)
     require_loopback(os.environ["AMQP_URL"], "AMQP_URL")
+    if args.record:
+        require_loopback(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), "DATABASE_URL")
+        database_create_if_missing(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
 
     from tests.fakes.apns import FakeApns
     from tests.fixtures import sample
@@ -251,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with broker_channel() as channel:
             channel.queue_declare(queue, durable=False, auto_delete=False)
-        process = runner_start(queue=queue, fake=fake, cert_pem=cert.pem, log_path=log_path)
+        record = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL) if args.record else None
+        process = runner_start(queue=queue, fake=fake, cert_pem=cert.pem, log_path=log_path, record=record)
         size = len(json.dumps(push_body(template, tag=f"bench-{run}-warm", index=0))) + 35  # + bench_sent_ns
         say(f"floor bench {run}: fake APNs (in this process) on {fake.address}, {args.delay_ms:g} ms per answer; "
             f"runner pid {process.pid} consuming {queue} (its stderr: {log_path}); push_req ~{size} bytes; load "
@@ -291,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         broker_cleanup(queues=[queue])
 
     say()
-    say(f"Floor: minimal single-threaded consumer, fake APNs answering after {args.delay_ms:g} ms, "
+    say(f"Floor: minimal single-threaded consumer{' with --record' if args.record else ''}, fake APNs "
+        f"answering after {args.delay_ms:g} ms, "
         f"{args.seconds:g} s per run.")
     say(table(RUN_HEADERS, [run_row(r) for r in runs]))
     say()

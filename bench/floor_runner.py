@@ -6,6 +6,12 @@ pika's AsyncioConnection consumes Q (manual acks) on the loop that drives push/p
 H2Transport to the fake APNs at H:P. Per delivery: json.loads, one HTTP/2 POST, await the answer,
 basic_ack. Nothing else: no Django, no database, no logging, no retry, no idle timer.
 
+`--record DSN` adds what pusher does per push beyond the protocol, done the floor's way, on the same
+loop and thread: one log line per push (a StreamHandler on stderr), and the outcome written durably
+to PostgreSQL (psycopg's AsyncConnection; outcomes gathered 100 ms, as pusher's lane gathers them,
+then one pipelined INSERT in a transaction) before the message is acked. The table is the run's
+own (`bench_floor_<queue>`), dropped on exit.
+
 Prints "consuming" once the consumer is registered (the TLS + HTTP/2 connection is open by then).
 On SIGTERM (or SIGINT) it cancels the consumer, lets the pushes in flight finish (bounded), closes both
 connections, prints one JSON line ({"pushes": n, "statuses": {...}}) and exits 0.
@@ -18,16 +24,19 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pika
+import psycopg
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from push.providers.h2transport import H2Transport
@@ -38,6 +47,8 @@ FIELDS = [(b"apns-topic", b"com.acme.phone.voip"), (b"apns-push-type", b"voip"),
 # As the real client: fields that change per push stay out of the HPACK dynamic table.
 UNINDEXED = frozenset({":path", "apns-id", "apns-expiration", "apns-collapse-id"})
 AMQP_STEP_TIMEOUT_S = 30.0
+RECORD_GATHER_S = 0.1  # as kazoo/pushlane.py's
+log = logging.getLogger("floor")
 STOP_GRACE_S = 5.0
 
 
@@ -70,6 +81,10 @@ class Consumer:
         # asyncio holds tasks weakly: the set keeps the ones in flight alive.
         self.inflight: set[asyncio.Task[None]] = set()
         self.statuses: collections.Counter[str] = collections.Counter()
+        self.database: psycopg.AsyncConnection[Any] | None = None  # --record
+        self.table = ""
+        self.pending: list[tuple[int, tuple[str, str, int, float]]] = []
+        self.flushing = False
 
     def on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         task = self.loop.create_task(self.push(method.delivery_tag, body))
@@ -83,12 +98,43 @@ class Consumer:
         apns = json.dumps({"aps": {}, "call-id": payload["call-id"], "bench_run": payload["bench_run"],
                            "bench_sent_ns": payload["bench_sent_ns"]}, separators=(",", ":")).encode()
         path = b"/3/device/" + message["Token-ID"].encode("ascii")
+        started = time.monotonic()
+        status = 0
         try:
             response = await self.transport.send(self.origin, path, FIELDS, apns)
-            self.statuses[str(response.status_code)] += 1
+            status = response.status_code
+            self.statuses[str(status)] += 1
         except httpx.HTTPError as exc:  # counted, and acked all the same: a floor, not a delivery guarantee
             self.statuses[type(exc).__name__] += 1
-        self.channel.basic_ack(delivery_tag)
+        if self.database is None:
+            self.channel.basic_ack(delivery_tag)
+            return
+        latency_ms = (time.monotonic() - started) * 1000
+        log.info("push_req msg_id=%s call_id=%s status=%s latency_ms=%.1f", message.get("Msg-ID", "-"),
+                 payload["call-id"], status, latency_ms)
+        self.pending.append((delivery_tag, (message.get("Msg-ID") or payload["call-id"], payload["call-id"],
+                                            status, latency_ms)))
+        if not self.flushing:
+            self.flushing = True
+            task = self.loop.create_task(self.record())
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def record(self) -> None:
+        """The outcomes gathered RECORD_GATHER_S, written in one transaction, then their acks."""
+        assert self.database is not None
+        try:
+            await asyncio.sleep(RECORD_GATHER_S)
+            while self.pending:
+                batch, self.pending = self.pending, []
+                async with self.database.transaction(), self.database.cursor() as cursor:
+                    await cursor.executemany(
+                        f"INSERT INTO {self.table} (msg_id, call_id, status, latency_ms) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (msg_id) DO NOTHING", [row for _, row in batch])
+                for tag, _ in batch:
+                    self.channel.basic_ack(tag)
+        finally:
+            self.flushing = False
 
 
 async def amqp_step(start: Callable[[Callable[..., None]], object]) -> Any:
@@ -141,6 +187,15 @@ async def run(args: argparse.Namespace, cert_pem: str) -> dict[str, Any]:
     origin = httpx.Request("POST", f"https://{args.host}:{args.port}/3/device/x")
     await transport.connect(args.host, args.port)  # TLS and HTTP/2 before the first delivery
     consumer = Consumer(loop, transport, origin)
+    if args.record:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        consumer.table = "bench_floor_" + "".join(c if c.isalnum() else "_" for c in args.queue)
+        consumer.database = await psycopg.AsyncConnection.connect(args.record, autocommit=True)
+        await consumer.database.execute(
+            f"CREATE TABLE IF NOT EXISTS {consumer.table} (id bigserial PRIMARY KEY, msg_id text UNIQUE NOT NULL, "
+            "call_id text NOT NULL, status smallint NOT NULL, latency_ms double precision NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now())")
 
     closed: asyncio.Future[BaseException] = loop.create_future()
     connection = await amqp_connect(args.amqp_url, closed)
@@ -163,8 +218,14 @@ async def run(args: argparse.Namespace, cert_pem: str) -> dict[str, Any]:
     connection.close()
     await asyncio.wait([closed], timeout=STOP_GRACE_S)
     await transport.aclose()
+    recorded = None
+    if consumer.database is not None:
+        cursor = await consumer.database.execute(f"SELECT count(*) FROM {consumer.table}")
+        recorded = (await cursor.fetchone() or [None])[0]
+        await consumer.database.execute(f"DROP TABLE IF EXISTS {consumer.table}")
+        await consumer.database.close()
     return {"pushes": sum(consumer.statuses.values()), "statuses": dict(consumer.statuses),
-            "unfinished": len(consumer.inflight)}
+            "unfinished": len(consumer.inflight), "recorded": recorded}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ca-file", required=True, help="CA the fake's server certificate chains to")
     parser.add_argument("--prefetch", type=int, default=1000)
+    parser.add_argument("--record", metavar="DSN", help="also log each push and write its outcome to this "
+                        "PostgreSQL database before the ack (see the module docstring)")
     parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
     args = parser.parse_args(argv)
     cert_pem = sys.stdin.read()
