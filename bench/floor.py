@@ -1,5 +1,5 @@
 """The floor: `python -m bench.floor [--rates 100,500] [--seconds 10] [--repeat 3] [--delay-ms 30] [--disk-busy]
-[--record]`.
+[--record] [--pika-thread]`.
 
 The issue asks for <= 1 ms of consumer CPU per push at a steady 100/s; `python -m bench.push --steady`
 has measured pusher's consumer at about 1.7-2.4 ms/push at 100/s on the development host. This bench
@@ -24,11 +24,12 @@ the queue (default exchange: no consumer bound to `pushes` sees them); once the 
   vol, invol/push  the runner's voluntary (it slept) and involuntary (preempted) context switches per push
   CPU ms/vol       CPU per voluntary switch: what one wake-up and the work done in it cost
   p50/p99/max      publish (time.time_ns() in the Payload) to receipt at the fake
-  threads          the runner's threads at the end of the run (1 is the design)
+  threads          the runner's threads at the end of the run (1, or 2 with --pika-thread)
   load             1-minute load average at the start and at the end of the run
 --record: the runner also does what pusher does per push beyond the protocol, the floor's way, on its
 one loop: a log line, and the outcome written durably (gathered 100 ms, one INSERT per batch, on
 PostgreSQL at DATABASE_URL, default the bench database) before the ack (bench/floor_runner.py).
+--pika-thread: pika on a thread of its own, as pusher's consumer runs it (bench/floor_runner.py).
 --disk-busy runs bench.push --steady's dd/fsync loop (bench/steady.py `DiskBusy`) beside each run: this
 consumer touches no disk, so whatever its p99 loses then is the machine's (the loop's CPU and I/O on
 2 cores), not a design's.
@@ -102,11 +103,14 @@ def proc(pid: int) -> Proc:
     return Proc(cpu, voluntary, involuntary, threads)
 
 
-def runner_start(*, queue: str, fake: Any, cert_pem: str, log_path: str, record: str | None) -> subprocess.Popen[bytes]:
+def runner_start(*, queue: str, fake: Any, cert_pem: str, log_path: str, record: str | None,
+                 pika_thread: bool) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "bench.floor_runner", "--queue", queue, "--host", fake.host,
                "--port", str(fake.port), "--ca-file", fake.ca_file, "--amqp-url", os.environ["AMQP_URL"]]
     if record:
         command += ["--record", record]
+    if pika_thread:
+        command.append("--pika-thread")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
     assert process.stdin is not None and process.stdout is not None
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true",
                         help="the runner also logs each push and writes its outcome to PostgreSQL (DATABASE_URL, "
                              "default the bench database) before the ack, on its one loop")
+    parser.add_argument("--pika-thread", action="store_true",
+                        help="the runner keeps pika on a thread of its own, as pusher's consumer does")
     parser.add_argument("--disk-busy", action="store_true",
                         help="each run with bench.push --steady's dd/fsync loop beside it (data/, from 1 s before)")
     args = parser.parse_args(argv)
@@ -266,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         with broker_channel() as channel:
             channel.queue_declare(queue, durable=False, auto_delete=False)
         record = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL) if args.record else None
-        process = runner_start(queue=queue, fake=fake, cert_pem=cert.pem, log_path=log_path, record=record)
+        process = runner_start(queue=queue, fake=fake, cert_pem=cert.pem, log_path=log_path, record=record,
+                               pika_thread=args.pika_thread)
         size = len(json.dumps(push_body(template, tag=f"bench-{run}-warm", index=0))) + 35  # + bench_sent_ns
         say(f"floor bench {run}: fake APNs (in this process) on {fake.address}, {args.delay_ms:g} ms per answer; "
             f"runner pid {process.pid} consuming {queue} (its stderr: {log_path}); push_req ~{size} bytes; load "
@@ -306,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         broker_cleanup(queues=[queue])
 
     say()
-    say(f"Floor: minimal single-threaded consumer{' with --record' if args.record else ''}, fake APNs "
+    variant = "".join(f" with {flag}" for flag, on in (("--record", args.record), ("--pika-thread", args.pika_thread))
+                      if on)
+    say(f"Floor: minimal consumer{variant}, fake APNs "
         f"answering after {args.delay_ms:g} ms, "
         f"{args.seconds:g} s per run.")
     say(table(RUN_HEADERS, [run_row(r) for r in runs]))

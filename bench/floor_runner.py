@@ -6,6 +6,10 @@ pika's AsyncioConnection consumes Q (manual acks) on the loop that drives push/p
 H2Transport to the fake APNs at H:P. Per delivery: json.loads, one HTTP/2 POST, await the answer,
 basic_ack. Nothing else: no Django, no database, no logging, no retry, no idle timer.
 
+`--pika-thread` moves pika to a thread of its own (a BlockingConnection, as pusher's consumer runs it):
+deliveries are handed to the loop with `call_soon_threadsafe`, acks back with `add_callback_threadsafe`.
+What that costs over the one-thread floor is what pusher's second thread costs it.
+
 `--record DSN` adds what pusher does per push beyond the protocol, done the floor's way, on the same
 loop and thread: one log line per push (a StreamHandler on stderr), and the outcome written durably
 to PostgreSQL (psycopg's AsyncConnection; outcomes gathered 100 ms, as pusher's lane gathers them,
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,6 +35,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +84,8 @@ class Consumer:
         self.transport = transport
         self.origin = origin
         self.channel: Any = None
+        # How acks reach the channel: directly on the loop, or handed to pika's thread (--pika-thread).
+        self.ack: Callable[[list[int]], None] = self.ack_here
         # asyncio holds tasks weakly: the set keeps the ones in flight alive.
         self.inflight: set[asyncio.Task[None]] = set()
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -86,8 +94,15 @@ class Consumer:
         self.pending: list[tuple[int, tuple[str, str, int, float]]] = []
         self.flushing = False
 
+    def ack_here(self, tags: list[int]) -> None:
+        for tag in tags:
+            self.channel.basic_ack(tag)
+
     def on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        task = self.loop.create_task(self.push(method.delivery_tag, body))
+        self.spawn(method.delivery_tag, body)
+
+    def spawn(self, delivery_tag: int, body: bytes) -> None:
+        task = self.loop.create_task(self.push(delivery_tag, body))
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
 
@@ -107,7 +122,7 @@ class Consumer:
         except httpx.HTTPError as exc:  # counted, and acked all the same: a floor, not a delivery guarantee
             self.statuses[type(exc).__name__] += 1
         if self.database is None:
-            self.channel.basic_ack(delivery_tag)
+            self.ack([delivery_tag])
             return
         latency_ms = (time.monotonic() - started) * 1000
         log.info("push_req msg_id=%s call_id=%s status=%s latency_ms=%.1f", message.get("Msg-ID", "-"),
@@ -131,8 +146,7 @@ class Consumer:
                     await cursor.executemany(
                         f"INSERT INTO {self.table} (msg_id, call_id, status, latency_ms) VALUES (%s, %s, %s, %s) "
                         "ON CONFLICT (msg_id) DO NOTHING", [row for _, row in batch])
-                for tag, _ in batch:
-                    self.channel.basic_ack(tag)
+                self.ack([tag for tag, _ in batch])
         finally:
             self.flushing = False
 
@@ -197,6 +211,9 @@ async def run(args: argparse.Namespace, cert_pem: str) -> dict[str, Any]:
             "call_id text NOT NULL, status smallint NOT NULL, latency_ms double precision NOT NULL, "
             "created_at timestamptz NOT NULL DEFAULT now())")
 
+    if args.pika_thread:
+        await loop.shutdown_default_executor()
+        return await run_pika_thread(args, consumer, stop)
     closed: asyncio.Future[BaseException] = loop.create_future()
     connection = await amqp_connect(args.amqp_url, closed)
     # pika resolved the broker's address with loop.getaddrinfo, in a thread of the default executor
@@ -218,6 +235,57 @@ async def run(args: argparse.Namespace, cert_pem: str) -> dict[str, Any]:
     connection.close()
     await asyncio.wait([closed], timeout=STOP_GRACE_S)
     await transport.aclose()
+    return await finish(consumer)
+
+
+async def run_pika_thread(args: argparse.Namespace, consumer: Consumer, stop: asyncio.Future[None]) -> dict[str, Any]:
+    """--pika-thread: pika's BlockingConnection on a thread of its own, as pusher's consumer has it;
+    a delivery is handed to the loop (`call_soon_threadsafe`), acks back to pika's thread
+    (`add_callback_threadsafe`, one per batch)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    state: dict[str, Any] = {"stop": False}
+
+    def pika_main() -> None:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=args.prefetch)
+            state.update(connection=connection, channel=channel, tag=channel.basic_consume(
+                args.queue, lambda ch, method, props, body: loop.call_soon_threadsafe(
+                    consumer.spawn, method.delivery_tag, body)))
+            consumer.channel = channel
+            consumer.ack = lambda tags: connection.add_callback_threadsafe(functools.partial(consumer.ack_here, tags))
+            loop.call_soon_threadsafe(ready.set_result, None)
+            while not state["stop"]:
+                connection.process_data_events(time_limit=None)
+            connection.close()
+        except Exception as exc:  # reported by the loop
+            failure = RuntimeError(f"pika's thread: {exc!r}")
+            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(failure))
+
+    thread = threading.Thread(target=pika_main, name="pika", daemon=True)
+    thread.start()
+    await asyncio.wait_for(ready, AMQP_STEP_TIMEOUT_S)
+    print("consuming", flush=True)
+    await stop
+    connection = state["connection"]
+    connection.add_callback_threadsafe(lambda: state["channel"].basic_cancel(state["tag"]))
+    if consumer.inflight:
+        await asyncio.wait(consumer.inflight, timeout=STOP_GRACE_S)
+
+    def end() -> None:
+        state["stop"] = True
+
+    connection.add_callback_threadsafe(end)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while thread.is_alive() and time.monotonic() < deadline:  # no executor thread to join it from: polled
+        await asyncio.sleep(0.05)
+    await consumer.transport.aclose()
+    return await finish(consumer)
+
+
+async def finish(consumer: Consumer) -> dict[str, Any]:
     recorded = None
     if consumer.database is not None:
         cursor = await consumer.database.execute(f"SELECT count(*) FROM {consumer.table}")
@@ -237,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--record", metavar="DSN", help="also log each push and write its outcome to this "
                         "PostgreSQL database before the ack (see the module docstring)")
+    parser.add_argument("--pika-thread", action="store_true", help="pika's BlockingConnection on a thread of "
+                        "its own, handing deliveries to the loop, as pusher's consumer does")
     parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
     args = parser.parse_args(argv)
     cert_pem = sys.stdin.read()
