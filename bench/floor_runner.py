@@ -1,10 +1,10 @@
 """The minimal consumer `python -m bench.floor` measures (bench/floor.py says what the floor is).
 
-`python -m bench.floor_runner --queue Q --host H --port P --ca-file F [--prefetch 1000] [--amqp-url URL]`,
-with the client certificate and its key (PEM) on stdin. One process, one thread, one asyncio loop:
-pika's AsyncioConnection consumes Q (manual acks) on the loop that drives push/providers/h2transport.py's
-H2Transport to the fake APNs at H:P. Per delivery: json.loads, one HTTP/2 POST, await the answer,
-basic_ack. Nothing else: no Django, no database, no logging, no retry, no idle timer.
+`python -m bench.floor_runner --queue Q --host H --port P --ca-file F [--prefetch 1000] [--amqp-url URL]
+[--record DSN] [--pika-thread]`, with the client certificate and its key (PEM) on stdin. One process,
+one thread, one asyncio loop: pika's AsyncioConnection consumes Q (manual acks) on the loop that
+drives push/providers/h2transport.py's H2Transport to the fake APNs at H:P. Per delivery: json.loads,
+one HTTP/2 POST, await the answer, basic_ack. Nothing else: no Django, no database, no logging, no retry, no idle timer.
 
 `--pika-thread` moves pika to a thread of its own (a BlockingConnection, as pusher's consumer runs it):
 deliveries are handed to the loop with `call_soon_threadsafe`, acks back with `add_callback_threadsafe`.
@@ -18,7 +18,8 @@ own (`bench_floor_<queue>`), dropped on exit.
 
 Prints "consuming" once the consumer is registered (the TLS + HTTP/2 connection is open by then).
 On SIGTERM (or SIGINT) it cancels the consumer, lets the pushes in flight finish (bounded), closes both
-connections, prints one JSON line ({"pushes": n, "statuses": {...}}) and exits 0.
+connections, prints one JSON line ({"pushes": n, "statuses": {...}, "unfinished": n, "recorded": n or
+null}) and exits 0.
 """
 
 from __future__ import annotations
