@@ -53,8 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.common import (
-    DEFAULT_AMQP_URL,
-    DEFAULT_DATABASE_URL,
+    bench_environ,
     broker_channel,
     broker_cleanup,
     database_create_if_missing,
@@ -64,14 +63,13 @@ from bench.common import (
     say,
     table,
 )
-from bench.push import ROOT, answered, latencies_ms, push_body, wait_received
-from bench.steady import DISK_DIR, DISK_LEAD_S, TARGET_P99_MS, DiskBusy
+from bench.push import ROOT, answered, latencies_ms, publish_at_rate, push_body, wait_received
+from bench.steady import DISK_DIR, DISK_LEAD_S, TARGET_CPU_MS_PER_PUSH, TARGET_P99_MS, DiskBusy
 
 WARMUP_PUSHES = 20
 IDLE_SAMPLE_S = 2.0
 GAP_S = 2.0
 TAIL_S = 0.1  # after the last receipt at the fake: its answer (--delay-ms) and ack, then this much
-TARGET_CPU_MS_PER_PUSH = {100.0: 1.0}
 
 
 @dataclass(frozen=True)
@@ -137,26 +135,6 @@ def runner_stop(process: subprocess.Popen[bytes]) -> tuple[int | None, str]:
     return process.returncode, process.stdout.read().decode().strip()  # one line: no pipe to fill meanwhile
 
 
-def publish_at_rate(queue: str, template: dict[str, Any], *, tag: str, rate: float,
-                    seconds: float) -> tuple[int, float]:
-    """bench/push.py's pacing, to the private queue. Returns (count, achieved rate)."""
-    import pika
-
-    props = pika.BasicProperties(content_type="application/json")
-    count = max(1, int(rate * seconds))
-    bodies = [push_body(template, tag=tag, index=i) for i in range(count)]
-    with broker_channel() as channel:
-        started = time.perf_counter()
-        for i, body in enumerate(bodies):
-            pause = started + i / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            body["Payload"]["bench_sent_ns"] = time.time_ns()
-            channel.basic_publish("", queue, json.dumps(body).encode(), props)
-        elapsed = time.perf_counter() - started
-    return count, count / elapsed if elapsed > 0 else float("nan")
-
-
 @dataclass
 class FloorRun:
     rate: float
@@ -188,7 +166,7 @@ def floor_run(args: argparse.Namespace, *, pid: int, queue: str, fake: Any, temp
         if disk is not None:
             time.sleep(DISK_LEAD_S)
         before, started = proc(pid), time.monotonic()
-        published, achieved = publish_at_rate(queue, template, tag=tag, rate=rate, seconds=args.seconds)
+        published, achieved = publish_at_rate(template, tag=tag, rate=rate, seconds=args.seconds, queue=queue)
         got = wait_received(fake, tag, published, base=base, timeout=30)
         time.sleep(args.delay_ms / 1000 + TAIL_S)
         after, window = proc(pid), time.monotonic() - started
@@ -252,11 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     if not (rates and all(0 < r <= 5000 for r in rates) and 1 <= args.repeat <= 50 and 0 < args.seconds <= 300
             and 0 <= args.delay_ms <= 5000):
         parser.error("--rates 0..5000 (exclusive of 0), --repeat 1..50, --seconds 0..300, --delay-ms 0..5000")
-    os.environ.setdefault("AMQP_URL", DEFAULT_AMQP_URL)
-    require_loopback(os.environ["AMQP_URL"], "AMQP_URL")
+    environ = bench_environ()
+    require_loopback(environ["AMQP_URL"], "AMQP_URL")
     if args.record:
-        require_loopback(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), "DATABASE_URL")
-        database_create_if_missing(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+        require_loopback(environ["DATABASE_URL"], "DATABASE_URL")
+        database_create_if_missing(environ["DATABASE_URL"])
 
     from tests.fakes.apns import FakeApns
     from tests.fixtures import sample
@@ -271,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with broker_channel() as channel:
             channel.queue_declare(queue, durable=False, auto_delete=False)
-        record = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL) if args.record else None
+        record = environ["DATABASE_URL"] if args.record else None
         process = runner_start(queue=queue, fake=fake, cert_pem=cert.pem, log_path=log_path, record=record,
                                pika_thread=args.pika_thread)
         size = len(json.dumps(push_body(template, tag=f"bench-{run}-warm", index=0))) + 35  # + bench_sent_ns
@@ -281,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             tag = f"bench-{run}-warm"
             base = answered(fake)
-            publish_at_rate(queue, template, tag=tag, rate=100, seconds=WARMUP_PUSHES / 100)
+            publish_at_rate(template, tag=tag, rate=100, seconds=WARMUP_PUSHES / 100, queue=queue)
             warm = wait_received(fake, tag, WARMUP_PUSHES, base=base, timeout=30)
             time.sleep(args.delay_ms / 1000 + TAIL_S)  # the warm-up's answers and acks stay out of the idle figure
             before = proc(process.pid)
@@ -315,15 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     say()
     variant = "".join(f" with {flag}" for flag, on in (("--record", args.record), ("--pika-thread", args.pika_thread))
                       if on)
-    say(f"Floor: minimal consumer{variant}, fake APNs "
-        f"answering after {args.delay_ms:g} ms, "
+    say(f"Floor: minimal consumer{variant}, fake APNs answering after {args.delay_ms:g} ms, "
         f"{args.seconds:g} s per run.")
     say(table(RUN_HEADERS, [run_row(r) for r in runs]))
     say()
     say("Per rate (median over runs; the issue's targets: <= 1 ms CPU per push at 100/s, p99 in every run):")
-    say(table(["rate/s", "runs", "CPU ms/push", "min", "max", "vol/push", "CPU ms/vol", "worst p99 ms",
-                      "p99 target", "CPU target"],
-              summary_rows(runs, rates)))
+    say(table(["rate/s", "runs", "CPU ms/push", "min", "max", "vol/push", "CPU ms/vol", "worst p99 ms", "p99 target",
+               "CPU target"], summary_rows(runs, rates)))
     say()
     say("CPU: the runner's (schedstat, all threads), first publish to last receipt + answer delay + 0.1 s;")
     say("vol/invol: its voluntary (slept) / involuntary (preempted) context switches; runner cores: CPU / window.")

@@ -206,16 +206,22 @@ def push_body(template: dict[str, Any], *, tag: str, index: int) -> dict[str, An
     return body
 
 
-def _publish(channel: Any, body: dict[str, Any], properties: Any) -> None:
+def _publish(channel: Any, body: dict[str, Any], properties: Any, queue: str | None = None) -> None:
     # As Kamailio's kazoo module: exchange `pushes`, key notification.push.<type>.<token>,
-    # content type only.
+    # content type only. With `queue`: straight to that queue (the default exchange), where no
+    # consumer bound to `pushes` sees it.
     body["Payload"]["bench_sent_ns"] = time.time_ns()
+    if queue is not None:
+        channel.basic_publish("", queue, json.dumps(body).encode(), properties)
+        return
     channel.basic_publish("pushes", f"notification.push.{body['Token-Type']}.{body['Token-ID']}",
                           json.dumps(body).encode(), properties)
 
 
-def publish_at_rate(template: dict[str, Any], *, tag: str, rate: float, seconds: float) -> tuple[int, float]:
-    """Publish rate*seconds push_req on a fixed schedule. Returns (count, achieved rate)."""
+def publish_at_rate(template: dict[str, Any], *, tag: str, rate: float, seconds: float,
+                    queue: str | None = None) -> tuple[int, float]:
+    """Publish rate*seconds push_req on a fixed schedule (to the `pushes` exchange, or straight to
+    `queue`). Returns (count, achieved rate)."""
     import pika
 
     props = pika.BasicProperties(content_type="application/json")
@@ -227,7 +233,7 @@ def publish_at_rate(template: dict[str, Any], *, tag: str, rate: float, seconds:
             pause = started + i / rate - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-            _publish(channel, body, props)
+            _publish(channel, body, props, queue)
         elapsed = time.perf_counter() - started
     return count, count / elapsed if elapsed > 0 else float("nan")
 
