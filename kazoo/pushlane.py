@@ -32,7 +32,6 @@ import asyncio
 import collections
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,14 +45,12 @@ from kazoo.wire import (
     Action,
     Handled,
     RawMessage,
-    dead_letter,
     event_of,
     handled_bad,
     message_decode,
     push_reqs_logged,
 )
 from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
-from push.providers import apns
 from push.services.appcache import push_app_cached, push_app_get
 from push.services.deliveries import (
     claim_connection_close,
@@ -107,8 +104,8 @@ class _Push:
 
 
 class PushLane:
-    """push_req handled concurrently. `submit` from any thread; `complete` is called (from the
-    store thread or the loop) with batches of settled messages, to be acked; `fallback` handles one
+    """push_req handled concurrently. `take` on the APNs client's loop; `complete` is called (from
+    the loop, or a fallback thread) with batches of settled messages, to be acked; `fallback` handles one
     message synchronously on `fallback_executor` (redeliveries, other events on the pushes
     exchange); `stopping()` tells the store thread to give up waiting out a database outage."""
 
@@ -125,7 +122,6 @@ class PushLane:
         self._fallback_executor = fallback_executor
         self._stopping = stopping
         self._incoming: collections.deque[tuple[Any, RawMessage]] = collections.deque()
-        self._wake_lock = threading.Lock()
         self._wake_scheduled = False
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-claim")
         self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-store")
@@ -141,21 +137,21 @@ class PushLane:
         self._reading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    # --- from the consumer's thread -------------------------------------------------------
+    # --- on the loop the consumer's connection runs on (the APNs client's) ----------------
 
-    def submit(self, ticket: Any, message: RawMessage) -> None:
+    def take(self, ticket: Any, message: RawMessage) -> None:
+        """A delivery, from the consumer's connection on this loop. Every delivery pika dispatched
+        from one read is taken in one pass, after it."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or the APNs client was reconfigured (a new loop)
+            self._loop, self._to_claim, self._to_record = loop, [], []
+            self._claiming = self._writing = self._wake_scheduled = False
+            self._reading = {}
+            self._incoming.clear()  # the old loop's deliveries: their channel is gone with it
         self._incoming.append((ticket, message))
-        with self._wake_lock:
-            if self._wake_scheduled:
-                return
+        if not self._wake_scheduled:
             self._wake_scheduled = True
-        try:
-            apns.get_client().loop().call_soon_threadsafe(self._wake)
-        except Exception as exc:  # no loop to send from: never leave the messages unacked
-            log.exception("the push lane cannot start its event loop")
-            with self._wake_lock:
-                self._wake_scheduled = False
-            self._refuse_waiting(f"push lane unavailable: {type(exc).__name__}: {str(exc)[:200]}")
+            loop.call_soon(self._wake)
 
     def close(self) -> None:
         """After the consumer stopped taking messages and saw the last one completed: the
@@ -166,23 +162,10 @@ class PushLane:
         for executor in (self._claimer, self._store, self._reader, self._fcm):
             executor.shutdown(wait=True)
 
-    def _refuse_waiting(self, reason: str) -> None:
-        done = []
-        while self._incoming:
-            ticket, message = self._incoming.popleft()
-            done.append((ticket, message, dead_letter(message, reason)))
-        self._complete(done)
-
     # --- on the loop ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or the APNs client was reconfigured
-            self._loop, self._to_claim, self._to_record = loop, [], []
-            self._claiming = self._writing = False
-            self._reading = {}
-        with self._wake_lock:
-            self._wake_scheduled = False
+        self._wake_scheduled = False
         done: list[Completed] = []
         while self._incoming:
             ticket, message = self._incoming.popleft()

@@ -1,15 +1,22 @@
 """The AMQP consumer: a faithful, sturdier member of a Kazoo cluster.
 
-One pika BlockingConnection owned by the main thread; messages are handled on worker threads
-and acknowledged on the connection thread (pika is not thread-safe) only after their work is
-committed. reg_success messages for one device go to the same single-thread lane so they stay
-in order; a lane takes every message waiting for it and handles them as one batch (one digest
-query, bulk writes, one hand-back to the connection thread). push_req messages go to the push
-lane (kazoo/pushlane.py), which keeps them all in flight at once because each waits on a provider.
+The connection that consumes is a pika AsyncioConnection on the APNs client's event loop, the
+loop the push lane (kazoo/pushlane.py) runs on: a push_req goes from the socket it was read from
+to the HTTP/2 connection it is sent on without leaving that thread (a hand-over between threads
+costs a wake-up, and on a small VM a wake-up costs more CPU than the push itself). The loop is
+the only thread that touches pika (it is not thread-safe): messages handled elsewhere are acked
+there, only after their work is committed. reg_success messages for one device go to the same
+single-thread lane so they stay in order; a lane takes every message waiting for it and handles
+them as one batch (one digest query, bulk writes, one hand-back to the loop).
+
+The thread that calls `run` declares the topology (a short BlockingConnection: its errors, a
+refused login or a queue declared otherwise, are the ones to tell apart), starts the consuming
+connection on the loop and waits for it to end, reconnecting with backoff.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -29,6 +36,7 @@ import pika
 import pika.exceptions
 from django.db import connection as db_connection
 from django.utils import timezone
+from pika.adapters.asyncio_connection import AsyncioConnection
 
 from core import bus, metrics
 from core.dbwait import WaitStopped, connections_check, database_wait
@@ -140,15 +148,30 @@ class Worker:
         self.stopping = _StopEvent(self._wake_connection)
         self.connected = threading.Event()
         self._generation = 0
-        # Delivery tags of the current channel not yet acked or nacked (connection thread only).
+        # Loop-only state from here to _push_refusal (the loop of the current session).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._connection: Any = None
+        self._channel: Any = None
+        self._consumer_tag: str | None = None
+        self._stop_started = False
+        self._close_reason: BaseException | None = None  # why the connection is being closed, if not a stop
+        # Delivery tags of the current channel not yet acked or nacked.
         self._unsettled: set[int] = set()
-        # Settled ones waiting to be acked with those below them (ACK_HOLD_S; connection thread only).
+        # Settled ones waiting to be acked with those below them (ACK_HOLD_S).
         self._held: set[int] = set()
-        self._held_timer: Any = None
+        self._held_timer: asyncio.TimerHandle | None = None
         self._lanes = [_Lane(f"reg-lane-{i}", self._lane_handle) for i in range(config.registration_lanes)]
         # Deliveries for each lane, handed over once pika has dispatched all it read (one wake-up
         # per lane per read instead of one per message).
         self._lane_pending: list[list[tuple[Ticket, RawMessage]]] = [[] for _ in self._lanes]
+        self._lanes_feed_due = False
+        # Why push_req cannot be sent this session (the APNs client could not be built): each is
+        # dead-lettered with it rather than left unacked.
+        self._push_refusal: str | None = None
+        # What the session on the loop tells the thread in `run`: "consuming", then how it ended
+        # (None: stopped; else the exception that closed it).
+        self._states: queue.SimpleQueue[str | BaseException | None] = queue.SimpleQueue()
         self._pushes = ThreadPoolExecutor(max_workers=config.push_workers, thread_name_prefix="push")
         from kazoo.pushlane import PushLane  # the push app's models: imported once Django is set up
 
@@ -159,16 +182,14 @@ class Worker:
         self.messages_total = 0
         self.dead_lettered = 0
         self.last_message_at: float | None = None
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
 
     # --- lifecycle ----------------------------------------------------------------
     def _wake_connection(self) -> None:
-        """From any thread: the connection thread returns from waiting for the broker."""
-        connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(Exception):  # closed or closing: it is not waiting
-                connection.add_callback_threadsafe(_nothing)
+        """From any thread (`stopping.set()`): the session on the loop begins its graceful stop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no session runs on it
+                loop.call_soon_threadsafe(self._stop_begin)
 
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stopping)
@@ -228,58 +249,146 @@ class Worker:
         self.connected.clear()
         metrics.CONSUMER_CONNECTED.set(0)
         bus.publisher_set(None)
-        self._generation += 1  # acks for deliveries of the old channel are void: they will be redelivered
-        self._unsettled, self._held, self._held_timer = set(), set(), None
-        self._lane_pending = [[] for _ in self._lanes]
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001, S110 - closing an already-broken connection
-                pass
 
-    def _session(self) -> None:
+    def _params(self) -> pika.URLParameters:
         params = pika.URLParameters(self.config.amqp_url)
         params.heartbeat = 30
         params.blocked_connection_timeout = 60
         params.client_properties = {"connection_name": f"pusher {socket.gethostname()}:{os.getpid()}"}
+        return params
+
+    def _session(self) -> None:
+        """One connection's life: declare, consume on the loop until it ends; raises what ended it
+        unless it was a stop."""
+        params = self._params()
         with _pika_quiet():
-            connection = pika.BlockingConnection(params)
-        channel = connection.channel()
-        self._connection, self._channel = connection, channel
-        self._declare(channel)
-        channel.basic_qos(prefetch_count=self.config.prefetch)
-        generation = self._generation
-        consumer_tag = channel.basic_consume(
-            self.config.queue, partial(self._on_message, generation), auto_ack=False
-        )
-        bus.publisher_set(partial(self._publish_threadsafe, connection, channel))
-        self.connected.set()
-        metrics.CONSUMER_CONNECTED.set(1)
-        log.info("consuming from %s on %s", self.config.queue, _safe_url(self.config.amqp_url))
-        event_publish("consumer.connected", outcome=self.config.queue)
-        while not self.stopping.is_set():
-            # Without a time limit: pika adds and removes no timer per call (a quarter of this
-            # thread's CPU at 100 push_req/s); `stopping.set()` wakes it (_StopEvent).
-            connection.process_data_events(time_limit=None)
-            self._lanes_feed()
-        # Graceful stop: no new deliveries, finish and ack what is in hand, then close.
-        channel.basic_cancel(consumer_tag)
-        self._lanes_feed()
-        deadline = time.monotonic() + 30
-        while self._unsettled and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.1)
-            self._lanes_feed()
-        self._held_flush(channel)
+            declaring = pika.BlockingConnection(params)
+        try:
+            self._declare(declaring.channel())
+        finally:
+            with contextlib.suppress(Exception):  # the refusal closed it already
+                declaring.close()
+        loop, self._push_refusal = _consumer_loop()
+        self._states = queue.SimpleQueue()
+        self._loop = loop
+        loop.call_soon_threadsafe(self._open, params)
+        state = self._state_wait(loop)
+        if state == "consuming":
+            bus.publisher_set(self._publish_threadsafe)
+            self.connected.set()
+            metrics.CONSUMER_CONNECTED.set(1)
+            log.info("consuming from %s on %s", self.config.queue, _safe_url(self.config.amqp_url))
+            event_publish("consumer.connected", outcome=self.config.queue)
+            state = self._state_wait(loop)
+        if isinstance(state, BaseException):
+            raise state
         bus.publisher_set(None)
-        connection.close()
-        self.connected.clear()
-        metrics.CONSUMER_CONNECTED.set(0)
-        event_publish("consumer.disconnected", outcome="stopped")
+        if self.connected.is_set():
+            self.connected.clear()
+            metrics.CONSUMER_CONNECTED.set(0)
+            event_publish("consumer.disconnected", outcome="stopped")
+
+    def _state_wait(self, loop: asyncio.AbstractEventLoop) -> str | BaseException | None:
+        """The session's next state; an error if its loop stops under it (the APNs client was
+        reconfigured, which closes the old client's loop)."""
+        while True:
+            try:
+                return self._states.get(timeout=1.0)
+            except queue.Empty:
+                if loop.is_closed() or not loop.is_running():
+                    _socket_abandon(self._connection)
+                    return pika.exceptions.AMQPConnectionError("the consumer's event loop stopped")
 
     def _declare(self, channel: Any) -> None:
         topology.dead_letters_declare(channel, self.config.dead_letter_exchange, self.config.dead_letter_queue)
         topology.queue_declare(channel, self.config.queue, self.config.queue_declaration)
+
+    # --- the session, on the loop -------------------------------------------------------
+    def _open(self, params: pika.URLParameters) -> None:
+        self._loop_thread = threading.get_ident()
+        self._stop_started = False
+        self._close_reason = None
+        self._consumer_tag = None
+        if self.stopping.is_set():
+            self._end(None)
+            return
+        try:
+            self._connection = AsyncioConnection(
+                params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed, custom_ioloop=asyncio.get_running_loop(),
+            )
+        except Exception as exc:  # noqa: BLE001 - told to `run`, which reconnects
+            self._end(exc)
+
+    def _on_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, connection: Any, error: BaseException) -> None:
+        self._end(None if self._stop_started else _as_exception(error))
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.basic_qos(prefetch_count=self.config.prefetch, callback=self._on_qos)
+
+    def _on_qos(self, _frame: Any) -> None:
+        if self._stop_started:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()
+            return
+        self._consumer_tag = self._channel.basic_consume(
+            self.config.queue, partial(self._on_message, self._generation), auto_ack=False,
+            callback=self._on_consuming,
+        )
+
+    def _on_consuming(self, _frame: Any) -> None:
+        self._states.put("consuming")
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        """The broker closed the channel (a queue deleted, an ack it refused): the connection
+        goes too, and `run` reconnects."""
+        if self._connection is not None and self._connection.is_open:
+            if not self._stop_started:
+                self._close_reason = reason
+            self._connection.close()
+
+    def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        self._end(None if self._stop_started and self._close_reason is None else self._close_reason or reason)
+
+    def _end(self, result: BaseException | None) -> None:
+        """The session is over: what its channel held is void (the broker redelivers it)."""
+        self._generation += 1
+        self._unsettled, self._held = set(), set()
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        self._held_timer = None
+        self._lane_pending = [[] for _ in self._lanes]
+        self._connection = self._channel = None
+        self._states.put(result)
+
+    def _stop_begin(self) -> None:
+        """Graceful stop: no new deliveries, finish and ack what is in hand (30 s at most), close."""
+        if self._stop_started or self._connection is None:
+            return
+        self._stop_started = True
+        if self._channel is None or not self._channel.is_open or self._consumer_tag is None:
+            if not (self._connection.is_closed or self._connection.is_closing):
+                self._connection.close()  # still opening: on_open_error tells `run`
+            return
+        self._channel.basic_cancel(self._consumer_tag)
+        self._lanes_feed()
+        self._stop_drain(time.monotonic() + 30)
+
+    def _stop_drain(self, deadline: float) -> None:
+        connection, channel = self._connection, self._channel
+        if connection is None or not connection.is_open:
+            return  # closed meanwhile: _on_closed told `run`
+        if self._unsettled and time.monotonic() < deadline:
+            asyncio.get_running_loop().call_later(0.1, self._stop_drain, deadline)
+            return
+        if channel is not None and channel.is_open:
+            self._held_flush(channel)
+        connection.close()
 
     # --- messages -------------------------------------------------------------------
     def _on_message(self, generation: int, channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -301,12 +410,19 @@ class Worker:
         self._unsettled.add(method.delivery_tag)
         ticket = (generation, channel, method.delivery_tag)
         if method.exchange == "pushes":
-            self._push_lane.submit(ticket, message)
-        else:
-            self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
+            if self._push_refusal is None:
+                self._push_lane.take(ticket, message)
+            else:
+                self._finish_many([(ticket, message, dead_letter(message, self._push_refusal))])
+            return
+        self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
+        if not self._lanes_feed_due:
+            self._lanes_feed_due = True
+            asyncio.get_running_loop().call_soon(self._lanes_feed)
 
     def _lanes_feed(self) -> None:
-        """On the connection thread, after pika dispatched what it read: each lane gets its share."""
+        """On the loop, after pika dispatched what it read: each lane gets its share."""
+        self._lanes_feed_due = False
         for index, pending in enumerate(self._lane_pending):
             if pending:
                 self._lanes[index].put(pending)
@@ -357,15 +473,16 @@ class Worker:
 
     def _complete(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
         """From any thread (registration lanes, the push pool, the push lane): messages done
-        with, as (ticket, message, handled), acked (or dead-lettered, requeued) on the connection
-        thread in one wake-up for all of them."""
-        connection = self._connection
-        if connection is None:
-            return  # connection gone: the broker redelivers them to whoever consumes next
-        try:
-            connection.add_callback_threadsafe(partial(self._finish_many, items))
-        except pika.exceptions.AMQPError:
-            pass
+        with, as (ticket, message, handled), acked (or dead-lettered, requeued) on the loop in one
+        wake-up for all of them (none when the push lane, on the loop already, calls)."""
+        if threading.get_ident() == self._loop_thread:
+            self._finish_many(items)
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: the broker redelivers them to whoever consumes next
+            loop.call_soon_threadsafe(self._finish_many, items)
 
     def _finish_many(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
         """On the connection thread: settle each message, then ack them all at once."""
@@ -445,9 +562,9 @@ class Worker:
         still out) and one `multiple` ack covers them too; the rest are then acked one by one."""
         self._held.update(tags)
         self._held_send(channel, all_of_them=False)
-        if self._held and self._held_timer is None and self._connection is not None:
-            self._held_timer = self._connection.call_later(
-                ACK_HOLD_S, partial(self._held_due, channel, self._generation)
+        if self._held and self._held_timer is None:
+            self._held_timer = asyncio.get_running_loop().call_later(
+                ACK_HOLD_S, self._held_due, channel, self._generation
             )
 
     def _held_due(self, channel: Any, generation: int) -> None:
@@ -457,17 +574,16 @@ class Worker:
 
     def _held_flush(self, channel: Any) -> None:
         """Ack everything held now (the hold ran out, or the consumer stops)."""
-        if self._held_timer is not None and self._connection is not None:
-            self._connection.remove_timeout(self._held_timer)
+        if self._held_timer is not None:
+            self._held_timer.cancel()
         self._held_timer = None
         if self._held and channel.is_open:
             self._held_send(channel, all_of_them=True)
 
     def _held_send(self, channel: Any, *, all_of_them: bool) -> None:
         """Ack the held tags below the lowest delivery still in hand with one `multiple` ack, and
-        with `all_of_them` the others one by one, in one socket write: BlockingChannel.basic_ack
-        polls until the socket has taken its frame, so all but the last frame go through the
-        channel underneath it (the same basic_ack, unflushed) and the last one's flush sends them."""
+        with `all_of_them` the others one by one. pika buffers the frames until the loop finds the
+        socket writable, so they leave in one write."""
         lowest_open = min(self._unsettled, default=None)
         covered = [tag for tag in self._held if lowest_open is None or tag < lowest_open]
         self._held.difference_update(covered)
@@ -475,26 +591,29 @@ class Worker:
         if all_of_them:
             frames += sorted((tag, False) for tag in self._held)
             self._held.clear()
-        if not frames:
-            return
-        for tag, multiple in frames[:-1]:
-            channel._impl.basic_ack(delivery_tag=tag, multiple=multiple)
-        tag, multiple = frames[-1]
-        channel.basic_ack(tag, multiple=multiple)
+        for tag, multiple in frames:
+            channel.basic_ack(tag, multiple=multiple)
 
-    def _publish_threadsafe(self, connection: Any, channel: Any, exchange: str, routing_key: str, body: bytes) -> None:
+    def _publish_threadsafe(self, exchange: str, routing_key: str, body: bytes) -> None:
+        """The bus's publisher (events, push_resp) from any thread: published on the loop."""
         properties = pika.BasicProperties(content_type="application/json")
 
         def publish() -> None:
-            if channel.is_open:
+            channel = self._channel
+            if channel is not None and channel.is_open:
                 channel.basic_publish(exchange, routing_key, body, properties)
 
-        connection.add_callback_threadsafe(publish)
+        if threading.get_ident() == self._loop_thread:
+            publish()
+            return
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: the connection is gone with it
+                loop.call_soon_threadsafe(publish)
 
 
 class _StopEvent(threading.Event):
-    """The worker's stop flag: setting it also wakes the connection thread, which waits for the
-    broker without a time limit."""
+    """The worker's stop flag: setting it also starts the graceful stop of the session on the loop."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
@@ -505,8 +624,45 @@ class _StopEvent(threading.Event):
         self._wake()
 
 
-def _nothing() -> None:
-    pass
+_own_loop_lock = threading.Lock()
+_own_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _consumer_loop() -> tuple[asyncio.AbstractEventLoop, str | None]:
+    """The loop a session consumes on: the APNs client's, so that the push lane sends without a
+    thread hop; and None, or why push_req cannot be sent. If the APNs client cannot be built (a
+    missing PUSHER_APNS_CA_FILE), a loop of the consumer's own: reg_success goes on, and each
+    push_req is dead-lettered with the reason instead of being left unacked."""
+    from push.providers import apns  # the push app's: imported once Django is set up
+
+    try:
+        return apns.get_client().loop(), None
+    except Exception as exc:
+        log.exception("the push lane cannot start its APNs client; push_req are dead-lettered until it can")
+        return _loop_of_our_own(), f"push lane unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _loop_of_our_own() -> asyncio.AbstractEventLoop:
+    global _own_loop
+    with _own_loop_lock:
+        if _own_loop is None or _own_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="amqp-loop", daemon=True).start()
+            _own_loop = loop
+        return _own_loop
+
+
+def _socket_abandon(connection: Any) -> None:
+    """Close the socket of a connection whose loop stopped under it (pika can no longer close it
+    the polite way), so that the broker sees it gone and redelivers what it held."""
+    sock = getattr(getattr(connection, "_transport", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _as_exception(error: BaseException | str) -> BaseException:
+    return error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(str(error))
 
 
 _pika_log = logging.getLogger("pika")
