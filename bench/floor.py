@@ -29,7 +29,7 @@ the queue (default exchange: no consumer bound to `pushes` sees them); once the 
 --record: the runner also does what pusher does per push beyond the protocol, the floor's way, on its
 one loop: a log line, and the outcome written durably (gathered 100 ms, one INSERT per batch, on
 PostgreSQL at DATABASE_URL, default the bench database) before the ack (bench/floor_runner.py).
---pika-thread: pika on a thread of its own, as pusher's consumer runs it (bench/floor_runner.py).
+--pika-thread: pika on a thread of its own, as pusher's consumer ran it until 2026-12-03 (bench/floor_runner.py).
 --disk-busy runs bench.push --steady's dd/fsync loop (bench/steady.py `DiskBusy`) beside each run: this
 consumer touches no disk, so whatever its p99 loses then is the machine's (the loop's CPU and I/O on
 2 cores), not a design's.
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the runner also logs each push and writes its outcome to PostgreSQL (DATABASE_URL, "
                              "default the bench database) before the ack, on its one loop")
     parser.add_argument("--pika-thread", action="store_true",
-                        help="the runner keeps pika on a thread of its own, as pusher's consumer does")
+                        help="the runner keeps pika on a thread of its own, as pusher's consumer did until 2026-12-03")
     parser.add_argument("--disk-busy", action="store_true",
                         help="each run with bench.push --steady's dd/fsync loop beside it (data/, from 1 s before)")
     args = parser.parse_args(argv)

@@ -6,7 +6,8 @@ one thread, one asyncio loop: pika's AsyncioConnection consumes Q (manual acks) 
 drives push/providers/h2transport.py's H2Transport to the fake APNs at H:P. Per delivery: json.loads,
 one HTTP/2 POST, await the answer, basic_ack. Nothing else: no Django, no database, no logging, no retry, no idle timer.
 
-`--pika-thread` moves pika to a thread of its own (a BlockingConnection, as pusher's consumer runs it):
+`--pika-thread` moves pika to a thread of its own (a BlockingConnection, as pusher's consumer ran it until
+2026-12-03):
 deliveries are handed to the loop with `call_soon_threadsafe`, acks back with `add_callback_threadsafe`.
 What that costs over the one-thread floor is what pusher's second thread costs it.
 
@@ -240,7 +241,7 @@ async def run(args: argparse.Namespace, cert_pem: str) -> dict[str, Any]:
 
 
 async def run_pika_thread(args: argparse.Namespace, consumer: Consumer, stop: asyncio.Future[None]) -> dict[str, Any]:
-    """--pika-thread: pika's BlockingConnection on a thread of its own, as pusher's consumer has it;
+    """--pika-thread: pika's BlockingConnection on a thread of its own, as pusher's consumer had it;
     a delivery is handed to the loop (`call_soon_threadsafe`), acks back to pika's thread
     (`add_callback_threadsafe`, one per batch)."""
     loop = asyncio.get_running_loop()

@@ -408,8 +408,8 @@ def run_round(args: argparse.Namespace, *, run: str, prefetch: int, fake: Any, t
                 say(summary(cpu_path))
                 say(f"  consumer profile during B, wall clock (waits included), push threads ({wall_path}):")
                 say(summary(wall_path, threads="push"))
-                say(f"  consumer profile during B, wall clock, the AMQP connection thread ({wall_path}):")
-                say(summary(wall_path, threads="MainThread", top=4))
+                say(f"  consumer profile during B, wall clock, the event loop (AMQP and APNs) ({wall_path}):")
+                say(summary(wall_path, threads="apns-client", top=4))
     finally:
         end = consumer_finish(consumer)
         result.exit_code, result.stop_s, result.problems = end.exit_code, end.stop_s, end.problems

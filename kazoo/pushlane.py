@@ -121,8 +121,6 @@ class PushLane:
         self._fallback = fallback
         self._fallback_executor = fallback_executor
         self._stopping = stopping
-        self._incoming: collections.deque[tuple[Any, RawMessage]] = collections.deque()
-        self._wake_scheduled = False
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-claim")
         self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-store")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-read")
@@ -140,18 +138,29 @@ class PushLane:
     # --- on the loop the consumer's connection runs on (the APNs client's) ----------------
 
     def take(self, ticket: Any, message: RawMessage) -> None:
-        """A delivery, from the consumer's connection on this loop. Every delivery pika dispatched
-        from one read is taken in one pass, after it."""
+        """A delivery, from the consumer's connection on this loop: decoded, and its send started,
+        at once (the send's first step runs in the loop's next pass)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or the APNs client was reconfigured (a new loop)
             self._loop, self._to_claim, self._to_record = loop, [], []
-            self._claiming = self._writing = self._wake_scheduled = False
+            self._claiming = self._writing = False
             self._reading = {}
-            self._incoming.clear()  # the old loop's deliveries: their channel is gone with it
-        self._incoming.append((ticket, message))
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            loop.call_soon(self._wake)
+        try:
+            fields = message_decode(message)
+            if event_of(fields) != ("notification", "push_req") or message.redelivered:
+                self._hand_back(ticket, message)
+                return
+            job = push_job_prepare(fields=fields, source=DeliverySource.AMQP, received_at=message.received_at or None)
+        except InvalidInput as exc:
+            self._complete([(ticket, message, handled_bad(message, exc))])
+            return
+        if job.msg_id and self._seen(job.msg_id):
+            self._complete([(ticket, message, Handled(
+                Action.ACK, "push_req", DeliveryStatus.DUPLICATE, "Msg-ID already taken by this consumer",
+                job.msg_id[:200],
+            ))])
+            return
+        self._spawn(self._send(_Push(ticket, message, job, delivery_new(job))))
 
     def close(self) -> None:
         """After the consumer stopped taking messages and saw the last one completed: the
@@ -163,32 +172,6 @@ class PushLane:
             executor.shutdown(wait=True)
 
     # --- on the loop ------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        self._wake_scheduled = False
-        done: list[Completed] = []
-        while self._incoming:
-            ticket, message = self._incoming.popleft()
-            try:
-                fields = message_decode(message)
-                if event_of(fields) != ("notification", "push_req") or message.redelivered:
-                    self._hand_back(ticket, message)
-                    continue
-                job = push_job_prepare(
-                    fields=fields, source=DeliverySource.AMQP, received_at=message.received_at or None
-                )
-            except InvalidInput as exc:
-                done.append((ticket, message, handled_bad(message, exc)))
-                continue
-            if job.msg_id and self._seen(job.msg_id):
-                done.append((ticket, message, Handled(
-                    Action.ACK, "push_req", DeliveryStatus.DUPLICATE, "Msg-ID already taken by this consumer",
-                    job.msg_id[:200],
-                )))
-                continue
-            self._spawn(self._send(_Push(ticket, message, job, delivery_new(job))))
-        if done:
-            self._complete(done)
 
     def _seen(self, msg_id: str) -> bool:
         if msg_id in self._recent:

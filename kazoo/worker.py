@@ -485,7 +485,7 @@ class Worker:
             loop.call_soon_threadsafe(self._finish_many, items)
 
     def _finish_many(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
-        """On the connection thread: settle each message, then ack them all at once."""
+        """On the loop: settle each message, then ack them all at once."""
         acks: list[int] = []
         channel: Any = None
         for (generation, item_channel, tag), message, handled in items:
