@@ -157,10 +157,10 @@ def test_a_queue_declared_otherwise_stops_the_consumer_with_one_line(
 @pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
 def test_an_idle_consumer_stops_without_waiting_for_a_message() -> None:
-    """The connection thread waits for the broker with no time limit (no timer per wait); a stop
-    wakes it at once instead of at the next message or heartbeat (15 s)."""
+    """A stop reaches the session on the loop at once (call_soon_threadsafe), instead of at the
+    next message or heartbeat (15 s)."""
     with consumer_running() as consumer:
-        time.sleep(0.5)  # nothing arrives: the connection thread is waiting
+        time.sleep(0.5)  # nothing arrives: the loop is waiting
         consumer.worker.stop()
         consumer.thread.join(timeout=10)
         assert not consumer.thread.is_alive()

@@ -9,7 +9,7 @@ from push.models import Delivery, DeliveryStatus
 from push.services import deliveries as store
 from push.services import policy
 from registry.models import Device, PushToken
-from tests.amqp import broker_channel, consumer_running, dead_letter_get, sample
+from tests.amqp import broker_channel, consumer_running, dead_letter_get, sample, wait_for
 from tests.fakes.apns import Answer
 from tests.push.pushreq import PUSH, TOKEN, publish_push, push_req
 
@@ -155,6 +155,33 @@ def test_a_lane_that_cannot_build_its_client_dead_letters_instead_of_holding(app
         assert queue_depth(channel, consumer.config.queue) == 0
     assert len(reasons) == 3 and all("push lane unavailable: FileNotFoundError" in r for r in reasons)
 
+
+
+@pytest.mark.rabbitmq
+def test_a_consumer_whose_loop_stops_under_it_reconnects_on_the_new_clients_loop(apple_app, apns_trusting_fake,
+                                                                                  settings):
+    # The consuming connection lives on the APNs client's loop; reconfiguring the client closes
+    # that loop. The consumer notices, gives the old connection's socket up (so the broker
+    # redelivers what it held) and consumes again on the new client's loop.
+    from push.providers import apns
+
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "before"}))
+        consumer.wait_handled(1)
+        old_loop = apns.get_client().loop()
+        apns.configure(ca_file=apns_trusting_fake.ca_file, jwt_max_age=settings.PUSHER_APNS_JWT_MAX_AGE_S)
+        assert wait_for(lambda: not consumer.worker.connected.is_set(), timeout=10)
+        assert wait_for(lambda: consumer.worker.connected.is_set(), timeout=15)
+        assert apns.get_client().loop() is not old_loop
+        # the old connection is gone from the broker, not left holding its deliveries
+        consumers = channel.queue_declare(consumer.config.queue, passive=True).method.consumer_count
+        assert consumers == 1
+        publish_push(channel, push_req(**{"Msg-ID": "after"}))
+        consumer.wait_handled(2)
+        assert wait_for(lambda: queue_depth(channel, consumer.config.queue) == 0)
+    assert {d.msg_id: d.status for d in Delivery.objects.all()} == {
+        "before": DeliveryStatus.SENT, "after": DeliveryStatus.SENT,
+    }
 
 
 @pytest.mark.rabbitmq
