@@ -271,7 +271,10 @@ class Worker:
         loop, self._push_refusal = _consumer_loop()
         self._states = queue.SimpleQueue()
         self._loop = loop
-        loop.call_soon_threadsafe(self._open, params)
+        try:
+            loop.call_soon_threadsafe(self._open, params)
+        except RuntimeError:  # closed since: the APNs client was reconfigured this very moment
+            raise pika.exceptions.AMQPConnectionError("the consumer's event loop stopped") from None
         state = self._state_wait(loop)
         if state == "consuming":
             bus.publisher_set(self._publish_threadsafe)
