@@ -25,16 +25,14 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import pika
 import pika.exceptions
-from django.db import connection as db_connection
 from django.utils import timezone
 from pika.adapters.asyncio_connection import AsyncioConnection
 
@@ -44,6 +42,8 @@ from core.errors import InvalidInput
 from core.events import event_publish
 from core.signals import stop_on_signals
 from kazoo import topology
+from kazoo.connection import as_exception, consumer_loop, describe, pika_quiet, safe_url, socket_abandon
+from kazoo.reglanes import RegistrationLane, Ticket
 from kazoo.wire import (
     Action,
     Handled,
@@ -57,12 +57,8 @@ from kazoo.wire import (
 log = logging.getLogger("pusher.consumer")
 
 T = TypeVar("T")
-# Where a delivery is acked: (channel generation, channel, delivery tag).
-Ticket = tuple[int, Any, int]
-# A registration lane takes every message waiting for it, up to this many, as one batch.
-LANE_BATCH_MAX = 100
 # A settled delivery above one still in hand waits up to this long for the ones below it, so that
-# one `multiple` ack covers them all (pika writes each ack frame with a send(2) of its own).
+# one `multiple` ack covers them all: one frame for RabbitMQ to process instead of one per delivery.
 ACK_HOLD_S = 0.05
 # Exit status for what no reconnect fixes: RabbitMQ refuses the login, or the shared queue exists
 # declared otherwise. EX_CONFIG (sysexits.h), for systemd's RestartPreventExitStatus.
@@ -82,51 +78,6 @@ class WorkerConfig:
     # 1,417-1,838 / 1,202-1,460 with one; unchanged 4,039-4,411 with two, 4,230-5,032 with one.
     registration_lanes: int = 2
     queue_declaration: topology.QueueDeclaration = topology.KAZOO_QUEUE
-
-
-class _Lane:
-    """One thread handling the batches of its devices' reg_success messages in arrival order."""
-
-    def __init__(self, name: str, handle: Callable[[list[tuple[Ticket, RawMessage]]], None]) -> None:
-        self._queue: queue.SimpleQueue[list[tuple[Ticket, RawMessage]] | None] = queue.SimpleQueue()
-        self._handle = handle
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def put(self, deliveries: list[tuple[Ticket, RawMessage]]) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
-        self._queue.put(deliveries)
-
-    def close(self) -> None:
-        """Handle what was put, then stop."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
-        held: list[tuple[Ticket, RawMessage]] = []
-        taking = True
-        while taking or held:
-            if not held:
-                first = self._queue.get()
-                if first is None:
-                    break
-                held.extend(first)
-            while taking and len(held) < LANE_BATCH_MAX:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    taking = False
-                else:
-                    held.extend(more)
-            batch, held = held[:LANE_BATCH_MAX], held[LANE_BATCH_MAX:]
-            try:
-                self._handle(batch)
-            except Exception:  # the lane must live on; these messages come back after a reconnect
-                log.exception("registration lane failed on a batch of %d; left unacked", len(batch))
-        db_connection.close()  # this thread's
 
 
 class Worker:
@@ -161,7 +112,7 @@ class Worker:
         # Settled ones waiting to be acked with those below them (ACK_HOLD_S).
         self._held: set[int] = set()
         self._held_timer: asyncio.TimerHandle | None = None
-        self._lanes = [_Lane(f"reg-lane-{i}", self._lane_handle) for i in range(config.registration_lanes)]
+        self._lanes = [RegistrationLane(f"reg-lane-{i}", self._lane_handle) for i in range(config.registration_lanes)]
         # Deliveries for each lane, handed over once pika has dispatched all it read (one wake-up
         # per lane per read instead of one per message).
         self._lane_pending: list[list[tuple[Ticket, RawMessage]]] = [[] for _ in self._lanes]
@@ -225,17 +176,17 @@ class Worker:
                 was_connected = self.connected.is_set()
                 self._disconnected()
                 if was_connected:
-                    log.warning("lost the broker (%s); reconnecting", _describe(exc))
-                    event_publish("consumer.disconnected", outcome=_describe(exc))
+                    log.warning("lost the broker (%s); reconnecting", describe(exc))
+                    event_publish("consumer.disconnected", outcome=describe(exc))
                     announced_wait = False
                 elif not announced_wait:
                     log.warning(
                         "RabbitMQ is not reachable at %s (%s); waiting for it (retrying with backoff)",
-                        _safe_url(self.config.amqp_url), _describe(exc),
+                        safe_url(self.config.amqp_url), describe(exc),
                     )
                     announced_wait = True
                 else:
-                    log.warning("RabbitMQ still not reachable (%s); next try in %.0fs", _describe(exc), backoff)
+                    log.warning("RabbitMQ still not reachable (%s); next try in %.0fs", describe(exc), backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         for lane in self._lanes:
@@ -261,14 +212,14 @@ class Worker:
         """One connection's life: declare, consume on the loop until it ends; raises what ended it
         unless it was a stop."""
         params = self._params()
-        with _pika_quiet():
+        with pika_quiet():
             declaring = pika.BlockingConnection(params)
         try:
             self._declare(declaring.channel())
         finally:
             with contextlib.suppress(Exception):  # the refusal closed it already
                 declaring.close()
-        loop, self._push_refusal = _consumer_loop()
+        loop, self._push_refusal = consumer_loop()
         self._states = queue.SimpleQueue()
         self._loop = loop
         try:
@@ -280,7 +231,7 @@ class Worker:
             bus.publisher_set(self._publish_threadsafe)
             self.connected.set()
             metrics.CONSUMER_CONNECTED.set(1)
-            log.info("consuming from %s on %s", self.config.queue, _safe_url(self.config.amqp_url))
+            log.info("consuming from %s on %s", self.config.queue, safe_url(self.config.amqp_url))
             event_publish("consumer.connected", outcome=self.config.queue)
             state = self._state_wait(loop)
         if isinstance(state, BaseException):
@@ -299,7 +250,7 @@ class Worker:
                 return self._states.get(timeout=1.0)
             except queue.Empty:
                 if loop.is_closed() or not loop.is_running():
-                    _socket_abandon(self._connection)
+                    socket_abandon(self._connection)
                     return pika.exceptions.AMQPConnectionError("the consumer's event loop stopped")
 
     def _declare(self, channel: Any) -> None:
@@ -327,7 +278,7 @@ class Worker:
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
-        self._end(None if self._stop_started else _as_exception(error))
+        self._end(None if self._stop_started else as_exception(error))
 
     def _on_channel(self, channel: Any) -> None:
         self._channel = channel
@@ -555,7 +506,7 @@ class Worker:
             # pika encodes every frame before writing any, so nothing was sent: without the
             # publisher's headers rather than not at all.
             log.warning("dead letter msg_id=%s sent without its original headers (%s)", handled.msg_id or "-",
-                        _describe(exc))
+                        describe(exc))
             publish(ours)
 
     def _ack(self, channel: Any, tags: list[int]) -> None:
@@ -627,73 +578,6 @@ class _StopEvent(threading.Event):
         self._wake()
 
 
-_own_loop_lock = threading.Lock()
-_own_loop: asyncio.AbstractEventLoop | None = None
-
-
-def _consumer_loop() -> tuple[asyncio.AbstractEventLoop, str | None]:
-    """The loop a session consumes on: the APNs client's, so that the push lane sends without a
-    thread hop; and None, or why push_req cannot be sent. If the APNs client cannot be built (a
-    missing PUSHER_APNS_CA_FILE), a loop of the consumer's own: reg_success goes on, and each
-    push_req is dead-lettered with the reason instead of being left unacked."""
-    from push.providers import apns  # the push app's: imported once Django is set up
-
-    try:
-        return apns.get_client().loop(), None
-    except Exception as exc:
-        log.exception("the push lane cannot start its APNs client; push_req are dead-lettered until it can")
-        return _loop_of_our_own(), f"push lane unavailable: {type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _loop_of_our_own() -> asyncio.AbstractEventLoop:
-    global _own_loop
-    with _own_loop_lock:
-        if _own_loop is None or _own_loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="amqp-loop", daemon=True).start()
-            _own_loop = loop
-        return _own_loop
-
-
-def _socket_abandon(connection: Any) -> None:
-    """Close the socket of a connection whose loop stopped under it (pika can no longer close it
-    the polite way), so that the broker sees it gone and redelivers what it held."""
-    sock = getattr(getattr(connection, "_transport", None), "_sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-def _as_exception(error: BaseException | str) -> BaseException:
-    return error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(str(error))
-
-
-_pika_log = logging.getLogger("pika")
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-_quiet_saved_level = logging.NOTSET
-
-
-@contextmanager
-def _pika_quiet() -> Iterator[None]:
-    """pika logs one failed connection attempt as a dozen ERROR lines and a traceback (each layer
-    of its connection workflow reports it) before raising it; the consumer reports it itself, in
-    one line. Nested and concurrent uses (tests run several consumers) restore the level once."""
-    global _quiet_depth, _quiet_saved_level
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            _quiet_saved_level = _pika_log.level
-            _pika_log.setLevel(logging.CRITICAL)
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0:
-                _pika_log.setLevel(_quiet_saved_level)
-
-
 def _requeue_stopping() -> Handled:
     return Handled(Action.REQUEUE, "", "requeue", "stopping while the database is down")
 
@@ -701,15 +585,3 @@ def _requeue_stopping() -> Handled:
 def _reason_label(reason: str) -> str:
     """A bounded label for metrics: the reason's first words, not its variable details."""
     return " ".join(reason.split(":")[0].split()[:6])[:60] or "unknown"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
-def _safe_url(url: str) -> str:
-    """The AMQP URL without its password."""
-    params = pika.URLParameters(url)
-    credentials = cast(pika.PlainCredentials, params.credentials)  # what URLParameters always makes
-    return f"amqp://{credentials.username}@{params.host}:{params.port}{'/' + params.virtual_host}"
