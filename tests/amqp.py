@@ -172,7 +172,13 @@ def dead_letter_get(channel: Any, queue: str, timeout: float = 5.0) -> tuple[Any
         time.sleep(0.02)
 
 
-def dead_letters(channel: Any, queue: str) -> list[tuple[dict[str, Any], bytes]]:
+def dead_letters(channel: Any, queue: str, count: int, timeout: float = 5.0) -> list[tuple[dict[str, Any], bytes]]:
+    """Every dead letter in `queue`, once at least `count` are there (or `timeout` passed): the
+    consumer counts a message handled as it publishes its dead letter, which leaves the socket in
+    the loop's next pass, and the broker routes it a moment later."""
+    deadline = time.monotonic() + timeout
+    while channel.queue_declare(queue, passive=True).method.message_count < count and time.monotonic() < deadline:
+        time.sleep(0.02)
     out = []
     while True:
         method, properties, body = channel.basic_get(queue, auto_ack=True)

@@ -113,7 +113,7 @@ def test_poison_message_is_dead_lettered_and_the_next_one_handled(acme_rule, poi
         publish_reg(channel)
         consumer.wait_handled(2)
         assert Device.objects.get(device_id=DEVICE).push == DEVICE_PUSH
-        letters = dead_letters(channel, consumer.config.dead_letter_queue)
+        letters = dead_letters(channel, consumer.config.dead_letter_queue, 1)
     assert len(letters) == 1
     headers, body = letters[0]
     assert body == poison
@@ -125,7 +125,7 @@ def test_wrong_content_type_is_dead_lettered(acme_rule):
     with consumer_running() as consumer, broker_channel() as channel:
         publish_reg(channel, content_type="application/erlang")
         consumer.wait_handled(1)
-        letters = dead_letters(channel, consumer.config.dead_letter_queue)
+        letters = dead_letters(channel, consumer.config.dead_letter_queue, 1)
     assert len(letters) == 1 and "application/erlang" in letters[0][0]["x-pusher-reason"]
 
 

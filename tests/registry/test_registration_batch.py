@@ -298,6 +298,6 @@ def test_a_batch_that_fails_to_write_is_handled_one_message_at_a_time(acme_rule)
             publish(channel, "registrar", key(body), body)
         assert wait_for(lambda: Device.objects.filter(account_id=ACCOUNT).count() == 10)
         assert wait_for(lambda: consumer.worker.dead_lettered == 1)
-        letters = dead_letters(channel, consumer.config.dead_letter_queue)
+        letters = dead_letters(channel, consumer.config.dead_letter_queue, 1)
     assert [json.loads(body)["Msg-ID"] for _, body in letters] == [poison["Msg-ID"]]
     assert letters[0][0]["x-pusher-reason"] == "internal error: DataError"

@@ -68,7 +68,7 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_good_ones_still_fl
             publish(channel, "pushes", PUSH_KEY, body)
         total = len(bad) + 1 + len(good_pushes)
         consumer.wait_handled(total, timeout=30)
-        letters = dead_letters(channel, consumer.config.dead_letter_queue)
+        letters = dead_letters(channel, consumer.config.dead_letter_queue, len(bad))
         left = channel.queue_declare(consumer.config.queue, passive=True).method.message_count
 
     assert left == 0, "messages left in the queue"

@@ -36,10 +36,8 @@ def kazoo(settings: Any, fake_crossbar: Any, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def letters(channel: Any, queue: str, count: int) -> list[tuple[dict[str, Any], bytes]]:
-    """The dead letters, once `count` are there: the consumer counts a message handled just before
-    it publishes its dead letter."""
-    wait_for(lambda: channel.queue_declare(queue, passive=True).method.message_count >= count)
-    return dead_letters(channel, queue)
+    """The dead letters, once `count` are there."""
+    return dead_letters(channel, queue, count, timeout=15)
 
 
 def reg(**ccvs: str) -> bytes:
