@@ -364,10 +364,15 @@ class Worker:
         self._unsettled.add(method.delivery_tag)
         ticket = (generation, channel, method.delivery_tag)
         if method.exchange == "pushes":
-            if self._push_refusal is None:
-                self._push_lane.take(ticket, message)
-            else:
+            if self._push_refusal is not None:
                 self._finish_many([(ticket, message, dead_letter(message, self._push_refusal))])
+                return
+            try:
+                self._push_lane.take(ticket, message)
+            except Exception as exc:  # a bug costs this message, never the connection pika calls us from
+                verdict = dead_letter(message, f"internal error: {type(exc).__name__}")
+                log.exception("unexpected error taking msg_id=%s event=%s", verdict.msg_id, verdict.event)
+                self._finish_many([(ticket, message, verdict)])
             return
         self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
         if not self._lanes_feed_due:

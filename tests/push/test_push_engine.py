@@ -158,6 +158,33 @@ def test_a_lane_that_cannot_build_its_client_dead_letters_instead_of_holding(app
 
 
 @pytest.mark.rabbitmq
+def test_an_unexpected_error_taking_a_push_req_dead_letters_it_alone(apple_app, apns_trusting_fake, monkeypatch):
+    # The push lane takes a delivery inside pika's callback on the loop: a bug there must cost that
+    # one message (dead-lettered, acked), not the connection or the messages read with it.
+    from kazoo import pushlane
+
+    prepare = pushlane.push_job_prepare
+
+    def buggy(*, fields, **kwargs):
+        if fields.get("Msg-ID") == "buggy":
+            raise RuntimeError("a bug")
+        return prepare(fields=fields, **kwargs)
+
+    monkeypatch.setattr(pushlane, "push_job_prepare", buggy)
+    with consumer_running() as consumer, broker_channel() as channel:
+        for msg_id in ("one", "buggy", "two"):
+            publish_push(channel, push_req(**{"Msg-ID": msg_id}))
+        consumer.wait_handled(3)
+        method, properties, _ = dead_letter_get(channel, consumer.config.dead_letter_queue)
+        assert wait_for(lambda: queue_depth(channel, consumer.config.queue) == 0)
+        assert consumer.worker.connected.is_set()
+    assert method is not None and properties.headers["x-pusher-reason"] == "internal error: RuntimeError"
+    assert properties.headers["x-pusher-msg-id"] == "buggy"
+    sent = {"one": DeliveryStatus.SENT, "two": DeliveryStatus.SENT}
+    assert {d.msg_id: d.status for d in Delivery.objects.all()} == sent
+
+
+@pytest.mark.rabbitmq
 def test_a_consumer_whose_loop_stops_under_it_reconnects_on_the_new_clients_loop(apple_app, apns_trusting_fake,
                                                                                   settings):
     # The consuming connection lives on the APNs client's loop; reconfiguring the client closes
