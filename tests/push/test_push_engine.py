@@ -185,6 +185,24 @@ def test_an_unexpected_error_taking_a_push_req_dead_letters_it_alone(apple_app, 
 
 
 @pytest.mark.rabbitmq
+def test_a_stop_with_pushes_in_flight_waits_for_their_answers_and_acks_them(apple_app, apns_trusting_fake):
+    # The graceful stop on the loop: no new deliveries, the pushes out already are answered,
+    # recorded and acked, then the connection closes: nothing goes back to the queue.
+    apns_trusting_fake.set_default(Answer.ok(delay=1.0))
+    with consumer_running() as consumer, broker_channel() as channel:
+        for i in range(5):
+            publish_push(channel, push_req(**{"Msg-ID": f"in-flight-{i}"}))
+        assert wait_for(lambda: len(apns_trusting_fake.requests) == 5)
+        started = time.monotonic()
+        consumer.worker.stop()
+        consumer.thread.join(timeout=30)
+        assert not consumer.thread.is_alive() and time.monotonic() - started < 10
+        assert queue_depth(channel, consumer.config.queue) == 0  # acked, not returned on close
+    assert consumer.worker.messages_total == 5
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == [DeliveryStatus.SENT] * 5
+
+
+@pytest.mark.rabbitmq
 def test_a_consumer_whose_loop_stops_under_it_reconnects_on_the_new_clients_loop(apple_app, apns_trusting_fake,
                                                                                   settings):
     # The consuming connection lives on the APNs client's loop; reconfiguring the client closes
