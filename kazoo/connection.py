@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pika
-import pika.exceptions
 
 log = logging.getLogger("pusher.consumer")
 
@@ -51,10 +50,6 @@ def socket_abandon(connection: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-
-
-def as_exception(error: BaseException | str) -> BaseException:
-    return error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(str(error))
 
 
 _pika_log = logging.getLogger("pika")

@@ -42,7 +42,7 @@ from core.errors import InvalidInput
 from core.events import event_publish
 from core.signals import stop_on_signals
 from kazoo import topology
-from kazoo.connection import as_exception, consumer_loop, describe, pika_quiet, safe_url, socket_abandon
+from kazoo.connection import consumer_loop, describe, pika_quiet, safe_url, socket_abandon
 from kazoo.reglanes import RegistrationLane, Ticket
 from kazoo.wire import (
     Action,
@@ -63,6 +63,7 @@ ACK_HOLD_S = 0.05
 # Exit status for what no reconnect fixes: RabbitMQ refuses the login, or the shared queue exists
 # declared otherwise. EX_CONFIG (sysexits.h), for systemd's RestartPreventExitStatus.
 EXIT_LOGIN_REFUSED = EXIT_QUEUE_MISMATCH = 78
+LOOP_STOPPED = "the consumer's event loop stopped"
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,19 @@ class Worker:
     # --- lifecycle ----------------------------------------------------------------
     def _wake_connection(self) -> None:
         """From any thread (`stopping.set()`): the session on the loop begins its graceful stop."""
+        self._on_loop(self._stop_begin)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """`callback(*args)` on the session's loop: at once when called there, else in its next pass
+        (one wake-up). Nothing when no loop is left to run it: its connection is gone with it, and
+        the broker redelivers what it held."""
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+            return
         loop = self._loop
         if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: no session runs on it
-                loop.call_soon_threadsafe(self._stop_begin)
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(callback, *args)
 
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stopping)
@@ -225,7 +235,7 @@ class Worker:
         try:
             loop.call_soon_threadsafe(self._open, params)
         except RuntimeError:  # closed since: the APNs client was reconfigured this very moment
-            raise pika.exceptions.AMQPConnectionError("the consumer's event loop stopped") from None
+            raise pika.exceptions.AMQPConnectionError(LOOP_STOPPED) from None
         state = self._state_wait(loop)
         if state == "consuming":
             bus.publisher_set(self._publish_threadsafe)
@@ -236,10 +246,9 @@ class Worker:
             state = self._state_wait(loop)
         if isinstance(state, BaseException):
             raise state
-        bus.publisher_set(None)
-        if self.connected.is_set():
-            self.connected.clear()
-            metrics.CONSUMER_CONNECTED.set(0)
+        was_connected = self.connected.is_set()
+        self._disconnected()
+        if was_connected:
             event_publish("consumer.disconnected", outcome="stopped")
 
     def _state_wait(self, loop: asyncio.AbstractEventLoop) -> str | BaseException | None:
@@ -251,7 +260,7 @@ class Worker:
             except queue.Empty:
                 if loop.is_closed() or not loop.is_running():
                     socket_abandon(self._connection)
-                    return pika.exceptions.AMQPConnectionError("the consumer's event loop stopped")
+                    return pika.exceptions.AMQPConnectionError(LOOP_STOPPED)
 
     def _declare(self, channel: Any) -> None:
         topology.dead_letters_declare(channel, self.config.dead_letter_exchange, self.config.dead_letter_queue)
@@ -278,7 +287,7 @@ class Worker:
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
-        self._end(None if self._stop_started else as_exception(error))
+        self._end(None if self._stop_started else error)
 
     def _on_channel(self, channel: Any) -> None:
         self._channel = channel
@@ -307,7 +316,9 @@ class Worker:
             self._connection.close()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
-        self._end(None if self._stop_started and self._close_reason is None else self._close_reason or reason)
+        """What `run` is told: why the broker closed the channel, else nothing after a stop, else why
+        the connection closed."""
+        self._end(self._close_reason or (None if self._stop_started else reason))
 
     def _end(self, result: BaseException | None) -> None:
         """The session is over: what its channel held is void (the broker redelivers it)."""
@@ -317,6 +328,7 @@ class Worker:
             self._held_timer.cancel()
         self._held_timer = None
         self._lane_pending = [[] for _ in self._lanes]
+        self._lanes_feed_due = False  # a feed still scheduled finds nothing; one on a dead loop never runs
         self._connection = self._channel = None
         self._states.put(result)
 
@@ -367,12 +379,10 @@ class Worker:
             if self._push_refusal is not None:
                 self._finish_many([(ticket, message, dead_letter(message, self._push_refusal))])
                 return
-            try:
+            try:  # a bug costs this message, never the connection pika calls us from
                 self._push_lane.take(ticket, message)
-            except Exception as exc:  # a bug costs this message, never the connection pika calls us from
-                verdict = dead_letter(message, f"internal error: {type(exc).__name__}")
-                log.exception("unexpected error taking msg_id=%s event=%s", verdict.msg_id, verdict.event)
-                self._finish_many([(ticket, message, verdict)])
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback by _internal_error
+                self._finish_many([(ticket, message, _internal_error(message, exc, "taking"))])
             return
         self._lane_pending[zlib.crc32(method.routing_key.encode()) % len(self._lanes)].append((ticket, message))
         if not self._lanes_feed_due:
@@ -413,10 +423,8 @@ class Worker:
             return self._database_patient(lambda: self.handler(message), _requeue_stopping)
         except InvalidInput as exc:
             return handled_bad(message, exc)
-        except Exception as exc:
-            verdict = dead_letter(message, f"internal error: {type(exc).__name__}")
-            log.exception("unexpected error handling msg_id=%s event=%s", verdict.msg_id, verdict.event)
-            return verdict
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback by _internal_error
+            return _internal_error(message, exc, "handling")
 
     def _database_patient(self, work: Callable[[], T], stopped: Callable[[], T]) -> T:
         """`work()`, waiting out a database outage with its messages unacked; `stopped()` instead
@@ -434,14 +442,7 @@ class Worker:
         """From any thread (registration lanes, the push pool, the push lane): messages done
         with, as (ticket, message, handled), acked (or dead-lettered, requeued) on the loop in one
         wake-up for all of them (none when the push lane, on the loop already, calls)."""
-        if threading.get_ident() == self._loop_thread:
-            self._finish_many(items)
-            return
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop closed: the broker redelivers them to whoever consumes next
-            loop.call_soon_threadsafe(self._finish_many, items)
+        self._on_loop(self._finish_many, items)
 
     def _finish_many(self, items: list[tuple[Ticket, RawMessage, Handled]]) -> None:
         """On the loop: settle each message, then ack them all at once."""
@@ -562,13 +563,7 @@ class Worker:
             if channel is not None and channel.is_open:
                 channel.basic_publish(exchange, routing_key, body, properties)
 
-        if threading.get_ident() == self._loop_thread:
-            publish()
-            return
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed: the connection is gone with it
-                loop.call_soon_threadsafe(publish)
+        self._on_loop(publish)
 
 
 class _StopEvent(threading.Event):
@@ -581,6 +576,14 @@ class _StopEvent(threading.Event):
     def set(self) -> None:
         super().set()
         self._wake()
+
+
+def _internal_error(message: RawMessage, exc: Exception, doing: str) -> Handled:
+    """A bug met while `doing` the message: dead-lettered with the exception's type, logged with
+    its traceback (call from the `except` block)."""
+    verdict = dead_letter(message, f"internal error: {type(exc).__name__}")
+    log.exception("unexpected error %s msg_id=%s event=%s", doing, verdict.msg_id, verdict.event)
+    return verdict
 
 
 def _requeue_stopping() -> Handled:

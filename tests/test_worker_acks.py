@@ -110,9 +110,8 @@ def six_deliveries() -> Iterator[Deliveries]:
         consumer.basic_ack = recording
         on_loop(loop, lambda: worker._unsettled.update(tags))
         yield deliveries
-        time.sleep(0.2)  # the acks leave the socket once the loop finds it writable
     finally:
-        on_loop(loop, connection.close)  # whatever was not acked goes back to the queue
+        on_loop(loop, connection.close)  # after the acks buffered before it; whatever was not acked goes back
         deadline = time.monotonic() + 10
         while not connection.is_closed and time.monotonic() < deadline:
             time.sleep(0.02)
