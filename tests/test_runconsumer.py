@@ -4,6 +4,7 @@ line per attempt, not pika's dozen (issue 13)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -169,3 +170,20 @@ def test_an_unreachable_broker_costs_one_line_per_attempt(caplog: pytest.LogCapt
     assert 2 <= len(loud) <= 3
     assert "not reachable" in loud[0].getMessage() and "still not reachable" in loud[-1].getMessage()
     assert logging.getLogger("pika").level == logging.WARNING  # restored after the attempts
+
+
+def test_objects_alive_at_start_up_are_left_out_of_the_collectors_passes() -> None:
+    import kazoo.management.commands.runconsumer as runconsumer
+
+    alive_at_start = [{"n": n} for n in range(1000)]  # containers the collector tracks
+    try:
+        runconsumer.gc_settle()
+
+        assert gc.get_freeze_count() >= len(alive_at_start)
+        walked = {id(o) for generation in range(3) for o in gc.get_objects(generation=generation)}
+        assert id(alive_at_start) not in walked
+        assert not any(id(o) in walked for o in alive_at_start)
+        made_later = [{"n": 0}]
+        assert id(made_later) in {id(o) for o in gc.get_objects(generation=0)}
+    finally:
+        gc.unfreeze()

@@ -1,5 +1,6 @@
 """`python manage.py runconsumer`: the AMQP consumer, a thin command around kazoo.worker."""
 
+import gc
 import logging
 import os
 import socket
@@ -104,6 +105,7 @@ class Command(BaseCommand):
         threading.Thread(target=prune_loop, args=(worker.stopping,), name="prune", daemon=True).start()
         threading.Thread(target=alerting_loop, args=(worker.stopping,), name="webhooks", daemon=True).start()
         logs = log_queue_start()  # the message threads hand their log lines to one writer
+        gc_settle()
         try:
             code = worker.run()
             _heartbeat(worker, final=True)
@@ -146,6 +148,18 @@ def _options_check(options: dict[str, Any]) -> str:
 
 
 _started = timezone.now()
+
+
+def gc_settle() -> None:
+    """Once started, move every object alive (Django, its apps, the libraries: ~95,000 of them) out
+    of the cyclic collector's way. They live as long as the process, yet each full collection walks
+    them all: one such pass, in the first seconds of a consumer's life, held the push lane's loop
+    for 79-89 ms (measured with gc.callbacks under bench.push --steady 500 --disk-busy), the worst
+    push of that run. Frozen, a full collection walks only what was made since (~6,000 objects).
+    Reference counting still frees frozen objects; only a cycle among them would never be freed."""
+    gc.collect()
+    gc.freeze()
+    log.info("%d objects alive at start-up moved out of the garbage collector's passes", gc.get_freeze_count())
 
 
 def _heartbeat(worker: Worker, *, final: bool = False, previous: list | None = None) -> None:
