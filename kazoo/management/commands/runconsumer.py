@@ -151,11 +151,11 @@ _started = timezone.now()
 
 
 def gc_settle() -> None:
-    """Once started, move every object alive (Django, its apps, the libraries: ~95,000 of them) out
-    of the cyclic collector's way. They live as long as the process, yet each full collection walks
-    them all: one such pass, in the first seconds of a consumer's life, held the push lane's loop
-    for 79-89 ms (measured with gc.callbacks under bench.push --steady 500 --disk-busy), the worst
-    push of that run. Frozen, a full collection walks only what was made since (~6,000 objects).
+    """Once started, move every object alive (Django, its apps, the libraries: 85,000-95,000 of
+    them) out of the cyclic collector's way. They live as long as the process, yet each full
+    collection walks them all: one such pass, in a fresh consumer's first seconds, held the push
+    lane's loop for 74-120 ms (gc.callbacks under bench.push --steady 500), the worst pushes of that
+    run. Frozen, a full collection walks only what was made since (~10,000 objects, 8 ms).
     Reference counting still frees frozen objects; only a cycle among them would never be freed."""
     gc.collect()
     gc.freeze()
