@@ -30,7 +30,7 @@ def consumer_loop() -> tuple[asyncio.AbstractEventLoop, str | None]:
         return apns.get_client().loop(), None
     except Exception as exc:
         log.exception("the push lane cannot start its APNs client; push_req are dead-lettered until it can")
-        return _loop_of_our_own(), f"push lane unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+        return _loop_of_our_own(), f"push lane unavailable: {describe(exc)}"
 
 
 def _loop_of_our_own() -> asyncio.AbstractEventLoop:

@@ -1,5 +1,6 @@
 """Shared fixtures. The fakes (APNs, FCM, Crossbar) speak the real protocols and are started here."""
 
+import gc
 import json
 import os
 import sys
@@ -65,6 +66,15 @@ def _fresh_caches():
     clear()
     yield
     clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_frozen_objects_left() -> Iterator[None]:
+    """`runconsumer` freezes the objects alive when it starts consuming (`gc_settle`); run in this
+    process by `call_command`, that would freeze the test session's own, for every later test."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 # --- RabbitMQ: a vhost of the session's own ----------------------------------------------------------
