@@ -51,6 +51,7 @@ from kazoo.wire import (
     push_reqs_logged,
 )
 from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
+from push.providers.rounds import ANSWER_ROUND_S
 from push.services.appcache import push_app_cached, push_app_get
 from push.services.deliveries import (
     claim_connection_close,
@@ -75,8 +76,9 @@ FCM_THREADS = 32
 # written once, with its outcome. Apple and Google answer most pushes in 20-100 ms, so most pushes
 # cost one INSERT instead of an INSERT and an UPDATE. The claim is what a redelivery of the push_req
 # (its channel closed) finds to wait for this sender instead of sending again; without it, a second
-# push for the same call, which the phone ignores.
-CLAIM_AFTER_S = 0.05
+# push for the same call, which the phone ignores. An APNs answer is read up to ANSWER_ROUND_S after
+# it came in (push.providers.rounds), so the delay is that plus 50 ms.
+CLAIM_AFTER_S = ANSWER_ROUND_S + 0.05
 # How long a finished push waits for others to share its outcome write. Its push has gone out: this
 # only delays the write, the ack and the live-feed event, and at low rates it shares one write (and
 # one wake-up of the store thread) among several pushes. bench.push --steady, 100/s, consumer CPU per

@@ -57,6 +57,7 @@ from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabula
 )
 from push.providers.apns_tokens import ProviderTokens, TokenProblem, TokenStore
 from push.providers.h2transport import H2Transport
+from push.providers.rounds import RoundSelector
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class ApnsClient:
         self._lock = threading.Lock()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The loop's selector: connections read their answers in rounds through it (rounds.py).
+        self._rounds: RoundSelector | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # Loop-thread-only state.
@@ -270,14 +273,15 @@ class ApnsClient:
                 self._closing = set()
                 self._tokens.clear()
             if self._loop is None:
-                new_loop = asyncio.new_event_loop()
+                rounds = RoundSelector()
+                new_loop = asyncio.SelectorEventLoop(rounds)
                 ready = threading.Event()
                 thread = threading.Thread(
                     target=self._run_loop, args=(new_loop, ready), name="apns-client", daemon=True
                 )
                 thread.start()
                 ready.wait()
-                self._loop, self._thread = new_loop, thread
+                self._loop, self._thread, self._rounds = new_loop, thread, rounds
             return self._loop
 
     @staticmethod
@@ -366,6 +370,7 @@ class ApnsClient:
             connect_timeout=self._connect_timeout,
             idle_timeout=self._idle_timeout,
             unindexed_headers=_PER_PUSH_HEADERS,
+            rounds=self._rounds,
         )
         conn = _Connection(transport)
         self._connections.setdefault(key, []).append(conn)

@@ -40,6 +40,8 @@ import h2.settings
 import hpack
 import httpx
 
+from push.providers.rounds import RoundSelector
+
 log = logging.getLogger(__name__)
 
 # RFC 9113 8.2.2: connection-specific header fields are not allowed in HTTP/2 (the host header
@@ -152,7 +154,13 @@ class _Stream:
 class _H2Connection(asyncio.Protocol):
     """One TLS connection carrying HTTP/2 (client side). Loop-thread only; no locks needed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, origin: tuple[str, int], idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: tuple[str, int],
+        idle_timeout: float | None,
+        rounds: RoundSelector | None = None,
+    ) -> None:
         self.loop = loop
         self.origin = origin
         self.idle_timeout = idle_timeout
@@ -197,12 +205,20 @@ class _H2Connection(asyncio.Protocol):
         self.flush_scheduled = False
         self.idle_since = loop.time()
         self.idle_timer: asyncio.TimerHandle | None = None
+        # The loop's selector when answers may be read in rounds (rounds.py), this socket's number,
+        # and whether it is deferred now: while streams are open and no request waits for a slot.
+        self.rounds = rounds
+        self.fd: int | None = None
+        self.deferred = False
 
     # ---- asyncio protocol callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if self.rounds is not None and sock is not None:
+            self.fd = sock.fileno()
         self.h2.initiate_connection()
         self.flush()
 
@@ -243,6 +259,8 @@ class _H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.accepting = False
+        self.reading_update()
+        self.fd = None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         if not self.ready.done():
@@ -295,6 +313,7 @@ class _H2Connection(asyncio.Protocol):
             self._cancel_stream(stream_id)
             raise httpx.LocalProtocolError(f"cannot send the request: {exc}", request=request) from exc
         self.schedule_flush()
+        self.reading_update()
         try:
             await stream.future
         except asyncio.CancelledError:
@@ -317,6 +336,8 @@ class _H2Connection(asyncio.Protocol):
     async def _wait_for_slot(self) -> None:
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.waiters.append(waiter)
+        if self.deferred:
+            self.reading_update()  # answers free the slots: read them at once while anyone waits
         try:
             await waiter
         except asyncio.CancelledError:
@@ -337,6 +358,8 @@ class _H2Connection(asyncio.Protocol):
         self.active -= 1
         if self.active == 0:
             self._became_idle()
+            if self.deferred:
+                self.reading_update()
 
     def _grant_slots(self) -> None:
         while self.waiters and self.active < self.max_streams:
@@ -461,6 +484,7 @@ class _H2Connection(asyncio.Protocol):
         if not self.accepting:
             return
         self.accepting = False
+        self.reading_update()
         # Requests still waiting for a slot were never sent: they go to another connection.
         error = _Unavailable(self._unavailable_error())
         while self.waiters:
@@ -472,6 +496,23 @@ class _H2Connection(asyncio.Protocol):
         # A connection that takes no new streams (GOAWAY, stream ids spent) closes with its last one.
         if not self.accepting and not self.streams and not self.lost:
             self.close()
+
+    def reading_update(self) -> None:
+        """Read this connection's answers in rounds while it has streams open (up to half the
+        server's limit), nothing waits for a slot and it takes new streams; at once otherwise, so
+        that answers free stream slots before anyone waits for one (rounds.py says why)."""
+        if self.rounds is None or self.fd is None:
+            return
+        defer = (
+            0 < self.active and self.active * 2 <= self.max_streams
+            and not self.waiters and self.accepting and not self.lost
+        )
+        if defer != self.deferred:
+            self.deferred = defer
+            if defer:
+                self.rounds.defer(self.fd)
+            else:
+                self.rounds.undefer(self.fd)
 
     def _became_idle(self) -> None:
         self.idle_since = self.loop.time()

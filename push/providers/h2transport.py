@@ -26,6 +26,7 @@ from push.providers.h2connection import (  # noqa: F401 - the errors are part of
     _H2Connection,
     _Unavailable,
 )
+from push.providers.rounds import RoundSelector
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class H2Transport(httpx.AsyncBaseTransport):
         connect_timeout: float,
         idle_timeout: float | None = None,
         unindexed_headers: frozenset[str] = frozenset({":path"}),
+        rounds: RoundSelector | None = None,
     ) -> None:
         ssl_context.set_alpn_protocols(["h2"])
         # Fields whose value changes with nearly every request are sent as literals: added to the
@@ -60,6 +62,8 @@ class H2Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        # The loop's selector, when its connections read their answers in rounds (rounds.py).
+        self._rounds = rounds
         self._origin: tuple[str, int] | None = None
         self._current: _H2Connection | None = None
         self._connecting: asyncio.Task[_H2Connection] | None = None
@@ -185,7 +189,7 @@ class H2Transport(httpx.AsyncBaseTransport):
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, conn = await loop.create_connection(
-                        lambda: _H2Connection(loop, (host, port), self._idle_timeout),
+                        lambda: _H2Connection(loop, (host, port), self._idle_timeout, self._rounds),
                         host,
                         port,
                         ssl=self._ssl_context,
