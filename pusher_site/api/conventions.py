@@ -15,6 +15,7 @@ from django.db import DataError, models, transaction
 from django.db.models import Model, QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import permissions, serializers, status
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -107,7 +108,33 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_400_BAD_REQUEST,
         )
     response = drf_exception_handler(exc, context)
-    return response if response is not None else unhandled_response(exc, context)
+    if response is None:
+        return unhandled_response(exc, context)
+    response.data = error_text_encodable(response.data)
+    return response
+
+
+# U+D800..U+DFFF: in a str decoded from JSON, always a lone surrogate (a valid pair decodes to one
+# character), which UTF-8 cannot encode.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def error_text_encodable(data: Any) -> Any:
+    """An error answer's data with every lone surrogate replaced by U+FFFD. DRF's messages echo the
+    value refused (`"\\ud800" is not a valid choice.`), and the renderer's UTF-8 encoding of such a
+    value raised: a 500 for any field, where the client is owed the field's 400. Replaced here, in
+    the one handler every error answer goes through, rather than field by field. An ErrorDetail
+    keeps its code."""
+    if isinstance(data, str):
+        if not _SURROGATE.search(data):
+            return data
+        text = _SURROGATE.sub("\ufffd", data)
+        return ErrorDetail(text, code=data.code) if isinstance(data, ErrorDetail) else text
+    if isinstance(data, dict):
+        return {error_text_encodable(key): error_text_encodable(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [error_text_encodable(item) for item in data]
+    return data
 
 
 class ErrorSerializer(serializers.Serializer):
