@@ -48,6 +48,7 @@ from kazoo.wire import (
     event_of,
     handled_bad,
     message_decode,
+    push_req_logged,
     push_reqs_logged,
 )
 from push.models import Delivery, DeliverySource, DeliveryStatus, PushApp
@@ -157,10 +158,11 @@ class PushLane:
             self._complete([(ticket, message, handled_bad(message, exc))])
             return
         if job.msg_id and self._seen(job.msg_id):
-            self._complete([(ticket, message, Handled(
-                Action.ACK, "push_req", DeliveryStatus.DUPLICATE, "Msg-ID already taken by this consumer",
-                job.msg_id[:200],
-            ))])
+            # Acked unsent, but like every push_req it leaves its line and its count: a duplicate
+            # costs the row it never gets, and nothing more on the loop than a log call.
+            duplicate = delivery_new(job)
+            _duplicate(duplicate, "Msg-ID already taken by this consumer")
+            self._complete([(ticket, message, push_req_logged(job.msg_id[:200], duplicate))])
             return
         self._spawn(self._send(_Push(ticket, message, job, delivery_new(job))))
 
@@ -347,15 +349,11 @@ class PushLane:
         except Exception:
             log.exception("recording %d outcomes failed; their push_req go back to the queue", len(records))
             return [(p.ticket, p.message, _requeue()) for p in records]
-        completed: list[Completed] = []
         for push in records:
             if push.delivery.pk is None:  # its Msg-ID had a row already: another consumer holds it
-                completed.append((push.ticket, push.message, Handled(
-                    Action.ACK, "push_req", DeliveryStatus.DUPLICATE,
-                    "Msg-ID also taken by another consumer" + (
-                        ", sent by both" if push.finish and push.finish.status == DeliveryStatus.SENT else ""),
-                    push.job.msg_id[:200],
-                )))
+                # Never saved: it only says, in its line and count, what became of this copy.
+                _duplicate(push.delivery, "Msg-ID also taken by another consumer" + (
+                    ", sent by both" if push.finish and push.finish.status == DeliveryStatus.SENT else ""))
                 continue
             try:
                 if push.app is not None and push.finish is not None and push.finish.result is not None:
@@ -363,10 +361,8 @@ class PushLane:
                 delivery_finished(push.delivery)
             except Exception:  # the delivery is recorded: its message is acked whatever happens here
                 log.exception("after delivery #%s: handling the provider's answer failed", push.delivery.pk)
-        logged = [p for p in records if p.delivery.pk is not None]
-        handled = push_reqs_logged([(p.job.msg_id[:200], p.delivery) for p in logged])
-        completed.extend((p.ticket, p.message, h) for p, h in zip(logged, handled, strict=True))
-        return completed
+        handled = push_reqs_logged([(p.job.msg_id[:200], p.delivery) for p in records])
+        return [(p.ticket, p.message, h) for p, h in zip(records, handled, strict=True)]
 
 
 def _chunks(deliveries: list[Delivery]) -> list[list[Delivery]]:
@@ -376,6 +372,12 @@ def _chunks(deliveries: list[Delivery]) -> list[list[Delivery]]:
 def _app_cached(*, app_id: str, provider: str) -> PushApp | None:
     """How the lane reads an app on the loop: from the cache alone (`_app_ready` filled it)."""
     return push_app_cached(app_id=app_id, provider=provider)[1]
+
+
+def _duplicate(delivery: Delivery, reason: str) -> None:
+    """Mark a delivery that is never saved as the duplicate it is, for its log line and count."""
+    delivery.status = DeliveryStatus.DUPLICATE
+    delivery.reason = reason
 
 
 def _requeue() -> Handled:

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import time
 
 import pytest
@@ -270,3 +271,53 @@ def test_redelivery_waits_for_a_live_sender_then_acks_a_duplicate(apple_app, apn
     assert delivery.status == DeliveryStatus.DUPLICATE and str(live.pk) in delivery.reason
     assert apns_trusting_fake.requests == []
     assert Delivery.objects.get(pk=live.pk).status == DeliveryStatus.SENT
+
+
+def _messages_counted(outcome):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("pusher_messages_total", {"event": "push_req", "outcome": outcome}) or 0
+
+
+def _push_lines(caplog, msg_id):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "pusher.messages" and r.getMessage().startswith(f"push_req msg_id={msg_id} ")]
+
+
+@pytest.mark.rabbitmq
+def test_a_push_req_published_twice_to_one_consumer_leaves_a_line_for_each(apple_app, apns_trusting_fake, caplog):
+    """The lane's memory of recent Msg-IDs acks the second copy as a duplicate: logged and counted
+    like every other push_req, not acked silently."""
+    caplog.set_level(logging.INFO, logger="pusher.messages")
+    body = push_req(**{"Msg-ID": "twice-to-one"})
+    before = _messages_counted("duplicate")
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, body)
+        publish_push(channel, body)
+        consumer.wait_handled(2)
+    assert len(apns_trusting_fake.requests) == 1
+    lines = _push_lines(caplog, "twice-to-one")
+    assert len(lines) == 2, lines
+    assert sum("status=sent " in line for line in lines) == 1
+    (duplicate,) = [line for line in lines if "status=duplicate " in line]
+    assert "reason=Msg-ID already taken by this consumer" in duplicate
+    assert f"call_id={body['Call-ID']} " in duplicate and TOKEN not in duplicate  # the token masked
+    assert _messages_counted("duplicate") == before + 1
+
+
+@pytest.mark.rabbitmq
+def test_a_push_req_whose_msg_id_has_a_row_already_is_logged_as_a_duplicate(apple_app, apns_trusting_fake, caplog):
+    """A Msg-ID recorded before (another consumer's, or this one's before a restart): the lane
+    sends it (nothing is read in front of a send), its row finds the Msg-ID taken, and it is acked
+    as a duplicate with its line and its count."""
+    caplog.set_level(logging.INFO, logger="pusher.messages")
+    services.push_request_handle(fields=push_req(**{"Msg-ID": "row-already"}), source="amqp")
+    before = _messages_counted("duplicate")
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{"Msg-ID": "row-already"}))
+        consumer.wait_handled(1)
+    assert Delivery.objects.count() == 1
+    (line,) = _push_lines(caplog, "row-already")
+    assert "status=duplicate " in line
+    assert "reason=Msg-ID also taken by another consumer, sent by both" in line
+    assert _messages_counted("duplicate") == before + 1
