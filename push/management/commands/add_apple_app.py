@@ -5,7 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
-from core.text import path_shown
+from push.credentials import MAX_CREDENTIAL_BYTES
+from push.management.commands._files import file_read
 from push.management.commands._output import app_added_write
 from push.models import CredentialKind, Provider
 from push.services import APNS_PRODUCTION_HOST, push_app_add, push_app_address
@@ -45,11 +46,7 @@ class Command(BaseCommand):
 
 
 def read_file(path: str) -> bytes:
-    """The file's bytes; the error names the path unless the argument looks like a key or a
-    certificate given in its place, which is never echoed."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = getattr(exc, "strerror", None) or "not a usable path"
-        raise CommandError(f"cannot read {path_shown(path)}: {reason}") from None
+    """The credential file's bytes, refused past the parser's own size limit without reading the
+    rest; the error names the path unless the argument looks like a key or a certificate given in
+    its place, which is never echoed."""
+    return file_read(path, limit=MAX_CREDENTIAL_BYTES)
