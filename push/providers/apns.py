@@ -57,7 +57,7 @@ from push.providers.apns_protocol import (  # noqa: F401 - the client's vocabula
 )
 from push.providers.apns_tokens import ProviderTokens, TokenProblem, TokenStore
 from push.providers.h2transport import H2Transport
-from push.providers.rounds import RoundSelector
+from push.providers.rounds import ANSWER_ROUND_S, RoundSelector, event_loop
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ USER_AGENT = "pusher-apns/1"
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"
 DEFAULT_PORT = 443
-
 
 # More than one connection per (credential, host, port): a connection whose every stream is taken
 # gets a sibling, up to this many, instead of queueing the pushes beyond its limit. Only at a real
@@ -100,9 +99,8 @@ class _Connection:
     retired: bool = False
 
 
-# Why connections are keyed by credential: APNs binds a token-auth connection to the team and key of
-# its first push (another key on it gets 403 UnrelatedKeyIdInToken), and a certificate is a property
-# of the TLS session itself.
+# Keyed by credential: APNs binds a token-auth connection to the team and key of its first push
+# (another key gets 403 UnrelatedKeyIdInToken); a certificate is a property of the TLS session.
 _ConnKey = tuple[str, str, int]
 
 # Request fields that differ from push to push (the path carries the device token): sent as HPACK
@@ -135,6 +133,7 @@ class ApnsClient:
         clock: Callable[[], float] = time.time,
         token_store: TokenStore | None = None,
         max_connections: int = MAX_CONNECTIONS_PER_ORIGIN,
+        answer_round_s: float = ANSWER_ROUND_S,  # 0: every answer read as it comes (rounds.py)
     ) -> None:
         if not JWT_MIN_AGE_S <= jwt_max_age <= JWT_MAX_AGE_S:
             raise ValueError(
@@ -148,13 +147,12 @@ class ApnsClient:
         self._request_timeout = request_timeout
         self._jwt_max_age = jwt_max_age
         self._idle_timeout = idle_timeout
-        self._max_connections = max(1, max_connections)
+        self._max_connections, self._answer_round_s = max(1, max_connections), answer_round_s
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The loop's selector: connections read their answers in rounds through it (rounds.py).
-        self._rounds: RoundSelector | None = None
+        self._rounds: RoundSelector | None = None  # the loop's selector: answers read in rounds
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # Loop-thread-only state.
@@ -273,8 +271,7 @@ class ApnsClient:
                 self._closing = set()
                 self._tokens.clear()
             if self._loop is None:
-                rounds = RoundSelector()
-                new_loop = asyncio.SelectorEventLoop(rounds)
+                new_loop, rounds = event_loop(self._answer_round_s)
                 ready = threading.Event()
                 thread = threading.Thread(
                     target=self._run_loop, args=(new_loop, ready), name="apns-client", daemon=True

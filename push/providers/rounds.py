@@ -23,9 +23,10 @@ Loop-thread only, like the loop.
 
 from __future__ import annotations
 
+import asyncio
 import selectors
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -41,9 +42,18 @@ def _fd(fileobj: Any) -> int:
     return fd
 
 
+def event_loop(round_s: float = ANSWER_ROUND_S) -> tuple[asyncio.AbstractEventLoop, RoundSelector | None]:
+    """A new event loop and, unless `round_s` is 0 (every socket read at once), its RoundSelector."""
+    if round_s <= 0:
+        return asyncio.new_event_loop(), None
+    rounds = RoundSelector(round_s)
+    return asyncio.SelectorEventLoop(rounds), rounds
+
+
 class RoundSelector(selectors.BaseSelector):
-    def __init__(self, round_s: float = ANSWER_ROUND_S) -> None:
+    def __init__(self, round_s: float = ANSWER_ROUND_S, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.round_s = round_s
+        self._clock = clock
         self._now: selectors.BaseSelector = selectors.DefaultSelector()
         self._later: selectors.BaseSelector = selectors.DefaultSelector()
         self._keys: dict[int, selectors.SelectorKey] = {}
@@ -82,7 +92,7 @@ class RoundSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready: dict[int, int] = {}
         if self._later.get_map():
-            now = time.monotonic()
+            now = self._clock()
             if self._next_round is None:
                 self._next_round = now + self.round_s
             elif now >= self._next_round:
@@ -134,8 +144,9 @@ class RoundSelector(selectors.BaseSelector):
             if key is not None:
                 self._place(fd, key.events)
 
-    def deferred(self, fd: int) -> bool:
-        return fd in self._deferred
+    def deferred(self) -> frozenset[int]:
+        """The sockets read in rounds now."""
+        return frozenset(self._deferred)
 
     def _place(self, fd: int, events: int) -> None:
         later = events & selectors.EVENT_READ if fd in self._deferred else 0
