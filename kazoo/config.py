@@ -42,6 +42,14 @@ _INHERITED_KEYS = ("host", "headers", "enabled")
 _APNS_PRIORITIES = (1, 5, 10)
 _ANDROID_PRIORITIES = ("high", "normal")
 
+# Far more rules than an installation has: every reg_success that matches no rule tries them all
+# (5,000 made each such registration cost ~0.6 s in the consumer), and a document of 200,000 took
+# the import minutes. A document is refused whole beyond this, before any regex is compiled.
+MAX_IMPORT_RULES = 1000
+# The largest document a command reads (the API's body limit is DATA_UPLOAD_MAX_MEMORY_SIZE): a
+# Kazoo document with a certificate per app is a few hundred kilobytes.
+MAX_KAZOO_CONFIG_BYTES = 8 * 1024 * 1024
+
 PLACEHOLDER_ACCOUNT_ID = "placeholder-account-id"
 PLACEHOLDER_AUTHORIZING_ID = "placeholder-authorizing-id"
 CCVS = "Custom-Channel-Vars"
@@ -201,6 +209,9 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
             )
             sections.append((name, section[USER_AGENTS]))
 
+    count = sum(len(user_agents) for _, user_agents in sections if isinstance(user_agents, Mapping))
+    if count > MAX_IMPORT_RULES:
+        raise RuleError(f"the document has {count} User-Agent rules; at most {MAX_IMPORT_RULES} are imported")
     plans: dict[str, tuple[str, _RulePlan]] = {}
     for section_name, user_agents in sections:
         if not isinstance(user_agents, Mapping):
@@ -582,6 +593,3 @@ def _firebase_export(app: PushApp) -> dict[str, Any]:
     if app.project_id:
         out["project_id"] = app.project_id
     return out
-
-
-# --- User-Agent tester ------------------------------------------------------------------------

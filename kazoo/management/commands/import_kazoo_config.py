@@ -1,14 +1,14 @@
 """`manage.py import_kazoo_config FILE`: Kazoo's system_config/pusher document -> rules and push apps."""
 
 import json
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
 from core.text import path_shown
-from kazoo.config import kazoo_config_import
+from kazoo.config import MAX_KAZOO_CONFIG_BYTES, kazoo_config_import
+from push.management.commands._files import file_read
 
 
 class Command(BaseCommand):
@@ -26,20 +26,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = options["file"]
+        shown = "stdin" if path == "-" else path_shown(path)
+        # Bounded and regular files only: /dev/zero or a 23 MB document used to hang the command.
+        raw = file_read(path, limit=MAX_KAZOO_CONFIG_BYTES)
         try:
-            if path == "-":
-                document = json.load(sys.stdin)
-            else:
-                with open(path, encoding="utf-8-sig") as handle:
-                    document = json.load(handle)
-        except OSError as exc:
-            raise CommandError(f"cannot read {path_shown(path)}: {exc.strerror or type(exc).__name__}") from None
+            document = json.loads(raw.decode("utf-8-sig"))
         except json.JSONDecodeError as exc:
-            raise CommandError(f"{path_shown(path)} is not JSON (line {exc.lineno}, column {exc.colno})") from None
+            raise CommandError(f"{shown} is not JSON (line {exc.lineno}, column {exc.colno})") from None
         except UnicodeDecodeError:
-            raise CommandError(f"{path_shown(path)} is not UTF-8 text (expected the JSON document)") from None
-        except ValueError:  # a NUL in the path
-            raise CommandError(f"cannot read {path_shown(path)}: not a usable path") from None
+            raise CommandError(f"{shown} is not UTF-8 text (expected the JSON document)") from None
         try:
             summary = kazoo_config_import(document=document)
         except PusherError as exc:

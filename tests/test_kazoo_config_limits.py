@@ -1,0 +1,116 @@
+"""import_kazoo_config and kazoo_config_import refuse what they cannot take in one line, exit non-zero:
+a document too big, too many rules, nested too deep, text no store accepts, a name too long to quote."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from core.errors import RuleError
+from kazoo.config import MAX_IMPORT_RULES, MAX_KAZOO_CONFIG_BYTES, kazoo_config_import
+from registry.models import UserAgentRule
+
+pytestmark = pytest.mark.django_db
+
+PROPERTIES = {"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"}
+
+
+class Hung(Exception):
+    pass
+
+
+@contextmanager
+def within(seconds: int) -> Iterator[None]:
+    """Fails the test instead of hanging the suite when the command reads for ever."""
+    def expired(signum: int, frame: object) -> None:
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def refused(path: str) -> str:
+    with within(10), pytest.raises(CommandError) as caught:
+        call_command("import_kazoo_config", path, stdout=io.StringIO(), stderr=io.StringIO())
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def rules(count: int) -> dict[str, Any]:
+    return {"default": {"User-Agents": {
+        f"Rule{i}": {"regex": f"^Rule{i}/", "properties": PROPERTIES} for i in range(count)
+    }}}
+
+
+def written(tmp_path: Path, document: Any = None, *, text: str | None = None) -> str:
+    path = tmp_path / "pusher.json"
+    path.write_text(text if text is not None else json.dumps(document), encoding="utf-8")
+    return str(path)
+
+
+# --- 2: size and count ---------------------------------------------------------------------------
+
+
+def test_a_document_with_more_rules_than_the_cap_is_refused_whole():
+    with pytest.raises(RuleError, match=f"at most {MAX_IMPORT_RULES}"):
+        kazoo_config_import(document=rules(MAX_IMPORT_RULES + 1))
+    assert not UserAgentRule.objects.exists()
+
+
+def test_rules_across_sections_count_together():
+    document = rules(MAX_IMPORT_RULES)
+    document["node1"] = {"User-Agents": {"Extra": {"regex": "^Extra", "properties": PROPERTIES}}}
+    with pytest.raises(RuleError, match=f"{MAX_IMPORT_RULES + 1} User-Agent rules"):
+        kazoo_config_import(document=document)
+
+
+def test_the_command_refuses_too_many_rules_in_one_line(tmp_path):
+    message = refused(written(tmp_path, rules(MAX_IMPORT_RULES + 1)))
+    assert f"at most {MAX_IMPORT_RULES}" in message
+    assert not UserAgentRule.objects.exists()
+
+
+def test_the_command_refuses_a_file_over_the_byte_limit(tmp_path):
+    padding = " " * (MAX_KAZOO_CONFIG_BYTES + 1)
+    assert "too large" in refused(written(tmp_path, text='{"User-Agents": {}}' + padding))
+
+
+def test_the_command_refuses_a_directory(tmp_path):
+    assert "is a directory" in refused(str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_the_command_refuses_dev_zero_at_once():
+    assert "not a regular file" in refused("/dev/zero")
+
+
+def test_stdin_is_read_bounded_too(monkeypatch):
+    class Endless(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            buffer[:] = b" " * len(buffer)
+            return len(buffer)
+
+    class Stdin:
+        buffer = io.BufferedReader(Endless())
+
+    monkeypatch.setattr("sys.stdin", Stdin())
+    assert "too large" in refused("-")
