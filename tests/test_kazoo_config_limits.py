@@ -114,3 +114,19 @@ def test_stdin_is_read_bounded_too(monkeypatch):
 
     monkeypatch.setattr("sys.stdin", Stdin())
     assert "too large" in refused("-")
+
+
+# --- 3: nesting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [100_000, 65])
+def test_deeply_nested_json_is_refused_in_one_line(tmp_path, depth):
+    message = refused(written(tmp_path, text='{"a":' * depth + "1" + "}" * depth))
+    assert "nested deeper than 64 levels" in message
+
+
+def test_nesting_at_the_limit_still_reads(tmp_path):
+    # 64 levels is the API's limit too; Kazoo's document is 4 deep.
+    document = '{"User-Agents": {"R": {"regex": "^R", "properties": ' + '{"a":' * 61 + "1" + "}" * 61 + "}}}"
+    message = refused(written(tmp_path, text=document))
+    assert "nested" not in message  # refused for its properties, by the rule's own validator

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import PusherError
+from core.jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds
 from core.text import path_shown
 from kazoo.config import MAX_KAZOO_CONFIG_BYTES, kazoo_config_import
 from push.management.commands._files import file_read
@@ -30,7 +31,11 @@ class Command(BaseCommand):
         # Bounded and regular files only: /dev/zero or a 23 MB document used to hang the command.
         raw = file_read(path, limit=MAX_KAZOO_CONFIG_BYTES)
         try:
-            document = json.loads(raw.decode("utf-8-sig"))
+            text = raw.decode("utf-8-sig")
+            # The API's limit: json.loads recurses once per level, and deep nesting is a RecursionError.
+            if json_depth_exceeds(text, MAX_JSON_DEPTH):
+                raise CommandError(f"{shown} is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            document = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CommandError(f"{shown} is not JSON (line {exc.lineno}, column {exc.colno})") from None
         except UnicodeDecodeError:
