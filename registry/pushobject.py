@@ -92,8 +92,10 @@ TOKEN_MAX_CHARS = 1024
 # APNs device tokens are 32 bytes (64 hex digits) today; Apple documents them as variable-length: up to 100 bytes.
 APNS_TOKEN_MIN_HEX = 64
 APNS_TOKEN_MAX_HEX = 200
-# Token-Type values (after pn-provider decoding) that name each provider; others are checked
-# only for what no token may hold.
+# Token-Type values (after pn-provider decoding) that name each provider: the one list of them, which
+# push.services.policy maps to its providers (a push_req reads the types a registration stores).
+# `gcm` (Google Cloud Messaging, FCM's predecessor) is Firebase to Kazoo's pusher too.
+# Others are checked only for what no token may hold.
 APNS_TOKEN_TYPES = frozenset({"apple", "apns", "apns.dev"})
 FCM_TOKEN_TYPES = frozenset({"firebase", "fcm", "google", "android", "gcm"})
 # The fixed patterns below use the standard library's re: they cannot backtrack, and the regex

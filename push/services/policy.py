@@ -22,18 +22,19 @@ from push.models import (
 )
 from push.payloads import int_or_none
 from push.services.appcache import push_app_get
+from registry.pushobject import APNS_TOKEN_TYPES, FCM_TOKEN_TYPES
 
 log = logging.getLogger(__name__)
 
-PROVIDER_OF_TOKEN_TYPE = {
-    "apple": Provider.APPLE,
-    "apns": Provider.APPLE,
-    "apns.dev": Provider.APPLE,  # RFC 8599's sandbox provider: Apple's development host (push.payloads)
-    "firebase": Provider.FIREBASE,
-    "google": Provider.FIREBASE,
-    "android": Provider.FIREBASE,
-    "fcm": Provider.FIREBASE,
+# The Token-Types a push_req may name are exactly those the registry learns tokens for (and checks
+# them by): derived, never listed twice, so that a token stored can always be pushed to. Kazoo's
+# names and aliases, RFC 8599's `apns`, `apns.dev` (the sandbox: Apple's development host,
+# push.payloads) and `fcm`, and `gcm`, which Kazoo's pusher takes for Firebase.
+PROVIDER_OF_TOKEN_TYPE: dict[str, Provider] = {
+    **dict.fromkeys(sorted(APNS_TOKEN_TYPES), Provider.APPLE),
+    **dict.fromkeys(sorted(FCM_TOKEN_TYPES), Provider.FIREBASE),
 }
+_KNOWN_TOKEN_TYPES = f"{'/'.join(sorted(APNS_TOKEN_TYPES))} or {'/'.join(sorted(FCM_TOKEN_TYPES))}"
 
 
 # A send attempt never takes longer than this; a push claimed longer ago than the lease by a
@@ -148,7 +149,7 @@ def push_app_for(
     provider = PROVIDER_OF_TOKEN_TYPE.get(job.token_type)
     if provider is None:
         return None, "unknown_token_type", (
-            f"Token-Type {job.token_type!r} is not apple/apns or firebase/google/android/fcm"
+            f"Token-Type {job.token_type!r} is not {_KNOWN_TOKEN_TYPES}"
         )
     app = app_get(app_id=job.app_id, provider=provider)
     delivery.push_app = app

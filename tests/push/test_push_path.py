@@ -321,3 +321,27 @@ def test_a_push_req_whose_msg_id_has_a_row_already_is_logged_as_a_duplicate(appl
     assert "status=duplicate " in line
     assert "reason=Msg-ID also taken by another consumer, sent by both" in line
     assert _messages_counted("duplicate") == before + 1
+
+
+@pytest.mark.parametrize("token_type", ["gcm", "GCM"])
+def test_a_gcm_push_req_goes_to_fcm_as_kazoo_sends_it(firebase_app, fake_fcm, token_type):
+    """Kazoo's pusher takes `gcm` (Google Cloud Messaging, FCM's predecessor) for Firebase, and the
+    registry learns tokens of that type: a push to one goes out through FCM."""
+    delivery = services.push_request_handle(
+        fields=push_req(**{"Token-Type": token_type, "Token-App": "com.acme.phone", "Token-ID": FCM_TOKEN}),
+        source="api")
+    assert delivery.status == DeliveryStatus.SENT, (delivery.reason, delivery.error)
+    assert delivery.provider == "firebase"
+    (request,) = [r for r in fake_fcm.requests if r.path.endswith("messages:send")]
+    assert request.body["message"]["token"] == FCM_TOKEN
+
+
+def test_every_token_type_the_registry_learns_is_one_a_push_can_go_to():
+    """The registry stores tokens of the types it knows (registry.pushobject); a push_req reads the
+    same types. One list, so that learning and pushing cannot drift apart."""
+    from push.services.policy import PROVIDER_OF_TOKEN_TYPE
+    from registry.pushobject import APNS_TOKEN_TYPES, FCM_TOKEN_TYPES
+
+    assert {t for t, p in PROVIDER_OF_TOKEN_TYPE.items() if p == "apple"} == APNS_TOKEN_TYPES
+    assert {t for t, p in PROVIDER_OF_TOKEN_TYPE.items() if p == "firebase"} == FCM_TOKEN_TYPES
+    assert set(PROVIDER_OF_TOKEN_TYPE) == APNS_TOKEN_TYPES | FCM_TOKEN_TYPES
