@@ -12,7 +12,8 @@ Three rules past Kazoo's (issue 14):
   rule's own family yields no token, Token-ID (and Token-Type / Token-App, where the rule maps
   them) are read from the other family's parameters (FAMILY_SOURCES); the reason says so.
 * A token is stored only if it looks like one for its provider (push_token_problem): never with
-  whitespace or control characters, APNs tokens hex, FCM tokens URL-safe. Otherwise the
+  whitespace or control characters, APNs tokens hex, FCM tokens URL-safe, and never of a Token-Type
+  pusher cannot push to (Kazoo stored any, and its pushes failed). Otherwise the
   registration is ignored with a reason naming the rule and the problem (acked, not dead-lettered).
 """
 
@@ -94,10 +95,11 @@ APNS_TOKEN_MIN_HEX = 64
 APNS_TOKEN_MAX_HEX = 200
 # Token-Type values (after pn-provider decoding) that name each provider: the one list of them, which
 # push.services.policy maps to its providers (a push_req reads the types a registration stores).
-# `gcm` (Google Cloud Messaging, FCM's predecessor) is Firebase to Kazoo's pusher too.
-# Others are checked only for what no token may hold.
+# `gcm` (Google Cloud Messaging, FCM's predecessor) is Firebase to Kazoo's pusher too. A token of
+# any other type is refused (push_token_problem): every push to it would fail unknown_token_type.
 APNS_TOKEN_TYPES = frozenset({"apple", "apns", "apns.dev"})
 FCM_TOKEN_TYPES = frozenset({"firebase", "fcm", "google", "android", "gcm"})
+_PUSHABLE_TYPES = f"{'/'.join(sorted(APNS_TOKEN_TYPES))} or {'/'.join(sorted(FCM_TOKEN_TYPES))}"
 # The fixed patterns below use the standard library's re: they cannot backtrack, and the regex
 # module (kept for operators' rules, for its timeout) gives up the GIL on every match unless told
 # not to; under load taking it back cost ~300 µs per match against 0.7 µs (a fifth of the
@@ -405,8 +407,10 @@ def push_token_problem(token: str, token_type: str = "") -> str | None:
 
     Whatever the provider: no whitespace or control/format characters, 1 to TOKEN_MAX_CHARS
     characters. APNs (APNS_TOKEN_TYPES): hex digits, an even count from 64 to 200. FCM
-    (FCM_TOKEN_TYPES): letters, digits and FCM_TOKEN_CHARS. The token itself is never quoted back:
-    the reason goes to logs and dead-letter headers."""
+    (FCM_TOKEN_TYPES): letters, digits and FCM_TOKEN_CHARS. Any other non-empty type is refused:
+    stored, it would replace a device's working push object with one no push can go to (an empty
+    ``token_type``, the type not known yet, is checked for the rest only). The token itself is
+    never quoted back: the reason goes to logs and dead-letter headers."""
     if not token:
         return "token is empty"
     if not (token.isascii() and token.isprintable() and " " not in token):
@@ -429,12 +433,17 @@ def push_token_problem(token: str, token_type: str = "") -> str | None:
                 f"{what} must be an even number of hex digits from {APNS_TOKEN_MIN_HEX} to {APNS_TOKEN_MAX_HEX}: "
                 f"it has {len(token)}"
             )
-    elif kind in FCM_TOKEN_TYPES and not _FCM_TOKEN.fullmatch(token):
-        offset = next(i for i, c in enumerate(token) if not (c.isascii() and c.isalnum()) and c not in FCM_TOKEN_CHARS)
-        return (
-            f"FCM registration token (Token-Type {token_type!r}) must be letters, digits and {FCM_TOKEN_CHARS}: "
-            f"{_shown(token[offset])} at offset {offset}"
-        )
+    elif kind in FCM_TOKEN_TYPES:
+        if not _FCM_TOKEN.fullmatch(token):
+            offset = next(
+                i for i, c in enumerate(token) if not (c.isascii() and c.isalnum()) and c not in FCM_TOKEN_CHARS
+            )
+            return (
+                f"FCM registration token (Token-Type {token_type!r}) must be letters, digits and {FCM_TOKEN_CHARS}: "
+                f"{_shown(token[offset])} at offset {offset}"
+            )
+    elif kind:
+        return f"Token-Type {token_type[:32]!r} is none pusher can push to ({_PUSHABLE_TYPES})"
     return None
 
 

@@ -312,13 +312,6 @@ BUILD_CASES: list[tuple[str, dict[str, Any], str, dict[str, str] | None, list[To
         [tok(FCM_TOKEN, "firebase", "ABCD1234.org.linphone.voip", "remote")],
     ),
     (
-        "rfc8599-unknown-provider-kept",
-        reg(linphone_rfc8599("endpoint-123", "vapid-key", provider="webpush"), LINPHONE_IOS_UA),
-        "ok",
-        push(Token_App="vapid-key", Token_Type="webpush", Token_ID="endpoint-123", Token_Proxy=PROXY_PATH),
-        [tok("endpoint-123", "webpush", "vapid-key")],
-    ),
-    (
         "rfc8599-kazoo-alias-provider-kept",
         reg(linphone_rfc8599(FCM_TOKEN, "com.acme.phone", provider="google"), LINPHONE_ANDROID_UA),
         "ok",
@@ -1259,7 +1252,19 @@ TOKEN_PROBLEM_CASES: list[tuple[str, str, str, str | None]] = [
         "firebase",
         "FCM registration token (Token-Type 'firebase') must be letters, digits and -_:.~+/=: U+00E9 at offset 3",
     ),
-    ("unknown-type-url", "https://push.example.com/v1/abc?x=1", "webpush", None),
+    (
+        "unknown-type-url",
+        "https://push.example.com/v1/abc?x=1",
+        "webpush",
+        "Token-Type 'webpush' is none pusher can push to (apns/apns.dev/apple or android/fcm/firebase/gcm/google)",
+    ),
+    (
+        "unknown-type-blackberry",
+        APNS_HEX,
+        "BlackBerry",
+        "Token-Type 'BlackBerry' is none pusher can push to (apns/apns.dev/apple or android/fcm/firebase/gcm/google)",
+    ),
+    ("gcm", FCM_TOKEN, "gcm", None),
     ("no-type-non-ascii-letter", "jeton-é", "", None),
     ("space", "abc def", "", "token holds whitespace (U+0020 at offset 3)"),
     ("tab", "\tabc", "apple", "token holds whitespace (U+0009 at offset 0)"),
@@ -1349,6 +1354,19 @@ TOKEN_REFUSED_CASES: list[tuple[str, dict[str, Any], str]] = [
         "unknown-provider-whitespace",
         reg(linphone_rfc8599("endpoint%20123", "vapid-key", provider="webpush"), LINPHONE_IOS_UA),
         "token refused: rule 'Linphone RFC 8599': token holds whitespace (U+0020 at offset 8)",
+    ),
+    (
+        # The push object would name a type no push_req can go to: the stored one is kept instead.
+        "rfc8599-unknown-provider",
+        reg(linphone_rfc8599("endpoint-123", "vapid-key", provider="webpush"), LINPHONE_IOS_UA),
+        "token refused: rule 'Linphone RFC 8599': Token-Type 'webpush' is none pusher can push to "
+        "(apns/apns.dev/apple or android/fcm/firebase/gcm/google)",
+    ),
+    (
+        "legacy-unknown-pn-type",
+        reg(KAZOO_SAMPLE_BODY["Contact"].replace("pn-type=apple", "pn-type=blackberry")),
+        "token refused: rule 'AcmePhone': Token-Type 'blackberry' is none pusher can push to "
+        "(apns/apns.dev/apple or android/fcm/firebase/gcm/google)",
     ),
     (
         "refused-on-unregister-too",
