@@ -9,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.fields import UNDECRYPTABLE_REASON, EncryptedTextField, is_undecryptable
+from core.jsonlimits import json_object_fields_clean
 from core.text import mask_token
 from push.payloads import apns_extra_headers, apns_wire
 
@@ -197,6 +198,9 @@ class PushApp(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app_id} ({self.provider})"
+
+    def clean(self) -> None:
+        json_object_fields_clean(self, "extra_headers")
 
     @property
     def effective_topic(self) -> str:

@@ -1,10 +1,12 @@
 """User-Agent rules, Kazoo devices and their push tokens."""
 
 from django.core.exceptions import ValidationError
+from django.core.validators import EMPTY_VALUES
 from django.db import models
 
 from core.fields import EncryptedTextField
-from core.text import mask_token
+from core.jsonlimits import json_object_fields_clean
+from core.text import mask_token, text_storable_problem
 
 
 def validate_rule_regex(value: str) -> None:
@@ -17,10 +19,17 @@ def validate_rule_regex(value: str) -> None:
         raise ValidationError(exc.message) from exc
 
 
+RULE_PROPERTIES_SHAPE = (
+    'properties must be a JSON object of output key -> source name strings, e.g. {"Token-ID": "pn-tok"}'
+)
+
+
 def validate_rule_properties(value: object) -> None:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ValidationError('properties must be a JSON object of output key -> source name strings, '
-                              'e.g. {"Token-ID": "pn-tok"}')
+        raise ValidationError(RULE_PROPERTIES_SHAPE)
+    problem = text_storable_problem(value)
+    if problem:
+        raise ValidationError(f"value {problem}")
 
 
 class UserAgentRule(models.Model):
@@ -56,6 +65,12 @@ class UserAgentRule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # Django skips a blank field's validators for the values it counts as empty, null and []
+        # among them: no object either (null failed in the services, [] was stored as {}).
+        if not isinstance(self.properties, dict) and self.properties in EMPTY_VALUES:
+            raise ValidationError({"properties": RULE_PROPERTIES_SHAPE})
 
 
 class SyncStatus(models.TextChoices):
@@ -219,3 +234,6 @@ class TokenReporter(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        json_object_fields_clean(self, "parameters", "fixed")

@@ -44,8 +44,10 @@ def user_agent_rule_create(
 ) -> UserAgentRule:
     """Add a User-Agent rule. Raises RuleError for a regex that does not compile (Kazoo crashed on
     every registration instead), bad properties, or a name already taken."""
+    # Anything else (null, a list) is the model's to refuse, with the other faces' message.
     rule = UserAgentRule(
-        name=name, regex=regex, properties=dict(properties), position=position, enabled=enabled,
+        name=name, regex=regex, properties=dict(properties) if isinstance(properties, Mapping) else properties,
+        position=position, enabled=enabled,
         description=description,
     )
     _rule_check(rule)

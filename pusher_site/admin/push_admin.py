@@ -17,6 +17,7 @@ from core.text import duration_ms_text
 from push import services
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, PushApp
 from push.selectors import deliveries_search, delivery_push_types, rows_count
+from pusher_site.admin.jsonfield import JSON_FORMFIELD_OVERRIDES
 
 
 def warnings_html(warnings: tuple[str, ...]) -> str:
@@ -194,6 +195,7 @@ class PushAppForm(forms.ModelForm):
 @admin.register(PushApp)
 class PushAppAdmin(admin.ModelAdmin):
     form = PushAppForm
+    formfield_overrides = JSON_FORMFIELD_OVERRIDES
     list_display = ["app_id", "provider", "enabled", "credential", "host", "effective_topic", "flagged_reason"]
     list_filter = ["provider", "enabled"]
     search_fields = ["app_id", "description", "topic", "project_id"]

@@ -9,10 +9,12 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from core.errors import PusherError
+from core.jsonlimits import json_object_problem
 from kazoo import sync
 from kazoo.uatest import user_agent_test
 from push.models import DeliverySource, DeliveryStatus
 from push.services import delivery_outcome_text, push_test_send
+from pusher_site.admin.jsonfield import JSON_FORMFIELD_OVERRIDES, JSONTextField
 from pusher_site.admin.kazoo_admin import DeviceReconcileFields
 from registry import reporting, services, syncstate
 from registry.models import Device, PushToken, ReporterAuth, SyncStatus, TokenReporter, UserAgentRule
@@ -28,7 +30,7 @@ class UserAgentTestForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "cols": 90}),
         help_text="The REGISTER's Contact header value, parameters included.",
     )
-    extra_fields = forms.JSONField(
+    extra_fields = JSONTextField(
         required=False,
         label="Other reg_success fields",
         widget=forms.Textarea(attrs={"rows": 4, "cols": 90}),
@@ -40,8 +42,9 @@ class UserAgentTestForm(forms.Form):
         value = self.cleaned_data["extra_fields"]
         if value in (None, ""):
             return {}
-        if not isinstance(value, dict):
-            raise forms.ValidationError("Give a JSON object of reg_success fields.")
+        problem = json_object_problem(value)  # the API's match takes what its JSONObjectField takes
+        if problem:
+            raise forms.ValidationError(f"Give a JSON object of reg_success fields: {problem}.")
         return value
 
 
@@ -54,6 +57,7 @@ class UserAgentRuleAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["name", "regex", "description"]
     ordering = ["position", "name"]
+    formfield_overrides = JSON_FORMFIELD_OVERRIDES
 
     # Every write, list_editable's included (the changelist saves each changed row with save_model),
     # goes through registry.services: its checks, and the rule cache every process reads cleared.
@@ -280,6 +284,7 @@ class TokenReporterAdmin(admin.ModelAdmin):
     through registry.reporting, the API's services."""
 
     form = TokenReporterForm
+    formfield_overrides = JSON_FORMFIELD_OVERRIDES
     list_display = ["slug", "enabled", "auth", "user_agent_regex", "token_encoding", "updated_at"]
     list_filter = ["enabled", "auth"]
     search_fields = ["slug", "description", "user_agent_regex"]
