@@ -113,3 +113,32 @@ def test_the_user_agent_tester_refuses_a_lone_surrogate_as_the_api_does(staff_cl
                                                                   "contact": "<sip:1001@10.0.0.1:5060>",
                                                                   "fields": fields})
     assert response.status_code == 400 and "fields" in response.json()
+
+
+# --- Nesting deeper than the API's limit ------------------------------------------------------------
+
+DEEP = "[" * 10000 + "]" * 10000
+
+DEEP_FORMS = [
+    ("registry_useragentrule", "properties", rule_form),
+    ("push_pushapp", "extra_headers", app_form),
+    ("registry_tokenreporter", "parameters", reporter_form),
+    ("registry_tokenreporter", "fixed", reporter_form),
+]
+
+
+@pytest.mark.parametrize(("model", "field", "form"), DEEP_FORMS, ids=[f"{m}.{f}" for m, f, _ in DEEP_FORMS])
+def test_deep_json_in_an_admin_field_is_a_form_error_as_in_the_api(staff_client, api, model, field, form) -> None:
+    errors = admin_add(staff_client, model, form(**{field: DEEP}))
+    assert any("64" in message for message in errors[field])
+    path = {"registry_useragentrule": "/api/v1/user-agent-rules/", "push_pushapp": "/api/v1/apps/",
+            "registry_tokenreporter": "/api/v1/token-reporters/"}[model]
+    response = api.post(path, f'{{"{field}": {DEEP}}}', content_type="application/json")
+    assert response.status_code == 400 and response.json()["code"] == "json_too_deep"
+
+
+def test_deep_json_in_the_user_agent_testers_fields_is_a_form_error(staff_client) -> None:
+    response = staff_client.post(reverse("admin:registry_useragentrule_test"), {
+        "user_agent": "AcmePhone/1", "contact": "<sip:1001@10.0.0.1:5060>", "extra_fields": DEEP})
+    assert response.status_code == 200
+    assert any("64" in message for message in response.context["form"].errors["extra_fields"])
