@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from core.errors import CredentialError, PusherError, RuleError
+from core.text import text_storable_problem
 from push import services as push_services
 from push.models import TOPIC_SUFFIX, CredentialKind, Provider, PushApp
 from push.payloads import apns_wire
@@ -42,12 +43,9 @@ _INHERITED_KEYS = ("host", "headers", "enabled")
 _APNS_PRIORITIES = (1, 5, 10)
 _ANDROID_PRIORITIES = ("high", "normal")
 
-# Far more rules than an installation has: every reg_success that matches no rule tries them all
-# (5,000 made each such registration cost ~0.6 s in the consumer), and a document of 200,000 took
-# the import minutes. A document is refused whole beyond this, before any regex is compiled.
+# Far more rules than an installation has: a reg_success matching none tries them all (5,000 cost
+# ~0.6 s each in the consumer). The largest document a command reads (the API's: its body limit).
 MAX_IMPORT_RULES = 1000
-# The largest document a command reads (the API's body limit is DATA_UPLOAD_MAX_MEMORY_SIZE): a
-# Kazoo document with a certificate per app is a few hundred kilobytes.
 MAX_KAZOO_CONFIG_BYTES = 8 * 1024 * 1024
 
 PLACEHOLDER_ACCOUNT_ID = "placeholder-account-id"
@@ -82,10 +80,8 @@ class ImportSummary:
 
     @property
     def changed(self) -> bool:
-        return bool(
-            self.rules_created or self.rules_updated or self.rules_moved or self.apps_created or self.apps_updated
-            or self.credentials_created
-        )
+        counts = (self.rules_created, self.rules_updated, self.rules_moved, self.apps_created, self.apps_updated)
+        return any(counts) or bool(self.credentials_created)
 
     def lines(self) -> list[str]:
         """The summary as an operator reads it (command output, admin message)."""
@@ -139,12 +135,12 @@ def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
     or a bare `{"User-Agents": {...}}`). Idempotent: importing the same document again changes nothing.
 
     * `User-Agents` from `default` and from any node/zone section, merged into the one rule set,
-      in Kazoo's object order (positions 10, 20, 30...). Rules already stored but not in the
-      document are kept and numbered on after them, in their previous order: every position is
-      unique (registry.pushobject.rule_positions_assign), and the summary lists them all
-      (`rule_positions`). A missing `regex` is Kazoo's `^$`, missing
-      `properties` is `{}`. A regex that does not compile fails the whole import (RuleError naming
-      the rule): Kazoo would have crashed on every registration instead.
+      in Kazoo's object order (positions 10, 20, 30...), at most MAX_IMPORT_RULES. Rules already
+      stored but not in the document are kept and numbered on after them, in their previous order:
+      every position is unique (registry.pushobject.rule_positions_assign), and the summary lists
+      them all (`rule_positions`). A missing `regex` is Kazoo's `^$`, missing `properties` is `{}`.
+      A regex that does not compile fails the whole import (RuleError naming the rule).
+    * A string no store takes (a NUL, a lone surrogate; core.text) fails it too, naming its field.
     * `<app-id>.apple` / `<app-id>.firebase` (3.x-era `<app-id>.google` too) become push apps.
       Settings absent from the document leave the stored value alone, but for the push type: Kazoo
       sends none of its own, so an app without an `apns_push_type` header gets a blank one, "as
@@ -156,14 +152,13 @@ def kazoo_config_import(*, document: Mapping[str, Any]) -> ImportSummary:
       silently have used them for every app id (PROTOCOL §9.15).
     """
     document = _unwrap(document)
+    _text_check(document)  # every string the plans below take, their names (keys) included
     warnings: list[str] = []
     rules = _rules_plan(document, warnings)
     apps = _apps_plan(document, warnings)
     if not rules and not apps:
-        raise PusherError(
-            "nothing to import: no User-Agents and no app sections (apple/firebase) found; "
-            "is this Kazoo's system_config/pusher document?"
-        )
+        raise PusherError("nothing to import: no User-Agents and no app sections (apple/firebase) found; "
+                          "is this Kazoo's system_config/pusher document?")
     summary = ImportSummary(warnings=warnings)
     with transaction.atomic():
         # Rules and apps are written by the services the admin and the API call (their checks, their
@@ -185,6 +180,19 @@ def _unwrap(document: Any) -> dict[str, Any]:
     if isinstance(document.get("data"), Mapping) and set(document) <= _CROSSBAR_ENVELOPE:
         document = document["data"]
     return dict(document)
+
+
+def _text_check(value: Any, where: str = "the document") -> None:
+    """core.text's check of every face: a NUL or a lone surrogate passed the plans and failed in the
+    database's save with a traceback. Refused naming the innermost field that holds it."""
+    if (problem := text_storable_problem(value)) is None:
+        return
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and text_storable_problem(key):
+            raise PusherError(f"{where}: the name {key!r} {text_storable_problem(key)}")
+        _text_check(item, f"{where} > {key!r}")
+    raise PusherError(f"{where} {problem}")
 
 
 def _is_meta(name: str) -> bool:
@@ -520,23 +528,17 @@ def _app_state(app_id: str, provider: str) -> Mapping[str, Any] | None:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    return None
+    try:
+        return int(value.strip()) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _bool(value: Any) -> bool:
     # Kazoo's kz_term:is_true/1 accepts the strings too.
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "on")
-    return bool(value)
+    return value.strip().lower() in ("true", "1", "yes", "on") if isinstance(value, str) else bool(value)
 
 
 # --- Export -----------------------------------------------------------------------------------

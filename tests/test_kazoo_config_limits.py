@@ -16,8 +16,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from core.errors import RuleError
+from core.errors import PusherError, RuleError
 from kazoo.config import MAX_IMPORT_RULES, MAX_KAZOO_CONFIG_BYTES, kazoo_config_import
+from push.models import PushApp
 from registry.models import UserAgentRule
 
 pytestmark = pytest.mark.django_db
@@ -130,3 +131,31 @@ def test_nesting_at_the_limit_still_reads(tmp_path):
     document = '{"User-Agents": {"R": {"regex": "^R", "properties": ' + '{"a":' * 61 + "1" + "}" * 61 + "}}}"
     message = refused(written(tmp_path, text=document))
     assert "nested" not in message  # refused for its properties, by the rule's own validator
+
+
+# --- 4: text no store accepts -------------------------------------------------------------------
+
+
+AUDIT_DOCUMENT = json.dumps({"default": {"User-Agents": {"Y\u0000": {"regex": "^Y\ud800", "properties": PROPERTIES}}}})
+
+
+@pytest.mark.parametrize(("document", "field", "problem"), [
+    ({"User-Agents": {"Y\u0000": {"regex": "^Y", "properties": PROPERTIES}}}, "'Y\\x00'", "NUL"),
+    ({"User-Agents": {"Y": {"regex": "^Y\ud800", "properties": PROPERTIES}}}, "'regex'", "lone surrogate"),
+    ({"User-Agents": {"Y": {"regex": "^Y", "properties": {"Token-ID": "pn\u0000"}}}}, "'Token-ID'", "NUL"),
+    ({"com.acme.phone": {"apple": {"apns_topic": "com.acme\ud800"}}}, "'apns_topic'", "lone surrogate"),
+    ({"com.acme\u0000": {"firebase": {"api_key": "AAAA"}}}, "'com.acme\\x00'", "NUL"),
+    ({"com.acme.phone": {"firebase": {"headers": {"collapse_key": ["x\u0000"]}}}}, "0", "NUL"),
+])
+def test_unstorable_text_is_refused_naming_its_field(document, field, problem):
+    with pytest.raises(PusherError) as caught:
+        kazoo_config_import(document=document)
+    message = caught.value.message
+    assert field in message and problem in message, message
+    message.encode("utf-8")  # printable: the lone surrogate is quoted as an escape
+    assert not UserAgentRule.objects.exists() and not PushApp.objects.exists()
+
+
+def test_the_command_refuses_the_audit_document_in_one_line(tmp_path):
+    message = refused(written(tmp_path, text=AUDIT_DOCUMENT))
+    assert "'Y\\x00'" in message and "NUL" in message
