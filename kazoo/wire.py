@@ -101,6 +101,13 @@ def _decode(message: RawMessage) -> dict[str, Any]:
         raise InvalidInput(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(fields, dict):
         raise InvalidInput(f"body is JSON {type(fields).__name__}, not an object")
+    msg_id = fields.get("Msg-ID")
+    if msg_id is not None and not isinstance(msg_id, str):
+        # Kazoo's API types Msg-ID as a binary and Kamailio always sends one: anything else is a
+        # broken publisher, refused (dead-lettered) for every event rather than logged as a repr.
+        from push.services.policy import json_kind
+
+        raise InvalidInput(f"Msg-ID must be a string, not {json_kind(msg_id)}")
     if json_text_maybe_unstorable(body):
         text_storable_check(fields)
     return fields
@@ -252,7 +259,10 @@ def message_peek(body: bytes) -> tuple[str, str]:
             body = _gunzip(body, 64 * 1024)
         fields = json.loads(body)
         if isinstance(fields, dict):
-            return str(fields.get("Event-Name") or "unknown")[:64], str(fields.get("Msg-ID") or "")[:200]
+            name, msg_id = fields.get("Event-Name"), fields.get("Msg-ID")
+            # Only strings: a dead letter's line names what it is, never the repr of an object.
+            return (name[:64] if isinstance(name, str) and name else "unknown",
+                    msg_id[:200] if isinstance(msg_id, str) else "")
     except Exception:  # noqa: BLE001, S110 - only for a log line about an already-bad message
         pass
     return "unknown", ""

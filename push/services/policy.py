@@ -96,6 +96,12 @@ def push_job_prepare(
     window = (
         min(expires, PUSH_WINDOW_MAX_S) if expires is not None and expires > 0 else settings.PUSHER_PUSH_DEADLINE_S
     )
+    # Kamailio always sends Call-ID as a string (it is the SIP Call-ID); any other value would go out
+    # as no call-id at all, so it is refused as the HTTP face refuses it. Msg-ID is checked where
+    # every bus message is decoded (kazoo.wire), and by the HTTP face.
+    call_id = fields.get("Call-ID")
+    if call_id is not None and not isinstance(call_id, str):
+        raise InvalidInput(f"push_req Call-ID must be a string, not {json_kind(call_id)}")
     return PushJob(
         fields=fields, source=source, token=token, token_type=token_type, app_id=app_id,
         msg_id=_str(fields, "Msg-ID"), push_type=push_type, started=started, window=window, deadline=started + window,
@@ -114,7 +120,7 @@ def _required_str(fields: Mapping[str, Any], name: str) -> str:
     if value is None:
         raise InvalidInput(f"push_req without a usable {name}")
     if not isinstance(value, str):
-        raise InvalidInput(f"push_req {name} must be a string, not {_json_kind(value)}")
+        raise InvalidInput(f"push_req {name} must be a string, not {json_kind(value)}")
     limit = REQUIRED_TEXT_MAX[name]
     if len(value) > limit:
         raise InvalidInput(f"push_req {name} is longer than {limit} characters")
@@ -123,7 +129,8 @@ def _required_str(fields: Mapping[str, Any], name: str) -> str:
     return value.strip()
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How a refusal names a JSON value of the wrong kind ("an object"), never quoting it."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):

@@ -345,3 +345,25 @@ def test_every_token_type_the_registry_learns_is_one_a_push_can_go_to():
     assert {t for t, p in PROVIDER_OF_TOKEN_TYPE.items() if p == "apple"} == APNS_TOKEN_TYPES
     assert {t for t, p in PROVIDER_OF_TOKEN_TYPE.items() if p == "firebase"} == FCM_TOKEN_TYPES
     assert set(PROVIDER_OF_TOKEN_TYPE) == APNS_TOKEN_TYPES | FCM_TOKEN_TYPES
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize(("field", "value", "kind"), [
+    ("Call-ID", {"a": 1}, "an object"), ("Msg-ID", {"a": 1}, "an object"), ("Msg-ID", ["m"], "a list"),
+    ("Call-ID", 42, "a number"),
+])
+def test_a_push_req_with_an_identifier_that_is_no_string_is_dead_lettered(apple_app, apns_trusting_fake, caplog,
+                                                                          field, value, kind):
+    """Kamailio always sends Msg-ID and Call-ID as strings (Kazoo's API says so); the HTTP face refuses
+    any other, so the bus does too: dead-lettered with the reason, never sent with an empty call-id."""
+    caplog.set_level(logging.INFO)
+    with consumer_running() as consumer, broker_channel() as channel:
+        publish_push(channel, push_req(**{field: value}))
+        consumer.wait_handled(1)
+        method, properties, _ = dead_letter_get(channel, consumer.config.dead_letter_queue)
+    assert method is not None
+    assert properties.headers["x-pusher-reason"].endswith(f"{field} must be a string, not {kind}")
+    assert apns_trusting_fake.requests == [] and not Delivery.objects.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dead-lettered")]
+    assert "msg_id=- " in line or field == "Call-ID"
+    assert "{'a': 1}" not in line and "['m']" not in line
