@@ -59,14 +59,14 @@ def commands_given(path: str) -> list[tuple[str, ...]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_a_directory_is_refused_as_one(tmp_path, index):
     message = refused(*commands_given(str(tmp_path))[index])
     assert "is a directory" in message
     assert not PushApp.objects.exists() and not Credential.objects.exists()
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_a_fifo_is_refused_without_blocking(tmp_path, index):
     fifo = tmp_path / "cert.json"
     os.mkfifo(fifo)
@@ -75,14 +75,14 @@ def test_a_fifo_is_refused_without_blocking(tmp_path, index):
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_an_endless_device_is_refused_at_once(device, index):
     message = refused(*commands_given(device)[index])
     assert "not a regular file" in message
     assert not PushApp.objects.exists()
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_a_file_over_the_limit_is_refused_without_reading_it_all(tmp_path, monkeypatch, index):
     path = tmp_path / "huge.pem"
     path.write_bytes(b"A" * (MAX_CREDENTIAL_BYTES + 10))
@@ -104,3 +104,25 @@ def test_a_file_over_the_limit_is_refused_without_reading_it_all(tmp_path, monke
     message = refused(*commands_given(str(path))[index])
     assert "too large" in message
     assert reads and all(0 <= size <= MAX_CREDENTIAL_BYTES + 1 for size in reads), reads
+
+
+# --- add_firebase_app's SECRET: a file, JSON text, or a legacy key, and nothing else ------------
+
+
+@pytest.mark.parametrize(("secret", "said"), [
+    ("nonexist", "no such file"),
+    ("service-account.json", "no such file"),
+    ("/etc/pusher/missing-service-account.json", "no such file"),
+    ("[]", "must be a JSON object"),
+    ('["AAAAx1y2z3:APA91bLegacyServerKey"]', "must be a JSON object"),
+    ('"AAAAx1y2z3:APA91bLegacyServerKey"', "must be a JSON object"),
+    ("null", "must be a JSON object"),
+])
+def test_add_firebase_app_stores_nothing_that_is_not_a_key(secret, said):
+    assert said in refused("add_firebase_app", "com.acme.phone", secret)
+    assert not PushApp.objects.exists() and not Credential.objects.exists()
+
+
+def test_add_firebase_app_still_takes_a_legacy_key():
+    call_command("add_firebase_app", "com.acme.phone", "AAAAx1y2z3:APA91bLegacyServerKey", stdout=io.StringIO())
+    assert Credential.objects.get().kind == "fcm_legacy_key"
