@@ -169,9 +169,13 @@ def apns_sandbox_requested(fields: Mapping[str, Any]) -> bool:
 
 
 def apns_extra_headers(configured: Mapping[str, Any] | None) -> dict[str, str]:
-    """The app's extra headers with Kazoo's apns_* names mapped to the real header names."""
+    """The app's extra headers with Kazoo's apns_* names mapped to the real header names. Anything
+    but an object (a row stored before PushApp.clean refused it) is no headers: its app still
+    pushes, and its pages still render so that it can be fixed."""
     out: dict[str, str] = {}
-    for name, value in (configured or {}).items():
+    if not isinstance(configured, Mapping):
+        return out
+    for name, value in configured.items():
         header = KAZOO_APNS_HEADER_NAMES.get(str(name).lower(), str(name).lower())
         if APNS_HEADER.match(header) and value is not None:
             out[header] = str(value)

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from push.models import PushApp
 from registry.models import TokenReporter, UserAgentRule
 from registry.reporter import DEFAULT_PARAMETERS
+from tests.test_admin_pages import credential_factory
 
 pytestmark = pytest.mark.django_db
 
@@ -142,3 +143,39 @@ def test_deep_json_in_the_user_agent_testers_fields_is_a_form_error(staff_client
         "user_agent": "AcmePhone/1", "contact": "<sip:1001@10.0.0.1:5060>", "extra_fields": DEEP})
     assert response.status_code == 200
     assert any("64" in message for message in response.context["form"].errors["extra_fields"])
+
+
+# --- Not an object: null, a list, a string ----------------------------------------------------------
+
+NOT_OBJECTS = ["null", "[]", '"s"', "[1]", ""]
+OBJECT_FORMS = [
+    ("registry_useragentrule", "properties", rule_form, "/api/v1/user-agent-rules/",
+     {"name": "AcmePhone", "regex": "^A"}),
+    ("push_pushapp", "extra_headers", app_form, "/api/v1/apps/", {"app_id": APP, "provider": "apple"}),
+    ("registry_tokenreporter", "parameters", reporter_form, "/api/v1/token-reporters/",
+     {"slug": "groundwire", "secret": "s" * 30}),
+    ("registry_tokenreporter", "fixed", reporter_form, "/api/v1/token-reporters/",
+     {"slug": "groundwire", "secret": "s" * 30}),
+]
+
+
+@pytest.mark.parametrize("text", NOT_OBJECTS)
+@pytest.mark.parametrize(("model", "field", "form", "path", "body"), OBJECT_FORMS,
+                         ids=[f"{m}.{f}" for m, f, *_ in OBJECT_FORMS])
+def test_a_json_field_that_is_not_an_object_is_refused_by_admin_and_api(staff_client, api, model, field, form, path,
+                                                                        body, text) -> None:
+    errors = admin_add(staff_client, model, form(**{field: text}))
+    assert field in errors
+    if text:  # (JSON has no empty value)
+        response = api_post(api, path, {**body, field: json.loads(text)})
+        assert response.status_code == 400 and field in response.json()
+    assert not (UserAgentRule.objects.exists() or PushApp.objects.exists() or TokenReporter.objects.exists())
+
+
+def test_an_app_stored_with_headers_that_are_no_object_still_renders(staff_client, api) -> None:
+    """A row written before the models refused it: its pages and answers render, so it can be fixed."""
+    app = PushApp.objects.create(app_id=APP, provider="apple", credential=credential_factory())
+    PushApp.objects.filter(pk=app.pk).update(extra_headers="s")
+    assert staff_client.get(reverse("admin:push_pushapp_change", args=[app.pk])).status_code == 200
+    assert api.get(f"/api/v1/apps/{app.pk}/").status_code == 200
+    assert api.get("/api/v1/apps/").status_code == 200
