@@ -13,6 +13,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from core.errors import CredentialError
+from core.jsonlimits import MAX_JSON_DEPTH, json_depth_exceeds
 
 # Real credentials are a few KiB; anything bigger is a wrong file, and refusing early keeps a
 # stray upload from being fed to the ASN.1 parsers.
@@ -44,6 +45,9 @@ def _json_object(data: bytes | str) -> dict[str, Any]:
         text = raw.decode("utf-8-sig")  # tolerate the BOM some Windows editors add
     except UnicodeDecodeError:
         raise CredentialError("the service account file is not text (expected the JSON key file)") from None
+    if json_depth_exceeds(text):
+        # json.loads recurses per level: a few KiB of `[[[[` raised RecursionError (a 500).
+        raise CredentialError(f"the service account JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         info = json.loads(text)
     except json.JSONDecodeError as exc:
