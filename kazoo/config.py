@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,9 @@ _ANDROID_PRIORITIES = ("high", "normal")
 MAX_IMPORT_RULES = 1000
 MAX_KAZOO_CONFIG_BYTES = 8 * 1024 * 1024
 
+# How a message quotes a name from the document: a 5,000-character rule name made a 5 KB one-line error.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 80
 PLACEHOLDER_ACCOUNT_ID = "placeholder-account-id"
 PLACEHOLDER_AUTHORIZING_ID = "placeholder-authorizing-id"
 CCVS = "Custom-Channel-Vars"
@@ -183,15 +187,14 @@ def _unwrap(document: Any) -> dict[str, Any]:
 
 
 def _text_check(value: Any, where: str = "the document") -> None:
-    """core.text's check of every face: a NUL or a lone surrogate passed the plans and failed in the
-    database's save with a traceback. Refused naming the innermost field that holds it."""
+    """core.text's check of every face (a NUL, a lone surrogate failed at the save), naming the field."""
     if (problem := text_storable_problem(value)) is None:
         return
     items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         if isinstance(key, str) and text_storable_problem(key):
-            raise PusherError(f"{where}: the name {key!r} {text_storable_problem(key)}")
-        _text_check(item, f"{where} > {key!r}")
+            raise PusherError(f"{where}: the name {_SHORT.repr(key)} {text_storable_problem(key)}")
+        _text_check(item, f"{where} > {_SHORT.repr(key)}")
     raise PusherError(f"{where} {problem}")
 
 
@@ -212,7 +215,7 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
             continue
         if USER_AGENTS in section:
             warnings.append(
-                f"section {name!r} (a node or zone) has its own User-Agents; pusher has one rule set for "
+                f"section {_SHORT.repr(name)} (a node or zone) has its own User-Agents; pusher has one rule set for "
                 "every node, so its rules were added after the default ones"
             )
             sections.append((name, section[USER_AGENTS]))
@@ -223,7 +226,7 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
     plans: dict[str, tuple[str, _RulePlan]] = {}
     for section_name, user_agents in sections:
         if not isinstance(user_agents, Mapping):
-            raise RuleError(f"User-Agents in section {section_name!r} must be an object of named rules")
+            raise RuleError(f"User-Agents in section {_SHORT.repr(section_name)} must be an object of named rules")
         for rule_name, entry in user_agents.items():
             plan = _rule_plan(section_name, str(rule_name), entry)
             seen = plans.get(plan.name)
@@ -231,14 +234,14 @@ def _rules_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_RuleP
                 plans[plan.name] = (section_name, plan)
             elif (seen[1].regex, seen[1].properties) != (plan.regex, plan.properties):
                 warnings.append(
-                    f"User-Agent rule {plan.name!r} in section {section_name!r} differs from the one in "
-                    f"{seen[0]!r}; kept the one from {seen[0]!r}"
+                    f"User-Agent rule {_SHORT.repr(plan.name)} in section {_SHORT.repr(section_name)} differs from "
+                    f"the one in {_SHORT.repr(seen[0])}; kept that one"
                 )
     return [plan for _, plan in plans.values()]
 
 
 def _rule_plan(section: str, name: str, entry: Any) -> _RulePlan:
-    where = f"User-Agent rule {name!r} (section {section!r})"
+    where = f"User-Agent rule {_SHORT.repr(name)} (section {_SHORT.repr(section)})"
     if not name.strip() or len(name) > 200:
         raise RuleError(f"{where}: a rule name must be 1 to 200 characters")
     if not isinstance(entry, Mapping):
@@ -305,12 +308,12 @@ def _apps_plan(document: Mapping[str, Any], warnings: list[str]) -> list[_AppPla
         if app_id in (DEFAULT_SECTION, USER_AGENTS) or _is_meta(app_id):
             continue
         if not isinstance(section, Mapping):
-            warnings.append(f"top-level key {app_id!r} is not a section (an object); ignored")
+            warnings.append(f"top-level key {_SHORT.repr(app_id)} is not a section (an object); ignored")
             continue
         apple, firebase, google = section.get("apple"), section.get("firebase"), section.get("google")
         if apple is None and firebase is None and google is None:
             if USER_AGENTS not in section:
-                warnings.append(f"section {app_id!r} has no User-Agents, apple or firebase settings; ignored")
+                warnings.append(f"section {_SHORT.repr(app_id)} has no User-Agents, apple or firebase section; ignored")
             continue
         if apple is not None:
             if isinstance(apple, str):

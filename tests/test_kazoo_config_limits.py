@@ -159,3 +159,28 @@ def test_unstorable_text_is_refused_naming_its_field(document, field, problem):
 def test_the_command_refuses_the_audit_document_in_one_line(tmp_path):
     message = refused(written(tmp_path, text=AUDIT_DOCUMENT))
     assert "'Y\\x00'" in message and "NUL" in message
+
+
+# --- 8: names quoted short ----------------------------------------------------------------------
+
+
+def test_a_long_rule_name_is_cut_in_the_message(tmp_path):
+    name = "N" * 5000
+    message = refused(written(tmp_path, {"User-Agents": {name: {"regex": "^N", "properties": PROPERTIES}}}))
+    assert "1 to 200 characters" in message and "..." in message and len(message) < 300
+
+
+@pytest.mark.parametrize("document", [
+    {"User-Agents": {"S" * 5000: "not an object"}},
+    {"sect" * 2000: {"User-Agents": []}},
+    {"User-Agents": {"K\u0000" * 3000: {}}},
+])
+def test_long_names_are_cut_in_every_refusal(document):
+    with pytest.raises(PusherError) as caught:
+        kazoo_config_import(document=document)
+    assert len(caught.value.message) < 300, caught.value.message[:300]
+
+
+def test_long_names_are_cut_in_warnings():
+    summary = kazoo_config_import(document={"User-Agents": {"R": {"regex": "^R"}}, "x" * 5000: "not a section"})
+    assert summary.warnings and all(len(warning) < 300 for warning in summary.warnings)
