@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from core.errors import CredentialError
+from core.text import text_storable_problem
 from push.pem import (
     _PEM_BLOCK,
     MAX_CREDENTIAL_BYTES,
@@ -414,6 +415,12 @@ def parse_apns_token_key(data: bytes | str, *, key_id: str, team_id: str) -> Par
 def parse_fcm_service_account(data: bytes | str | Mapping[str, Any]) -> ParsedCredential:
     """Validate a Google service-account key (FCM HTTP v1); the secret is its JSON text."""
     info = dict(data) if isinstance(data, Mapping) else _json_object(data)
+    # Its strings become the stored facts (client_email, key_id), a fingerprint's input and the
+    # signed token's claims: a lone surrogate (`\ud800` in the JSON) cannot be encoded for any of
+    # them (a UnicodeEncodeError, a 500), a NUL cannot be stored.
+    problem = text_storable_problem(info)
+    if problem:
+        raise CredentialError(f"the service account JSON {problem}")
     if "project_info" in info:
         raise CredentialError(
             "this is google-services.json (the app configuration), not a service-account key; "

@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from push.models import Credential
+from tests.certs import make_service_account
 
 pytestmark = pytest.mark.django_db
 
@@ -53,4 +54,14 @@ def api(admin_api):
 def test_a_deeply_nested_service_account_is_refused(seed, api, staff_client, face) -> None:
     message = through(face, DEEP, api=api, staff_client=staff_client)
     assert "64" in message
+    assert not Credential.objects.filter(name="d").exists()
+
+
+@pytest.mark.parametrize("field", ["client_email", "private_key_id", "universe_domain"])
+@pytest.mark.parametrize("face", FACES)
+def test_a_service_account_with_a_lone_surrogate_is_refused(seed, api, staff_client, face, field) -> None:
+    account = make_service_account("acme-other", "https://127.0.0.1:9/token")
+    account[field] = "firebase\ud800@acme-other.iam.gserviceaccount.com"
+    message = through(face, json.dumps(account), api=api, staff_client=staff_client)  # the surrogate escaped
+    assert "not valid Unicode" in message
     assert not Credential.objects.filter(name="d").exists()
