@@ -101,15 +101,42 @@ def credential_name_for(*, app_id: str, parsed: ParsedCredential) -> str:
     return name[:200]
 
 
+@dataclass(frozen=True)
+class CredentialStored:
+    """What credential_get_or_save did: "created", "reused" (the same secret was already stored) or
+    "updated" (the secret of the credential of that name replaced in place), and why a new
+    credential was saved beside one of the same name."""
+
+    outcome: str
+    note: str = ""
+
+
+def credential_stored(credential: Credential) -> CredentialStored | None:
+    """What the credential_get_or_save call that returned this instance did (None for any other).
+    Carried on the instance because push_app_add's PushAppAdded only says created or not, and
+    "not created" was printed "reused" for a secret replaced in place."""
+    stored = getattr(credential, "_pusher_stored", None)
+    return stored if isinstance(stored, CredentialStored) else None
+
+
+def _stored(credential: Credential, outcome: str, note: str = "") -> Credential:
+    credential._pusher_stored = CredentialStored(outcome=outcome, note=note)  # type: ignore[attr-defined]
+    return credential
+
+
 @transaction.atomic
 def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Credential, bool]:
     """The stored credential holding this same secret (same kind, fingerprint, key id and team id),
-    else the secret saved under `name`; returns (credential, created).
+    else the secret saved under `name`; returns (credential, created), and credential_stored() on
+    it says which of created / reused / updated happened.
 
     One .p8 key serves every app of a team and one service account every app of a project: reusing
     the row keeps one copy of the secret and one place to rotate it. A credential already named
-    `name` of the same kind is updated in place (a renewed certificate: every app on it follows);
-    a name taken by another kind gets a numbered suffix."""
+    `name` of the same kind is updated in place (a renewed certificate: every app on it follows)
+    only when every app on it is one whose credential is named `name` (the app it was added for;
+    every app of a key named after itself): apps share a certificate row through its fingerprint,
+    and renewing app A's must not silently change app B's. Otherwise, or when the name is taken by
+    another kind, the secret is saved as a new credential with a numbered suffix."""
     facts = parsed.facts
     kind = str(facts.kind)
     if facts.fingerprint_sha256:
@@ -121,16 +148,26 @@ def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Cred
             .first()
         )
         if same is not None:
-            return same, False
+            return _stored(same, "reused"), False
     existing = Credential.objects.select_for_update().filter(name=name).first()
+    note = ""
     if existing is not None and existing.kind == kind:
-        return credential_save(name=name, parsed=parsed, credential=existing), False
+        others = [
+            str(app) for app in existing.apps.all()
+            if credential_name_for(app_id=app.app_id, parsed=parsed) != name
+        ]
+        if not others:
+            return _stored(credential_save(name=name, parsed=parsed, credential=existing), "updated"), False
+        note = (
+            f"credential {name!r} is also used by {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}, "
+            "which keep it; this secret was saved as a new credential"
+        )
     if existing is not None:
         suffix = 2
         while Credential.objects.filter(name=f"{name[:190]} #{suffix}").exists():
             suffix += 1
         name = f"{name[:190]} #{suffix}"
-    return credential_save(name=name, parsed=parsed), True
+    return _stored(credential_save(name=name, parsed=parsed), "created", note), True
 
 
 @transaction.atomic
