@@ -380,6 +380,9 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# Error reports (the DEBUG 500 page included) hide what a view marks as a posted secret.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pusher_site.errorreports.SecretRequestReporterFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -9,7 +9,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
 from core.errors import PusherError
 from hooks import services
@@ -89,6 +91,7 @@ class WebhookSubscriptionForm(forms.ModelForm):
 
 
 @admin.register(WebhookSubscription)
+@method_decorator(sensitive_post_parameters("new_secret"), name="changeform_view")
 class WebhookSubscriptionAdmin(admin.ModelAdmin):
     form = WebhookSubscriptionForm
     list_display = ["name", "enabled", "receiver", "events_shown", "account_id", "updated_at"]

@@ -9,8 +9,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.debug import sensitive_post_parameters
 
 from core.errors import PusherError
 from core.text import duration_ms_text
@@ -84,6 +86,7 @@ class CredentialForm(forms.ModelForm):
 
 
 @admin.register(Credential)
+@method_decorator(sensitive_post_parameters("pasted", "password"), name="changeform_view")
 class CredentialAdmin(admin.ModelAdmin):
     form = CredentialForm
     list_display = ["name", "kind", "subject_short", "expiry", "key_id", "team_id", "project_id", "usable_shown"]

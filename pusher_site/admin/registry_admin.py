@@ -7,6 +7,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from core.errors import PusherError
 from core.jsonlimits import json_object_problem
@@ -279,6 +281,7 @@ class TokenReporterForm(forms.ModelForm):
 
 
 @admin.register(TokenReporter)
+@method_decorator(sensitive_post_parameters("new_secret"), name="changeform_view")
 class TokenReporterAdmin(admin.ModelAdmin):
     """Apps that report their push token over HTTP (Acrobits' Push Token Reporter); every write
     through registry.reporting, the API's services."""

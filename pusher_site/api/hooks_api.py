@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
@@ -191,6 +193,7 @@ class WebhookSubscriptionInputSerializer(serializers.Serializer):
         return attrs
 
 
+@method_decorator(sensitive_post_parameters("secret"), name="dispatch")
 class WebhookSubscriptionViewSet(ServiceWriteMixin, viewsets.ModelViewSet):
     """Webhook subscriptions: where pusher POSTs the events chosen, signed with the secret."""
 

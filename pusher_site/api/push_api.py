@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -125,6 +127,7 @@ class CredentialFilterSerializer(serializers.Serializer):
     expires_before = serializers.DateTimeField(required=False, help_text="not_after before this time")
 
 
+@method_decorator(sensitive_post_parameters("data", "password"), name="dispatch")
 class CredentialViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet):
     """APNs certificates and token keys, FCM service accounts. Upload as multipart (`file`) or JSON
     (`data`); the answer carries only what was parsed from the secret."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework import serializers, viewsets
 
 from pusher_site.api.conventions import (
@@ -76,6 +78,7 @@ class TokenReporterFilterSerializer(serializers.Serializer):
     slug = StrictCharField(required=False, max_length=64, help_text="Exact")
 
 
+@method_decorator(sensitive_post_parameters("secret"), name="dispatch")
 class TokenReporterViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet):
     """Apps whose push tokens come over HTTP instead of in their Contact (Acrobits' Push Token Reporter:
     Groundwire and white-label apps). Reports go to /report/<slug>/<secret>/ (not under /api/)."""
