@@ -138,6 +138,12 @@ def validate_push_host(value: str) -> None:
         raise ValidationError(problem)
 
 
+# apns-priority's values (Apple: 10 immediate, 5 power-considerate, 1 lowest).
+APNS_PRIORITIES = (1, 5, 10)
+# The longest a push may wait at the provider: APNs and FCM both keep one at most 28 days.
+MAX_PUSH_LIFETIME_S = 2419200
+
+
 class PushApp(models.Model):
     """One mobile app on one provider, keyed as Kazoo keys it: (Token-App, provider)."""
 
@@ -200,6 +206,17 @@ class PushApp(models.Model):
         return f"{self.app_id} ({self.provider})"
 
     def clean(self) -> None:
+        # Here rather than as field choices and validators, which would take a migration; every face's
+        # write runs full_clean (the admin's form, and the services for the API, the commands, the import).
+        errors: dict[str, str] = {}
+        if self.priority not in APNS_PRIORITIES:
+            errors["priority"] = f"apns-priority must be one of {', '.join(map(str, APNS_PRIORITIES))}"
+        for name in ("expiration", "ttl_s"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value > MAX_PUSH_LIFETIME_S:
+                errors[name] = f"at most {MAX_PUSH_LIFETIME_S} seconds (28 days)"
+        if errors:
+            raise ValidationError(errors)
         json_object_fields_clean(self, "extra_headers")
 
     @property

@@ -179,3 +179,4 @@ def test_an_app_stored_with_headers_that_are_no_object_still_renders(staff_clien
     assert staff_client.get(reverse("admin:push_pushapp_change", args=[app.pk])).status_code == 200
     assert api.get(f"/api/v1/apps/{app.pk}/").status_code == 200
     assert api.get("/api/v1/apps/").status_code == 200
+

@@ -22,7 +22,16 @@ from rest_framework.response import Response
 
 from core.errors import PusherError
 from push import services
-from push.models import Credential, CredentialKind, DeliverySource, DeliveryStatus, Provider, PushApp
+from push.models import (
+    APNS_PRIORITIES,
+    MAX_PUSH_LIFETIME_S,
+    Credential,
+    CredentialKind,
+    DeliverySource,
+    DeliveryStatus,
+    Provider,
+    PushApp,
+)
 from pusher_site.api.auth import ScopedAccess, ScopedTokenAuthentication, request_scope
 from pusher_site.api.conventions import (
     MAX_INT,
@@ -208,15 +217,16 @@ class PushAppInputSerializer(StrictModelSerializer):
     host = StrictCharField(max_length=255, required=False,
                            help_text="APNs host name or IP address; `host:port` sets the port too")
     port = StrictIntegerField(min_value=1, max_value=65535, required=False)
-    priority = StrictChoiceField(choices=[(1, "1"), (5, "5"), (10, "10")], required=False,
+    # The model's rule (PushApp.clean), repeated for the schema and per-field errors.
+    priority = StrictChoiceField(choices=[(p, str(p)) for p in APNS_PRIORITIES], required=False,
                                        help_text="apns-priority: 10 immediate, 5 power-considerate, 1 lowest")
     extra_headers = serializers.DictField(
         child=StrictCharField(allow_blank=True, max_length=1000), required=False,
         validators=[json_text_validator], help_text="Extra APNs headers; Kazoo's apns_* names are accepted",
     )
-    expiration = StrictIntegerField(min_value=0, max_value=2419200, allow_null=True, required=False,
+    expiration = StrictIntegerField(min_value=0, max_value=MAX_PUSH_LIFETIME_S, allow_null=True, required=False,
                                           help_text="Seconds the push stays valid at Apple; 0 = now or never")
-    ttl_s = StrictIntegerField(min_value=0, max_value=2419200, required=False, help_text="FCM TTL (s)")
+    ttl_s = StrictIntegerField(min_value=0, max_value=MAX_PUSH_LIFETIME_S, required=False, help_text="FCM TTL (s)")
 
     class Meta:
         model = PushApp
