@@ -13,6 +13,10 @@ def validate_rule_regex(value: str) -> None:
     from core.errors import RuleError
     from registry.pushobject import rule_regex_check
 
+    # Spaces alone compile, and match any User-Agent holding them: a regex left blank by mistake.
+    # (An empty reporter regex, "any device", never reaches a validator: Django skips empty values.)
+    if isinstance(value, str) and not value.strip():
+        raise ValidationError("a regex is required, not only whitespace")
     try:
         rule_regex_check(value)
     except RuleError as exc:

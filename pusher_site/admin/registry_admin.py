@@ -260,6 +260,8 @@ class TokenReporterForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # As typed: stripped, a regex of spaces became "" ("any device") instead of the model's refusal.
+        cast(forms.CharField, self.fields["user_agent_regex"]).strip = False
         if self.instance.pk is None:
             self.fields["new_secret"].required = True
             self.fields["new_secret"].initial = reporting.token_reporter_secret_new()
