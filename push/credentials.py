@@ -540,6 +540,19 @@ def parse_credential(
     return parse_fcm_legacy_key(data)
 
 
+SECRET_GIVEN_TWICE = "give the secret as a file or as text, not both"
+
+
+def credential_secret_given(*, uploaded: bytes | None, text: str | None) -> bytes | str | None:
+    """The secret from the one source given (a file uploaded, or text typed, pasted or sent as a
+    string), None when neither is. Both together are refused (CredentialError): which of them
+    counted was no face's to guess. Every face asks this: the admin's upload/paste, the API's
+    file/data."""
+    if uploaded and text:
+        raise CredentialError(SECRET_GIVEN_TWICE)
+    return uploaded or text or None
+
+
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------

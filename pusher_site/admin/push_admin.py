@@ -17,6 +17,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from core.errors import PusherError
 from core.text import duration_ms_text
 from push import services
+from push.credentials import credential_secret_given
 from push.models import Credential, CredentialKind, Delivery, DeliverySource, DeliveryStatus, PushApp
 from push.selectors import deliveries_search, delivery_push_types, rows_count
 from pusher_site.admin.jsonfield import JSON_FORMFIELD_OVERRIDES
@@ -53,9 +54,13 @@ class CredentialForm(forms.ModelForm):
         super().clean()
         cleaned = self.cleaned_data  # what ModelForm.clean returns (its type allows None)
         upload = cleaned.get("upload")
-        data: bytes | str = upload.read() if upload else (cleaned.get("pasted") or "")
+        try:
+            given = credential_secret_given(uploaded=upload.read() if upload else None, text=cleaned.get("pasted"))
+        except PusherError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        data: bytes | str = given or ""
         # The secret as given, for the service save_model calls (credential_create/credential_update).
-        self.secret_data = data or None
+        self.secret_data = given
         if not data:
             if not self.instance.pk:
                 raise forms.ValidationError("Upload a file or paste the credential.")

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 
 from core.errors import PusherError
 from push import services
+from push.credentials import credential_secret_given
 from push.models import (
     APNS_PRIORITIES,
     MAX_PUSH_LIFETIME_S,
@@ -119,12 +120,15 @@ class CredentialInputSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         upload = attrs.pop("file", None)
-        if upload is not None and "data" in attrs:
-            raise serializers.ValidationError("give the secret as `file` or as `data`, not both")
-        if upload is not None:
-            if upload.size > MAX_SECRET_BYTES:
-                raise serializers.ValidationError({"file": ["A credential file is at most 1 MiB."]})
-            attrs["data"] = upload.read()
+        if upload is not None and upload.size > MAX_SECRET_BYTES:
+            raise serializers.ValidationError({"file": ["A credential file is at most 1 MiB."]})
+        try:
+            given = credential_secret_given(uploaded=upload.read() if upload is not None else None,
+                                            text=attrs.get("data"))
+        except PusherError as exc:
+            raise serializers.ValidationError(f"{exc.message} (`file` or `data`)") from exc
+        if given is not None:
+            attrs["data"] = given
         if self.instance is None and not attrs.get("data"):
             raise serializers.ValidationError("the secret is required: upload it as `file` or send it as `data`")
         return attrs
