@@ -20,7 +20,7 @@ from django.db import transaction
 from core.errors import CredentialError, PusherError, RuleError
 from core.text import text_storable_problem
 from push import services as push_services
-from push.models import TOPIC_SUFFIX, CredentialKind, Provider, PushApp
+from push.models import APNS_PRIORITIES, TOPIC_SUFFIX, CredentialKind, Provider, PushApp
 from push.payloads import apns_wire
 from registry import selectors
 from registry import services as registry_services
@@ -41,7 +41,6 @@ _FIREBASE_KEYS = frozenset({"api_key", "service_account", "project_id", "headers
 # Non-secret settings a `default.<provider>` section lends to every app (Kazoo reads each key
 # in `<app-id>`, then the zone, then `default`).
 _INHERITED_KEYS = ("host", "headers", "enabled")
-_APNS_PRIORITIES = (1, 5, 10)
 _ANDROID_PRIORITIES = ("high", "normal")
 
 # Far more rules than an installation has: a reg_success matching none tries them all (5,000 cost
@@ -407,7 +406,7 @@ def _apple_headers(app_id: str, headers: Mapping[str, Any], warnings: list[str])
         key = str(name).lower().replace("-", "_")
         if key == "apns_push_type" and isinstance(value, str) and value.strip():
             settings["push_type"] = value.strip()
-        elif key == "apns_priority" and _int(value) in _APNS_PRIORITIES:
+        elif key == "apns_priority" and _int(value) in APNS_PRIORITIES:
             settings["priority"] = _int(value)
         elif key == "apns_expiration" and _int(value) == 0:
             # Kazoo sends this header verbatim: an absolute time, so only 0 ("now or never") means
