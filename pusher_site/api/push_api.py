@@ -316,7 +316,7 @@ class PushAppViewSet(FilteredListMixin, ServiceWriteMixin, viewsets.ModelViewSet
 PushRequestSerializer = type("PushRequestSerializer", (serializers.Serializer,), {
     "__doc__": "A push_req body as Kamailio publishes it on AMQP (the envelope fields may be left out).",
     "Token-ID": StrictCharField(max_length=1024, help_text="The device token"),
-    "Token-Type": StrictCharField(max_length=32, help_text="apple/apns or firebase/google/android/fcm"),
+    "Token-Type": StrictCharField(max_length=32, help_text="apple/apns/apns.dev or firebase/google/android/fcm/gcm"),
     "Token-App": StrictCharField(max_length=255, help_text="The app id a push app is configured for"),
     "Payload": JSONObjectField(required=False, help_text="Merged into the APNs body / FCM data"),
     "Call-ID": StrictCharField(required=False, allow_blank=True, max_length=255),
