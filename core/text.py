@@ -98,3 +98,16 @@ def duration_ms_text(milliseconds: float | None) -> str:
     if milliseconds < 10_000:
         return f"{milliseconds:,.0f} ms"
     return f"{milliseconds / 1000:,.1f} s"
+
+
+def json_kind(value: Any) -> str:
+    """How a refusal names a JSON value of the wrong kind ("an object"), never quoting it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

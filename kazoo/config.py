@@ -43,8 +43,8 @@ _FIREBASE_KEYS = frozenset({"api_key", "service_account", "project_id", "headers
 _INHERITED_KEYS = ("host", "headers", "enabled")
 _ANDROID_PRIORITIES = ("high", "normal")
 
-# Far more rules than an installation has: a reg_success matching none tries them all (5,000 cost
-# ~0.6 s each in the consumer). The largest document a command reads (the API's: its body limit).
+# Far more rules than an installation has (5,000 cost an unmatched reg_success ~0.6 s). The largest
+# document the command reads; the API's body is capped lower (DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MiB).
 MAX_IMPORT_RULES = 1000
 MAX_KAZOO_CONFIG_BYTES = 8 * 1024 * 1024
 

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from core import metrics
 from core.errors import InvalidInput
-from core.text import json_text_maybe_unstorable, text_storable_check
+from core.text import json_kind, json_text_maybe_unstorable, text_storable_check
 from kazoo.push_resp import push_resp_send
 
 log = logging.getLogger("pusher.messages")
@@ -105,8 +105,6 @@ def _decode(message: RawMessage) -> dict[str, Any]:
     if msg_id is not None and not isinstance(msg_id, str):
         # Kazoo's API types Msg-ID as a binary and Kamailio always sends one: anything else is a
         # broken publisher, refused (dead-lettered) for every event rather than logged as a repr.
-        from push.services.policy import json_kind
-
         raise InvalidInput(f"Msg-ID must be a string, not {json_kind(msg_id)}")
     if json_text_maybe_unstorable(body):
         text_storable_check(fields)

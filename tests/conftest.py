@@ -52,6 +52,16 @@ def staff_client(client, staff_user):
     return client
 
 
+@pytest.fixture
+def staff_api(staff_user):
+    """DRF's test client, authenticated as the superuser: the API face beside staff_client's admin."""
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(staff_user)
+    return api
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     """Rule and app caches are per process; a test must see the rows it just wrote. (Only when

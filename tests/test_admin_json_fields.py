@@ -23,10 +23,8 @@ APP = "com.acme.phone.voip.prod"
 
 
 @pytest.fixture
-def api(staff_user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(staff_user)
-    return client
+def api(staff_api: APIClient) -> APIClient:
+    return staff_api
 
 
 def api_post(api: APIClient, path: str, body: Any) -> Any:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +17,11 @@ from core.errors import PusherError, RuleError
 from kazoo.config import MAX_IMPORT_RULES, MAX_KAZOO_CONFIG_BYTES, kazoo_config_import
 from push.models import PushApp
 from registry.models import UserAgentRule
+from tests.deadline import within
 
 pytestmark = pytest.mark.django_db
 
 PROPERTIES = {"Token-App": "app-id", "Token-Type": "pn-type", "Token-ID": "pn-tok"}
-
-
-class Hung(Exception):
-    pass
-
-
-@contextmanager
-def within(seconds: int) -> Iterator[None]:
-    """Fails the test instead of hanging the suite when the command reads for ever."""
-    def expired(signum: int, frame: object) -> None:
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def refused(path: str) -> str:

@@ -44,10 +44,8 @@ LEGACY_KEY = "AAAA-legacy-server-key:APA91bOLDKAZOOKEY"
 
 
 @pytest.fixture
-def api(staff_user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(staff_user)
-    return client
+def api(staff_api: APIClient) -> APIClient:
+    return staff_api
 
 
 def pem(bundle: str = "com.acme.phone", **kwargs: Any) -> str:

@@ -59,10 +59,18 @@ class PushAppAdded:
 
     app: PushApp
     credential: Credential
-    credential_created: bool
+    # What was done with the secret given: created, reused, updated, or "kept" when the app kept the
+    # credential it had (it could send, the one given could not).
+    credential_outcome: str
     warnings: tuple[str, ...]
-    # True when the app kept the credential it had: it could send, the one given could not.
-    credential_kept: bool = False
+
+    @property
+    def credential_created(self) -> bool:
+        return self.credential_outcome == "created"
+
+    @property
+    def credential_kept(self) -> bool:
+        return self.credential_outcome == "kept"
 
 
 def push_app_address(*, host: str, port: int | None = None) -> tuple[str, int | None]:
@@ -196,14 +204,15 @@ def push_app_add(
                 f"kept credential {kept.name!r}, which can send: the {given} given cannot "
                 f"({parsed.facts.unusable_reason}) and was not stored"
             )
-            return PushAppAdded(app=app, credential=kept, credential_created=False, credential_kept=True,
+            return PushAppAdded(app=app, credential=kept, credential_outcome="kept",
                                 warnings=(kept_note, *push_app_warnings(app=app)))
-        credential, created = credential_get_or_save(name=credential_name_for(app_id=app_id, parsed=parsed),
-                                                     parsed=parsed)
+        credential, stored = credential_get_or_save(name=credential_name_for(app_id=app_id, parsed=parsed),
+                                                    parsed=parsed)
         app = push_app_upsert(app_id=app_id, provider=provider, credential=credential, **app_settings)
-    warnings = list(push_app_warnings(app=app))
+    warnings = [stored.note] if stored.note else []
+    warnings.extend(push_app_warnings(app=app))
     warnings.extend(warning for warning in credential.warnings if warning not in warnings)
-    return PushAppAdded(app=app, credential=credential, credential_created=created, warnings=tuple(warnings))
+    return PushAppAdded(app=app, credential=credential, credential_outcome=stored.outcome, warnings=tuple(warnings))
 
 
 @transaction.atomic

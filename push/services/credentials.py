@@ -111,24 +111,11 @@ class CredentialStored:
     note: str = ""
 
 
-def credential_stored(credential: Credential) -> CredentialStored | None:
-    """What the credential_get_or_save call that returned this instance did (None for any other).
-    Carried on the instance because push_app_add's PushAppAdded only says created or not, and
-    "not created" was printed "reused" for a secret replaced in place."""
-    stored = getattr(credential, "_pusher_stored", None)
-    return stored if isinstance(stored, CredentialStored) else None
-
-
-def _stored(credential: Credential, outcome: str, note: str = "") -> Credential:
-    credential._pusher_stored = CredentialStored(outcome=outcome, note=note)  # type: ignore[attr-defined]
-    return credential
-
-
 @transaction.atomic
-def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Credential, bool]:
+def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Credential, CredentialStored]:
     """The stored credential holding this same secret (same kind, fingerprint, key id and team id),
-    else the secret saved under `name`; returns (credential, created), and credential_stored() on
-    it says which of created / reused / updated happened.
+    else the secret saved under `name`; returns the credential and what was done (created, reused
+    or updated).
 
     One .p8 key serves every app of a team and one service account every app of a project: reusing
     the row keeps one copy of the secret and one place to rotate it. A credential already named
@@ -148,7 +135,7 @@ def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Cred
             .first()
         )
         if same is not None:
-            return _stored(same, "reused"), False
+            return same, CredentialStored("reused")
     existing = Credential.objects.select_for_update().filter(name=name).first()
     note = ""
     if existing is not None and existing.kind == kind:
@@ -157,7 +144,7 @@ def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Cred
             if credential_name_for(app_id=app.app_id, parsed=parsed) != name
         ]
         if not others:
-            return _stored(credential_save(name=name, parsed=parsed, credential=existing), "updated"), False
+            return credential_save(name=name, parsed=parsed, credential=existing), CredentialStored("updated")
         note = (
             f"credential {name!r} is also used by {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}, "
             "which keep it; this secret was saved as a new credential"
@@ -167,7 +154,7 @@ def credential_get_or_save(*, name: str, parsed: ParsedCredential) -> tuple[Cred
         while Credential.objects.filter(name=f"{name[:190]} #{suffix}").exists():
             suffix += 1
         name = f"{name[:190]} #{suffix}"
-    return _stored(credential_save(name=name, parsed=parsed), "created", note), True
+    return credential_save(name=name, parsed=parsed), CredentialStored("created", note)
 
 
 @transaction.atomic

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from core.errors import InvalidInput
+from core.text import json_kind
 from push.models import (
     Delivery,
     DeliveryStatus,
@@ -22,7 +23,7 @@ from push.models import (
 )
 from push.payloads import int_or_none
 from push.services.appcache import push_app_get
-from registry.pushobject import APNS_TOKEN_TYPES, FCM_TOKEN_TYPES
+from registry.pushobject import APNS_TOKEN_TYPES, FCM_TOKEN_TYPES, PUSHABLE_TOKEN_TYPES_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ PROVIDER_OF_TOKEN_TYPE: dict[str, Provider] = {
     **dict.fromkeys(sorted(APNS_TOKEN_TYPES), Provider.APPLE),
     **dict.fromkeys(sorted(FCM_TOKEN_TYPES), Provider.FIREBASE),
 }
-_KNOWN_TOKEN_TYPES = f"{'/'.join(sorted(APNS_TOKEN_TYPES))} or {'/'.join(sorted(FCM_TOKEN_TYPES))}"
 
 
 # A send attempt never takes longer than this; a push claimed longer ago than the lease by a
@@ -129,19 +129,6 @@ def _required_str(fields: Mapping[str, Any], name: str) -> str:
     return value.strip()
 
 
-def json_kind(value: Any) -> str:
-    """How a refusal names a JSON value of the wrong kind ("an object"), never quoting it."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
-
 def _str(fields: Mapping[str, Any], name: str, limit: int = 255) -> str:
     value = fields.get(name)
     return str(value)[:limit] if isinstance(value, str | int) and not isinstance(value, bool) else ""
@@ -156,7 +143,7 @@ def push_app_for(
     provider = PROVIDER_OF_TOKEN_TYPE.get(job.token_type)
     if provider is None:
         return None, "unknown_token_type", (
-            f"Token-Type {job.token_type!r} is not {_KNOWN_TOKEN_TYPES}"
+            f"Token-Type {job.token_type!r} is not {PUSHABLE_TOKEN_TYPES_TEXT}"
         )
     app = app_get(app_id=job.app_id, provider=provider)
     delivery.push_app = app

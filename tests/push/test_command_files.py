@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.core.management import call_command
@@ -17,30 +14,12 @@ from django.core.management.base import CommandError
 
 from push.credentials import MAX_CREDENTIAL_BYTES
 from push.models import Credential, PushApp
+from tests.deadline import within
 
 pytestmark = pytest.mark.django_db
 
 APP = "com.acme.phone.voip.prod"
 KEY_ARGS = ("--key-id", "ABCDEFGHIJ", "--team-id", "TEAM123456")
-
-
-class Hung(Exception):
-    pass
-
-
-@contextmanager
-def within(seconds: int) -> Iterator[None]:
-    """Fails the test instead of hanging the suite when a command blocks (a FIFO) or reads for ever."""
-    def expired(signum: int, frame: object) -> None:
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def refused(*args: str) -> str:

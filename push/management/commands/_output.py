@@ -3,7 +3,6 @@
 from django.core.management.base import BaseCommand
 
 from push.services import PushAppAdded
-from push.services.credentials import credential_stored
 
 
 def app_added_write(command: BaseCommand, added: PushAppAdded) -> None:
@@ -13,16 +12,12 @@ def app_added_write(command: BaseCommand, added: PushAppAdded) -> None:
         push_type, topic = app.apns_wire()
         kind = push_type if app.push_type else f"{push_type} (as Kazoo: no push type set)"
         command.stdout.write(f"  host {app.host}:{app.port}, topic {topic}, push type {kind}")
-    stored = credential_stored(credential)
-    if added.credential_kept:
-        state = "kept: the one given cannot send"
-    elif stored is not None and stored.outcome == "updated":
-        state = "updated: its secret replaced in place, every app on it follows"
-    else:
-        state = "stored" if added.credential_created else "already stored, reused"
+    state = {
+        "kept": "kept: the one given cannot send",
+        "updated": "updated: its secret replaced in place, every app on it follows",
+        "created": "stored",
+    }.get(added.credential_outcome, "already stored, reused")
     command.stdout.write(f"  credential {credential.name!r} ({credential.get_kind_display()}, {state})")
-    if stored is not None and stored.note:
-        command.stdout.write(command.style.WARNING(f"note: {stored.note}"))
     for label, value in (
         ("subject", credential.subject),
         ("topics", ", ".join(credential.topics)),
